@@ -1,0 +1,98 @@
+//! The `prefix` layer: puts a whole store under one key prefix of another, so
+//! several stores (tenants, apps, test runs) can share one backend.
+
+use super::storage::{Change, Check, Entry, Storage, StorageError, Write};
+
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    inner: S,
+    prefix: Vec<u8>,
+}
+
+impl<S: Storage> Prefixed<S> {
+    pub fn new(inner: S, prefix: Vec<u8>) -> Self {
+        Self { inner, prefix }
+    }
+
+    fn outer(&self, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + key.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(key);
+        out
+    }
+
+    fn strip(&self, mut entry: Entry) -> Option<Entry> {
+        entry.key = entry.key.strip_prefix(self.prefix.as_slice())?.to_vec();
+        Some(entry)
+    }
+}
+
+impl<S: Storage> Storage for Prefixed<S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
+        Ok(self.inner.get(&self.outer(key))?.and_then(|e| self.strip(e)))
+    }
+
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
+        let outer: Vec<Vec<u8>> = keys.iter().map(|k| self.outer(k)).collect();
+        Ok(self
+            .inner
+            .get_many(&outer)?
+            .into_iter()
+            .map(|e| e.and_then(|e| self.strip(e)))
+            .collect())
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let end = match end {
+            Some(end) => Some(self.outer(end)),
+            None => super::keys::prefix_end(&self.prefix),
+        };
+        Ok(self
+            .inner
+            .scan(&self.outer(start), end.as_deref(), limit, reverse)?
+            .into_iter()
+            .filter_map(|e| self.strip(e))
+            .collect())
+    }
+
+    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
+        let checks: Vec<Check> = checks
+            .iter()
+            .map(|c| match c {
+                Check::VersionIs(k, v) => Check::VersionIs(self.outer(k), *v),
+                Check::Absent(k) => Check::Absent(self.outer(k)),
+            })
+            .collect();
+        let writes: Vec<Write> = writes
+            .iter()
+            .map(|w| Write {
+                key: self.outer(&w.key),
+                value: w.value.clone(),
+            })
+            .collect();
+        self.inner.commit(&checks, &writes)
+    }
+
+    fn current_version(&self) -> Result<u64, StorageError> {
+        self.inner.current_version()
+    }
+
+    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
+        // Versions are the backend's: other prefixes' commits leave gaps.
+        Ok(self
+            .inner
+            .changes(since, limit)?
+            .into_iter()
+            .filter_map(|mut c| {
+                c.key = c.key.strip_prefix(self.prefix.as_slice())?.to_vec();
+                Some(c)
+            })
+            .collect())
+    }
+}
