@@ -6,6 +6,9 @@
 //! - `wit_storage` — [`engine::Storage`] over the imported `kvstash:store/storage`
 //! - `exports` — the exported interfaces and the one error mapping per error type
 
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)] // generated glue only; see bindings.rs
+mod bindings;
 pub mod config;
 pub mod engine;
 #[cfg(target_arch = "wasm32")]

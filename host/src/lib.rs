@@ -1,1 +1,37 @@
+//! kvstash: a key/value and JSON-document store that ships as a WebAssembly
+//! component. The store logic runs inside the component; this crate supplies
+//! its storage (memory, or a crash-safe redb file) and the Rust API.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kvstash::Error> {
+//! let store = kvstash::Store::open(r#"{"type":"file","path":"data/kvstash.redb"}"#).await?;
+//! let aliases = store.bucket("aliases");
+//! aliases.set_json("environment_sensor_1", &[1, 5, 42]).await?;
+//! let id: Option<Vec<u32>> = aliases.get_json("environment_sensor_1").await?;
+//! assert_eq!(id, Some(vec![1, 5, 42]));
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `api` — [`Store`], [`Bucket`] and their types: the async embedding API
+//! - `blocking` — [`BlockingStore`]: the same API for non-async callers
+//! - `backend` — the [`Backend`] trait, the `memory` and `file` backends, the [`Registry`]
+//! - `runtime` — wasmtime engine, precompiled-component cache, instance pool
+//! - `bindings` — generated host bindings (private)
+//! - `cli` — the `kvstash` command line
 
+mod api;
+pub mod backend;
+mod bindings;
+mod blocking;
+pub mod cli;
+mod runtime;
+
+pub use api::{Bucket, Entry, Error, Item, ListOptions, ListPage, Store, Value};
+pub use backend::{Backend, BackendError, Registry};
+pub use blocking::{BlockingBucket, BlockingStore};
+pub use runtime::{GUEST_WASM, StoreOptions};
+
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -101,12 +101,13 @@ impl Value {
     /// rich API reads them as such, else as raw bytes.
     pub fn sniff(bytes: Vec<u8>) -> Result<Self, StoreError> {
         check_size(bytes.len())?;
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
-            if let Ok(text) = String::from_utf8(bytes.clone()) {
-                return Ok(Value::Json(text));
+        Ok(match String::from_utf8(bytes) {
+            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() => {
+                Value::Json(text)
             }
-        }
-        Ok(Value::Bytes(bytes))
+            Ok(text) => Value::Bytes(text.into_bytes()),
+            Err(not_utf8) => Value::Bytes(not_utf8.into_bytes()),
+        })
     }
 
     /// Raw bytes, taken as they are.
@@ -343,9 +344,9 @@ impl<S: Storage> Engine<S> {
                 start
             }
         };
-        let mut entries = self
-            .storage
-            .scan(&start, end.as_deref(), limit.saturating_add(1), false)?;
+        let mut entries =
+            self.storage
+                .scan(&start, end.as_deref(), limit.saturating_add(1), false)?;
         let more = entries.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let items = entries
@@ -463,7 +464,12 @@ impl<S: Storage> Engine<S> {
     /// Adds `delta` to the integer stored at `key` (a missing key counts as
     /// zero) atomically, and returns the new value. The result is stored as
     /// JSON, so the rich API reads a number.
-    pub fn increment<N: Counter>(&self, bucket: &str, key: &str, delta: N) -> Result<N, StoreError> {
+    pub fn increment<N: Counter>(
+        &self,
+        bucket: &str,
+        key: &str,
+        delta: N,
+    ) -> Result<N, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.read_for_swap(bucket, key)?;
             let (now, expected) = match &current {
@@ -501,11 +507,13 @@ macro_rules! counter {
                     .ok()
                     .and_then(|text| text.trim().parse::<$t>().ok())
                     .ok_or_else(|| {
-                        StoreError::InvalidValue(concat!(
-                            "the stored value is not an integer of type ",
-                            stringify!($t)
+                        StoreError::InvalidValue(
+                            concat!(
+                                "the stored value is not an integer of type ",
+                                stringify!($t)
+                            )
+                            .into(),
                         )
-                        .into())
                     })
             }
         }

@@ -29,7 +29,10 @@ impl<S: Storage> Prefixed<S> {
 
 impl<S: Storage> Storage for Prefixed<S> {
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
-        Ok(self.inner.get(&self.outer(key))?.and_then(|e| self.strip(e)))
+        Ok(self
+            .inner
+            .get(&self.outer(key))?
+            .and_then(|e| self.strip(e)))
     }
 
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {

@@ -133,7 +133,10 @@ mod tests {
             &[1, 0, 2][..],
             &[1, 0, 1, 1, 2, 3][..],
         ] {
-            assert!(matches!(Record::decode(raw), Err(StoreError::Corrupt(_))), "{raw:?}");
+            assert!(
+                matches!(Record::decode(raw), Err(StoreError::Corrupt(_))),
+                "{raw:?}"
+            );
         }
     }
 }

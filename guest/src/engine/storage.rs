@@ -58,9 +58,14 @@ pub struct Change {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StorageError {
     /// Check number `index` failed; `current` is that key's version now.
-    Conflict { index: u32, current: Option<u64> },
+    Conflict {
+        index: u32,
+        current: Option<u64>,
+    },
     /// Versions after the requested one are no longer retained.
-    Compacted { oldest: u64 },
+    Compacted {
+        oldest: u64,
+    },
     ReadOnly,
     Invalid(String),
     Unavailable(String),
@@ -84,6 +89,42 @@ pub trait Storage {
     fn current_version(&self) -> Result<u64, StorageError>;
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError>;
 }
+
+/// Shared or boxed storages are storages (layers hold `Box<dyn Storage>`,
+/// tests share one `MemStorage` through an `Rc`).
+macro_rules! forward_storage {
+    ($wrapper:ident) => {
+        impl<S: Storage + ?Sized> Storage for $wrapper<S> {
+            fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
+                (**self).get(key)
+            }
+            fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
+                (**self).get_many(keys)
+            }
+            fn scan(
+                &self,
+                start: &[u8],
+                end: Option<&[u8]>,
+                limit: u32,
+                reverse: bool,
+            ) -> Result<Vec<Entry>, StorageError> {
+                (**self).scan(start, end, limit, reverse)
+            }
+            fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
+                (**self).commit(checks, writes)
+            }
+            fn current_version(&self) -> Result<u64, StorageError> {
+                (**self).current_version()
+            }
+            fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
+                (**self).changes(since, limit)
+            }
+        }
+    };
+}
+use std::rc::Rc;
+forward_storage!(Box);
+forward_storage!(Rc);
 
 /// An in-memory [`Storage`]: the reference the engine's tests run on. Its
 /// semantics are the ones every host backend must match (the host's

@@ -23,7 +23,10 @@ fn get_set_delete_exists() {
     let v2 = e.set("b", "k", json("2")).unwrap();
     assert!(v2 > v1, "versions increase");
     assert!(e.delete("b", "k").unwrap());
-    assert!(!e.delete("b", "k").unwrap(), "a second delete finds nothing");
+    assert!(
+        !e.delete("b", "k").unwrap(),
+        "a second delete finds nothing"
+    );
     assert_eq!(e.get("b", "k").unwrap(), None);
 }
 
@@ -53,21 +56,41 @@ fn invalid_input_is_rejected_and_stores_nothing() {
     let e = engine();
     e.set("b", "k", json("1")).unwrap();
     let version = e.storage().current_version().unwrap();
-    assert!(matches!(Value::json("{nope".into()), Err(StoreError::InvalidValue(_))));
+    assert!(matches!(
+        Value::json("{nope".into()),
+        Err(StoreError::InvalidValue(_))
+    ));
     assert!(matches!(
         Value::json(" ".repeat(MAX_VALUE_LEN + 1)),
         Err(StoreError::InvalidValue(_))
     ));
-    assert!(matches!(e.set("b", "", json("1")), Err(StoreError::InvalidKey(_))));
-    assert!(matches!(e.set("", "k", json("1")), Err(StoreError::InvalidBucket(_))));
-    assert!(matches!(e.set("b\n", "k", json("1")), Err(StoreError::InvalidBucket(_))));
+    assert!(matches!(
+        e.set("b", "", json("1")),
+        Err(StoreError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        e.set("", "k", json("1")),
+        Err(StoreError::InvalidBucket(_))
+    ));
+    assert!(matches!(
+        e.set("b\n", "k", json("1")),
+        Err(StoreError::InvalidBucket(_))
+    ));
     let long = "k".repeat(MAX_KEY_LEN + 1);
     assert!(matches!(e.get("b", &long), Err(StoreError::InvalidKey(_))));
-    let too_many: Vec<(String, Value)> = (0..=MAX_BATCH).map(|i| (i.to_string(), json("1"))).collect();
-    assert!(matches!(e.set_many("b", too_many), Err(StoreError::InvalidKey(_))));
+    let too_many: Vec<(String, Value)> = (0..=MAX_BATCH)
+        .map(|i| (i.to_string(), json("1")))
+        .collect();
+    assert!(matches!(
+        e.set_many("b", too_many),
+        Err(StoreError::InvalidKey(_))
+    ));
     // One bad key spoils the whole batch: nothing is written.
     let mixed = vec![("ok".to_string(), json("1")), (String::new(), json("2"))];
-    assert!(matches!(e.set_many("b", mixed), Err(StoreError::InvalidKey(_))));
+    assert!(matches!(
+        e.set_many("b", mixed),
+        Err(StoreError::InvalidKey(_))
+    ));
     assert_eq!(e.get("b", "ok").unwrap(), None);
     assert_eq!(e.storage().current_version().unwrap(), version);
 }
@@ -125,16 +148,42 @@ fn list_cursor_survives_concurrent_writes() {
         e.set("b", key, json("1")).unwrap();
     }
     let first = e
-        .list("b", &ListOptions { limit: Some(2), ..Default::default() })
+        .list(
+            "b",
+            &ListOptions {
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
         .unwrap();
-    assert_eq!(first.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        first
+            .items
+            .iter()
+            .map(|i| i.key.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     e.delete("b", "b").unwrap(); // the cursor's own key vanishes
     e.set("b", "bb", json("1")).unwrap(); // a key after the cursor appears
     e.set("b", "aa", json("1")).unwrap(); // a key before it appears
     let rest = e
-        .list("b", &ListOptions { limit: Some(10), cursor: first.cursor, ..Default::default() })
+        .list(
+            "b",
+            &ListOptions {
+                limit: Some(10),
+                cursor: first.cursor,
+                ..Default::default()
+            },
+        )
         .unwrap();
-    assert_eq!(rest.items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["bb", "c", "d"]);
+    assert_eq!(
+        rest.items
+            .iter()
+            .map(|i| i.key.as_str())
+            .collect::<Vec<_>>(),
+        ["bb", "c", "d"]
+    );
     assert_eq!(rest.cursor, None);
 }
 
@@ -143,16 +192,30 @@ fn list_rejects_bad_cursors() {
     let e = engine();
     e.set("b", "apple", json("1")).unwrap();
     for cursor in ["garbage", "c1zz"] {
-        let options = ListOptions { cursor: Some(cursor.into()), ..Default::default() };
+        let options = ListOptions {
+            cursor: Some(cursor.into()),
+            ..Default::default()
+        };
         assert_eq!(e.list("b", &options), Err(StoreError::InvalidCursor));
     }
     // A cursor outside the requested prefix is not one `list` could have given.
     let page = e
-        .list("b", &ListOptions { limit: Some(1), prefix: Some("a".into()), ..Default::default() })
+        .list(
+            "b",
+            &ListOptions {
+                limit: Some(1),
+                prefix: Some("a".into()),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(page.cursor, None);
     let foreign = keys::encode_cursor("zebra");
-    let options = ListOptions { prefix: Some("a".into()), cursor: Some(foreign), ..Default::default() };
+    let options = ListOptions {
+        prefix: Some("a".into()),
+        cursor: Some(foreign),
+        ..Default::default()
+    };
     assert_eq!(e.list("b", &options), Err(StoreError::InvalidCursor));
 }
 
@@ -160,14 +223,35 @@ fn list_rejects_bad_cursors() {
 fn batch_operations() {
     let e = engine();
     let v = e
-        .set_many("b", vec![("x".into(), json("1")), ("y".into(), json("2")), ("x".into(), json("3"))])
+        .set_many(
+            "b",
+            vec![
+                ("x".into(), json("1")),
+                ("y".into(), json("2")),
+                ("x".into(), json("3")),
+            ],
+        )
         .unwrap();
-    let got = e.get_many("b", &["x".into(), "nope".into(), "y".into()]).unwrap();
-    assert_eq!(got[0].as_ref().unwrap().value, json("3"), "the last of a repeated key wins");
+    let got = e
+        .get_many("b", &["x".into(), "nope".into(), "y".into()])
+        .unwrap();
+    assert_eq!(
+        got[0].as_ref().unwrap().value,
+        json("3"),
+        "the last of a repeated key wins"
+    );
     assert_eq!(got[0].as_ref().unwrap().version, v);
     assert_eq!(got[1], None);
-    assert_eq!(got[2].as_ref().unwrap().version, v, "one commit, one version");
-    assert_eq!(e.delete_many("b", &["x".into(), "x".into(), "nope".into()]).unwrap(), 1);
+    assert_eq!(
+        got[2].as_ref().unwrap().version,
+        v,
+        "one commit, one version"
+    );
+    assert_eq!(
+        e.delete_many("b", &["x".into(), "x".into(), "nope".into()])
+            .unwrap(),
+        1
+    );
     assert_eq!(e.get("b", "x").unwrap(), None);
     assert!(e.exists("b", "y").unwrap());
 }
@@ -175,12 +259,26 @@ fn batch_operations() {
 #[test]
 fn bytes_and_json_values() {
     let e = engine();
-    e.set("b", "raw", Value::bytes(vec![0xff, 0, 1]).unwrap()).unwrap();
-    assert_eq!(e.get("b", "raw").unwrap().unwrap().value, Value::Bytes(vec![0xff, 0, 1]));
-    assert_eq!(Value::sniff(b"{\"a\":1}".to_vec()).unwrap(), json("{\"a\":1}"));
-    assert_eq!(Value::sniff(b"plain text".to_vec()).unwrap(), Value::Bytes(b"plain text".to_vec()));
-    e.set("b", "empty", Value::bytes(Vec::new()).unwrap()).unwrap();
-    assert_eq!(e.get("b", "empty").unwrap().unwrap().value, Value::Bytes(Vec::new()));
+    e.set("b", "raw", Value::bytes(vec![0xff, 0, 1]).unwrap())
+        .unwrap();
+    assert_eq!(
+        e.get("b", "raw").unwrap().unwrap().value,
+        Value::Bytes(vec![0xff, 0, 1])
+    );
+    assert_eq!(
+        Value::sniff(b"{\"a\":1}".to_vec()).unwrap(),
+        json("{\"a\":1}")
+    );
+    assert_eq!(
+        Value::sniff(b"plain text".to_vec()).unwrap(),
+        Value::Bytes(b"plain text".to_vec())
+    );
+    e.set("b", "empty", Value::bytes(Vec::new()).unwrap())
+        .unwrap();
+    assert_eq!(
+        e.get("b", "empty").unwrap().unwrap().value,
+        Value::Bytes(Vec::new())
+    );
 }
 
 #[test]
@@ -189,18 +287,39 @@ fn increment_and_swap() {
     assert_eq!(e.increment("b", "n", 5i64).unwrap(), 5);
     assert_eq!(e.increment("b", "n", -7i64).unwrap(), -2);
     assert_eq!(e.get("b", "n").unwrap().unwrap().value, json("-2"));
-    assert!(matches!(e.increment("b", "n", 1u64), Err(StoreError::InvalidValue(_))));
+    assert!(matches!(
+        e.increment("b", "n", 1u64),
+        Err(StoreError::InvalidValue(_))
+    ));
     e.set("b", "big", json(&i64::MAX.to_string())).unwrap();
-    assert!(matches!(e.increment("b", "big", 1i64), Err(StoreError::InvalidValue(_))));
+    assert!(matches!(
+        e.increment("b", "big", 1i64),
+        Err(StoreError::InvalidValue(_))
+    ));
     e.set("b", "text", json("\"x\"")).unwrap();
-    assert!(matches!(e.increment("b", "text", 1i64), Err(StoreError::InvalidValue(_))));
+    assert!(matches!(
+        e.increment("b", "text", 1i64),
+        Err(StoreError::InvalidValue(_))
+    ));
 
     let (_, version) = e.read_for_swap("b", "n").unwrap().unwrap();
     let latest = e.storage().current_version().unwrap();
-    assert_eq!(e.swap("b", "fresh", None, json("1")).unwrap(), Swap::Done(latest + 1));
-    assert_eq!(e.swap("b", "fresh", None, json("2")).unwrap(), Swap::Conflict);
-    assert!(matches!(e.swap("b", "n", Some(version), json("10")).unwrap(), Swap::Done(_)));
-    assert_eq!(e.swap("b", "n", Some(version), json("11")).unwrap(), Swap::Conflict);
+    assert_eq!(
+        e.swap("b", "fresh", None, json("1")).unwrap(),
+        Swap::Done(latest + 1)
+    );
+    assert_eq!(
+        e.swap("b", "fresh", None, json("2")).unwrap(),
+        Swap::Conflict
+    );
+    assert!(matches!(
+        e.swap("b", "n", Some(version), json("10")).unwrap(),
+        Swap::Done(_)
+    ));
+    assert_eq!(
+        e.swap("b", "n", Some(version), json("11")).unwrap(),
+        Swap::Conflict
+    );
     assert_eq!(e.get("b", "n").unwrap().unwrap().value, json("10"));
 }
 
@@ -222,8 +341,8 @@ fn offset_listing_for_the_u64_cursor() {
 #[test]
 fn prefixed_stores_share_a_backend_without_seeing_each_other() {
     let shared = std::rc::Rc::new(MemStorage::default());
-    let a = Engine::new(Prefixed::new(RcStorage(shared.clone()), b"tenant-a/".to_vec()));
-    let b = Engine::new(Prefixed::new(RcStorage(shared.clone()), b"tenant-b/".to_vec()));
+    let a = Engine::new(Prefixed::new(shared.clone(), b"tenant-a/".to_vec()));
+    let b = Engine::new(Prefixed::new(shared.clone(), b"tenant-b/".to_vec()));
     a.set("cfg", "k", json("1")).unwrap();
     b.set("cfg", "k", json("2")).unwrap();
     b.set("other", "k", json("2")).unwrap();
@@ -231,45 +350,49 @@ fn prefixed_stores_share_a_backend_without_seeing_each_other() {
     assert_eq!(b.get("cfg", "k").unwrap().unwrap().value, json("2"));
     assert_eq!(a.buckets().unwrap(), vec!["cfg"]);
     assert_eq!(b.buckets().unwrap(), vec!["cfg", "other"]);
-    assert_eq!(a.list("cfg", &ListOptions::default()).unwrap().items.len(), 1);
-}
-
-/// Lets several engines share one `MemStorage` in a test.
-struct RcStorage(std::rc::Rc<MemStorage>);
-
-impl Storage for RcStorage {
-    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
-        self.0.get(key)
-    }
-    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
-        self.0.get_many(keys)
-    }
-    fn scan(&self, s: &[u8], e: Option<&[u8]>, l: u32, r: bool) -> Result<Vec<Entry>, StorageError> {
-        self.0.scan(s, e, l, r)
-    }
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
-        self.0.commit(checks, writes)
-    }
-    fn current_version(&self) -> Result<u64, StorageError> {
-        self.0.current_version()
-    }
-    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
-        self.0.changes(since, limit)
-    }
+    assert_eq!(
+        a.list("cfg", &ListOptions::default()).unwrap().items.len(),
+        1
+    );
 }
 
 #[test]
 fn mem_storage_change_feed_and_compaction() {
     let s = MemStorage::with_retention(3);
     for i in 0..5u8 {
-        s.commit(&[], &[Write { key: vec![i], value: Some(vec![i]) }]).unwrap();
-    }
-    s.commit(&[], &[Write { key: vec![0], value: None }, Write { key: vec![9], value: Some(vec![]) }])
+        s.commit(
+            &[],
+            &[Write {
+                key: vec![i],
+                value: Some(vec![i]),
+            }],
+        )
         .unwrap();
+    }
+    s.commit(
+        &[],
+        &[
+            Write {
+                key: vec![0],
+                value: None,
+            },
+            Write {
+                key: vec![9],
+                value: Some(vec![]),
+            },
+        ],
+    )
+    .unwrap();
     // 6 commits, 3 retained: versions 4, 5, 6.
-    assert_eq!(s.changes(0, 100), Err(StorageError::Compacted { oldest: 4 }));
+    assert_eq!(
+        s.changes(0, 100),
+        Err(StorageError::Compacted { oldest: 4 })
+    );
     let feed = s.changes(3, 100).unwrap();
-    assert_eq!(feed.iter().map(|c| c.version).collect::<Vec<_>>(), [4, 5, 6, 6]);
+    assert_eq!(
+        feed.iter().map(|c| c.version).collect::<Vec<_>>(),
+        [4, 5, 6, 6]
+    );
     assert_eq!(feed[2].value, None);
     // A limit never splits a commit unless the commit alone exceeds it.
     assert_eq!(s.changes(4, 2).unwrap().len(), 3);
@@ -320,7 +443,11 @@ fn model_based_random_operations() {
                 }
                 2 => {
                     let existed = e.delete(bucket, &key).unwrap();
-                    assert_eq!(existed, model.remove(&(bucket.into(), key)).is_some(), "{ctx}");
+                    assert_eq!(
+                        existed,
+                        model.remove(&(bucket.into(), key)).is_some(),
+                        "{ctx}"
+                    );
                 }
                 3 => {
                     let got = e.get(bucket, &key).unwrap();
@@ -328,10 +455,13 @@ fn model_based_random_operations() {
                     assert_eq!(got.map(|v| (v.value, v.version)).as_ref(), want, "{ctx}");
                 }
                 4 => {
-                    let keys: Vec<String> =
-                        (0..rng.below(4)).map(|_| key_space[rng.below(8) as usize].to_string()).collect();
-                    let pairs: Vec<(String, Value)> =
-                        keys.iter().map(|k| (k.clone(), json(&rng.below(9).to_string()))).collect();
+                    let keys: Vec<String> = (0..rng.below(4))
+                        .map(|_| key_space[rng.below(8) as usize].to_string())
+                        .collect();
+                    let pairs: Vec<(String, Value)> = keys
+                        .iter()
+                        .map(|k| (k.clone(), json(&rng.below(9).to_string())))
+                        .collect();
                     let v = e.set_many(bucket, pairs.clone()).unwrap();
                     if !pairs.is_empty() {
                         assert!(v > last_version, "{ctx}");
@@ -342,8 +472,9 @@ fn model_based_random_operations() {
                     }
                 }
                 5 => {
-                    let keys: Vec<String> =
-                        (0..rng.below(4)).map(|_| key_space[rng.below(8) as usize].to_string()).collect();
+                    let keys: Vec<String> = (0..rng.below(4))
+                        .map(|_| key_space[rng.below(8) as usize].to_string())
+                        .collect();
                     let mut expected = 0;
                     for k in &keys {
                         if model.remove(&(bucket.to_string(), k.clone())).is_some() {
@@ -357,7 +488,11 @@ fn model_based_random_operations() {
                     let mut listed = Vec::new();
                     let mut cursor = None;
                     loop {
-                        let options = ListOptions { prefix: None, limit: Some(limit), cursor };
+                        let options = ListOptions {
+                            prefix: None,
+                            limit: Some(limit),
+                            cursor,
+                        };
                         let page = e.list(bucket, &options).unwrap();
                         listed.extend(page.items.into_iter().map(|i| (i.key, i.value, i.version)));
                         cursor = page.cursor;

@@ -1,0 +1,258 @@
+//! Storage backends: what the guest's imported `storage` interface runs on.
+//!
+//! One object-safe async [`Backend`] trait, one implementation of the
+//! generated storage host traits dispatching over `Arc<dyn Backend>`
+//! (`crate::runtime`), and a [`Registry`] of factories keyed by the
+//! configuration's `type`.
+//!
+//! # Layout
+//! - `memory` — a mutex'd ordered map; for tests, caches and scratch stores
+//! - `file` — redb; crash-safe, every acknowledged commit is on disk
+
+mod file;
+mod memory;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use file::{FileBackend, FileConfig};
+pub use memory::MemoryBackend;
+
+/// Most records a `scan` or `changes` call returns; larger limits are clamped.
+pub const MAX_SCAN: u32 = 10_000;
+/// Most keys one `get_many` call may ask for.
+pub const MAX_GET_MANY: usize = 10_000;
+/// Most checks plus writes in one commit.
+pub const MAX_COMMIT_OPS: usize = 20_000;
+/// Commits whose changes the change feed keeps, unless configured otherwise.
+pub const DEFAULT_RETENTION: u64 = 10_000;
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Version of the commit that last wrote the record.
+    pub version: u64,
+}
+
+/// A precondition of a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The key exists and was last written by the commit with this version.
+    VersionIs(Vec<u8>, u64),
+    /// The key does not exist.
+    Absent(Vec<u8>),
+}
+
+impl Check {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Check::VersionIs(key, _) | Check::Absent(key) => key,
+        }
+    }
+
+    /// The version the check expects the key to have (`None`: absent).
+    pub fn expected(&self) -> Option<u64> {
+        match self {
+            Check::VersionIs(_, version) => Some(*version),
+            Check::Absent(_) => None,
+        }
+    }
+}
+
+/// One write of a commit; `value: None` deletes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub version: u64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A key range for [`Backend::scan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    pub start: Vec<u8>,
+    /// Exclusive; `None` scans to the last key.
+    pub end: Option<Vec<u8>>,
+    pub limit: u32,
+    pub reverse: bool,
+}
+
+impl Scan {
+    /// The number of records to return, clamped to [`MAX_SCAN`].
+    pub fn clamped_limit(&self) -> usize {
+        usize::try_from(self.limit.min(MAX_SCAN)).unwrap_or(0)
+    }
+
+    /// Whether the range is empty by construction (`end <= start`).
+    pub fn is_empty(&self) -> bool {
+        self.end.as_ref().is_some_and(|end| *end <= self.start)
+    }
+}
+
+/// Why a backend call failed. Maps one to one onto the WIT `storage-error`.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// Check number `index` of a commit failed; nothing was written.
+    #[error("commit check {index} failed (current version {current:?})")]
+    Conflict { index: u32, current: Option<u64> },
+    /// The change feed no longer holds versions after the one asked for.
+    #[error("changes before version {oldest} are no longer retained")]
+    Compacted { oldest: u64 },
+    #[error("the backend is read-only")]
+    ReadOnly,
+    /// A bad configuration or request: fix the input.
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend failed; nothing is known to have been written. For the
+    /// file backend: check the disk, then close and reopen the store.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What a storage engine must provide. Small, byte-shaped and atomic; see
+/// `wit/storage.wit` for the contract every method must keep.
+#[async_trait]
+pub trait Backend: Debug + Send + Sync + 'static {
+    /// One line naming the backend and where it stores ("file /var/lib/kvstash/kvstash.redb").
+    fn summary(&self) -> String;
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError>;
+
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError>;
+
+    async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError>;
+
+    /// All writes if all checks hold, atomically, else nothing.
+    async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError>;
+
+    async fn current_version(&self) -> Result<u64, BackendError>;
+
+    async fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError>;
+}
+
+/// Rejects requests no backend should accept, before any backend sees them.
+pub fn validate_commit(checks: &[Check], writes: &[Write]) -> Result<(), BackendError> {
+    if checks.is_empty() && writes.is_empty() {
+        return Err(BackendError::Invalid("empty commit".into()));
+    }
+    if checks.len() + writes.len() > MAX_COMMIT_OPS {
+        return Err(BackendError::Invalid(format!(
+            "commit has {} checks and writes, at most {MAX_COMMIT_OPS} are allowed",
+            checks.len() + writes.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_get_many(keys: &[Vec<u8>]) -> Result<(), BackendError> {
+    if keys.len() > MAX_GET_MANY {
+        return Err(BackendError::Invalid(format!(
+            "get-many of {} keys, at most {MAX_GET_MANY} are allowed",
+            keys.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Changes after `since`, at most `limit` entries, never splitting a commit
+/// unless the commit alone exceeds `limit`. `log` must be in version order.
+fn take_changes(log: impl Iterator<Item = Change>, limit: u32) -> Vec<Change> {
+    let limit = usize::try_from(limit.min(MAX_SCAN)).unwrap_or(0);
+    let mut out: Vec<Change> = Vec::new();
+    for change in log {
+        let starts_commit = out.last().is_none_or(|last| last.version != change.version);
+        if out.len() >= limit && starts_commit {
+            break;
+        }
+        out.push(change);
+    }
+    out
+}
+
+/// Opens a backend from its JSON configuration.
+pub trait BackendFactory: Send + Sync {
+    fn open(&self, config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError>;
+}
+
+impl<F> BackendFactory for F
+where
+    F: Fn(serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> + Send + Sync,
+{
+    fn open(&self, config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+        self(config)
+    }
+}
+
+/// Backend factories keyed by the configuration's `type`.
+#[derive(Clone)]
+pub struct Registry {
+    factories: HashMap<String, Arc<dyn BackendFactory>>,
+}
+
+impl Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut types: Vec<&String> = self.factories.keys().collect();
+        types.sort();
+        f.debug_struct("Registry").field("types", &types).finish()
+    }
+}
+
+impl Default for Registry {
+    /// The built-in backends: `memory` and `file`.
+    fn default() -> Self {
+        let mut registry = Self::empty();
+        registry.register("memory", |config| {
+            MemoryBackend::from_config(config).map(|b| Arc::new(b) as Arc<dyn Backend>)
+        });
+        registry.register("file", |config| {
+            FileBackend::open_shared(&FileConfig::from_json(config)?).map(|b| b as Arc<dyn Backend>)
+        });
+        registry
+    }
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Self {
+            factories: HashMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) the factory for `kind`.
+    pub fn register(&mut self, kind: &str, factory: impl BackendFactory + 'static) {
+        self.factories.insert(kind.to_string(), Arc::new(factory));
+    }
+
+    /// Opens the backend a JSON configuration describes.
+    pub fn open(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
+        let value: serde_json::Value = serde_json::from_str(config)
+            .map_err(|e| BackendError::Invalid(format!("backend configuration: {e}")))?;
+        let kind = value
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| BackendError::Invalid("backend configuration has no `type`".into()))?
+            .to_string();
+        let factory = self.factories.get(&kind).ok_or_else(|| {
+            let mut known: Vec<&str> = self.factories.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            BackendError::Invalid(format!(
+                "unknown backend type `{kind}` (known: {})",
+                known.join(", ")
+            ))
+        })?;
+        factory.open(value)
+    }
+}

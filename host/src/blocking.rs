@@ -1,0 +1,86 @@
+//! The API for callers without an async runtime: each call blocks on a
+//! runtime the [`BlockingStore`] owns.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{Bucket, Entry, Error, ListOptions, ListPage, Store};
+use crate::runtime::StoreOptions;
+
+/// A [`Store`] for synchronous code. Do not use it from inside an async
+/// runtime (blocking there panics in tokio); use [`Store`] instead.
+#[derive(Clone, Debug)]
+pub struct BlockingStore {
+    runtime: Arc<tokio::runtime::Runtime>,
+    store: Store,
+}
+
+#[derive(Clone, Debug)]
+pub struct BlockingBucket {
+    runtime: Arc<tokio::runtime::Runtime>,
+    bucket: Bucket,
+}
+
+impl BlockingStore {
+    pub fn open(config: &str) -> Result<Self, Error> {
+        Self::open_with(config, StoreOptions::default())
+    }
+
+    pub fn open_with(config: &str, options: StoreOptions) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Runtime(format!("starting the async runtime: {e}")))?;
+        let store = runtime.block_on(Store::open_with(config, options))?;
+        Ok(Self {
+            runtime: Arc::new(runtime),
+            store,
+        })
+    }
+
+    pub fn bucket(&self, name: &str) -> BlockingBucket {
+        BlockingBucket {
+            runtime: self.runtime.clone(),
+            bucket: self.store.bucket(name),
+        }
+    }
+
+    pub fn buckets(&self) -> Result<Vec<String>, Error> {
+        self.runtime.block_on(self.store.buckets())
+    }
+
+    /// The async store underneath.
+    pub fn as_async(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl BlockingBucket {
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
+        self.runtime.block_on(self.bucket.get(key))
+    }
+    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        self.runtime.block_on(self.bucket.get_json(key))
+    }
+    pub fn set_json<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<u64, Error> {
+        self.runtime.block_on(self.bucket.set_json(key, value))
+    }
+    pub fn set_json_text(&self, key: &str, json: &str) -> Result<u64, Error> {
+        self.runtime.block_on(self.bucket.set_json_text(key, json))
+    }
+    pub fn set_bytes(&self, key: &str, value: &[u8]) -> Result<u64, Error> {
+        self.runtime.block_on(self.bucket.set_bytes(key, value))
+    }
+    pub fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.runtime.block_on(self.bucket.delete(key))
+    }
+    pub fn exists(&self, key: &str) -> Result<bool, Error> {
+        self.runtime.block_on(self.bucket.exists(key))
+    }
+    pub fn list(&self, options: &ListOptions) -> Result<ListPage, Error> {
+        self.runtime.block_on(self.bucket.list(options))
+    }
+}

@@ -1,0 +1,507 @@
+//! Loading and running the guest component.
+//!
+//! - One wasmtime [`Engine`] and one pre-linked component per process
+//!   ([`Runtime`]). The compiled component is cached on disk keyed by the
+//!   component's hash and the engine's compatibility hash, so only the first
+//!   start on a machine compiles (~35 ms release, seconds in a debug build).
+//! - A wasmtime `Store` runs one call at a time, so each [`Pool`] keeps idle
+//!   instances and makes new ones (~15 µs) up to a limit. That is sound
+//!   because instances share no state but the backend, and every write goes
+//!   through the backend's conditional commit.
+//! - An instance whose call trapped, or whose call was cancelled mid-way, is
+//!   discarded; the caller gets [`Error::Trap`] and the next call gets a fresh
+//!   instance.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{Component, Linker, Resource, ResourceAny, ResourceTable};
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::api::Error;
+use crate::backend::{self, Backend, BackendError, Registry};
+use crate::bindings::kvstash::store::{storage, types};
+use crate::bindings::{Kvstash, KvstashPre};
+
+/// The guest component this build embeds (built by `build.rs`).
+pub const GUEST_WASM: &[u8] = include_bytes!(env!("KVSTASH_GUEST_WASM"));
+
+/// How a [`crate::Store`] runs its component.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Most instances serving calls at once; further callers wait.
+    pub max_instances: usize,
+    /// Most linear memory one instance may grow to, in bytes. A call that
+    /// needs more traps and gets [`Error::Trap`]; the store lives on.
+    pub memory_limit: usize,
+    /// Where the compiled component is cached; `None` compiles every start.
+    pub cache_dir: Option<PathBuf>,
+    /// The backends `type` can name.
+    pub registry: Registry,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_instances: 16,
+            memory_limit: 256 * 1024 * 1024,
+            cache_dir: default_cache_dir(),
+            registry: Registry::default(),
+        }
+    }
+}
+
+/// `$KVSTASH_CACHE_DIR`, else `$XDG_CACHE_HOME/kvstash`, else `~/.cache/kvstash`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("KVSTASH_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kvstash")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("kvstash")))
+}
+
+/// The per-process engine and pre-linked component.
+pub(crate) struct Runtime {
+    engine: Engine,
+    pre: KvstashPre<KvCtx>,
+}
+
+static RUNTIME: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
+
+impl Runtime {
+    /// The process's runtime, loaded on first use. The first caller's cache
+    /// directory is the one used.
+    pub(crate) fn get(cache_dir: Option<&Path>) -> Result<Arc<Runtime>, Error> {
+        RUNTIME
+            .get_or_init(|| {
+                Runtime::load(cache_dir)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(Error::Runtime)
+    }
+
+    fn load(cache_dir: Option<&Path>) -> wasmtime::Result<Runtime> {
+        let engine = Engine::new(&wasmtime::Config::new())?;
+        let component = load_component(&engine, cache_dir)?;
+        let mut linker = Linker::<KvCtx>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Kvstash::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |ctx| ctx)?;
+        let pre = KvstashPre::new(linker.instantiate_pre(&component)?)?;
+        Ok(Runtime { engine, pre })
+    }
+}
+
+/// The compiled component: from the cache if a valid entry is there, else
+/// compiled and (best effort) cached.
+fn load_component(engine: &Engine, cache_dir: Option<&Path>) -> wasmtime::Result<Component> {
+    let Some(dir) = cache_dir else {
+        return Component::new(engine, GUEST_WASM);
+    };
+    let path = dir.join(format!("kvstash-{}.cwasm", cache_key(engine)));
+    if path.is_file() {
+        if let Ok(component) = deserialize_cached(engine, &path) {
+            return Ok(component);
+        }
+        // Damaged or stale: compile afresh and replace it.
+        let _ = std::fs::remove_file(&path);
+    }
+    let component = Component::new(engine, GUEST_WASM)?;
+    if let Ok(bytes) = component.serialize() {
+        // Write-then-rename so a concurrent reader never sees half a file.
+        let tmp = dir.join(format!(".kvstash-{}.tmp", std::process::id()));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(component)
+}
+
+#[allow(unsafe_code)]
+fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file is one this function's caller wrote with
+    // `Component::serialize` into the user's own cache directory, under a
+    // name that includes the engine's compatibility hash and the component's
+    // SHA-256; wasmtime additionally checks the header and engine settings.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+fn cache_key(engine: &Engine) -> String {
+    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    let mut sha = Sha256::new();
+    sha.update(GUEST_WASM);
+    sha.update(engine_hash.finish().to_le_bytes());
+    sha.update(env!("CARGO_PKG_VERSION"));
+    sha.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What every instance of one store shares: the configuration the guest
+/// reads, and the backends it opened (one per distinct leaf configuration).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: String,
+    registry: Registry,
+    opened: Mutex<HashMap<String, Arc<dyn Backend>>>,
+}
+
+impl Shared {
+    fn open_backend(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(backend) = opened.get(config) {
+            return Ok(backend.clone());
+        }
+        let backend = self.registry.open(config)?;
+        opened.insert(config.to_string(), backend.clone());
+        Ok(backend)
+    }
+}
+
+/// The host state of one instance.
+pub struct KvCtx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    shared: Arc<Shared>,
+}
+
+impl WasiView for KvCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The host side of a guest's `storage.backend` resource.
+pub struct BackendHandle {
+    backend: Arc<dyn Backend>,
+}
+
+fn to_wit(e: BackendError) -> storage::StorageError {
+    match e {
+        BackendError::Conflict { index, current } => {
+            storage::StorageError::Conflict(storage::Conflict { index, current })
+        }
+        BackendError::Compacted { oldest } => storage::StorageError::Compacted(oldest),
+        BackendError::ReadOnly => storage::StorageError::ReadOnly,
+        BackendError::Invalid(why) => storage::StorageError::Invalid(why),
+        BackendError::Unavailable(why) => storage::StorageError::Unavailable(why),
+    }
+}
+
+fn entry_to_wit(e: backend::Entry) -> storage::Entry {
+    storage::Entry {
+        key: e.key,
+        value: e.value,
+        version: e.version,
+    }
+}
+
+type WitResult<T> = wasmtime::Result<Result<T, storage::StorageError>>;
+
+impl KvCtx {
+    fn backend(&self, handle: &Resource<BackendHandle>) -> wasmtime::Result<Arc<dyn Backend>> {
+        Ok(self.table.get(handle)?.backend.clone())
+    }
+}
+
+impl types::Host for KvCtx {}
+
+impl storage::Host for KvCtx {
+    async fn config(&mut self) -> wasmtime::Result<String> {
+        Ok(self.shared.config.clone())
+    }
+}
+
+impl storage::HostBackend for KvCtx {
+    async fn open(&mut self, config: String) -> WitResult<Resource<BackendHandle>> {
+        match self.shared.open_backend(&config) {
+            Ok(backend) => Ok(Ok(self.table.push(BackendHandle { backend })?)),
+            Err(e) => Ok(Err(to_wit(e))),
+        }
+    }
+
+    async fn get(
+        &mut self,
+        handle: Resource<BackendHandle>,
+        key: Vec<u8>,
+    ) -> WitResult<Option<storage::Entry>> {
+        let backend = self.backend(&handle)?;
+        Ok(backend
+            .get(&key)
+            .await
+            .map(|e| e.map(entry_to_wit))
+            .map_err(to_wit))
+    }
+
+    async fn get_many(
+        &mut self,
+        handle: Resource<BackendHandle>,
+        keys: Vec<Vec<u8>>,
+    ) -> WitResult<Vec<Option<storage::Entry>>> {
+        let backend = self.backend(&handle)?;
+        Ok(backend
+            .get_many(&keys)
+            .await
+            .map(|es| es.into_iter().map(|e| e.map(entry_to_wit)).collect())
+            .map_err(to_wit))
+    }
+
+    async fn scan(
+        &mut self,
+        handle: Resource<BackendHandle>,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+        reverse: bool,
+    ) -> WitResult<Vec<storage::Entry>> {
+        let backend = self.backend(&handle)?;
+        let scan = backend::Scan {
+            start,
+            end,
+            limit,
+            reverse,
+        };
+        Ok(backend
+            .scan(&scan)
+            .await
+            .map(|es| es.into_iter().map(entry_to_wit).collect())
+            .map_err(to_wit))
+    }
+
+    async fn commit(
+        &mut self,
+        handle: Resource<BackendHandle>,
+        checks: Vec<storage::Check>,
+        writes: Vec<storage::Write>,
+    ) -> WitResult<u64> {
+        let backend = self.backend(&handle)?;
+        let checks = checks
+            .into_iter()
+            .map(|c| match c {
+                storage::Check::VersionIs((key, version)) => {
+                    backend::Check::VersionIs(key, version)
+                }
+                storage::Check::Absent(key) => backend::Check::Absent(key),
+            })
+            .collect();
+        let writes = writes
+            .into_iter()
+            .map(|w| backend::Write {
+                key: w.key,
+                value: w.value,
+            })
+            .collect();
+        Ok(backend.commit(checks, writes).await.map_err(to_wit))
+    }
+
+    async fn current_version(&mut self, handle: Resource<BackendHandle>) -> WitResult<u64> {
+        let backend = self.backend(&handle)?;
+        Ok(backend.current_version().await.map_err(to_wit))
+    }
+
+    async fn changes(
+        &mut self,
+        handle: Resource<BackendHandle>,
+        since: u64,
+        limit: u32,
+    ) -> WitResult<Vec<storage::Change>> {
+        let backend = self.backend(&handle)?;
+        Ok(backend
+            .changes(since, limit)
+            .await
+            .map(|cs| {
+                cs.into_iter()
+                    .map(|c| storage::Change {
+                        version: c.version,
+                        key: c.key,
+                        value: c.value,
+                    })
+                    .collect()
+            })
+            .map_err(to_wit))
+    }
+
+    async fn drop(&mut self, handle: Resource<BackendHandle>) -> wasmtime::Result<()> {
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+/// One guest instance with the buckets it has opened.
+pub(crate) struct Instance {
+    pub(crate) store: wasmtime::Store<KvCtx>,
+    pub(crate) kv: Kvstash,
+    buckets: HashMap<String, ResourceAny>,
+}
+
+/// Most bucket handles an instance keeps open.
+const MAX_OPEN_BUCKETS: usize = 256;
+
+impl Instance {
+    /// The guest's handle on bucket `name`, opened on first use.
+    pub(crate) async fn bucket(
+        &mut self,
+        name: &str,
+    ) -> wasmtime::Result<Result<ResourceAny, types::Error>> {
+        if let Some(handle) = self.buckets.get(name) {
+            return Ok(Ok(*handle));
+        }
+        let opened = self
+            .kv
+            .kvstash_store_store()
+            .bucket()
+            .call_open(&mut self.store, name)
+            .await?;
+        let handle = match opened {
+            Ok(handle) => handle,
+            Err(e) => return Ok(Err(e)),
+        };
+        if self.buckets.len() >= MAX_OPEN_BUCKETS {
+            for (_, old) in self.buckets.drain() {
+                old.resource_drop_async(&mut self.store).await?;
+            }
+        }
+        self.buckets.insert(name.to_string(), handle);
+        Ok(Ok(handle))
+    }
+}
+
+/// Instances of one store, made on demand up to a limit.
+pub(crate) struct Pool {
+    runtime: Arc<Runtime>,
+    shared: Arc<Shared>,
+    idle: Mutex<Vec<Instance>>,
+    permits: Arc<Semaphore>,
+    memory_limit: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.shared.config)
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(config: String, options: &StoreOptions) -> Result<Self, Error> {
+        let runtime = Runtime::get(options.cache_dir.as_deref())?;
+        Ok(Self {
+            runtime,
+            shared: Arc::new(Shared {
+                config,
+                registry: options.registry.clone(),
+                opened: Mutex::new(HashMap::new()),
+            }),
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(options.max_instances.max(1))),
+            memory_limit: options.memory_limit,
+        })
+    }
+
+    /// The backends this store's instances have opened, by leaf configuration.
+    pub(crate) fn summaries(&self) -> Vec<String> {
+        let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());
+        opened.values().map(|b| b.summary()).collect()
+    }
+
+    pub(crate) async fn acquire(&self) -> Result<Lease<'_>, Error> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Runtime("the store is closed".into()))?;
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let instance = match idle {
+            Some(instance) => instance,
+            None => self.instantiate().await?,
+        };
+        Ok(Lease {
+            pool: self,
+            instance: Some(instance),
+            _permit: permit,
+        })
+    }
+
+    async fn instantiate(&self) -> Result<Instance, Error> {
+        let ctx = KvCtx {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory_limit)
+                .instances(4)
+                .build(),
+            shared: self.shared.clone(),
+        };
+        let mut store = wasmtime::Store::new(&self.runtime.engine, ctx);
+        store.limiter(|ctx| &mut ctx.limits);
+        let kv = self
+            .runtime
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Error::Runtime(format!("instantiating the component: {e:#}")))?;
+        Ok(Instance {
+            store,
+            kv,
+            buckets: HashMap::new(),
+        })
+    }
+}
+
+/// An instance borrowed from a pool. [`Lease::finish`] returns it; dropping
+/// a lease without finishing (a cancelled call) discards the instance,
+/// whose state is then unknown.
+pub(crate) struct Lease<'p> {
+    pool: &'p Pool,
+    instance: Option<Instance>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease<'_> {
+    pub(crate) fn instance(&mut self) -> Result<&mut Instance, Error> {
+        self.instance
+            .as_mut()
+            .ok_or_else(|| Error::Runtime("instance already released".into()))
+    }
+
+    /// Ends the call: a trap discards the instance, anything else returns it.
+    pub(crate) fn finish<T>(mut self, outcome: wasmtime::Result<T>) -> Result<T, Error> {
+        match outcome {
+            Ok(value) => {
+                if let Some(instance) = self.instance.take() {
+                    self.pool
+                        .idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(instance);
+                }
+                Ok(value)
+            }
+            Err(trap) => Err(Error::Trap(format!("{trap:#}"))),
+        }
+    }
+}
