@@ -1,1 +1,5 @@
-fn main() {}
+//! The `kvstash` command; everything lives in [`kvstash::cli`].
+
+fn main() -> std::process::ExitCode {
+    kvstash::cli::main()
+}
