@@ -1,0 +1,528 @@
+//! One conformance suite, run against every backend: the rules of
+//! `wit/storage.wit` that the guest's correctness rests on.
+
+use std::sync::Arc;
+
+use kvstash::backend::{
+    Backend, BackendError, Change, Check, FileBackend, FileConfig, MAX_SCAN, MemoryBackend, Scan,
+    Write,
+};
+
+fn put(key: &[u8], value: &[u8]) -> Write {
+    Write {
+        key: key.to_vec(),
+        value: Some(value.to_vec()),
+    }
+}
+
+fn del(key: &[u8]) -> Write {
+    Write {
+        key: key.to_vec(),
+        value: None,
+    }
+}
+
+fn scan(start: &[u8], end: Option<&[u8]>, limit: u32, reverse: bool) -> Scan {
+    Scan {
+        start: start.to_vec(),
+        end: end.map(<[u8]>::to_vec),
+        limit,
+        reverse,
+    }
+}
+
+async fn keys(b: &dyn Backend, s: Scan) -> Vec<Vec<u8>> {
+    b.scan(&s)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect()
+}
+
+/// Every rule, in order, on one empty backend.
+async fn all(b: Arc<dyn Backend>) {
+    let b = b.as_ref();
+    missing_keys(b).await;
+    overwrite_and_versions(b).await;
+    delete_is_idempotent(b).await;
+    ordered_scan(b).await;
+    empty_and_large_values(b).await;
+    odd_keys(b).await;
+    conditional_commits(b).await;
+    get_many(b).await;
+    invalid_requests(b).await;
+    change_feed(b).await;
+}
+
+async fn missing_keys(b: &dyn Backend) {
+    assert_eq!(b.get(b"missing").await.unwrap(), None);
+    assert_eq!(
+        b.current_version().await.unwrap(),
+        0,
+        "a new backend is at version 0"
+    );
+    assert!(
+        b.scan(&scan(b"", None, 10, false))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(b.changes(0, 10).await.unwrap().is_empty());
+}
+
+async fn overwrite_and_versions(b: &dyn Backend) {
+    let v1 = b.commit(vec![], vec![put(b"ow", b"one")]).await.unwrap();
+    let v2 = b.commit(vec![], vec![put(b"ow", b"two")]).await.unwrap();
+    assert!(v2 > v1, "versions strictly increase");
+    let e = b.get(b"ow").await.unwrap().unwrap();
+    assert_eq!((e.value.as_slice(), e.version), (&b"two"[..], v2));
+    assert_eq!(b.current_version().await.unwrap(), v2);
+    // One commit, one version for every write in it.
+    let v3 = b
+        .commit(vec![], vec![put(b"ow-a", b"a"), put(b"ow-b", b"b")])
+        .await
+        .unwrap();
+    assert_eq!(b.get(b"ow-a").await.unwrap().unwrap().version, v3);
+    assert_eq!(b.get(b"ow-b").await.unwrap().unwrap().version, v3);
+    // Two writes of one key in one commit: the last wins.
+    b.commit(vec![], vec![put(b"ow", b"x"), put(b"ow", b"y")])
+        .await
+        .unwrap();
+    assert_eq!(b.get(b"ow").await.unwrap().unwrap().value, b"y");
+    b.commit(vec![], vec![del(b"ow"), del(b"ow-a"), del(b"ow-b")])
+        .await
+        .unwrap();
+}
+
+async fn delete_is_idempotent(b: &dyn Backend) {
+    b.commit(vec![], vec![put(b"gone", b"1")]).await.unwrap();
+    b.commit(vec![], vec![del(b"gone")]).await.unwrap();
+    assert_eq!(b.get(b"gone").await.unwrap(), None);
+    b.commit(vec![], vec![del(b"gone")])
+        .await
+        .expect("deleting a missing key is not an error");
+    b.commit(vec![], vec![del(b"never-was")]).await.unwrap();
+}
+
+async fn ordered_scan(b: &dyn Backend) {
+    let names: [&[u8]; 6] = [b"s/b", b"s/a", b"s/c", b"s/aa", b"s/", b"t/"];
+    for name in names {
+        b.commit(vec![], vec![put(name, name)]).await.unwrap();
+    }
+    let want: Vec<Vec<u8>> = [&b"s/"[..], b"s/a", b"s/aa", b"s/b", b"s/c"]
+        .iter()
+        .map(|k| k.to_vec())
+        .collect();
+    assert_eq!(keys(b, scan(b"s/", Some(b"s0"), 100, false)).await, want);
+    let mut reversed = want.clone();
+    reversed.reverse();
+    assert_eq!(keys(b, scan(b"s/", Some(b"s0"), 100, true)).await, reversed);
+    assert_eq!(
+        keys(b, scan(b"s/", Some(b"s0"), 2, false)).await,
+        want[..2].to_vec()
+    );
+    assert_eq!(
+        keys(b, scan(b"s/", Some(b"s0"), 2, true)).await,
+        reversed[..2].to_vec()
+    );
+    // Start is inclusive, end exclusive.
+    assert_eq!(
+        keys(b, scan(b"s/a", Some(b"s/b"), 100, false)).await,
+        vec![b"s/a".to_vec(), b"s/aa".to_vec()]
+    );
+    // No end: to the last key.
+    assert_eq!(
+        keys(b, scan(b"s/c", None, 100, false)).await,
+        vec![b"s/c".to_vec(), b"t/".to_vec()]
+    );
+    // Empty and inverted ranges are empty, not errors.
+    assert!(
+        keys(b, scan(b"s/b", Some(b"s/b"), 100, false))
+            .await
+            .is_empty()
+    );
+    assert!(
+        keys(b, scan(b"s/c", Some(b"s/a"), 100, false))
+            .await
+            .is_empty()
+    );
+    assert!(keys(b, scan(b"s/", Some(b"s0"), 0, false)).await.is_empty());
+    // Entries carry their values and versions.
+    let entries = b
+        .scan(&scan(b"s/aa", Some(b"s/b"), 10, false))
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].value, b"s/aa");
+    assert_eq!(
+        Some(entries[0].version),
+        b.get(b"s/aa").await.unwrap().map(|e| e.version)
+    );
+    let all: Vec<Write> = names.iter().map(|n| del(n)).collect();
+    b.commit(vec![], all).await.unwrap();
+}
+
+async fn empty_and_large_values(b: &dyn Backend) {
+    b.commit(vec![], vec![put(b"empty", b"")]).await.unwrap();
+    let e = b
+        .get(b"empty")
+        .await
+        .unwrap()
+        .expect("an empty value is a value");
+    assert!(e.value.is_empty());
+    let big: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    b.commit(vec![], vec![put(b"big", &big)]).await.unwrap();
+    assert_eq!(b.get(b"big").await.unwrap().unwrap().value, big);
+    b.commit(vec![], vec![del(b"empty"), del(b"big")])
+        .await
+        .unwrap();
+}
+
+async fn odd_keys(b: &dyn Backend) {
+    let long = vec![b'k'; 4096 + 16];
+    let odd: Vec<Vec<u8>> = vec![
+        vec![0],
+        vec![0, 0, 1],
+        vec![0xff],
+        vec![0xff, 0xff, 0xff],
+        b"with space/and\nnewline".to_vec(),
+        "ünïcødé ✓".as_bytes().to_vec(),
+        b"../../etc/passwd".to_vec(),
+        long,
+    ];
+    for (i, key) in odd.iter().enumerate() {
+        b.commit(vec![], vec![put(key, &[i as u8])]).await.unwrap();
+    }
+    for (i, key) in odd.iter().enumerate() {
+        assert_eq!(
+            b.get(key).await.unwrap().unwrap().value,
+            vec![i as u8],
+            "{key:?}"
+        );
+    }
+    let mut sorted = odd.clone();
+    sorted.sort();
+    assert_eq!(
+        keys(b, scan(b"", None, 100, false)).await,
+        sorted,
+        "byte order, 0x00 and 0xff included"
+    );
+    b.commit(vec![], odd.iter().map(|k| del(k)).collect())
+        .await
+        .unwrap();
+}
+
+async fn conditional_commits(b: &dyn Backend) {
+    // absent: holds for a missing key, fails for a present one.
+    let v1 = b
+        .commit(vec![Check::Absent(b"c".to_vec())], vec![put(b"c", b"1")])
+        .await
+        .unwrap();
+    let before = b.current_version().await.unwrap();
+    let err = b
+        .commit(
+            vec![Check::Absent(b"c".to_vec())],
+            vec![put(b"c", b"2"), put(b"other", b"x")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BackendError::Conflict {
+            index: 0,
+            current: Some(v1)
+        }
+    );
+    assert_eq!(
+        b.get(b"c").await.unwrap().unwrap().value,
+        b"1",
+        "nothing written on conflict"
+    );
+    assert_eq!(
+        b.get(b"other").await.unwrap(),
+        None,
+        "not even the other writes"
+    );
+    assert_eq!(
+        b.current_version().await.unwrap(),
+        before,
+        "a failed commit takes no version"
+    );
+    // version-is: holds at the current version only.
+    let v2 = b
+        .commit(
+            vec![Check::VersionIs(b"c".to_vec(), v1)],
+            vec![put(b"c", b"2")],
+        )
+        .await
+        .unwrap();
+    let err = b
+        .commit(
+            vec![Check::VersionIs(b"c".to_vec(), v1)],
+            vec![put(b"c", b"3")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BackendError::Conflict {
+            index: 0,
+            current: Some(v2)
+        }
+    );
+    // The first failing check is named; a missing key's current is none.
+    let err = b
+        .commit(
+            vec![
+                Check::VersionIs(b"c".to_vec(), v2),
+                Check::VersionIs(b"nope".to_vec(), 1),
+                Check::Absent(b"c".to_vec()),
+            ],
+            vec![put(b"c", b"4")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BackendError::Conflict {
+            index: 1,
+            current: None
+        }
+    );
+    // Checks alone (a read validation) commit without writes.
+    b.commit(vec![Check::VersionIs(b"c".to_vec(), v2)], vec![])
+        .await
+        .unwrap();
+    // Deleting under a check; then the key is absent again.
+    b.commit(vec![Check::VersionIs(b"c".to_vec(), v2)], vec![del(b"c")])
+        .await
+        .unwrap();
+    b.commit(vec![Check::Absent(b"c".to_vec())], vec![])
+        .await
+        .unwrap();
+}
+
+async fn get_many(b: &dyn Backend) {
+    let v = b
+        .commit(vec![], vec![put(b"m1", b"1"), put(b"m2", b"2")])
+        .await
+        .unwrap();
+    let got = b
+        .get_many(&[
+            b"m2".to_vec(),
+            b"none".to_vec(),
+            b"m1".to_vec(),
+            b"m2".to_vec(),
+        ])
+        .await
+        .unwrap();
+    let values: Vec<Option<Vec<u8>>> = got
+        .iter()
+        .map(|e| e.as_ref().map(|e| e.value.clone()))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            Some(b"2".to_vec()),
+            None,
+            Some(b"1".to_vec()),
+            Some(b"2".to_vec())
+        ]
+    );
+    assert!(got.iter().flatten().all(|e| e.version == v));
+    assert!(b.get_many(&[]).await.unwrap().is_empty());
+    b.commit(vec![], vec![del(b"m1"), del(b"m2")])
+        .await
+        .unwrap();
+}
+
+async fn invalid_requests(b: &dyn Backend) {
+    let version = b.current_version().await.unwrap();
+    assert!(matches!(
+        b.commit(vec![], vec![]).await,
+        Err(BackendError::Invalid(_))
+    ));
+    let too_many: Vec<Write> = (0..20_001u32).map(|i| put(&i.to_be_bytes(), b"")).collect();
+    assert!(matches!(
+        b.commit(vec![], too_many).await,
+        Err(BackendError::Invalid(_))
+    ));
+    let keys: Vec<Vec<u8>> = (0..10_001u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert!(matches!(
+        b.get_many(&keys).await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert_eq!(
+        b.current_version().await.unwrap(),
+        version,
+        "rejected requests write nothing"
+    );
+    // Hostile limits are clamped, not honoured.
+    let writes: Vec<Write> = (0..(MAX_SCAN + 5))
+        .map(|i| put(&[b'z', (i >> 8) as u8, i as u8], b""))
+        .collect();
+    b.commit(vec![], writes.clone()).await.unwrap();
+    let got = b.scan(&scan(b"z", None, u32::MAX, false)).await.unwrap();
+    assert_eq!(got.len(), MAX_SCAN as usize);
+    b.commit(vec![], writes.iter().map(|w| del(&w.key)).collect())
+        .await
+        .unwrap();
+}
+
+async fn change_feed(b: &dyn Backend) {
+    let since = b.current_version().await.unwrap();
+    let v1 = b
+        .commit(vec![], vec![put(b"f1", b"a"), put(b"f2", b"b")])
+        .await
+        .unwrap();
+    let v2 = b.commit(vec![], vec![del(b"f1")]).await.unwrap();
+    let feed = b.changes(since, 100).await.unwrap();
+    assert_eq!(
+        feed,
+        vec![
+            Change {
+                version: v1,
+                key: b"f1".to_vec(),
+                value: Some(b"a".to_vec())
+            },
+            Change {
+                version: v1,
+                key: b"f2".to_vec(),
+                value: Some(b"b".to_vec())
+            },
+            Change {
+                version: v2,
+                key: b"f1".to_vec(),
+                value: None
+            },
+        ]
+    );
+    // A limit never splits a commit unless the commit alone exceeds it.
+    assert_eq!(b.changes(since, 1).await.unwrap().len(), 2);
+    assert_eq!(b.changes(v1, 100).await.unwrap().len(), 1);
+    assert!(b.changes(v2, 100).await.unwrap().is_empty());
+    // A failed commit leaves no trace in the feed.
+    let _ = b
+        .commit(vec![Check::Absent(b"f2".to_vec())], vec![put(b"f3", b"c")])
+        .await;
+    assert!(b.changes(v2, 100).await.unwrap().is_empty());
+}
+
+/// Retention: the feed answers `compacted` for versions it dropped.
+async fn compaction(b: Arc<dyn Backend>) {
+    for i in 0..10u8 {
+        b.commit(vec![], vec![put(&[i], &[i])]).await.unwrap();
+    }
+    // Retention 3: versions 8, 9, 10 are kept.
+    assert_eq!(
+        b.changes(0, 100).await,
+        Err(BackendError::Compacted { oldest: 8 })
+    );
+    assert_eq!(
+        b.changes(6, 100).await,
+        Err(BackendError::Compacted { oldest: 8 })
+    );
+    let kept: Vec<u64> = b
+        .changes(7, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.version)
+        .collect();
+    assert_eq!(kept, vec![8, 9, 10]);
+}
+
+#[tokio::test]
+async fn memory_backend_conforms() {
+    all(Arc::new(MemoryBackend::default())).await;
+    compaction(Arc::new(MemoryBackend::new(3))).await;
+}
+
+#[tokio::test]
+async fn file_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    all(FileBackend::open_shared(&FileConfig::new(dir.path().join("c.redb"))).unwrap()).await;
+    let mut config = FileConfig::new(dir.path().join("compaction.redb"));
+    config.retention = 3;
+    compaction(FileBackend::open_shared(&config).unwrap()).await;
+}
+
+#[tokio::test]
+async fn file_backend_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("dir").join("s.redb");
+    let version = {
+        let b = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        b.commit(vec![], vec![put(b"a", b"1"), put(b"b", b"2")])
+            .await
+            .unwrap();
+        b.commit(vec![], vec![del(b"a")]).await.unwrap()
+    };
+    let b = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+    assert_eq!(
+        b.current_version().await.unwrap(),
+        version,
+        "versions continue after reopen"
+    );
+    assert_eq!(b.get(b"a").await.unwrap(), None);
+    assert_eq!(b.get(b"b").await.unwrap().unwrap().value, b"2");
+    assert_eq!(
+        b.changes(0, 10).await.unwrap().len(),
+        3,
+        "the change feed survives reopen"
+    );
+    let next = b.commit(vec![], vec![put(b"c", b"3")]).await.unwrap();
+    assert_eq!(next, version + 1);
+}
+
+#[tokio::test]
+async fn file_handles_on_one_path_share_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let first = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+    let relative = FileConfig::new(dir.path().join(".").join("s.redb"));
+    let second = FileBackend::open_shared(&relative).unwrap();
+    first.commit(vec![], vec![put(b"k", b"v")]).await.unwrap();
+    assert_eq!(second.get(b"k").await.unwrap().unwrap().value, b"v");
+}
+
+#[tokio::test]
+async fn file_backend_rejects_bad_configuration() {
+    let reg = kvstash::Registry::default();
+    for (config, needle) in [
+        (r#"{"type":"file"}"#, "path"),
+        (
+            r#"{"type":"file","path":"/tmp/x.redb","colour":"red"}"#,
+            "colour",
+        ),
+        (r#"{"type":"memory","path":"/tmp"}"#, "path"),
+        (r#"{"type":"sqlite"}"#, "unknown backend type"),
+        ("{", "configuration"),
+    ] {
+        match reg.open(config) {
+            Err(BackendError::Invalid(why)) => assert!(why.contains(needle), "{config}: {why}"),
+            other => panic!("{config}: {other:?}"),
+        }
+    }
+    let file_in_the_way = tempfile::NamedTempFile::new().unwrap();
+    let blocked = file_in_the_way.path().join("sub").join("s.redb");
+    let config = serde_json::json!({"type": "file", "path": blocked}).to_string();
+    assert!(matches!(
+        reg.open(&config),
+        Err(BackendError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn file_backend_refuses_a_foreign_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-db.redb");
+    std::fs::write(&path, b"this is not a redb file at all, just some text").unwrap();
+    let err = FileBackend::open_shared(&FileConfig::new(&path)).unwrap_err();
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"this is not a redb file at all, just some text"
+    );
+}

@@ -1,0 +1,408 @@
+//! The store API through the real component, on every backend.
+
+use std::collections::BTreeMap;
+
+use kvstash::{Error, ListOptions, Store, StoreOptions, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Runs `$body` with `$store` opened on each backend in turn.
+macro_rules! on_every_backend {
+    ($name:ident, |$store:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                let $store = Store::open(r#"{"type":"memory"}"#).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn file() {
+                let dir = tempfile::tempdir().unwrap();
+                let config = json!({"type": "file", "path": dir.path().join("s.redb")});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+        }
+    };
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Sensor {
+    alias: Vec<u32>,
+    name: String,
+}
+
+on_every_backend!(crud_and_typed_json, |store| {
+    let b = store.bucket("devices");
+    assert_eq!(b.get("s1").await.unwrap(), None);
+    assert!(!b.exists("s1").await.unwrap());
+    let sensor = Sensor {
+        alias: vec![1, 5, 42],
+        name: "backyard shed sensor".into(),
+    };
+    let v1 = b.set_json("s1", &sensor).await.unwrap();
+    assert_eq!(b.get_json::<Sensor>("s1").await.unwrap(), Some(sensor));
+    assert!(b.exists("s1").await.unwrap());
+    let v2 = b
+        .set_json_text("s1", r#"{"alias":[2],"name":"x"}"#)
+        .await
+        .unwrap();
+    assert!(v2 > v1);
+    let entry = b.get("s1").await.unwrap().unwrap();
+    assert_eq!(entry.version, v2);
+    assert_eq!(
+        entry.value,
+        Value::Json(r#"{"alias":[2],"name":"x"}"#.into())
+    );
+    assert!(b.delete("s1").await.unwrap());
+    assert!(!b.delete("s1").await.unwrap());
+    assert_eq!(b.get("s1").await.unwrap(), None);
+});
+
+on_every_backend!(bytes_values, |store| {
+    let b = store.bucket("raw");
+    b.set_bytes("blob", &[0, 159, 146, 150]).await.unwrap();
+    let entry = b.get("blob").await.unwrap().unwrap();
+    assert_eq!(entry.value, Value::Bytes(vec![0, 159, 146, 150]));
+    assert_eq!(
+        b.get_json::<serde_json::Value>("blob").await,
+        Err(Error::NotJson)
+    );
+    let big = vec![7u8; 1024 * 1024];
+    b.set_bytes("big", &big).await.unwrap();
+    assert_eq!(
+        b.get("big").await.unwrap().unwrap().value.as_bytes(),
+        &big[..]
+    );
+});
+
+on_every_backend!(listing_pages_in_order, |store| {
+    let b = store.bucket("sensors");
+    let pairs: Vec<(String, String)> = (0..250)
+        .map(|i| (format!("sensor_{i:06}"), json!({"n": i}).to_string()))
+        .collect();
+    b.set_many(&pairs[..125]).await.unwrap();
+    b.set_many(&pairs[125..]).await.unwrap();
+    b.set_json("zz-other", &1).await.unwrap();
+    store
+        .bucket("sensors2")
+        .set_json("sensor_x", &1)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let options = ListOptions {
+            prefix: Some("sensor_".into()),
+            limit: Some(100),
+            cursor,
+        };
+        let page = b.list(&options).await.unwrap();
+        pages += 1;
+        seen.extend(page.items.into_iter().map(|i| i.key));
+        cursor = page.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        pairs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+    );
+    let everything = b
+        .list(&ListOptions {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(everything.items.len(), 251);
+    let bad = ListOptions {
+        cursor: Some("forged".into()),
+        ..Default::default()
+    };
+    assert_eq!(b.list(&bad).await, Err(Error::InvalidCursor));
+    assert_eq!(store.buckets().await.unwrap(), vec!["sensors", "sensors2"]);
+});
+
+on_every_backend!(batches, |store| {
+    let b = store.bucket("batch");
+    let v = b
+        .set_many(&[("a".into(), "1".into()), ("b".into(), "2".into())])
+        .await
+        .unwrap();
+    let got = b
+        .get_many(&["b".into(), "nope".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        got[0].as_ref().map(|e| (&e.value, e.version)),
+        Some((&Value::Json("2".into()), v))
+    );
+    assert_eq!(got[1], None);
+    assert_eq!(
+        b.delete_many(&["a".into(), "nope".into()]).await.unwrap(),
+        1
+    );
+    // One invalid value rejects the whole batch.
+    let err = b
+        .set_many(&[("c".into(), "3".into()), ("d".into(), "{".into())])
+        .await;
+    assert!(matches!(err, Err(Error::InvalidValue(_))), "{err:?}");
+    assert_eq!(b.get("c").await.unwrap(), None);
+});
+
+on_every_backend!(bad_input_is_typed_and_harmless, |store| {
+    let b = store.bucket("b");
+    b.set_json("keep", &"me").await.unwrap();
+    assert!(matches!(
+        b.set_json_text("k", "{not json").await,
+        Err(Error::InvalidValue(_))
+    ));
+    assert!(matches!(
+        b.set_json_text("", "1").await,
+        Err(Error::InvalidKey(_))
+    ));
+    assert!(matches!(
+        b.get(&"k".repeat(5000)).await,
+        Err(Error::InvalidKey(_))
+    ));
+    let huge = "1".repeat(8 * 1024 * 1024 + 1);
+    assert!(matches!(
+        b.set_json_text("k", &huge).await,
+        Err(Error::InvalidValue(_))
+    ));
+    assert!(matches!(
+        store.bucket("").get("k").await,
+        Err(Error::InvalidBucket(_))
+    ));
+    assert!(matches!(
+        store.bucket("a\u{7}b").set_json("k", &1).await,
+        Err(Error::InvalidBucket(_))
+    ));
+    let too_many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    assert!(matches!(
+        b.get_many(&too_many).await,
+        Err(Error::InvalidKey(_))
+    ));
+    // None of that touched the stored data.
+    assert_eq!(store.buckets().await.unwrap(), vec!["b"]);
+    assert_eq!(
+        b.get_json::<String>("keep").await.unwrap().as_deref(),
+        Some("me")
+    );
+    assert_eq!(
+        b.list(&ListOptions::default()).await.unwrap().items.len(),
+        1
+    );
+});
+
+on_every_backend!(concurrent_callers, |store| {
+    // More callers than instances: the pool serves them all, and every
+    // write lands exactly once.
+    let mut tasks = Vec::new();
+    for t in 0..24 {
+        let b = store.bucket("conc");
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                b.set_json(&format!("t{t:02}-{i:02}"), &(t * 100 + i))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let b = store.bucket("conc");
+    let page = b
+        .list(&ListOptions {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 24 * 20);
+    let versions: std::collections::BTreeSet<u64> = page.items.iter().map(|i| i.version).collect();
+    assert_eq!(versions.len(), 24 * 20, "every commit got its own version");
+});
+
+#[tokio::test]
+async fn model_based_through_the_component() {
+    // Random operations through the component on the file backend, checked
+    // against a BTreeMap: the guest engine's model test, end to end.
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"type": "file", "path": dir.path().join("m.redb")}).to_string();
+    let store = Store::open(&config).await.unwrap();
+    let b = store.bucket("m");
+    let mut model: BTreeMap<String, i64> = BTreeMap::new();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for step in 0..400 {
+        let key = format!("k{}", next(12));
+        match next(4) {
+            0 | 1 => {
+                let value = next(1000) as i64;
+                b.set_json(&key, &value).await.unwrap();
+                model.insert(key, value);
+            }
+            2 => assert_eq!(
+                b.delete(&key).await.unwrap(),
+                model.remove(&key).is_some(),
+                "step {step}"
+            ),
+            _ => assert_eq!(
+                b.get_json::<i64>(&key).await.unwrap(),
+                model.get(&key).copied(),
+                "step {step}"
+            ),
+        }
+    }
+    let listed: BTreeMap<String, i64> = b
+        .list(&ListOptions {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| (i.key, i.value.parse().unwrap()))
+        .collect();
+    assert_eq!(listed, model);
+}
+
+#[tokio::test]
+async fn two_handles_on_one_file_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"type": "file", "path": dir.path().join("s.redb")}).to_string();
+    let a = Store::open(&config).await.unwrap();
+    let b = Store::open(&config).await.unwrap();
+    a.bucket("x").set_json("k", &1).await.unwrap();
+    assert_eq!(b.bucket("x").get_json::<i32>("k").await.unwrap(), Some(1));
+    drop(a);
+    b.bucket("x").set_json("k", &2).await.unwrap();
+    drop(b);
+    let c = Store::open(&config).await.unwrap();
+    assert_eq!(c.bucket("x").get_json::<i32>("k").await.unwrap(), Some(2));
+}
+
+#[tokio::test]
+async fn layer_options_prefix_and_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let tenant = |prefix: &str| json!({"type": "file", "path": path, "prefix": prefix}).to_string();
+    let a = Store::open(&tenant("tenant-a/")).await.unwrap();
+    let b = Store::open(&tenant("tenant-b/")).await.unwrap();
+    a.bucket("cfg").set_json("k", &"a").await.unwrap();
+    b.bucket("cfg").set_json("k", &"b").await.unwrap();
+    assert_eq!(
+        a.bucket("cfg")
+            .get_json::<String>("k")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        b.bucket("cfg")
+            .get_json::<String>("k")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("b")
+    );
+
+    let ro = json!({"type": "file", "path": path, "prefix": "tenant-a/", "read_only": true});
+    let ro = Store::open(&ro.to_string()).await.unwrap();
+    assert_eq!(
+        ro.bucket("cfg")
+            .get_json::<String>("k")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        ro.bucket("cfg").set_json("k", &"x").await,
+        Err(Error::ReadOnly)
+    );
+    assert_eq!(ro.bucket("cfg").delete("k").await, Err(Error::ReadOnly));
+    assert_eq!(
+        a.bucket("cfg")
+            .get_json::<String>("k")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("a")
+    );
+}
+
+#[tokio::test]
+async fn configuration_errors_surface_at_open() {
+    for (config, needle) in [
+        ("not json", "JSON"),
+        (r#"{"type":"nope"}"#, "unknown backend type"),
+        (r#"{"type":"file"}"#, "path"),
+        (r#"{"type":"memory","read_only":"yes"}"#, "read_only"),
+        (
+            r#"{"type":"caching","main":{"type":"memory"}}"#,
+            "not supported yet",
+        ),
+    ] {
+        match Store::open(config).await {
+            Err(Error::InvalidConfig(why)) => assert!(why.contains(needle), "{config}: {why}"),
+            other => panic!("{config}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trap_costs_one_call_not_the_store() {
+    // Memory small enough that a big value makes the guest run out and trap.
+    let options = StoreOptions {
+        memory_limit: 4 * 1024 * 1024,
+        max_instances: 1,
+        ..Default::default()
+    };
+    let store = Store::open_with(r#"{"type":"memory"}"#, options)
+        .await
+        .unwrap();
+    let b = store.bucket("t");
+    b.set_json("before", &1).await.unwrap();
+    let big = vec![1u8; 3 * 1024 * 1024];
+    let err = b.set_bytes("big", &big).await.unwrap_err();
+    assert!(matches!(err, Error::Trap(_)), "{err:?}");
+    // The instance was replaced; the store and its data are intact.
+    assert_eq!(b.get_json::<i32>("before").await.unwrap(), Some(1));
+    assert_eq!(b.get("big").await.unwrap(), None);
+    b.set_json("after", &2).await.unwrap();
+    assert_eq!(b.get_json::<i32>("after").await.unwrap(), Some(2));
+}
+
+#[test]
+fn blocking_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"type": "file", "path": dir.path().join("s.redb")}).to_string();
+    let store = kvstash::BlockingStore::open(&config).unwrap();
+    let b = store.bucket("aliases");
+    b.set_json("environment_sensor_1", &[1, 5, 42]).unwrap();
+    assert_eq!(
+        b.get_json::<Vec<u32>>("environment_sensor_1").unwrap(),
+        Some(vec![1, 5, 42])
+    );
+    assert!(b.exists("environment_sensor_1").unwrap());
+    assert_eq!(b.list(&ListOptions::default()).unwrap().items.len(), 1);
+    assert!(b.delete("environment_sensor_1").unwrap());
+    assert_eq!(store.buckets().unwrap(), Vec::<String>::new());
+}
