@@ -139,7 +139,7 @@ pub struct ListPage {
 /// An open store. Cheap to clone; clones share instances and backends.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
 }
 
 /// One guest call on a pooled instance: `$body` runs with `$inst` bound to

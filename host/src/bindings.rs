@@ -6,6 +6,7 @@ wasmtime::component::bindgen!({
     world: "kvstash:store/kvstash",
     imports: { default: async | trappable },
     exports: { default: async },
+    additional_derives: [PartialEq],
     with: {
         "kvstash:store/storage.backend": crate::runtime::BackendHandle,
     },

@@ -182,7 +182,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut buf = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
                     .context("reading the value from standard input")?;
-                buf
+                // Like `$(…)` in a shell: the final newline is the pipe's,
+                // not the value's (JSON ignores surrounding whitespace anyway).
+                if bytes {
+                    buf
+                } else if string {
+                    buf.strip_suffix('\n').unwrap_or(&buf).to_string()
+                } else {
+                    buf.trim().to_string()
+                }
             } else {
                 value
             };

@@ -30,7 +30,7 @@ mod runtime;
 pub use api::{Bucket, Entry, Error, Item, ListOptions, ListPage, Store, Value};
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore};
-pub use runtime::{GUEST_WASM, StoreOptions};
+pub use runtime::{GUEST_WASM, StoreOptions, component_interfaces};
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

@@ -71,6 +71,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 /// The per-process engine and pre-linked component.
 pub(crate) struct Runtime {
     engine: Engine,
+    component: Component,
     pre: KvstashPre<KvCtx>,
 }
 
@@ -97,8 +98,28 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Kvstash::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |ctx| ctx)?;
         let pre = KvstashPre::new(linker.instantiate_pre(&component)?)?;
-        Ok(Runtime { engine, pre })
+        Ok(Runtime {
+            engine,
+            component,
+            pre,
+        })
     }
+}
+
+/// The interfaces the embedded component imports and exports, by name
+/// (`kvstash:store/storage@0.1.0`, `wasi:keyvalue/store@0.2.0-draft2`, …).
+pub fn component_interfaces() -> Result<(Vec<String>, Vec<String>), Error> {
+    let runtime = Runtime::get(default_cache_dir().as_deref())?;
+    let ty = runtime.component.component_type();
+    let imports = ty
+        .imports(&runtime.engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let exports = ty
+        .exports(&runtime.engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    Ok((imports, exports))
 }
 
 /// The compiled component: from the cache if a valid entry is there, else
@@ -505,3 +526,6 @@ impl Lease<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod wasi_keyvalue_tests;

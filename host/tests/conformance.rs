@@ -1,6 +1,9 @@
 //! One conformance suite, run against every backend: the rules of
 //! `wit/storage.wit` that the guest's correctness rests on.
 
+// Test code: a broken assumption should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use kvstash::backend::{

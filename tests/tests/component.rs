@@ -1,5 +1,8 @@
 //! The store API through the real component, on every backend.
 
+// Test code: a broken assumption should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 
 use kvstash::{Error, ListOptions, Store, StoreOptions, Value};

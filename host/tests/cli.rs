@@ -1,0 +1,241 @@
+//! The `kvstash` command line, one process per command, as a user runs it.
+
+// Test code: a broken assumption should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn kvstash(data: &Path, args: &[&str]) -> Output {
+    kvstash_with(data, args, None)
+}
+
+fn kvstash_with(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvstash"));
+    cmd.arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("KVSTASH_STORE")
+        .env_remove("KVSTASH_BUCKET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[track_caller]
+fn ok(o: Output) -> Output {
+    assert!(
+        o.status.success(),
+        "status {:?}, stderr: {}",
+        o.status,
+        stderr(&o)
+    );
+    o
+}
+
+#[test]
+fn set_in_one_process_get_in_another() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(
+        dir.path(),
+        &["set", "greeting", r#"{"hello":"world"}"#],
+    ));
+    let got = ok(kvstash(dir.path(), &["get", "greeting"]));
+    assert_eq!(stdout(&got), "{\"hello\":\"world\"}\n");
+    assert!(
+        dir.path().join("kvstash.redb").is_file(),
+        "the file backend is the default"
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "k", "1"]));
+    for (args, needle) in [
+        (&["get", "missing"][..], "not found"),
+        (&["set", "k", "{broken"][..], "not valid JSON"),
+        (&["set", "", "1"][..], "key is empty"),
+        (&["--bucket", "", "get", "k"][..], "bucket name is empty"),
+        (
+            &["--config", r#"{"type":"nope"}"#, "get", "k"][..],
+            "unknown backend type",
+        ),
+        (
+            &["--config", "/no/such/file.json", "get", "k"][..],
+            "/no/such/file.json",
+        ),
+    ] {
+        let o = kvstash(dir.path(), args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("kvstash: error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(stdout(&o).is_empty());
+    }
+    // The failed writes left the stored value alone.
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "k"]))), "1\n");
+    let usage = kvstash(dir.path(), &["frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn value_forms_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(
+        dir.path(),
+        &["set", "name", "backyard shed sensor", "--string"],
+    ));
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "name"]))),
+        "\"backyard shed sensor\"\n"
+    );
+    ok(kvstash(
+        dir.path(),
+        &["set", "raw", "plain bytes", "--bytes"],
+    ));
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "raw"]))),
+        "plain bytes"
+    );
+    ok(kvstash_with(
+        dir.path(),
+        &["set", "piped", "-"],
+        Some("[1, 5, 42]\n"),
+    ));
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "piped"]))),
+        "[1, 5, 42]\n"
+    );
+    ok(kvstash(dir.path(), &["delete", "name"]));
+    ok(kvstash(dir.path(), &["delete", "name"]));
+    assert_eq!(kvstash(dir.path(), &["get", "name"]).status.code(), Some(1));
+}
+
+#[test]
+fn list_prints_json_lines_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for (k, v) in [("b", "2"), ("a", "1"), ("c", "{\"x\":true}")] {
+        ok(kvstash(dir.path(), &["set", k, v]));
+    }
+    ok(kvstash(dir.path(), &["--bucket", "other", "set", "z", "0"]));
+    let lines: Vec<serde_json::Value> = stdout(&ok(kvstash(dir.path(), &["list"])))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(lines[2]["value"], serde_json::json!({"x": true}));
+    assert!(lines[0]["version"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        stdout(&ok(kvstash(
+            dir.path(),
+            &["list", "--keys", "--limit", "2"]
+        ))),
+        "a\nb\n"
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(
+            dir.path(),
+            &["list", "--keys", "--prefix", "c"]
+        ))),
+        "c\n"
+    );
+}
+
+#[test]
+fn export_then_import_reproduces_the_store() {
+    let src = tempfile::tempdir().unwrap();
+    ok(kvstash(src.path(), &["set", "k1", r#"{"alias":[1,5,42]}"#]));
+    ok(kvstash(
+        src.path(),
+        &["--bucket", "names", "set", "k1", "backyard", "--string"],
+    ));
+    ok(kvstash(
+        src.path(),
+        &["--bucket", "blobs", "set", "b", "\u{1}\u{2}", "--bytes"],
+    ));
+    let export = stdout(&ok(kvstash(src.path(), &["export"])));
+    assert_eq!(export.lines().count(), 3);
+    let dst = tempfile::tempdir().unwrap();
+    let imported = ok(kvstash_with(dst.path(), &["import"], Some(&export)));
+    assert!(stderr(&imported).contains("imported 3 records"));
+    assert_eq!(stdout(&ok(kvstash(dst.path(), &["export"]))), export);
+    // An export to a file, and of a single bucket.
+    let file = dst.path().join("names.jsonl");
+    let file_arg = file.to_str().unwrap();
+    ok(kvstash(
+        src.path(),
+        &[
+            "--bucket",
+            "names",
+            "export",
+            "--only-bucket",
+            "-o",
+            file_arg,
+        ],
+    ));
+    let names = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        names,
+        "{\"bucket\":\"names\",\"key\":\"k1\",\"value\":\"backyard\"}\n"
+    );
+}
+
+#[test]
+fn a_bad_import_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input =
+        "{\"bucket\":\"b\",\"key\":\"ok\",\"value\":1}\n{\"bucket\":\"b\",\"key\":\"bad\"}\n";
+    let o = kvstash_with(dir.path(), &["import"], Some(input));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["export"]))), "");
+}
+
+#[test]
+fn store_from_environment_and_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("via-env.redb");
+    let config = serde_json::json!({"type": "file", "path": path}).to_string();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+            .args(args)
+            .env("KVSTASH_STORE", &config)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    run(&["set", "k", "7"]);
+    assert!(path.is_file());
+    assert_eq!(stdout(&run(&["get", "k"])), "7\n");
+    // The same store named by a configuration file.
+    let file = dir.path().join("store.json");
+    std::fs::write(&file, &config).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let got = ok(kvstash(
+        elsewhere.path(),
+        &["--config", file.to_str().unwrap(), "get", "k"],
+    ));
+    assert_eq!(stdout(&got), "7\n");
+}
