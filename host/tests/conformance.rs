@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use kvstash::backend::{
-    Backend, BackendError, Change, Check, FileBackend, FileConfig, MAX_SCAN, MemoryBackend, Scan,
-    Write,
+    Backend, BackendError, Change, Check, FileBackend, FileConfig, MAX_KEY_BYTES, MAX_SCAN,
+    MAX_VALUE_BYTES, MemoryBackend, Scan, Write,
 };
 
 fn put(key: &[u8], value: &[u8]) -> Write {
@@ -356,11 +356,47 @@ async fn invalid_requests(b: &dyn Backend) {
         b.get_many(&keys).await,
         Err(BackendError::Invalid(_))
     ));
+    // Sizes a guest could send but no kvstash guest ever does.
+    let long_key = vec![b'k'; MAX_KEY_BYTES + 1];
+    let huge_value = vec![0u8; MAX_VALUE_BYTES + 1];
+    assert!(matches!(
+        b.get(&long_key).await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert!(matches!(
+        b.get_many(std::slice::from_ref(&long_key)).await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert!(matches!(
+        b.scan(&scan(&long_key, None, 1, false)).await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert!(matches!(
+        b.commit(vec![], vec![put(&long_key, b"")]).await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert!(matches!(
+        b.commit(vec![Check::Absent(long_key.clone())], vec![put(b"x", b"")])
+            .await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert!(matches!(
+        b.commit(vec![], vec![put(b"ok", b""), put(b"big", &huge_value)])
+            .await,
+        Err(BackendError::Invalid(_))
+    ));
     assert_eq!(
         b.current_version().await.unwrap(),
         version,
         "rejected requests write nothing"
     );
+    // The limits themselves are allowed.
+    let at_limit = vec![b'k'; MAX_KEY_BYTES];
+    b.commit(vec![], vec![put(&at_limit, b"edge")])
+        .await
+        .unwrap();
+    assert_eq!(b.get(&at_limit).await.unwrap().unwrap().value, b"edge");
+    b.commit(vec![], vec![del(&at_limit)]).await.unwrap();
     // Hostile limits are clamped, not honoured.
     let writes: Vec<Write> = (0..(MAX_SCAN + 5))
         .map(|i| put(&[b'z', (i >> 8) as u8, i as u8], b""))

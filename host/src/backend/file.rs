@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::{
     Backend, BackendError, Change, Check, DEFAULT_RETENTION, Entry, Scan, Write, take_changes,
-    validate_commit, validate_get_many,
+    validate_commit, validate_get_many, validate_key, validate_scan,
 };
 
 const DATA: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("data");
@@ -225,6 +225,7 @@ impl Backend for FileBackend {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
+        validate_key(key)?;
         let txn = self.db.begin_read().map_err(unavailable)?;
         let data = txn.open_table(DATA).map_err(unavailable)?;
         Ok(data.get(key).map_err(unavailable)?.map(|g| {
@@ -256,6 +257,7 @@ impl Backend for FileBackend {
     }
 
     async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
+        validate_scan(scan)?;
         if scan.is_empty() {
             return Ok(Vec::new());
         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{
     Backend, BackendError, Change, Check, DEFAULT_RETENTION, Entry, Scan, Write, take_changes,
-    validate_commit, validate_get_many,
+    validate_commit, validate_get_many, validate_key, validate_scan,
 };
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +82,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
+        validate_key(key)?;
         Ok(self.lock()?.records.get(key).map(|r| Self::entry(key, r)))
     }
 
@@ -95,6 +96,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
+        validate_scan(scan)?;
         if scan.is_empty() {
             return Ok(Vec::new());
         }

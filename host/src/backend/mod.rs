@@ -27,6 +27,13 @@ pub const MAX_SCAN: u32 = 10_000;
 pub const MAX_GET_MANY: usize = 10_000;
 /// Most checks plus writes in one commit.
 pub const MAX_COMMIT_OPS: usize = 20_000;
+/// Longest storage key a backend accepts. The guest's own keys are far
+/// shorter (bucket ≤ 256 + key ≤ 4096 bytes + a prefix); this bounds a
+/// hostile or buggy guest.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Largest stored value a backend accepts (the guest's limit is 8 MiB plus
+/// its record header).
+pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 /// Commits whose changes the change feed keeps, unless configured otherwise.
 pub const DEFAULT_RETENTION: u64 = 10_000;
 
@@ -143,6 +150,23 @@ pub trait Backend: Debug + Send + Sync + 'static {
     async fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError>;
 }
 
+/// Rejects a key longer than [`MAX_KEY_BYTES`].
+pub fn validate_key(key: &[u8]) -> Result<(), BackendError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(BackendError::Invalid(format!(
+            "key is {} bytes, at most {MAX_KEY_BYTES} are allowed",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Rejects a scan whose bounds could not be keys.
+pub fn validate_scan(scan: &Scan) -> Result<(), BackendError> {
+    validate_key(&scan.start)?;
+    scan.end.as_deref().map_or(Ok(()), validate_key)
+}
+
 /// Rejects requests no backend should accept, before any backend sees them.
 pub fn validate_commit(checks: &[Check], writes: &[Write]) -> Result<(), BackendError> {
     if checks.is_empty() && writes.is_empty() {
@@ -154,6 +178,20 @@ pub fn validate_commit(checks: &[Check], writes: &[Write]) -> Result<(), Backend
             checks.len() + writes.len()
         )));
     }
+    for check in checks {
+        validate_key(check.key())?;
+    }
+    for write in writes {
+        validate_key(&write.key)?;
+        if let Some(value) = &write.value
+            && value.len() > MAX_VALUE_BYTES
+        {
+            return Err(BackendError::Invalid(format!(
+                "value is {} bytes, at most {MAX_VALUE_BYTES} are allowed",
+                value.len()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -164,7 +202,7 @@ pub fn validate_get_many(keys: &[Vec<u8>]) -> Result<(), BackendError> {
             keys.len()
         )));
     }
-    Ok(())
+    keys.iter().try_for_each(|key| validate_key(key))
 }
 
 /// Changes after `since`, at most `limit` entries, never splitting a commit
