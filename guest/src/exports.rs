@@ -12,14 +12,26 @@ use crate::bindings::kvstash::store::storage;
 use crate::bindings::kvstash::store::types;
 use crate::config;
 use crate::engine::{
-    Engine, ListOptions, MAX_BATCH, MAX_LIST_LIMIT, Prefixed, Storage, StoreError, Swap, Value,
-    Versioned,
+    Clock, Condition, Engine, ListOptions, MAX_BATCH, MAX_LIST_LIMIT, Mutation, Op, Prefixed,
+    Storage, StoreError, Swap, TxnCheck, Value, Versioned, WriteOptions,
 };
 use crate::wit_storage::WitStorage;
 
 pub struct Component;
 
-type StoreEngine = Engine<Box<dyn Storage>>;
+/// The host's wall clock (`wasi:clocks/wall-clock`).
+pub struct WasiClock;
+
+impl Clock for WasiClock {
+    fn now_ms(&self) -> u64 {
+        let now = wasi::clocks::wall_clock::now();
+        now.seconds
+            .saturating_mul(1000)
+            .saturating_add(u64::from(now.nanoseconds / 1_000_000))
+    }
+}
+
+type StoreEngine = Engine<Box<dyn Storage>, WasiClock>;
 
 thread_local! {
     /// Built on first use from the host's configuration, then kept for the
@@ -38,7 +50,7 @@ fn engine() -> Result<Rc<StoreEngine>, StoreError> {
         Some(prefix) => Box::new(Prefixed::new(leaf, prefix)),
         None => Box::new(leaf),
     };
-    let engine = Rc::new(Engine::new(storage).read_only(config.read_only));
+    let engine = Rc::new(Engine::new(storage, WasiClock).read_only(config.read_only));
     ENGINE.with(|cell| *cell.borrow_mut() = Some(engine.clone()));
     Ok(engine)
 }
@@ -53,6 +65,15 @@ impl From<StoreError> for types::Error {
             StoreError::InvalidValue(why) => types::Error::InvalidValue(why),
             StoreError::InvalidCursor => types::Error::InvalidCursor,
             StoreError::InvalidConfig(why) => types::Error::InvalidConfig(why),
+            StoreError::InvalidArgument(why) => types::Error::InvalidArgument(why),
+            StoreError::Conflict { current } => types::Error::Conflict(current),
+            StoreError::CheckFailed { index, current } => {
+                types::Error::CheckFailed(types::CheckFailure { index, current })
+            }
+            StoreError::NotFound(why) => types::Error::NotFound(why),
+            StoreError::InvalidPath(why) => types::Error::InvalidPath(why),
+            StoreError::PathNotFound(why) => types::Error::PathNotFound(why),
+            StoreError::PathTypeMismatch(why) => types::Error::PathTypeMismatch(why),
             StoreError::NotJson => types::Error::NotJson,
             StoreError::ReadOnly => types::Error::ReadOnly,
             StoreError::Contention => types::Error::Contention,
@@ -70,11 +91,56 @@ fn value_out(value: Value) -> types::Value {
     }
 }
 
+fn value_in(value: types::Value) -> Result<Value, StoreError> {
+    match value {
+        types::Value::Json(text) => Value::json(text),
+        types::Value::Bytes(bytes) => Value::bytes(bytes),
+    }
+}
+
 fn entry_out(v: Versioned) -> types::Entry {
     types::Entry {
         value: value_out(v.value),
         version: v.version,
+        expires_at: v.expires_at_ms,
     }
+}
+
+fn check_in(c: types::Check) -> Result<TxnCheck, StoreError> {
+    let condition = match c.condition {
+        types::Condition::VersionIs(version) => Condition::VersionIs(version),
+        types::Condition::Absent => Condition::Absent,
+        types::Condition::Exists => Condition::Exists,
+        types::Condition::ValueEquals(value) => Condition::ValueEquals(value_in(value)?),
+    };
+    Ok(TxnCheck {
+        bucket: c.bucket,
+        key: c.key,
+        condition,
+    })
+}
+
+fn mutation_in(m: types::Mutation) -> Result<Mutation, StoreError> {
+    let op = match m.op {
+        types::Op::Set(value) => Op::Set(value_in(value)?),
+        types::Op::Delete => Op::Delete,
+        types::Op::Increment(delta) => Op::Increment(delta),
+        types::Op::SetPath(p) => Op::SetPath {
+            path: p.path,
+            value: p.value,
+        },
+        types::Op::DeletePath(path) => Op::DeletePath { path },
+        types::Op::AppendPath(p) => Op::AppendPath {
+            path: p.path,
+            value: p.value,
+        },
+    };
+    Ok(Mutation {
+        bucket: m.bucket,
+        key: m.key,
+        op,
+        ttl_ms: m.ttl_ms,
+    })
 }
 
 pub struct Bucket {
@@ -86,6 +152,25 @@ impl api::Guest for Component {
 
     fn buckets() -> Result<Vec<String>, types::Error> {
         Ok(engine()?.buckets()?)
+    }
+
+    fn transact(
+        checks: Vec<types::Check>,
+        mutations: Vec<types::Mutation>,
+    ) -> Result<u64, types::Error> {
+        let checks = checks
+            .into_iter()
+            .map(check_in)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mutations = mutations
+            .into_iter()
+            .map(mutation_in)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(engine()?.transact(&checks, &mutations)?)
+    }
+
+    fn sweep(limit: u32) -> Result<u32, types::Error> {
+        Ok(engine()?.sweep(limit)?)
     }
 }
 
@@ -112,8 +197,52 @@ impl api::GuestBucket for Bucket {
         Ok(engine()?.set(&self.name, &key, Value::bytes(value)?)?)
     }
 
+    fn set_with(
+        &self,
+        key: String,
+        value: types::Value,
+        options: types::WriteOptions,
+    ) -> Result<u64, types::Error> {
+        let options = WriteOptions {
+            if_version: options.if_version,
+            if_absent: options.if_absent,
+            ttl_ms: options.ttl_ms,
+        };
+        Ok(engine()?.set_with(&self.name, &key, value_in(value)?, &options)?)
+    }
+
     fn delete(&self, key: String) -> Result<bool, types::Error> {
         Ok(engine()?.delete(&self.name, &key)?)
+    }
+
+    fn delete_if_version(&self, key: String, version: u64) -> Result<u64, types::Error> {
+        Ok(engine()?.delete_if_version(&self.name, &key, version)?)
+    }
+
+    fn increment(&self, key: String, delta: i64) -> Result<i64, types::Error> {
+        Ok(engine()?.increment(&self.name, &key, delta)?)
+    }
+
+    fn get_path(
+        &self,
+        key: String,
+        path: String,
+    ) -> Result<Option<types::PathValue>, types::Error> {
+        Ok(engine()?
+            .get_path(&self.name, &key, &path)?
+            .map(|(json, version)| types::PathValue { json, version }))
+    }
+
+    fn set_path(&self, key: String, path: String, value: String) -> Result<u64, types::Error> {
+        Ok(engine()?.update(&self.name, &key, Op::SetPath { path, value }, None)?)
+    }
+
+    fn delete_path(&self, key: String, path: String) -> Result<u64, types::Error> {
+        Ok(engine()?.update(&self.name, &key, Op::DeletePath { path }, None)?)
+    }
+
+    fn append_path(&self, key: String, path: String, value: String) -> Result<u64, types::Error> {
+        Ok(engine()?.update(&self.name, &key, Op::AppendPath { path, value }, None)?)
     }
 
     fn exists(&self, key: String) -> Result<bool, types::Error> {
@@ -125,8 +254,12 @@ impl api::GuestBucket for Bucket {
             &self.name,
             &ListOptions {
                 prefix: options.prefix,
+                start: options.start,
+                end: options.end,
                 limit: options.limit,
                 cursor: options.cursor,
+                reverse: options.reverse,
+                keys_only: options.keys_only,
             },
         )?;
         Ok(types::ListPage {
@@ -135,8 +268,9 @@ impl api::GuestBucket for Bucket {
                 .into_iter()
                 .map(|item| types::Item {
                     key: item.key,
-                    value: value_out(item.value),
+                    value: item.value.map(value_out),
                     version: item.version,
+                    expires_at: item.expires_at_ms,
                 })
                 .collect(),
             cursor: page.cursor,
@@ -185,6 +319,13 @@ impl From<StoreError> for KvError {
             | StoreError::InvalidValue(_)
             | StoreError::InvalidCursor
             | StoreError::InvalidConfig(_)
+            | StoreError::InvalidArgument(_)
+            | StoreError::Conflict { .. }
+            | StoreError::CheckFailed { .. }
+            | StoreError::NotFound(_)
+            | StoreError::InvalidPath(_)
+            | StoreError::PathNotFound(_)
+            | StoreError::PathTypeMismatch(_)
             | StoreError::NotJson
             | StoreError::Contention
             | StoreError::Storage(_)
@@ -345,9 +486,10 @@ impl KvCursor for String {
         let page = engine()?.list(
             bucket,
             &ListOptions {
-                prefix: None,
                 limit: Some(KV_PAGE),
                 cursor,
+                keys_only: true,
+                ..ListOptions::default()
             },
         )?;
         Ok(kv2::store::KeyResponse {

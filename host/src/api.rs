@@ -1,6 +1,7 @@
 //! The async embedding API: [`Store`] and [`Bucket`].
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,6 +28,30 @@ pub enum Error {
     /// The store configuration is invalid; the message names the field.
     #[error("invalid store configuration: {0}")]
     InvalidConfig(String),
+    /// Another argument is out of range or contradicts one (a zero TTL,
+    /// `if_version` with `if_absent`, too many transaction operations).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A conditional write found the key at another version (`None`:
+    /// absent). Nothing was written.
+    #[error("conflict: the key is {}", describe_version(*current))]
+    Conflict { current: Option<u64> },
+    /// Check `index` of a transaction did not hold; `current` is that key's
+    /// version (`None`: absent). Nothing was written.
+    #[error("transaction check {index} failed: the key is {}", describe_version(*current))]
+    CheckFailed { index: u32, current: Option<u64> },
+    /// The operation needs a key that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A JSON Pointer is malformed (RFC 6901).
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
+    /// A JSON Pointer names a member or element that does not exist.
+    #[error("path not found: {0}")]
+    PathNotFound(String),
+    /// A JSON Pointer steps through a value of the wrong type.
+    #[error("path type mismatch: {0}")]
+    PathTypeMismatch(String),
     /// The value is raw bytes, and the call needs JSON.
     #[error("the stored value is raw bytes, not JSON")]
     NotJson,
@@ -51,6 +76,13 @@ pub enum Error {
     Runtime(String),
 }
 
+fn describe_version(current: Option<u64>) -> String {
+    match current {
+        Some(version) => format!("at version {version}"),
+        None => "absent".into(),
+    }
+}
+
 impl From<wit::Error> for Error {
     fn from(e: wit::Error) -> Self {
         match e {
@@ -59,6 +91,16 @@ impl From<wit::Error> for Error {
             wit::Error::InvalidValue(why) => Error::InvalidValue(why),
             wit::Error::InvalidCursor => Error::InvalidCursor,
             wit::Error::InvalidConfig(why) => Error::InvalidConfig(why),
+            wit::Error::InvalidArgument(why) => Error::InvalidArgument(why),
+            wit::Error::Conflict(current) => Error::Conflict { current },
+            wit::Error::CheckFailed(f) => Error::CheckFailed {
+                index: f.index,
+                current: f.current,
+            },
+            wit::Error::NotFound(why) => Error::NotFound(why),
+            wit::Error::InvalidPath(why) => Error::InvalidPath(why),
+            wit::Error::PathNotFound(why) => Error::PathNotFound(why),
+            wit::Error::PathTypeMismatch(why) => Error::PathTypeMismatch(why),
             wit::Error::NotJson => Error::NotJson,
             wit::Error::ReadOnly => Error::ReadOnly,
             wit::Error::Contention => Error::Contention,
@@ -100,32 +142,118 @@ impl Value {
             wit::Value::Bytes(bytes) => Value::Bytes(bytes),
         }
     }
+
+    fn into_wit(self) -> wit::Value {
+        match self {
+            Value::Json(text) => wit::Value::Json(text),
+            Value::Bytes(bytes) => wit::Value::Bytes(bytes),
+        }
+    }
+
+    /// `value` serialized as JSON.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
+        serde_json::to_string(value)
+            .map(Value::Json)
+            .map_err(|e| Error::Serde(e.to_string()))
+    }
 }
 
-/// A value with the version of the commit that last wrote it.
+fn time_from_ms(ms: Option<u64>) -> Option<SystemTime> {
+    ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// A TTL as the component takes it: whole milliseconds, at least 1.
+fn ttl_ms(ttl: Option<Duration>) -> Option<u64> {
+    ttl.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A live value with the version of the commit that last wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub value: Value,
     pub version: u64,
+    /// When the key expires, if it has a TTL.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Entry {
+    fn from_wit(e: wit::Entry) -> Self {
+        Self {
+            value: Value::from_wit(e.value),
+            version: e.version,
+            expires_at: time_from_ms(e.expires_at),
+        }
+    }
 }
 
 /// One item of a [`ListPage`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
     pub key: String,
-    pub value: Value,
+    /// `None` when listing with [`ListOptions::keys_only`].
+    pub value: Option<Value>,
     pub version: u64,
+    pub expires_at: Option<SystemTime>,
 }
 
-/// What [`Bucket::list`] returns.
+/// Which items [`Bucket::list`] returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListOptions {
     /// Only keys starting with this.
     pub prefix: Option<String>,
+    /// Only keys `>= start`.
+    pub start: Option<String>,
+    /// Only keys `< end`.
+    pub end: Option<String>,
     /// At most this many items (default 100, at most 1000).
     pub limit: Option<u32>,
-    /// Continue after the page that returned this cursor.
+    /// Continue after the page that returned this cursor (same options).
     pub cursor: Option<String>,
+    /// Descending key order.
+    pub reverse: bool,
+    /// Leave values out.
+    pub keys_only: bool,
+}
+
+/// Options of a single write: a condition and a time-to-live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Write only if the key is live at exactly this version; otherwise
+    /// [`Error::Conflict`].
+    pub if_version: Option<u64>,
+    /// Write only if the key is absent (or expired); otherwise [`Error::Conflict`].
+    pub if_absent: bool,
+    /// The key expires this long after the write (1 ms to 100 years).
+    pub ttl: Option<Duration>,
+}
+
+impl WriteOptions {
+    pub fn if_version(version: u64) -> Self {
+        Self {
+            if_version: Some(version),
+            ..Self::default()
+        }
+    }
+
+    pub fn if_absent() -> Self {
+        Self {
+            if_absent: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn ttl(ttl: Duration) -> Self {
+        Self {
+            ttl: Some(ttl),
+            ..Self::default()
+        }
+    }
+
+    /// The same options with a time-to-live.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
 }
 
 /// One page of a listing, in key order.
@@ -188,6 +316,9 @@ impl Store {
         // Opening a bucket makes the guest parse the configuration and open
         // its backends, so their errors surface now.
         store.bucket("default").exists_probe().await?;
+        if let Some(interval) = options.sweep_interval {
+            spawn_sweeper(&store.pool, interval);
+        }
         Ok(store)
     }
 
@@ -213,6 +344,216 @@ impl Store {
     pub fn describe(&self) -> Vec<String> {
         self.pool.summaries()
     }
+
+    /// A transaction: checks and mutations across keys and buckets,
+    /// committed all or nothing by [`Transaction::commit`].
+    pub fn transaction(&self) -> Transaction {
+        Transaction {
+            store: self.clone(),
+            checks: Vec::new(),
+            mutations: Vec::new(),
+        }
+    }
+
+    /// Removes up to `limit` keys whose TTL has passed; returns how many.
+    /// Expired keys are invisible whether swept or not; the sweep reclaims
+    /// their space. [`StoreOptions::sweep_interval`] runs it in the background.
+    pub async fn sweep(&self, limit: u32) -> Result<u32, Error> {
+        call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_sweep(&mut inst.store, limit)
+            .await)
+    }
+}
+
+/// Sweeps expired keys every `interval` until the store is dropped.
+fn spawn_sweeper(pool: &Arc<Pool>, interval: Duration) {
+    let pool = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(pool) = pool.upgrade() else { return };
+            let store = Store { pool };
+            // Drain what has expired, a bounded batch at a time. Errors
+            // (a read-only store, a backend hiccup) wait for the next round.
+            while let Ok(SWEEP_BATCH) = store.sweep(SWEEP_BATCH).await {}
+        }
+    });
+}
+
+const SWEEP_BATCH: u32 = 1000;
+
+/// A check of a [`Transaction`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    bucket: String,
+    key: String,
+    condition: wit::Condition,
+}
+
+impl Check {
+    /// The key is live at exactly `version`.
+    pub fn version(bucket: &str, key: &str, version: u64) -> Self {
+        Self::new(bucket, key, wit::Condition::VersionIs(version))
+    }
+
+    /// The key is absent (or expired).
+    pub fn absent(bucket: &str, key: &str) -> Self {
+        Self::new(bucket, key, wit::Condition::Absent)
+    }
+
+    /// The key is live.
+    pub fn exists(bucket: &str, key: &str) -> Self {
+        Self::new(bucket, key, wit::Condition::Exists)
+    }
+
+    /// The key is live and holds this value (JSON compared as JSON).
+    pub fn equals_json<T: Serialize + ?Sized>(
+        bucket: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Self, Error> {
+        Ok(Self::new(
+            bucket,
+            key,
+            wit::Condition::ValueEquals(Value::json(value)?.into_wit()),
+        ))
+    }
+
+    fn new(bucket: &str, key: &str, condition: wit::Condition) -> Self {
+        Self {
+            bucket: bucket.into(),
+            key: key.into(),
+            condition,
+        }
+    }
+}
+
+/// Checks and mutations to commit atomically. Build it with the methods
+/// below, then [`commit`](Transaction::commit): either every check holds and
+/// every mutation is applied, at one version, or nothing is written.
+#[derive(Clone, Debug)]
+#[must_use = "a transaction does nothing until committed"]
+pub struct Transaction {
+    store: Store,
+    checks: Vec<Check>,
+    mutations: Vec<wit::Mutation>,
+}
+
+impl Transaction {
+    pub fn check(mut self, check: Check) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    fn push(mut self, bucket: &str, key: &str, op: wit::Op) -> Self {
+        self.mutations.push(wit::Mutation {
+            bucket: bucket.into(),
+            key: key.into(),
+            op,
+            ttl_ms: None,
+        });
+        self
+    }
+
+    /// Stores `value` as JSON (no expiry unless [`ttl`](Self::ttl) follows).
+    pub fn set_json<T: Serialize + ?Sized>(
+        self,
+        bucket: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Self, Error> {
+        Ok(self.push(bucket, key, wit::Op::Set(Value::json(value)?.into_wit())))
+    }
+
+    /// Stores a [`Value`].
+    pub fn set(self, bucket: &str, key: &str, value: Value) -> Self {
+        self.push(bucket, key, wit::Op::Set(value.into_wit()))
+    }
+
+    pub fn delete(self, bucket: &str, key: &str) -> Self {
+        self.push(bucket, key, wit::Op::Delete)
+    }
+
+    /// Adds `delta` to the integer at the key (missing: 0).
+    pub fn increment(self, bucket: &str, key: &str, delta: i64) -> Self {
+        self.push(bucket, key, wit::Op::Increment(delta))
+    }
+
+    /// Sets the JSON at `path` (an RFC 6901 pointer) inside the document.
+    pub fn set_path_json<T: Serialize + ?Sized>(
+        self,
+        bucket: &str,
+        key: &str,
+        path: &str,
+        value: &T,
+    ) -> Result<Self, Error> {
+        let value = json_text(value)?;
+        Ok(self.push(
+            bucket,
+            key,
+            wit::Op::SetPath(wit::PathOp {
+                path: path.into(),
+                value,
+            }),
+        ))
+    }
+
+    pub fn delete_path(self, bucket: &str, key: &str, path: &str) -> Self {
+        self.push(bucket, key, wit::Op::DeletePath(path.into()))
+    }
+
+    pub fn append_path_json<T: Serialize + ?Sized>(
+        self,
+        bucket: &str,
+        key: &str,
+        path: &str,
+        value: &T,
+    ) -> Result<Self, Error> {
+        let value = json_text(value)?;
+        Ok(self.push(
+            bucket,
+            key,
+            wit::Op::AppendPath(wit::PathOp {
+                path: path.into(),
+                value,
+            }),
+        ))
+    }
+
+    /// Gives the mutation added last a time-to-live (for a `set`: its TTL;
+    /// for the others: a new one, instead of keeping the key's expiry).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        if let Some(last) = self.mutations.last_mut() {
+            last.ttl_ms = ttl_ms(Some(ttl));
+        }
+        self
+    }
+
+    /// Commits; returns the transaction's version. A failed check is
+    /// [`Error::CheckFailed`] with its index and the key's current version.
+    pub async fn commit(self) -> Result<u64, Error> {
+        let checks: Vec<wit::Check> = self
+            .checks
+            .into_iter()
+            .map(|c| wit::Check {
+                bucket: c.bucket,
+                key: c.key,
+                condition: c.condition,
+            })
+            .collect();
+        let mutations = self.mutations;
+        call!(self.store, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_transact(&mut inst.store, &checks, &mutations)
+            .await)
+    }
+}
+
+fn json_text<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Serde(e.to_string()))
 }
 
 /// A named bucket of a [`Store`].
@@ -238,10 +579,7 @@ impl Bucket {
     /// The value and version of `key`, `None` if absent.
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
         let entry = bucket_call!(self, |api, store, handle| api.call_get(store, handle, key))?;
-        Ok(entry.map(|e| Entry {
-            value: Value::from_wit(e.value),
-            version: e.version,
-        }))
+        Ok(entry.map(Entry::from_wit))
     }
 
     /// The value of `key` parsed as `T`, `None` if absent.
@@ -271,10 +609,103 @@ impl Bucket {
             .call_set_bytes(store, handle, key, value))
     }
 
-    /// Deletes `key`; returns whether it existed.
+    /// Stores a [`Value`] under the options' condition and TTL; returns the
+    /// new version, or [`Error::Conflict`] with the key's current version.
+    pub async fn set_with(
+        &self,
+        key: &str,
+        value: Value,
+        options: &WriteOptions,
+    ) -> Result<u64, Error> {
+        let value = value.into_wit();
+        let options = wit::WriteOptions {
+            if_version: options.if_version,
+            if_absent: options.if_absent,
+            ttl_ms: ttl_ms(options.ttl),
+        };
+        bucket_call!(self, |api, store, handle| api
+            .call_set_with(store, handle, key, &value, options))
+    }
+
+    /// [`set_with`](Self::set_with) for a value serialized as JSON.
+    pub async fn set_json_with<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        options: &WriteOptions,
+    ) -> Result<u64, Error> {
+        self.set_with(key, Value::json(value)?, options).await
+    }
+
+    /// Deletes `key`; returns whether it was live.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         bucket_call!(self, |api, store, handle| api
             .call_delete(store, handle, key))
+    }
+
+    /// Deletes `key` if it is live at exactly `version`; returns the commit's
+    /// version, or [`Error::Conflict`] with the key's current version.
+    pub async fn delete_if_version(&self, key: &str, version: u64) -> Result<u64, Error> {
+        bucket_call!(self, |api, store, handle| api
+            .call_delete_if_version(store, handle, key, version))
+    }
+
+    /// Adds `delta` to the integer at `key` (missing: 0); returns the new
+    /// value. The key keeps its expiry.
+    pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, Error> {
+        bucket_call!(self, |api, store, handle| api
+            .call_increment(store, handle, key, delta))
+    }
+
+    /// The JSON at `path` (an RFC 6901 pointer, `""` for the whole
+    /// document) parsed as `T`, with the document's version; `None` if the
+    /// key is absent. A missing path is [`Error::PathNotFound`].
+    pub async fn get_path_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        path: &str,
+    ) -> Result<Option<(T, u64)>, Error> {
+        let found = bucket_call!(self, |api, store, handle| api
+            .call_get_path(store, handle, key, path))?;
+        found
+            .map(|pv| {
+                let value =
+                    serde_json::from_str(&pv.json).map_err(|e| Error::Serde(e.to_string()))?;
+                Ok((value, pv.version))
+            })
+            .transpose()
+    }
+
+    /// Sets the JSON at `path` inside the document at `key`, atomically;
+    /// returns the new version. The parent of `path` must exist; `/l/-`
+    /// appends to the array `l`.
+    pub async fn set_path_json<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        path: &str,
+        value: &T,
+    ) -> Result<u64, Error> {
+        let value = json_text(value)?;
+        bucket_call!(self, |api, store, handle| api
+            .call_set_path(store, handle, key, path, &value))
+    }
+
+    /// Removes the value at `path`; returns the new version.
+    pub async fn delete_path(&self, key: &str, path: &str) -> Result<u64, Error> {
+        bucket_call!(self, |api, store, handle| api
+            .call_delete_path(store, handle, key, path))
+    }
+
+    /// Appends `value` to the array at `path`; returns the new version.
+    pub async fn append_path_json<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        path: &str,
+        value: &T,
+    ) -> Result<u64, Error> {
+        let value = json_text(value)?;
+        bucket_call!(self, |api, store, handle| api
+            .call_append_path(store, handle, key, path, &value))
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, Error> {
@@ -286,8 +717,12 @@ impl Bucket {
     pub async fn list(&self, options: &ListOptions) -> Result<ListPage, Error> {
         let options = wit::ListOptions {
             prefix: options.prefix.clone(),
+            start: options.start.clone(),
+            end: options.end.clone(),
             limit: options.limit,
             cursor: options.cursor.clone(),
+            reverse: options.reverse,
+            keys_only: options.keys_only,
         };
         let page = bucket_call!(self, |api, store, handle| api
             .call_list(store, handle, &options))?;
@@ -297,8 +732,9 @@ impl Bucket {
                 .into_iter()
                 .map(|i| Item {
                     key: i.key,
-                    value: Value::from_wit(i.value),
+                    value: i.value.map(Value::from_wit),
                     version: i.version,
+                    expires_at: time_from_ms(i.expires_at),
                 })
                 .collect(),
             cursor: page.cursor,
@@ -311,12 +747,7 @@ impl Bucket {
             .call_get_many(store, handle, keys))?;
         Ok(entries
             .into_iter()
-            .map(|e| {
-                e.map(|e| Entry {
-                    value: Value::from_wit(e.value),
-                    version: e.version,
-                })
-            })
+            .map(|e| e.map(Entry::from_wit))
             .collect())
     }
 

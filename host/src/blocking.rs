@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{Bucket, Entry, Error, ListOptions, ListPage, Store};
+use crate::api::{
+    Bucket, Entry, Error, ListOptions, ListPage, Store, Transaction, Value, WriteOptions,
+};
 use crate::runtime::StoreOptions;
 
 /// A [`Store`] for synchronous code. Do not use it from inside an async
@@ -52,6 +54,15 @@ impl BlockingStore {
         self.runtime.block_on(self.store.buckets())
     }
 
+    /// Commits a transaction built with `as_async().transaction()`.
+    pub fn commit(&self, transaction: Transaction) -> Result<u64, Error> {
+        self.runtime.block_on(transaction.commit())
+    }
+
+    pub fn sweep(&self, limit: u32) -> Result<u32, Error> {
+        self.runtime.block_on(self.store.sweep(limit))
+    }
+
     /// The async store underneath.
     pub fn as_async(&self) -> &Store {
         &self.store
@@ -82,5 +93,44 @@ impl BlockingBucket {
     }
     pub fn list(&self, options: &ListOptions) -> Result<ListPage, Error> {
         self.runtime.block_on(self.bucket.list(options))
+    }
+    pub fn set_with(&self, key: &str, value: Value, options: &WriteOptions) -> Result<u64, Error> {
+        self.runtime
+            .block_on(self.bucket.set_with(key, value, options))
+    }
+    pub fn delete_if_version(&self, key: &str, version: u64) -> Result<u64, Error> {
+        self.runtime
+            .block_on(self.bucket.delete_if_version(key, version))
+    }
+    pub fn increment(&self, key: &str, delta: i64) -> Result<i64, Error> {
+        self.runtime.block_on(self.bucket.increment(key, delta))
+    }
+    pub fn get_path_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        path: &str,
+    ) -> Result<Option<(T, u64)>, Error> {
+        self.runtime.block_on(self.bucket.get_path_json(key, path))
+    }
+    pub fn set_path_json<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        path: &str,
+        value: &T,
+    ) -> Result<u64, Error> {
+        self.runtime
+            .block_on(self.bucket.set_path_json(key, path, value))
+    }
+    pub fn delete_path(&self, key: &str, path: &str) -> Result<u64, Error> {
+        self.runtime.block_on(self.bucket.delete_path(key, path))
+    }
+    pub fn append_path_json<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        path: &str,
+        value: &T,
+    ) -> Result<u64, Error> {
+        self.runtime
+            .block_on(self.bucket.append_path_json(key, path, value))
     }
 }

@@ -6,8 +6,9 @@
 //! 3. the file backend in `--data DIR` / `KVSTASH_DATA`;
 //! 4. the file backend in `$XDG_DATA_HOME/kvstash`, else `~/.local/share/kvstash`.
 //!
-//! Errors print one line, `kvstash: error: …`, and exit with status 1
-//! (usage errors: 2).
+//! Errors print one line, `kvstash: error: …`, and exit with status 1;
+//! usage errors exit with 2; a conditional write or transaction whose
+//! condition did not hold exits with 3 (nothing was written: re-read, retry).
 
 use std::io::{BufRead, Write as _};
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::api::{Bucket, Item, ListOptions, Store, Value};
+use crate::api::{Bucket, Check, Error, Item, ListOptions, Store, Value, WriteOptions};
 
 /// File name of the default store inside the data directory.
 pub const DEFAULT_FILE: &str = "kvstash.redb";
@@ -51,7 +52,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the value of KEY (JSON, or the raw bytes).
-    Get { key: String },
+    Get {
+        key: String,
+        /// Print {"value","version","expires_at"} instead of the value.
+        #[arg(long, conflicts_with = "path")]
+        meta: bool,
+        /// Print only the JSON at this RFC 6901 pointer inside the value.
+        #[arg(long)]
+        path: Option<String>,
+    },
     /// Store VALUE (JSON text; `-` reads standard input) under KEY.
     Set {
         key: String,
@@ -62,13 +71,50 @@ enum Command {
         /// Store VALUE as raw bytes.
         #[arg(long)]
         bytes: bool,
+        /// Expire the key after this long: 500ms, 30s, 5m, 2h, 7d.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Write only if KEY is at this version (else exit 3).
+        #[arg(long, conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Write only if KEY does not exist (else exit 3).
+        #[arg(long)]
+        if_absent: bool,
     },
     /// Delete KEY (deleting a missing key is not an error).
-    Delete { key: String },
+    Delete {
+        key: String,
+        /// Delete only if KEY is at this version (else exit 3).
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Add DELTA (default 1) to the integer at KEY and print the result.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+    },
+    /// Read or change the JSON at a path inside a document.
+    Path {
+        #[command(subcommand)]
+        op: PathCommand,
+    },
+    /// Apply a transaction read as JSON from FILE or standard input:
+    /// {"checks":[…],"mutations":[…]}; prints its version. See docs/semantics.md.
+    Txn { file: Option<PathBuf> },
     /// Print the bucket's items as JSON Lines: {"key","value"|"bytes","version"}.
     List {
         #[arg(long)]
         prefix: Option<String>,
+        /// Only keys >= START.
+        #[arg(long)]
+        start: Option<String>,
+        /// Only keys < END.
+        #[arg(long)]
+        end: Option<String>,
+        /// Descending key order.
+        #[arg(long)]
+        reverse: bool,
         /// Print at most this many items.
         #[arg(long)]
         limit: Option<usize>,
@@ -76,6 +122,8 @@ enum Command {
         #[arg(long)]
         keys: bool,
     },
+    /// Remove expired keys now (a running store also does this every minute).
+    Sweep,
     /// Write every bucket (or only --bucket, with --only-bucket) as JSON Lines:
     /// {"bucket","key","value"} or {"bucket","key","bytes":base64}.
     Export {
@@ -89,6 +137,49 @@ enum Command {
     /// Read JSON Lines as `export` writes them (from FILE or standard input).
     /// Every line is checked before anything is written.
     Import { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+enum PathCommand {
+    /// Print the JSON at PATH.
+    Get { key: String, path: String },
+    /// Set the JSON VALUE at PATH (its parent must exist; `/l/-` appends).
+    Set {
+        key: String,
+        path: String,
+        value: String,
+    },
+    /// Remove the value at PATH.
+    Delete { key: String, path: String },
+    /// Append the JSON VALUE to the array at PATH.
+    Append {
+        key: String,
+        path: String,
+        value: String,
+    },
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (ms, s, m, h, d)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit `{other}` (ms, s, m, h, d)")),
+    };
+    number
+        .checked_mul(ms_per_unit)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// Runs the command line; returns the process exit status.
@@ -105,8 +196,20 @@ pub fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) if is_lost_race(&e) => {
+            eprintln!("kvstash: {e:#}");
+            std::process::ExitCode::from(3)
+        }
         Err(e) => fail(&e),
     }
+}
+
+/// A condition that did not hold: not a failure of the tool.
+fn is_lost_race(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<Error>(),
+        Some(Error::Conflict { .. } | Error::CheckFailed { .. })
+    )
 }
 
 fn fail(e: &anyhow::Error) -> std::process::ExitCode {
@@ -162,11 +265,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let bucket = store.bucket(&cli.bucket);
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Get { key } => {
+        Command::Get { key, meta, path } => {
+            if let Some(path) = path {
+                let (value, _) = bucket
+                    .get_path_json::<serde_json::Value>(&key, &path)
+                    .await?
+                    .with_context(|| not_found(&key, &cli.bucket))?;
+                writeln!(out, "{value}")?;
+                return out_flush();
+            }
             let entry = bucket
                 .get(&key)
                 .await?
-                .with_context(|| format!("key `{key}` not found in bucket `{}`", cli.bucket))?;
+                .with_context(|| not_found(&key, &cli.bucket))?;
+            if meta {
+                let mut line = value_json(&entry.value);
+                line["version"] = json!(entry.version);
+                line["expires_at"] = json!(entry.expires_at.map(rfc3339));
+                writeln!(out, "{line}")?;
+                return out_flush();
+            }
             match entry.value {
                 Value::Json(text) => writeln!(out, "{text}")?,
                 Value::Bytes(bytes) => out.write_all(&bytes)?,
@@ -177,6 +295,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             value,
             string,
             bytes,
+            ttl,
+            if_version,
+            if_absent,
         } => {
             let value = if value == "-" {
                 let mut buf = String::new();
@@ -194,24 +315,96 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 value
             };
-            if bytes {
-                bucket.set_bytes(&key, value.as_bytes()).await?;
+            let value = if bytes {
+                Value::Bytes(value.into_bytes())
             } else if string {
-                bucket.set_json(&key, &value).await?;
+                Value::json(&value)?
             } else {
-                bucket.set_json_text(&key, &value).await?;
-            }
+                Value::Json(value)
+            };
+            let options = WriteOptions {
+                if_version,
+                if_absent,
+                ttl,
+            };
+            bucket.set_with(&key, value, &options).await?;
         }
-        Command::Delete { key } => {
-            bucket.delete(&key).await?;
+        Command::Delete { key, if_version } => match if_version {
+            Some(version) => {
+                bucket.delete_if_version(&key, version).await?;
+            }
+            None => {
+                bucket.delete(&key).await?;
+            }
+        },
+        Command::Incr { key, delta } => {
+            writeln!(out, "{}", bucket.increment(&key, delta).await?)?;
+        }
+        Command::Path { op } => match op {
+            PathCommand::Get { key, path } => {
+                let (value, _) = bucket
+                    .get_path_json::<serde_json::Value>(&key, &path)
+                    .await?
+                    .with_context(|| not_found(&key, &cli.bucket))?;
+                writeln!(out, "{value}")?;
+            }
+            PathCommand::Set { key, path, value } => {
+                bucket
+                    .set_path_json(&key, &path, &parse_value(&value)?)
+                    .await?;
+            }
+            PathCommand::Delete { key, path } => {
+                bucket.delete_path(&key, &path).await?;
+            }
+            PathCommand::Append { key, path, value } => {
+                bucket
+                    .append_path_json(&key, &path, &parse_value(&value)?)
+                    .await?;
+            }
+        },
+        Command::Txn { file } => {
+            let text = match &file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                None => {
+                    let mut buf = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+                        .context("reading the transaction from standard input")?;
+                    buf
+                }
+            };
+            let txn = parse_transaction(&store, &cli.bucket, &text).context("transaction")?;
+            writeln!(out, "{}", txn.commit().await?)?;
+        }
+        Command::Sweep => {
+            let mut removed = 0u64;
+            loop {
+                let n = store.sweep(1000).await?;
+                removed += u64::from(n);
+                if n < 1000 {
+                    break;
+                }
+            }
+            eprintln!("removed {removed} expired keys");
         }
         Command::List {
             prefix,
+            start,
+            end,
+            reverse,
             limit,
             keys,
         } => {
             let mut left = limit.unwrap_or(usize::MAX);
-            for_each_item(&bucket, prefix, &mut left, |item| {
+            let options = ListOptions {
+                prefix,
+                start,
+                end,
+                reverse,
+                keys_only: keys,
+                ..ListOptions::default()
+            };
+            for_each_item(&bucket, options, &mut left, |item| {
                 if keys {
                     writeln!(out, "{}", item.key)?;
                 } else {
@@ -242,13 +435,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut count = 0usize;
             for name in names {
                 let mut left = usize::MAX;
-                for_each_item(&store.bucket(&name), None, &mut left, |item| {
-                    let mut line = item_json(&item);
-                    line["bucket"] = json!(name);
-                    writeln!(sink, "{line}")?;
-                    count += 1;
-                    Ok(())
-                })
+                for_each_item(
+                    &store.bucket(&name),
+                    ListOptions::default(),
+                    &mut left,
+                    |item| {
+                        let mut line = item_json(&item);
+                        line["bucket"] = json!(name);
+                        writeln!(sink, "{line}")?;
+                        count += 1;
+                        Ok(())
+                    },
+                )
                 .await?;
             }
             sink.flush()?;
@@ -287,7 +485,7 @@ fn out_flush() -> anyhow::Result<()> {
 /// Walks the bucket's items page by page, at most `left` of them.
 async fn for_each_item(
     bucket: &Bucket,
-    prefix: Option<String>,
+    options: ListOptions,
     left: &mut usize,
     mut visit: impl FnMut(Item) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -295,9 +493,9 @@ async fn for_each_item(
     while *left > 0 {
         let page = bucket
             .list(&ListOptions {
-                prefix: prefix.clone(),
                 limit: Some(u32::try_from((*left).min(1000)).unwrap_or(1000)),
                 cursor,
+                ..options.clone()
             })
             .await?;
         for item in page.items {
@@ -315,19 +513,201 @@ async fn for_each_item(
     Ok(())
 }
 
-/// `{"key":…, "value":…}` or `{"key":…, "bytes":"base64"}`.
+/// `{"key":…, "value":…}` or `{"key":…, "bytes":"base64"}` (just the key
+/// when the item has no value).
 fn item_json(item: &Item) -> serde_json::Value {
-    match &item.value {
+    let mut line = match &item.value {
+        Some(value) => value_json(value),
+        None => json!({}),
+    };
+    line["key"] = json!(item.key);
+    line
+}
+
+/// `{"value":…}` or `{"bytes":"base64"}`.
+fn value_json(value: &Value) -> serde_json::Value {
+    match value {
         Value::Json(text) => {
             let value = serde_json::from_str::<serde_json::Value>(text)
                 .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
-            json!({"key": item.key, "value": value})
+            json!({"value": value})
         }
-        Value::Bytes(bytes) => json!({
-            "key": item.key,
-            "bytes": base64::engine::general_purpose::STANDARD.encode(bytes),
-        }),
+        Value::Bytes(bytes) => {
+            json!({"bytes": base64::engine::general_purpose::STANDARD.encode(bytes)})
+        }
     }
+}
+
+fn not_found(key: &str, bucket: &str) -> String {
+    format!("key `{key}` not found in bucket `{bucket}`")
+}
+
+fn parse_value(text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text).with_context(|| format!("`{text}` is not valid JSON"))
+}
+
+/// A time as RFC 3339 UTC, to the millisecond: `2026-11-23T21:05:00.123Z`.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        ms % 1000
+    )
+}
+
+/// A transaction document: `{"checks":[…],"mutations":[…]}` (see
+/// docs/semantics.md). `bucket` may be left out of a check or mutation.
+fn parse_transaction(
+    store: &Store,
+    default_bucket: &str,
+    text: &str,
+) -> anyhow::Result<crate::api::Transaction> {
+    let doc: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).context("not a JSON object")?;
+    if let Some(extra) = doc.keys().find(|k| *k != "checks" && *k != "mutations") {
+        bail!("unknown field `{extra}`");
+    }
+    let list = |name: &str| -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        match doc.get(name) {
+            None => Ok(Vec::new()),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    serde_json::Value::Object(map) => Ok(map.clone()),
+                    serde_json::Value::Null
+                    | serde_json::Value::Bool(_)
+                    | serde_json::Value::Number(_)
+                    | serde_json::Value::String(_)
+                    | serde_json::Value::Array(_) => bail!("{name}[{i}] is not an object"),
+                })
+                .collect(),
+            Some(_) => bail!("`{name}` must be an array"),
+        }
+    };
+    let mut txn = store.transaction();
+    for (i, mut check) in list("checks")?.into_iter().enumerate() {
+        let ctx = || format!("checks[{i}]");
+        let (bucket, key) = target(&mut check, default_bucket).with_context(ctx)?;
+        let condition = if let Some(v) = check.remove("version") {
+            let version = v
+                .as_u64()
+                .context("`version` must be a whole number")
+                .with_context(ctx)?;
+            Check::version(&bucket, &key, version)
+        } else if check.remove("absent") == Some(json!(true)) {
+            Check::absent(&bucket, &key)
+        } else if check.remove("exists") == Some(json!(true)) {
+            Check::exists(&bucket, &key)
+        } else if let Some(value) = check.remove("equals") {
+            Check::equals_json(&bucket, &key, &value)?
+        } else {
+            bail!("checks[{i}] needs one of `version`, `absent`: true, `exists`: true, `equals`");
+        };
+        if let Some(extra) = check.keys().next() {
+            bail!("checks[{i}] has an unknown or second condition `{extra}`");
+        }
+        txn = txn.check(condition);
+    }
+    for (i, mut m) in list("mutations")?.into_iter().enumerate() {
+        let ctx = || format!("mutations[{i}]");
+        let (bucket, key) = target(&mut m, default_bucket).with_context(ctx)?;
+        let ttl = match m.remove("ttl") {
+            Some(serde_json::Value::String(t)) => Some(
+                parse_duration(&t)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(ctx)?,
+            ),
+            Some(_) => bail!("mutations[{i}]: `ttl` must be a duration like \"30s\""),
+            None => None,
+        };
+        txn = if let Some(value) = m.remove("set") {
+            txn.set_json(&bucket, &key, &value)?
+        } else if m.remove("delete") == Some(json!(true)) {
+            txn.delete(&bucket, &key)
+        } else if let Some(delta) = m.remove("increment") {
+            let delta = delta
+                .as_i64()
+                .context("`increment` must be an integer")
+                .with_context(ctx)?;
+            txn.increment(&bucket, &key, delta)
+        } else if let Some(path) = m.remove("set_path") {
+            let path = path
+                .as_str()
+                .context("`set_path` must be a string")
+                .with_context(ctx)?
+                .to_string();
+            let value = m
+                .remove("value")
+                .context("`set_path` needs `value`")
+                .with_context(ctx)?;
+            txn.set_path_json(&bucket, &key, &path, &value)?
+        } else if let Some(path) = m.remove("append_path") {
+            let path = path
+                .as_str()
+                .context("`append_path` must be a string")
+                .with_context(ctx)?
+                .to_string();
+            let value = m
+                .remove("value")
+                .context("`append_path` needs `value`")
+                .with_context(ctx)?;
+            txn.append_path_json(&bucket, &key, &path, &value)?
+        } else if let Some(path) = m.remove("delete_path") {
+            let path = path
+                .as_str()
+                .context("`delete_path` must be a string")
+                .with_context(ctx)?
+                .to_string();
+            txn.delete_path(&bucket, &key, &path)
+        } else {
+            bail!(
+                "mutations[{i}] needs one of `set`, `delete`: true, `increment`, `set_path`, `delete_path`, `append_path`"
+            );
+        };
+        if let Some(ttl) = ttl {
+            txn = txn.ttl(ttl);
+        }
+        if let Some(extra) = m.keys().next() {
+            bail!("mutations[{i}] has an unknown or second operation `{extra}`");
+        }
+    }
+    Ok(txn)
+}
+
+/// The `bucket` (default: the command's) and `key` of a check or mutation.
+fn target(
+    item: &mut serde_json::Map<String, serde_json::Value>,
+    default_bucket: &str,
+) -> anyhow::Result<(String, String)> {
+    let bucket = match item.remove("bucket") {
+        None => default_bucket.to_string(),
+        Some(serde_json::Value::String(b)) => b,
+        Some(_) => bail!("`bucket` must be a string"),
+    };
+    let key = match item.remove("key") {
+        Some(serde_json::Value::String(k)) => k,
+        Some(_) => bail!("`key` must be a string"),
+        None => bail!("missing `key`"),
+    };
+    Ok((bucket, key))
 }
 
 /// One line of an export.
@@ -413,6 +793,23 @@ mod tests {
         let input = "{\"bucket\":\"b\",\"key\":\"k\",\"value\":1}\n\nnot json\n";
         let e = read_records(input.as_bytes()).unwrap_err();
         assert!(format!("{e:#}").starts_with("line 3"), "{e:#}");
+    }
+
+    #[test]
+    fn durations_and_times() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "10", "s", "1.5s", "10y", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let at = |ms: u64| rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(at(1_795_467_900_000), "2026-11-23T21:05:00.000Z");
     }
 
     #[test]

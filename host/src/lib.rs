@@ -27,7 +27,10 @@ mod blocking;
 pub mod cli;
 mod runtime;
 
-pub use api::{Bucket, Entry, Error, Item, ListOptions, ListPage, Store, Value};
+pub use api::{
+    Bucket, Check, Entry, Error, Item, ListOptions, ListPage, Store, Transaction, Value,
+    WriteOptions,
+};
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore};
 pub use runtime::{GUEST_WASM, StoreOptions, component_interfaces};

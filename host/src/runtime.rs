@@ -43,6 +43,9 @@ pub struct StoreOptions {
     pub cache_dir: Option<PathBuf>,
     /// The backends `type` can name.
     pub registry: Registry,
+    /// How often a background task removes expired keys (`None`: never;
+    /// expired keys are invisible either way, the sweep reclaims space).
+    pub sweep_interval: Option<std::time::Duration>,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +55,7 @@ impl Default for StoreOptions {
             memory_limit: 256 * 1024 * 1024,
             cache_dir: default_cache_dir(),
             registry: Registry::default(),
+            sweep_interval: Some(std::time::Duration::from_secs(60)),
         }
     }
 }

@@ -103,6 +103,7 @@ on_every_backend!(listing_pages_in_order, |store| {
             prefix: Some("sensor_".into()),
             limit: Some(100),
             cursor,
+            ..Default::default()
         };
         let page = b.list(&options).await.unwrap();
         pages += 1;
@@ -280,7 +281,7 @@ async fn model_based_through_the_component() {
         .unwrap()
         .items
         .into_iter()
-        .map(|i| (i.key, i.value.parse().unwrap()))
+        .map(|i| (i.key, i.value.unwrap().parse().unwrap()))
         .collect();
     assert_eq!(listed, model);
 }

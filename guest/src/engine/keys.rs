@@ -3,8 +3,12 @@
 //! A data record of key `k` in bucket `b` lives at `"k" b 0x00 k`. Bucket names
 //! hold no byte below 0x20, so the NUL ends the name unambiguously, a bucket's
 //! keys are contiguous, and they sort in the byte order of the user keys. The
-//! other leading bytes are reserved for the engine's own records (metadata,
-//! history), which user keys can never reach.
+//! other leading bytes are reserved for the engine's own records, which user
+//! keys can never reach:
+//!
+//! - `"x" expires_at(u64 BE) data_key` → empty: the expiry index. Written in
+//!   the same commit as a record with a TTL, so a sweep finds what expired
+//!   by scanning `"x"` up to now, in O(expired keys).
 
 use super::StoreError;
 
@@ -13,7 +17,9 @@ pub const MAX_BUCKET_LEN: usize = 256;
 pub const MAX_VALUE_LEN: usize = 8 * 1024 * 1024;
 
 const DATA_TAG: u8 = b'k';
+const EXPIRY_TAG: u8 = b'x';
 const CURSOR_TAG: &str = "c1";
+const REVERSE_CURSOR_TAG: &str = "r1";
 
 pub fn validate_bucket(name: &str) -> Result<(), StoreError> {
     if name.is_empty() {
@@ -104,10 +110,36 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// An opaque list cursor naming the last key returned.
-pub fn encode_cursor(last_key: &str) -> String {
-    let mut out = String::with_capacity(CURSOR_TAG.len() + 2 * last_key.len());
-    out.push_str(CURSOR_TAG);
+/// The expiry-index key of a record at `data_key` expiring at `expires_at_ms`.
+pub fn expiry_key(expires_at_ms: u64, data_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + data_key.len());
+    out.push(EXPIRY_TAG);
+    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    out.extend_from_slice(data_key);
+    out
+}
+
+/// The range of expiry-index keys of records expired at `now_ms`.
+pub fn expired_range(now_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    (vec![EXPIRY_TAG], expiry_key(now_ms.saturating_add(1), &[]))
+}
+
+/// The expiry and data key an expiry-index key names.
+pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = key.strip_prefix(&[EXPIRY_TAG])?;
+    let (at, data_key) = rest.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*at), data_key))
+}
+
+/// An opaque list cursor naming the last key returned, and the direction.
+pub fn encode_cursor(last_key: &str, reverse: bool) -> String {
+    let tag = if reverse {
+        REVERSE_CURSOR_TAG
+    } else {
+        CURSOR_TAG
+    };
+    let mut out = String::with_capacity(tag.len() + 2 * last_key.len());
+    out.push_str(tag);
     for byte in last_key.bytes() {
         out.push(char::from(HEX[usize::from(byte >> 4)]));
         out.push(char::from(HEX[usize::from(byte & 0xf)]));
@@ -117,11 +149,15 @@ pub fn encode_cursor(last_key: &str) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The last key named by a cursor from [`encode_cursor`].
-pub fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
-    let hex = cursor
-        .strip_prefix(CURSOR_TAG)
-        .ok_or(StoreError::InvalidCursor)?;
+/// The last key named by a cursor from [`encode_cursor`] for a listing in
+/// direction `reverse`.
+pub fn decode_cursor(cursor: &str, reverse: bool) -> Result<String, StoreError> {
+    let tag = if reverse {
+        REVERSE_CURSOR_TAG
+    } else {
+        CURSOR_TAG
+    };
+    let hex = cursor.strip_prefix(tag).ok_or(StoreError::InvalidCursor)?;
     if hex.len() % 2 != 0 || hex.len() > 2 * MAX_KEY_LEN {
         return Err(StoreError::InvalidCursor);
     }
@@ -168,11 +204,40 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_forgeries() {
         for key in ["a", "sensor_000123", "ünï\0côde", "\u{10FFFF}"] {
-            assert_eq!(decode_cursor(&encode_cursor(key)).unwrap(), key);
+            assert_eq!(
+                decode_cursor(&encode_cursor(key, false), false).unwrap(),
+                key
+            );
+            assert_eq!(decode_cursor(&encode_cursor(key, true), true).unwrap(), key);
         }
         for bad in ["", "c1", "c2aa", "c1a", "c1zz", "c1ff", "xx61"] {
-            assert_eq!(decode_cursor(bad), Err(StoreError::InvalidCursor), "{bad}");
+            assert_eq!(
+                decode_cursor(bad, false),
+                Err(StoreError::InvalidCursor),
+                "{bad}"
+            );
         }
+        // A cursor only continues a listing in its own direction.
+        assert_eq!(
+            decode_cursor(&encode_cursor("a", false), true),
+            Err(StoreError::InvalidCursor)
+        );
+        assert_eq!(
+            decode_cursor(&encode_cursor("a", true), false),
+            Err(StoreError::InvalidCursor)
+        );
+    }
+
+    #[test]
+    fn expiry_index_orders_by_time_then_key() {
+        let early = expiry_key(5, &data_key("b", "z"));
+        let late = expiry_key(6, &data_key("a", "a"));
+        assert!(early < late);
+        let (start, end) = expired_range(5);
+        assert!(start <= early && early < end && late >= end);
+        assert_eq!(parse_expiry_key(&late), Some((6, &data_key("a", "a")[..])));
+        assert_eq!(parse_expiry_key(b"x123"), None);
+        assert_eq!(parse_expiry_key(&data_key("a", "a")), None);
     }
 
     #[test]

@@ -1,29 +1,44 @@
-//! The store logic, generic over [`Storage`] so it runs natively in tests and
-//! on the imported `storage` interface in the component.
+//! The store logic, generic over [`Storage`] (where bytes live) and
+//! [`Clock`] (what time it is), so it runs natively in tests and on the
+//! component's imports.
 //!
 //! # Layout
-//! - `keys` — storage-key layout, limits, list cursors
+//! - `keys` — storage-key layout (data, expiry index), limits, list cursors
 //! - `record` — the versioned on-storage record format
 //! - `storage` — the [`Storage`] trait and the in-memory reference [`MemStorage`]
+//! - `clock` — [`Clock`], and [`Now`]: one clock read per operation at most
+//! - `txn` — the read-modify-write core: transactions, conditional writes,
+//!   increments, document paths, compare-and-swap, deletes, the TTL sweep
+//! - `list` — ordered listing: prefix, range, reverse, cursors, keys only
+//! - `doc` — RFC 6901 JSON Pointers into documents
 //! - `prefixed` — the `prefix` layer: a store inside another store's key space
 
+mod clock;
+mod doc;
 mod keys;
+mod list;
 mod prefixed;
 mod record;
 mod storage;
+mod txn;
 
+pub use clock::{Clock, ManualClock, Now};
+pub use doc::Pointer;
 pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use list::{Item, ListOptions, ListPage};
 pub use prefixed::Prefixed;
 pub use record::{Encoding, Record};
 pub use storage::{Change, Check, Entry, MAX_SCAN, MemStorage, Storage, StorageError, Write};
+pub use txn::{Condition, Mutation, Op, Swap, TxnCheck, WriteOptions};
 
-/// Most keys one batch call (`get-many`, `set-many`, `delete-many`) takes.
+/// Most keys one batch call (`get-many`, `set-many`, `delete-many`) takes,
+/// and most checks plus mutations in one transaction.
 pub const MAX_BATCH: usize = 1000;
 /// Default and largest page of `list`.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 1000;
-/// How often a read-modify-write retries after losing a race before giving up.
-const MAX_ATTEMPTS: usize = 64;
+/// Longest time-to-live: 100 years, in milliseconds.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
 
 /// Every way an engine operation can fail. Mapped once to each exported error
 /// type at the export boundary (`crate::exports`).
@@ -34,10 +49,31 @@ pub enum StoreError {
     InvalidValue(String),
     InvalidCursor,
     InvalidConfig(String),
+    /// An argument other than key, bucket or value is out of range or
+    /// contradicts another (a zero TTL, `if_version` with `if_absent`).
+    InvalidArgument(String),
+    /// A conditional write found the key at another version (`None`: absent).
+    Conflict {
+        current: Option<u64>,
+    },
+    /// Check number `index` of a transaction did not hold; `current` is the
+    /// checked key's version (`None`: absent).
+    CheckFailed {
+        index: u32,
+        current: Option<u64>,
+    },
+    /// The operation needs a key that does not exist.
+    NotFound(String),
+    /// A JSON Pointer is malformed.
+    InvalidPath(String),
+    /// A JSON Pointer names a member or element that does not exist.
+    PathNotFound(String),
+    /// A JSON Pointer goes through a value of the wrong type.
+    PathTypeMismatch(String),
     /// The call needs JSON and the stored value is raw bytes.
     NotJson,
     ReadOnly,
-    /// A read-modify-write lost the race `MAX_ATTEMPTS` times in a row.
+    /// A read-modify-write lost the race too many times in a row.
     Contention,
     /// The backend failed.
     Storage(String),
@@ -53,6 +89,19 @@ impl std::fmt::Display for StoreError {
             StoreError::InvalidValue(why) => write!(f, "invalid value: {why}"),
             StoreError::InvalidCursor => write!(f, "invalid cursor"),
             StoreError::InvalidConfig(why) => write!(f, "invalid store configuration: {why}"),
+            StoreError::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
+            StoreError::Conflict { current } => match current {
+                Some(v) => write!(f, "conflict: the key is at version {v}"),
+                None => write!(f, "conflict: the key does not exist"),
+            },
+            StoreError::CheckFailed { index, current } => match current {
+                Some(v) => write!(f, "check {index} failed: the key is at version {v}"),
+                None => write!(f, "check {index} failed: the key does not exist"),
+            },
+            StoreError::NotFound(why) => write!(f, "not found: {why}"),
+            StoreError::InvalidPath(why) => write!(f, "invalid path: {why}"),
+            StoreError::PathNotFound(why) => write!(f, "path not found: {why}"),
+            StoreError::PathTypeMismatch(why) => write!(f, "path type mismatch: {why}"),
             StoreError::NotJson => write!(f, "the stored value is raw bytes, not JSON"),
             StoreError::ReadOnly => write!(f, "the store is read-only"),
             StoreError::Contention => write!(f, "too many concurrent writers; retry"),
@@ -124,11 +173,13 @@ impl Value {
         }
     }
 
-    fn into_record(self) -> Record {
-        match self {
+    fn into_record(self, expires_at_ms: Option<u64>) -> Record {
+        let mut record = match self {
             Value::Json(text) => Record::json(text),
             Value::Bytes(bytes) => Record::bytes(bytes),
-        }
+        };
+        record.expires_at_ms = expires_at_ms;
+        record
     }
 
     fn from_record(record: Record) -> Result<Self, StoreError> {
@@ -150,53 +201,39 @@ fn check_size(len: usize) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A value with its version.
+/// A live value with its version and expiry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versioned {
     pub value: Value,
     pub version: u64,
+    /// When the key expires, in ms since the UNIX epoch.
+    pub expires_at_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Item {
-    pub key: String,
-    pub value: Value,
-    pub version: u64,
+impl Versioned {
+    fn from_record(record: Record, version: u64) -> Result<Self, StoreError> {
+        let expires_at_ms = record.expires_at_ms;
+        Ok(Self {
+            value: Value::from_record(record)?,
+            version,
+            expires_at_ms,
+        })
+    }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListOptions {
-    pub prefix: Option<String>,
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListPage {
-    pub items: Vec<Item>,
-    pub cursor: Option<String>,
-}
-
-/// What a compare-and-swap found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Swap {
-    /// Written at this version.
-    Done(u64),
-    /// The key was no longer at the expected version; nothing was written.
-    Conflict,
-}
-
-/// The store logic over one storage.
+/// The store logic over one storage and one clock.
 #[derive(Debug)]
-pub struct Engine<S> {
+pub struct Engine<S, C> {
     storage: S,
+    clock: C,
     read_only: bool,
 }
 
-impl<S: Storage> Engine<S> {
-    pub fn new(storage: S) -> Self {
+impl<S: Storage, C: Clock> Engine<S, C> {
+    pub fn new(storage: S, clock: C) -> Self {
         Self {
             storage,
+            clock,
             read_only: false,
         }
     }
@@ -211,6 +248,10 @@ impl<S: Storage> Engine<S> {
         &self.storage
     }
 
+    fn now(&self) -> Now<'_> {
+        Now::new(&self.clock)
+    }
+
     fn writable(&self) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
@@ -218,49 +259,67 @@ impl<S: Storage> Engine<S> {
         Ok(())
     }
 
+    /// The live value of `key`, `None` if absent or expired.
     pub fn get(&self, bucket: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
         keys::validate_bucket(bucket)?;
         keys::validate_key(key)?;
-        self.storage
-            .get(&keys::data_key(bucket, key))?
-            .map(decode_entry)
-            .transpose()
+        let now = self.now();
+        let storage_key = keys::data_key(bucket, key);
+        let Some(entry) = self.storage.get(&storage_key)? else {
+            return Ok(None);
+        };
+        let record = Record::decode(&entry.value)?;
+        if now.expired(record.expires_at_ms) {
+            self.reclaim(vec![(storage_key, entry.version, record.expires_at_ms)]);
+            return Ok(None);
+        }
+        Ok(Some(Versioned::from_record(record, entry.version)?))
     }
 
     pub fn exists(&self, bucket: &str, key: &str) -> Result<bool, StoreError> {
         Ok(self.get(bucket, key)?.is_some())
     }
 
+    /// Stores `value` (no condition, no expiry); returns the new version.
     pub fn set(&self, bucket: &str, key: &str, value: Value) -> Result<u64, StoreError> {
         keys::validate_bucket(bucket)?;
         keys::validate_key(key)?;
         self.writable()?;
-        let write = Write {
-            key: keys::data_key(bucket, key),
-            value: Some(value.into_record().encode()),
-        };
-        Ok(self.storage.commit(&[], &[write])?)
+        let writes = txn::encode_writes(vec![(
+            keys::data_key(bucket, key),
+            Some(value.into_record(None)),
+        )]);
+        Ok(self.storage.commit(&[], &writes)?)
     }
 
-    /// Deletes `key`; `Ok(true)` if it existed. A missing key writes nothing.
-    pub fn delete(&self, bucket: &str, key: &str) -> Result<bool, StoreError> {
-        Ok(self.delete_many(bucket, &[key.to_string()])? == 1)
-    }
-
+    /// The live values of `user_keys`, one slot per key.
     pub fn get_many(
         &self,
         bucket: &str,
         user_keys: &[String],
     ) -> Result<Vec<Option<Versioned>>, StoreError> {
         let storage_keys = batch_keys(bucket, user_keys)?;
-        self.storage
+        let now = self.now();
+        let mut expired = Vec::new();
+        let found = self
+            .storage
             .get_many(&storage_keys)?
             .into_iter()
-            .map(|entry| entry.map(decode_entry).transpose())
-            .collect()
+            .map(|entry| {
+                let Some(entry) = entry else { return Ok(None) };
+                let record = Record::decode(&entry.value)?;
+                if now.expired(record.expires_at_ms) {
+                    expired.push((entry.key, entry.version, record.expires_at_ms));
+                    return Ok(None);
+                }
+                Versioned::from_record(record, entry.version).map(Some)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.reclaim(expired);
+        Ok(found)
     }
 
-    /// Writes every pair in one atomic commit.
+    /// Writes every pair in one atomic commit (no expiry).
     pub fn set_many(&self, bucket: &str, pairs: Vec<(String, Value)>) -> Result<u64, StoreError> {
         keys::validate_bucket(bucket)?;
         check_batch_len(pairs.len())?;
@@ -268,147 +327,17 @@ impl<S: Storage> Engine<S> {
             .into_iter()
             .map(|(key, value)| {
                 keys::validate_key(&key)?;
-                Ok(Write {
-                    key: keys::data_key(bucket, &key),
-                    value: Some(value.into_record().encode()),
-                })
+                Ok((keys::data_key(bucket, &key), Some(value.into_record(None))))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.writable()?;
         if writes.is_empty() {
             return Ok(self.storage.current_version()?);
         }
-        Ok(self.storage.commit(&[], &writes)?)
+        Ok(self.storage.commit(&[], &txn::encode_writes(writes))?)
     }
 
-    /// Deletes every key in one atomic commit; returns how many existed.
-    ///
-    /// The commit checks that each key it deletes is still at the version it
-    /// read, so the count is exact even with concurrent writers.
-    pub fn delete_many(&self, bucket: &str, user_keys: &[String]) -> Result<u32, StoreError> {
-        let storage_keys = batch_keys(bucket, user_keys)?;
-        self.writable()?;
-        for _ in 0..MAX_ATTEMPTS {
-            let found = self.storage.get_many(&storage_keys)?;
-            let mut checks = Vec::new();
-            let mut writes = Vec::new();
-            for (key, entry) in storage_keys.iter().zip(found) {
-                if let Some(entry) = entry {
-                    if writes.iter().any(|w: &Write| w.key == *key) {
-                        continue; // the same key given twice counts once
-                    }
-                    checks.push(Check::VersionIs(key.clone(), entry.version));
-                    writes.push(Write {
-                        key: key.clone(),
-                        value: None,
-                    });
-                }
-            }
-            if writes.is_empty() {
-                return Ok(0);
-            }
-            match self.storage.commit(&checks, &writes) {
-                Ok(_) => return Ok(u32::try_from(writes.len()).unwrap_or(u32::MAX)),
-                Err(StorageError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Contention)
-    }
-
-    /// One page of `bucket` in key order.
-    pub fn list(&self, bucket: &str, options: &ListOptions) -> Result<ListPage, StoreError> {
-        keys::validate_bucket(bucket)?;
-        let limit = options
-            .limit
-            .unwrap_or(DEFAULT_LIST_LIMIT)
-            .clamp(1, MAX_LIST_LIMIT);
-        let bucket_prefix = keys::bucket_prefix(bucket);
-        let mut range_start = bucket_prefix.clone();
-        if let Some(prefix) = &options.prefix {
-            if prefix.len() > MAX_KEY_LEN {
-                return Err(StoreError::InvalidKey("prefix is longer than a key".into()));
-            }
-            range_start.extend_from_slice(prefix.as_bytes());
-        }
-        let end = keys::prefix_end(&range_start);
-        let start = match &options.cursor {
-            None => range_start.clone(),
-            Some(cursor) => {
-                let last = keys::decode_cursor(cursor)?;
-                let mut start = keys::data_key(bucket, &last);
-                if !start.starts_with(&range_start) {
-                    return Err(StoreError::InvalidCursor);
-                }
-                start.push(0); // the smallest key after `last`
-                start
-            }
-        };
-        let mut entries =
-            self.storage
-                .scan(&start, end.as_deref(), limit.saturating_add(1), false)?;
-        let more = entries.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-        entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let items = entries
-            .into_iter()
-            .map(|entry| {
-                let key = keys::user_key(&bucket_prefix, &entry.key)?.to_string();
-                let Versioned { value, version } = decode_entry(entry)?;
-                Ok(Item {
-                    key,
-                    value,
-                    version,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let cursor = if more {
-            items.last().map(|item| keys::encode_cursor(&item.key))
-        } else {
-            None
-        };
-        Ok(ListPage { items, cursor })
-    }
-
-    /// Up to `limit` keys of `bucket` after skipping the first `offset`: the
-    /// paging `wasi:keyvalue@0.2.0-draft` asks for with its `u64` cursor. Each
-    /// call re-scans the skipped keys, so a full listing costs O(n²/limit).
-    pub fn list_keys_at(
-        &self,
-        bucket: &str,
-        offset: u64,
-        limit: u32,
-    ) -> Result<(Vec<String>, bool), StoreError> {
-        keys::validate_bucket(bucket)?;
-        let prefix = keys::bucket_prefix(bucket);
-        let end = keys::prefix_end(&prefix);
-        let mut start = prefix.clone();
-        let mut to_skip = offset;
-        let mut out = Vec::new();
-        loop {
-            let page = self.storage.scan(&start, end.as_deref(), MAX_SCAN, false)?;
-            let full = page.len() >= usize::try_from(MAX_SCAN).unwrap_or(usize::MAX);
-            let mut last_key = None;
-            for entry in page {
-                if to_skip > 0 {
-                    to_skip -= 1;
-                } else if out.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
-                    out.push(keys::user_key(&prefix, &entry.key)?.to_string());
-                } else {
-                    return Ok((out, true));
-                }
-                last_key = Some(entry.key);
-            }
-            match (full, last_key) {
-                (true, Some(mut key)) => {
-                    key.push(0);
-                    start = key;
-                }
-                _ => return Ok((out, false)),
-            }
-        }
-    }
-
-    /// Names of the buckets that hold at least one key.
+    /// Names of the buckets that hold at least one live key.
     pub fn buckets(&self) -> Result<Vec<String>, StoreError> {
         let end = keys::data_end();
         let mut start = keys::bucket_prefix("");
@@ -419,72 +348,37 @@ impl<S: Storage> Engine<S> {
                 .ok_or_else(|| StoreError::Corrupt("data key without a bucket".into()))?
                 .to_string();
             start = keys::after_bucket(&name);
-            names.push(name);
+            let probe = ListOptions {
+                limit: Some(1),
+                keys_only: true,
+                ..ListOptions::default()
+            };
+            if !self.list(&name, &probe)?.items.is_empty() {
+                names.push(name);
+            }
         }
         Ok(names)
     }
 
-    /// The stored bytes and version of `key`, for compare-and-swap.
-    pub fn read_for_swap(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
-        Ok(self
-            .get(bucket, key)?
-            .map(|v| (v.value.into_bytes(), v.version)))
-    }
-
-    /// Writes `value` only if `key` is still at `expected` (`None`: absent).
-    pub fn swap(
-        &self,
-        bucket: &str,
-        key: &str,
-        expected: Option<u64>,
-        value: Value,
-    ) -> Result<Swap, StoreError> {
-        keys::validate_bucket(bucket)?;
-        keys::validate_key(key)?;
-        self.writable()?;
-        let storage_key = keys::data_key(bucket, key);
-        let write = Write {
-            key: storage_key.clone(),
-            value: Some(value.into_record().encode()),
-        };
-        match self
-            .storage
-            .commit(&[Check::unchanged(storage_key, expected)], &[write])
-        {
-            Ok(version) => Ok(Swap::Done(version)),
-            Err(StorageError::Conflict { .. }) => Ok(Swap::Conflict),
-            Err(e) => Err(e.into()),
+    /// Deletes expired records met by a read, best effort: a read must not
+    /// fail because tidying up did (the sweep will get them).
+    fn reclaim(&self, expired: Vec<(Vec<u8>, u64, Option<u64>)>) {
+        if self.read_only || expired.is_empty() {
+            return;
         }
-    }
-
-    /// Adds `delta` to the integer stored at `key` (a missing key counts as
-    /// zero) atomically, and returns the new value. The result is stored as
-    /// JSON, so the rich API reads a number.
-    pub fn increment<N: Counter>(
-        &self,
-        bucket: &str,
-        key: &str,
-        delta: N,
-    ) -> Result<N, StoreError> {
-        for _ in 0..MAX_ATTEMPTS {
-            let current = self.read_for_swap(bucket, key)?;
-            let (now, expected) = match &current {
-                None => (N::ZERO, None),
-                Some((bytes, version)) => (N::parse(bytes)?, Some(*version)),
-            };
-            let next = now.checked_add(delta).ok_or_else(|| {
-                StoreError::InvalidValue(format!("incrementing {now} by {delta} overflows"))
-            })?;
-            match self.swap(bucket, key, expected, Value::Json(next.to_string()))? {
-                Swap::Done(_) => return Ok(next),
-                Swap::Conflict => continue,
+        let mut checks = Vec::with_capacity(expired.len());
+        let mut writes = Vec::with_capacity(2 * expired.len());
+        for (key, version, expires_at_ms) in expired {
+            if let Some(at) = expires_at_ms {
+                writes.push(Write {
+                    key: keys::expiry_key(at, &key),
+                    value: None,
+                });
             }
+            checks.push(Check::VersionIs(key.clone(), version));
+            writes.push(Write { key, value: None });
         }
-        Err(StoreError::Contention)
+        let _ = self.storage.commit(&checks, &writes);
     }
 }
 
@@ -522,14 +416,6 @@ macro_rules! counter {
 counter!(i64);
 counter!(u64);
 
-fn decode_entry(entry: Entry) -> Result<Versioned, StoreError> {
-    let record = Record::decode(&entry.value)?;
-    Ok(Versioned {
-        value: Value::from_record(record)?,
-        version: entry.version,
-    })
-}
-
 fn check_batch_len(len: usize) -> Result<(), StoreError> {
     if len > MAX_BATCH {
         return Err(StoreError::InvalidKey(format!(
@@ -549,6 +435,20 @@ fn batch_keys(bucket: &str, user_keys: &[String]) -> Result<Vec<Vec<u8>>, StoreE
             Ok(keys::data_key(bucket, key))
         })
         .collect()
+}
+
+/// Checks a time-to-live and turns it into an expiry.
+fn expiry(now: &Now<'_>, ttl_ms: Option<u64>) -> Result<Option<u64>, StoreError> {
+    match ttl_ms {
+        None => Ok(None),
+        Some(0) => Err(StoreError::InvalidArgument(
+            "a TTL must be at least 1 ms".into(),
+        )),
+        Some(ttl) if ttl > MAX_TTL_MS => Err(StoreError::InvalidArgument(format!(
+            "a TTL is at most {MAX_TTL_MS} ms (100 years)"
+        ))),
+        Some(ttl) => Ok(Some(now.ms().saturating_add(ttl))),
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
-use std::collections::BTreeMap;
-
 use super::*;
 
-fn engine() -> Engine<MemStorage> {
-    Engine::new(MemStorage::default())
+const T0: u64 = 1_700_000_000_000;
+
+fn engine() -> Engine<MemStorage, ManualClock> {
+    Engine::new(MemStorage::default(), ManualClock::at(T0))
 }
 
 fn json(text: &str) -> Value {
@@ -98,7 +98,7 @@ fn invalid_input_is_rejected_and_stores_nothing() {
 #[test]
 fn read_only_rejects_every_write() {
     let storage = MemStorage::default();
-    let e = Engine::new(storage);
+    let e = Engine::new(storage, ManualClock::at(T0));
     e.set("b", "k", json("1")).unwrap();
     let e = e.read_only(true);
     assert_eq!(e.set("b", "k", json("2")), Err(StoreError::ReadOnly));
@@ -127,6 +127,7 @@ fn list_pages_through_everything_in_order() {
                     prefix: Some("sensor_".into()),
                     limit: Some(100),
                     cursor: cursor.clone(),
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -210,7 +211,7 @@ fn list_rejects_bad_cursors() {
         )
         .unwrap();
     assert_eq!(page.cursor, None);
-    let foreign = keys::encode_cursor("zebra");
+    let foreign = keys::encode_cursor("zebra", false);
     let options = ListOptions {
         prefix: Some("a".into()),
         cursor: Some(foreign),
@@ -341,8 +342,14 @@ fn offset_listing_for_the_u64_cursor() {
 #[test]
 fn prefixed_stores_share_a_backend_without_seeing_each_other() {
     let shared = std::rc::Rc::new(MemStorage::default());
-    let a = Engine::new(Prefixed::new(shared.clone(), b"tenant-a/".to_vec()));
-    let b = Engine::new(Prefixed::new(shared.clone(), b"tenant-b/".to_vec()));
+    let a = Engine::new(
+        Prefixed::new(shared.clone(), b"tenant-a/".to_vec()),
+        ManualClock::at(T0),
+    );
+    let b = Engine::new(
+        Prefixed::new(shared.clone(), b"tenant-b/".to_vec()),
+        ManualClock::at(T0),
+    );
     a.set("cfg", "k", json("1")).unwrap();
     b.set("cfg", "k", json("2")).unwrap();
     b.set("other", "k", json("2")).unwrap();
@@ -400,122 +407,7 @@ fn mem_storage_change_feed_and_compaction() {
     assert!(s.changes(6, 100).unwrap().is_empty());
 }
 
-/// A small deterministic PRNG (xorshift64*), so failures replay by seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Random sequences of every operation against a `BTreeMap` model.
-#[test]
-fn model_based_random_operations() {
-    for seed in 1..=40u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let e = engine();
-        let mut model: BTreeMap<(String, String), (Value, u64)> = BTreeMap::new();
-        let mut last_version = 0;
-        let buckets = ["a", "b", "a b"];
-        let key_space = ["k", "k0", "k1", "k10", "ka", "z", "ü", "k\0x"];
-        for step in 0..300 {
-            let bucket = buckets[rng.below(3) as usize];
-            let key = key_space[rng.below(key_space.len() as u64) as usize].to_string();
-            let ctx = format!("seed {seed} step {step}");
-            match rng.below(8) {
-                0 | 1 => {
-                    let value = if rng.below(4) == 0 {
-                        Value::bytes(vec![rng.below(256) as u8; rng.below(5) as usize]).unwrap()
-                    } else {
-                        json(&rng.below(1000).to_string())
-                    };
-                    let v = e.set(bucket, &key, value.clone()).unwrap();
-                    assert!(v > last_version, "{ctx}");
-                    last_version = v;
-                    model.insert((bucket.into(), key), (value, v));
-                }
-                2 => {
-                    let existed = e.delete(bucket, &key).unwrap();
-                    assert_eq!(
-                        existed,
-                        model.remove(&(bucket.into(), key)).is_some(),
-                        "{ctx}"
-                    );
-                }
-                3 => {
-                    let got = e.get(bucket, &key).unwrap();
-                    let want = model.get(&(bucket.into(), key));
-                    assert_eq!(got.map(|v| (v.value, v.version)).as_ref(), want, "{ctx}");
-                }
-                4 => {
-                    let keys: Vec<String> = (0..rng.below(4))
-                        .map(|_| key_space[rng.below(8) as usize].to_string())
-                        .collect();
-                    let pairs: Vec<(String, Value)> = keys
-                        .iter()
-                        .map(|k| (k.clone(), json(&rng.below(9).to_string())))
-                        .collect();
-                    let v = e.set_many(bucket, pairs.clone()).unwrap();
-                    if !pairs.is_empty() {
-                        assert!(v > last_version, "{ctx}");
-                        last_version = v;
-                    }
-                    for (k, value) in pairs {
-                        model.insert((bucket.into(), k), (value, v));
-                    }
-                }
-                5 => {
-                    let keys: Vec<String> = (0..rng.below(4))
-                        .map(|_| key_space[rng.below(8) as usize].to_string())
-                        .collect();
-                    let mut expected = 0;
-                    for k in &keys {
-                        if model.remove(&(bucket.to_string(), k.clone())).is_some() {
-                            expected += 1;
-                        }
-                    }
-                    assert_eq!(e.delete_many(bucket, &keys).unwrap(), expected, "{ctx}");
-                }
-                6 => {
-                    let limit = 1 + rng.below(3) as u32;
-                    let mut listed = Vec::new();
-                    let mut cursor = None;
-                    loop {
-                        let options = ListOptions {
-                            prefix: None,
-                            limit: Some(limit),
-                            cursor,
-                        };
-                        let page = e.list(bucket, &options).unwrap();
-                        listed.extend(page.items.into_iter().map(|i| (i.key, i.value, i.version)));
-                        cursor = page.cursor;
-                        if cursor.is_none() {
-                            break;
-                        }
-                    }
-                    let want: Vec<_> = model
-                        .iter()
-                        .filter(|((b, _), _)| b == bucket)
-                        .map(|((_, k), (v, ver))| (k.clone(), v.clone(), *ver))
-                        .collect();
-                    assert_eq!(listed, want, "{ctx}");
-                }
-                _ => {
-                    let want: Vec<&str> = {
-                        let mut names: Vec<&str> = model.keys().map(|(b, _)| b.as_str()).collect();
-                        names.dedup();
-                        names
-                    };
-                    assert_eq!(e.buckets().unwrap(), want, "{ctx}");
-                }
-            }
-        }
-    }
-}
+mod listing;
+mod model;
+mod transactions;
+mod ttl;
