@@ -13,7 +13,7 @@ use crate::bindings::kvstash::store::types;
 use crate::config;
 use crate::engine::{
     Clock, Condition, Engine, ListOptions, MAX_BATCH, MAX_LIST_LIMIT, Mutation, Op, Prefixed,
-    Storage, StoreError, Swap, TxnCheck, Value, Versioned, WriteOptions,
+    Storage, StoreError, Swap, TxnCheck, Value, Versioned, WriteOptions, validate_bucket,
 };
 use crate::wit_storage::WitStorage;
 
@@ -176,8 +176,9 @@ impl api::Guest for Component {
 
 impl api::GuestBucket for Bucket {
     fn open(name: String) -> Result<api::Bucket, types::Error> {
-        // Validates the name and surfaces configuration errors at open time.
-        engine()?.list_keys_at(&name, 0, 0)?;
+        // Surfaces configuration errors at open time; reads no data.
+        engine()?;
+        validate_bucket(&name)?;
         Ok(api::Bucket::new(Bucket { name }))
     }
 
@@ -351,7 +352,8 @@ kv_error!(kv1);
 kv_error!(kv2);
 
 fn kv_open(identifier: &str) -> Result<String, StoreError> {
-    engine()?.list_keys_at(identifier, 0, 0)?;
+    engine()?;
+    validate_bucket(identifier)?;
     Ok(identifier.to_string())
 }
 

@@ -239,3 +239,173 @@ fn store_from_environment_and_config_file() {
     ));
     assert_eq!(stdout(&got), "7\n");
 }
+
+#[test]
+fn conditional_writes_exit_3_when_they_lose() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "k", "1", "--if-absent"]));
+    let lost = kvstash(dir.path(), &["set", "k", "2", "--if-absent"]);
+    assert_eq!(lost.status.code(), Some(3));
+    assert!(stderr(&lost).contains("conflict"), "{}", stderr(&lost));
+    let meta: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(kvstash(dir.path(), &["get", "k", "--meta"])))).unwrap();
+    assert_eq!(meta["value"], 1);
+    assert_eq!(meta["expires_at"], serde_json::Value::Null);
+    let version = meta["version"].as_u64().unwrap().to_string();
+    assert_eq!(
+        kvstash(dir.path(), &["set", "k", "3", "--if-version", "999"])
+            .status
+            .code(),
+        Some(3)
+    );
+    ok(kvstash(
+        dir.path(),
+        &["set", "k", "3", "--if-version", &version],
+    ));
+    assert_eq!(
+        kvstash(dir.path(), &["delete", "k", "--if-version", &version])
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "k"]))), "3\n");
+}
+
+#[test]
+fn ttl_increment_and_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(
+        dir.path(),
+        &["set", "session", "\"x\"", "--ttl", "1h"],
+    ));
+    let meta: serde_json::Value = serde_json::from_str(&stdout(&ok(kvstash(
+        dir.path(),
+        &["get", "session", "--meta"],
+    ))))
+    .unwrap();
+    assert!(
+        meta["expires_at"].as_str().unwrap().ends_with('Z'),
+        "{meta}"
+    );
+    let bad_ttl = kvstash(dir.path(), &["set", "s", "1", "--ttl", "10"]);
+    assert_eq!(bad_ttl.status.code(), Some(2), "a TTL needs a unit");
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["incr", "n"]))), "1\n");
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["incr", "n", "-5"]))),
+        "-4\n"
+    );
+    ok(kvstash(dir.path(), &["set", "doc", r#"{"x":3}"#]));
+    ok(kvstash(
+        dir.path(),
+        &["path", "set", "doc", "/l", "[0,1,2,3,4]"],
+    ));
+    ok(kvstash(
+        dir.path(),
+        &["path", "set", "doc", "/l/4", r#"["a","b","c"]"#],
+    ));
+    ok(kvstash(
+        dir.path(),
+        &["path", "append", "doc", "/l/4", r#""d""#],
+    ));
+    ok(kvstash(dir.path(), &["path", "delete", "doc", "/x"]));
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["path", "get", "doc", "/l/4"]))),
+        "[\"a\",\"b\",\"c\",\"d\"]\n"
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "doc", "--path", "/l/0"]))),
+        "0\n"
+    );
+    let missing = kvstash(dir.path(), &["path", "get", "doc", "/nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("path not found"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn transactions_from_json() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "limit", "10"]));
+    let txn = r#"{
+        "checks": [{"key": "limit", "equals": 10}, {"bucket": "locks", "key": "deploy", "absent": true}],
+        "mutations": [
+            {"key": "limit", "set": 20},
+            {"bucket": "stats", "key": "changes", "increment": 1},
+            {"bucket": "locks", "key": "deploy", "set": "me", "ttl": "30s"}
+        ]
+    }"#;
+    let version: u64 = stdout(&ok(kvstash_with(dir.path(), &["txn"], Some(txn))))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "limit"]))), "20\n");
+    let meta: serde_json::Value = serde_json::from_str(&stdout(&ok(kvstash(
+        dir.path(),
+        &["--bucket", "locks", "get", "deploy", "--meta"],
+    ))))
+    .unwrap();
+    assert_eq!(meta["version"], version);
+    assert!(meta["expires_at"].is_string());
+    // The same transaction again: its checks fail now.
+    let lost = kvstash_with(dir.path(), &["txn"], Some(txn));
+    assert_eq!(lost.status.code(), Some(3));
+    assert!(
+        stderr(&lost).contains("check 0 failed"),
+        "{}",
+        stderr(&lost)
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(
+            dir.path(),
+            &["--bucket", "stats", "get", "changes"]
+        ))),
+        "1\n"
+    );
+    for (bad, needle) in [
+        ("[]", "JSON object"),
+        (r#"{"checks":[{"key":"k"}]}"#, "needs one of"),
+        (
+            r#"{"mutations":[{"key":"k","set":1,"delete":true}]}"#,
+            "second operation",
+        ),
+        (r#"{"mutations":[{"key":"k","set":1,"ttl":5}]}"#, "duration"),
+        (r#"{"mutation":[]}"#, "unknown field"),
+    ] {
+        let o = kvstash_with(dir.path(), &["txn"], Some(bad));
+        assert_eq!(o.status.code(), Some(1), "{bad}");
+        assert!(stderr(&o).contains(needle), "{bad}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn list_ranges_and_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    for k in ["a", "b", "c", "d"] {
+        ok(kvstash(dir.path(), &["set", k, "1"]));
+    }
+    assert_eq!(
+        stdout(&ok(kvstash(
+            dir.path(),
+            &["list", "--keys", "--start", "b", "--end", "d"]
+        ))),
+        "b\nc\n"
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(
+            dir.path(),
+            &["list", "--keys", "--reverse", "--limit", "3"]
+        ))),
+        "d\nc\nb\n"
+    );
+    ok(kvstash(dir.path(), &["set", "brief", "1", "--ttl", "1ms"]));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let swept = ok(kvstash(dir.path(), &["sweep"]));
+    assert!(
+        stderr(&swept).contains("removed 1 expired keys"),
+        "{}",
+        stderr(&swept)
+    );
+}

@@ -24,7 +24,7 @@ mod txn;
 
 pub use clock::{Clock, ManualClock, Now};
 pub use doc::Pointer;
-pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, validate_bucket};
 pub use list::{Item, ListOptions, ListPage};
 pub use prefixed::Prefixed;
 pub use record::{Encoding, Record};
