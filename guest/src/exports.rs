@@ -12,8 +12,8 @@ use crate::bindings::kvstash::store::storage;
 use crate::bindings::kvstash::store::types;
 use crate::config;
 use crate::engine::{
-    Clock, Condition, Engine, ListOptions, MAX_BATCH, MAX_LIST_LIMIT, Mutation, Op, Prefixed,
-    Storage, StoreError, Swap, TxnCheck, Value, Versioned, WriteOptions, validate_bucket,
+    Clock, Condition, Engine, EventKind, ListOptions, MAX_BATCH, MAX_LIST_LIMIT, Mutation, Op,
+    Prefixed, Storage, StoreError, Swap, TxnCheck, Value, Versioned, WriteOptions, validate_bucket,
 };
 use crate::wit_storage::WitStorage;
 
@@ -77,6 +77,7 @@ impl From<StoreError> for types::Error {
             StoreError::NotJson => types::Error::NotJson,
             StoreError::ReadOnly => types::Error::ReadOnly,
             StoreError::Contention => types::Error::Contention,
+            StoreError::Compacted { oldest } => types::Error::Compacted(oldest),
             e @ (StoreError::Storage(_) | StoreError::Corrupt(_)) => {
                 types::Error::Storage(e.to_string())
             }
@@ -246,6 +247,33 @@ impl api::GuestBucket for Bucket {
         Ok(engine()?.update(&self.name, &key, Op::AppendPath { path, value }, None)?)
     }
 
+    fn watch(
+        &self,
+        prefix: Option<String>,
+        since: Option<u64>,
+        limit: u32,
+    ) -> Result<types::WatchPage, types::Error> {
+        let page = engine()?.watch(&self.name, prefix.as_deref(), since, limit)?;
+        Ok(types::WatchPage {
+            events: page
+                .events
+                .into_iter()
+                .map(|e| types::Event {
+                    version: e.version,
+                    key: e.key,
+                    kind: match e.kind {
+                        EventKind::Set => types::EventKind::Set,
+                        EventKind::Delete => types::EventKind::Delete,
+                        EventKind::Expire => types::EventKind::Expire,
+                    },
+                    value: e.value.map(value_out),
+                    expires_at: e.expires_at_ms,
+                })
+                .collect(),
+            next: page.next,
+        })
+    }
+
     fn exists(&self, key: String) -> Result<bool, types::Error> {
         Ok(engine()?.exists(&self.name, &key)?)
     }
@@ -329,6 +357,7 @@ impl From<StoreError> for KvError {
             | StoreError::PathTypeMismatch(_)
             | StoreError::NotJson
             | StoreError::Contention
+            | StoreError::Compacted { .. }
             | StoreError::Storage(_)
             | StoreError::Corrupt(_)) => KvError::Other(e.to_string()),
         }

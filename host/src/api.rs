@@ -1,7 +1,10 @@
 //! The async embedding API: [`Store`] and [`Bucket`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,6 +63,10 @@ pub enum Error {
     /// A write lost a race with other writers too often; retry it.
     #[error("too many concurrent writers; retry")]
     Contention,
+    /// A watch asked for versions older than the backend retains; resume
+    /// from `oldest` (some changes were missed: re-read what you track).
+    #[error("changes before version {oldest} are no longer retained")]
+    Compacted { oldest: u64 },
     /// The backend failed; nothing is known to have been written.
     #[error("storage failed: {0}")]
     Storage(String),
@@ -104,6 +111,7 @@ impl From<wit::Error> for Error {
             wit::Error::NotJson => Error::NotJson,
             wit::Error::ReadOnly => Error::ReadOnly,
             wit::Error::Contention => Error::Contention,
+            wit::Error::Compacted(oldest) => Error::Compacted { oldest },
             wit::Error::Storage(why) => Error::Storage(why),
         }
     }
@@ -213,6 +221,51 @@ pub struct ListOptions {
     pub reverse: bool,
     /// Leave values out.
     pub keys_only: bool,
+}
+
+/// What happened to a watched key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Set,
+    Delete,
+    /// Removed because its TTL passed; reported when the key is reclaimed
+    /// (by the sweep or a read), not at the instant it expired.
+    Expire,
+}
+
+/// One change seen by [`Bucket::watch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The version of the commit that made the change: pass it as
+    /// [`WatchOptions::since`] to resume after this event.
+    pub version: u64,
+    pub key: String,
+    pub kind: EventKind,
+    /// The new value, for [`EventKind::Set`].
+    pub value: Option<Value>,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Where a watch starts and what it sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Only keys starting with this.
+    pub prefix: Option<String>,
+    /// Start after this version (events of later commits); `None`: from now.
+    pub since: Option<u64>,
+    /// How long to wait before asking again when the backend cannot
+    /// announce commits (the built-in backends do, so watchers wake at once).
+    pub poll_interval: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self {
+            prefix: None,
+            since: None,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
 }
 
 /// Options of a single write: a condition and a time-to-live.
@@ -552,6 +605,72 @@ impl Transaction {
     }
 }
 
+/// The state of one [`Bucket::watch`] stream.
+struct Watching {
+    bucket: Bucket,
+    since: Option<u64>,
+    prefix: Option<String>,
+    poll: Duration,
+    buffer: VecDeque<Event>,
+    notifications: Vec<tokio::sync::watch::Receiver<u64>>,
+    failed: bool,
+}
+
+/// Changes read per guest call.
+const WATCH_BATCH: u32 = 1000;
+
+impl Watching {
+    /// Reads the next page; `Ok(true)` if the position moved.
+    async fn fetch(&mut self) -> Result<bool, Error> {
+        // Mark what we have seen before reading, so a commit landing after
+        // the read wakes `wait`.
+        for rx in &mut self.notifications {
+            rx.borrow_and_update();
+        }
+        let prefix = self.prefix.as_deref();
+        let since = self.since;
+        let page = bucket_call!(self.bucket, |api, store, handle| api.call_watch(
+            store,
+            handle,
+            prefix,
+            since,
+            WATCH_BATCH
+        ))?;
+        let moved = self.since != Some(page.next);
+        self.since = Some(page.next);
+        self.buffer.extend(page.events.into_iter().map(|e| Event {
+            version: e.version,
+            key: e.key,
+            kind: match e.kind {
+                wit::EventKind::Set => EventKind::Set,
+                wit::EventKind::Delete => EventKind::Delete,
+                wit::EventKind::Expire => EventKind::Expire,
+            },
+            value: e.value.map(Value::from_wit),
+            expires_at: time_from_ms(e.expires_at),
+        }));
+        Ok(moved && since.is_some())
+    }
+
+    /// Until a backend announces a commit, or the poll interval passes.
+    async fn wait(&mut self) {
+        let poll = tokio::time::sleep(self.poll);
+        if self.notifications.is_empty() {
+            poll.await;
+            return;
+        }
+        let changed = futures::future::select_all(
+            self.notifications
+                .iter_mut()
+                .map(|rx| Box::pin(rx.changed())),
+        );
+        tokio::select! {
+            _ = changed => {}
+            () = poll => {}
+        }
+    }
+}
+
 fn json_text<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
     serde_json::to_string(value).map_err(|e| Error::Serde(e.to_string()))
 }
@@ -755,6 +874,50 @@ impl Bucket {
     pub async fn set_many(&self, pairs: &[(String, String)]) -> Result<u64, Error> {
         bucket_call!(self, |api, store, handle| api
             .call_set_many(store, handle, pairs))
+    }
+
+    /// The bucket's changes as a stream of events in version order, after
+    /// [`WatchOptions::since`], or after the moment this call returns when
+    /// `since` is `None`. Includes writes made through other handles on the
+    /// same backend. The stream ends only with an error:
+    /// [`Error::Compacted`] when `since` is older than the backend retains,
+    /// or a storage failure. Drop it to stop watching.
+    pub async fn watch(
+        &self,
+        options: WatchOptions,
+    ) -> Result<impl Stream<Item = Result<Event, Error>> + Send + 'static, Error> {
+        let mut state = Watching {
+            bucket: self.clone(),
+            since: options.since,
+            prefix: options.prefix,
+            poll: options.poll_interval,
+            buffer: VecDeque::new(),
+            notifications: self.store.pool.commit_notifications(),
+            failed: false,
+        };
+        if state.since.is_none() {
+            // Fix "now" before returning, so nothing written after this call
+            // returns can be missed.
+            state.fetch().await?;
+        }
+        Ok(futures::stream::unfold(state, |mut state| async move {
+            loop {
+                if state.failed {
+                    return None;
+                }
+                if let Some(event) = state.buffer.pop_front() {
+                    return Some((Ok(event), state));
+                }
+                match state.fetch().await {
+                    Ok(true) => {}
+                    Ok(false) => state.wait().await,
+                    Err(e) => {
+                        state.failed = true;
+                        return Some((Err(e), state));
+                    }
+                }
+            }
+        }))
     }
 
     /// Deletes every key atomically; returns how many existed.

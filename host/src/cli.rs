@@ -122,6 +122,19 @@ enum Command {
         #[arg(long)]
         keys: bool,
     },
+    /// Print changes to the bucket as JSON Lines
+    /// {"version","key","event":"set"|"delete"|"expire","value"|"bytes"}, as
+    /// they happen (or from --since VERSION on), until interrupted.
+    Watch {
+        /// Only keys starting with this.
+        prefix: Option<String>,
+        /// Start after this version (resume where a previous watch stopped).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// Remove expired keys now (a running store also does this every minute).
     Sweep,
     /// Write every bucket (or only --bucket, with --only-bucket) as JSON Lines:
@@ -375,6 +388,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let txn = parse_transaction(&store, &cli.bucket, &text).context("transaction")?;
             writeln!(out, "{}", txn.commit().await?)?;
+        }
+        Command::Watch {
+            prefix,
+            since,
+            count,
+        } => {
+            use futures::StreamExt as _;
+            let options = crate::api::WatchOptions {
+                prefix,
+                since,
+                ..Default::default()
+            };
+            let mut events = std::pin::pin!(bucket.watch(options).await?);
+            let mut left = count.unwrap_or(usize::MAX);
+            while left > 0 {
+                let Some(event) = events.next().await else {
+                    break;
+                };
+                let event = event?;
+                let mut line = match &event.value {
+                    Some(value) => value_json(value),
+                    None => json!({}),
+                };
+                line["version"] = json!(event.version);
+                line["key"] = json!(event.key);
+                line["event"] = json!(match event.kind {
+                    crate::api::EventKind::Set => "set",
+                    crate::api::EventKind::Delete => "delete",
+                    crate::api::EventKind::Expire => "expire",
+                });
+                if let Some(at) = event.expires_at {
+                    line["expires_at"] = json!(rfc3339(at));
+                }
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                left -= 1;
+            }
         }
         Command::Sweep => {
             let mut removed = 0u64;

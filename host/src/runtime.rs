@@ -446,6 +446,13 @@ impl Pool {
         })
     }
 
+    /// Commit notifications of every backend this store has opened that
+    /// offers them.
+    pub(crate) fn commit_notifications(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
+        let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());
+        opened.values().filter_map(|b| b.commits()).collect()
+    }
+
     /// The backends this store's instances have opened, by leaf configuration.
     pub(crate) fn summaries(&self) -> Vec<String> {
         let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());

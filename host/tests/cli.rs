@@ -409,3 +409,40 @@ fn list_ranges_and_sweep() {
         stderr(&swept)
     );
 }
+
+#[test]
+fn watch_replays_from_a_version_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "sensor/1", r#"{"n":1}"#]));
+    ok(kvstash(dir.path(), &["set", "other", "0"]));
+    ok(kvstash(dir.path(), &["delete", "sensor/1"]));
+    let out = stdout(&ok(kvstash(
+        dir.path(),
+        &["watch", "sensor/", "--since", "0", "--count", "2"],
+    )));
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{out}");
+    assert_eq!(
+        (
+            events[0]["event"].as_str(),
+            events[0]["value"]["n"].as_i64()
+        ),
+        (Some("set"), Some(1))
+    );
+    assert_eq!(events[1]["event"], "delete");
+    // Resume after the last event seen: only what came later.
+    ok(kvstash(dir.path(), &["set", "sensor/2", "2"]));
+    let last = events[1]["version"].as_u64().unwrap().to_string();
+    let out = stdout(&ok(kvstash(
+        dir.path(),
+        &["watch", "--since", &last, "--count", "1"],
+    )));
+    let event: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (event["key"].as_str(), event["event"].as_str()),
+        (Some("sensor/2"), Some("set"))
+    );
+}

@@ -56,6 +56,7 @@ async fn all(b: Arc<dyn Backend>) {
     get_many(b).await;
     invalid_requests(b).await;
     change_feed(b).await;
+    commit_notifications(b).await;
 }
 
 async fn missing_keys(b: &dyn Backend) {
@@ -409,6 +410,19 @@ async fn invalid_requests(b: &dyn Backend) {
         .unwrap();
 }
 
+async fn commit_notifications(b: &dyn Backend) {
+    // Optional, but if offered it must reach every commit's version.
+    let Some(mut rx) = b.commits() else { return };
+    rx.borrow_and_update();
+    let v = b.commit(vec![], vec![put(b"n", b"1")]).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed())
+        .await
+        .expect("notified within 5 s")
+        .unwrap();
+    assert_eq!(*rx.borrow(), v);
+    b.commit(vec![], vec![del(b"n")]).await.unwrap();
+}
+
 async fn change_feed(b: &dyn Backend) {
     let since = b.current_version().await.unwrap();
     let v1 = b
@@ -437,10 +451,20 @@ async fn change_feed(b: &dyn Backend) {
             },
         ]
     );
-    // A limit never splits a commit unless the commit alone exceeds it.
+    // Whole commits only: a limit never splits one.
     assert_eq!(b.changes(since, 1).await.unwrap().len(), 2);
     assert_eq!(b.changes(v1, 100).await.unwrap().len(), 1);
     assert!(b.changes(v2, 100).await.unwrap().is_empty());
+    // Whole commits only, however small the limit.
+    let writes: Vec<Write> = (0..7u8).map(|i| put(&[b'w', i], b"")).collect();
+    let big = b.commit(vec![], writes.clone()).await.unwrap();
+    let feed = b.changes(v2, 2).await.unwrap();
+    assert_eq!(feed.len(), 7);
+    assert!(feed.iter().all(|c| c.version == big));
+    b.commit(vec![], writes.iter().map(|w| del(&w.key)).collect())
+        .await
+        .unwrap();
+    let v2 = b.current_version().await.unwrap();
     // A failed commit leaves no trace in the feed.
     let _ = b
         .commit(vec![Check::Absent(b"f2".to_vec())], vec![put(b"f3", b"c")])

@@ -6,6 +6,8 @@
 //! other leading bytes are reserved for the engine's own records, which user
 //! keys can never reach:
 //!
+//! - `"e"`: never stored; deleted by commits that remove expired keys, to
+//!   mark them in the change feed.
 //! - `"x" expires_at(u64 BE) data_key` → empty: the expiry index. Written in
 //!   the same commit as a record with a TTL, so a sweep finds what expired
 //!   by scanning `"x"` up to now, in O(expired keys).
@@ -15,6 +17,11 @@ use super::StoreError;
 pub const MAX_KEY_LEN: usize = 4096;
 pub const MAX_BUCKET_LEN: usize = 256;
 pub const MAX_VALUE_LEN: usize = 8 * 1024 * 1024;
+
+/// A delete of this key in a commit marks the commit's deletes as
+/// expirations (the sweep and lazy reclamation write it), so watchers can
+/// tell `expire` from `delete`. Nothing is ever stored under it.
+pub const EXPIRY_MARKER: &[u8] = b"e";
 
 const DATA_TAG: u8 = b'k';
 const EXPIRY_TAG: u8 = b'x';
@@ -65,6 +72,13 @@ pub fn data_key(bucket: &str, key: &str) -> Vec<u8> {
     let mut out = bucket_prefix(bucket);
     out.extend_from_slice(key.as_bytes());
     out
+}
+
+/// The bucket and user key of a data key, or `None` for an engine key.
+pub fn split_data_key(storage_key: &[u8]) -> Option<(&str, &str)> {
+    let bucket = bucket_of(storage_key)?;
+    let rest = storage_key.get(bucket.len() + 2..)?;
+    Some((bucket, std::str::from_utf8(rest).ok()?))
 }
 
 /// The first storage key after every key of every bucket.

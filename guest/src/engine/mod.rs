@@ -21,6 +21,7 @@ mod prefixed;
 mod record;
 mod storage;
 mod txn;
+mod watch;
 
 pub use clock::{Clock, ManualClock, Now};
 pub use doc::Pointer;
@@ -30,6 +31,7 @@ pub use prefixed::Prefixed;
 pub use record::{Encoding, Record};
 pub use storage::{Change, Check, Entry, MAX_SCAN, MemStorage, Storage, StorageError, Write};
 pub use txn::{Condition, Mutation, Op, Swap, TxnCheck, WriteOptions};
+pub use watch::{Event, EventKind, WatchPage};
 
 /// Most keys one batch call (`get-many`, `set-many`, `delete-many`) takes,
 /// and most checks plus mutations in one transaction.
@@ -75,6 +77,11 @@ pub enum StoreError {
     ReadOnly,
     /// A read-modify-write lost the race too many times in a row.
     Contention,
+    /// A watch asked for changes older than the backend retains; `oldest`
+    /// is the oldest version it can still resume from.
+    Compacted {
+        oldest: u64,
+    },
     /// The backend failed.
     Storage(String),
     /// A stored record or key could not be decoded.
@@ -105,6 +112,10 @@ impl std::fmt::Display for StoreError {
             StoreError::NotJson => write!(f, "the stored value is raw bytes, not JSON"),
             StoreError::ReadOnly => write!(f, "the store is read-only"),
             StoreError::Contention => write!(f, "too many concurrent writers; retry"),
+            StoreError::Compacted { oldest } => write!(
+                f,
+                "changes before version {oldest} are no longer retained; resume from {oldest} or later"
+            ),
             StoreError::Storage(why) => write!(f, "storage failed: {why}"),
             StoreError::Corrupt(why) => write!(f, "corrupt data in storage: {why}"),
         }
@@ -117,14 +128,12 @@ impl From<StorageError> for StoreError {
             StorageError::ReadOnly => StoreError::ReadOnly,
             StorageError::Invalid(why) => StoreError::InvalidConfig(why),
             StorageError::Unavailable(why) => StoreError::Storage(why),
-            // Conflicts and compaction are handled where they can happen; one
-            // that escapes is a storage failure as far as the caller can tell.
+            // Conflicts are handled where they can happen; one that escapes
+            // is a storage failure as far as the caller can tell.
             StorageError::Conflict { index, current } => StoreError::Storage(format!(
                 "unexpected conflict on check {index} (current version {current:?})"
             )),
-            StorageError::Compacted { oldest } => {
-                StoreError::Storage(format!("change feed compacted up to version {oldest}"))
-            }
+            StorageError::Compacted { oldest } => StoreError::Compacted { oldest },
         }
     }
 }
@@ -367,7 +376,11 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             return;
         }
         let mut checks = Vec::with_capacity(expired.len());
-        let mut writes = Vec::with_capacity(2 * expired.len());
+        let mut writes = Vec::with_capacity(2 * expired.len() + 1);
+        writes.push(Write {
+            key: keys::EXPIRY_MARKER.to_vec(),
+            value: None,
+        });
         for (key, version, expires_at_ms) in expired {
             if let Some(at) = expires_at_ms {
                 writes.push(Write {

@@ -260,7 +260,7 @@ impl Storage for MemStorage {
         let limit = usize::try_from(limit.min(MAX_SCAN)).unwrap_or(0);
         let mut out: Vec<Change> = Vec::new();
         for change in inner.log.iter().filter(|c| c.version > since) {
-            // Never split a commit unless it alone exceeds the limit.
+            // Whole commits only: stop at a commit boundary.
             let starts_commit = out.last().is_none_or(|last| last.version != change.version);
             if out.len() >= limit && starts_commit {
                 break;

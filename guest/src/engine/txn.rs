@@ -528,7 +528,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         data_keys.dedup();
         let (removed, _) = self.read_modify_write(&data_keys, |snapshot| {
             let mut removed = 0u32;
-            let mut writes = Vec::with_capacity(2 * targets.len());
+            let mut writes = Vec::with_capacity(2 * targets.len() + 1);
+            writes.push((keys::EXPIRY_MARKER.to_vec(), None));
             for (index_key, at, data_key) in &targets {
                 writes.push((index_key.clone(), None));
                 let expired_here = snapshot

@@ -73,6 +73,9 @@ pub struct FileBackend {
     db: Arc<Database>,
     path: PathBuf,
     retention: u64,
+    /// The newest committed version, for watchers. Every handle on this
+    /// file in this process shares this backend, so it sees every commit.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 fn unavailable(e: impl Into<redb::Error>) -> BackendError {
@@ -128,11 +131,18 @@ impl FileBackend {
             txn.open_table(DATA).map_err(unavailable)?;
             txn.open_table(LOG).map_err(unavailable)?;
         }
+        let version = {
+            let meta = txn.open_table(META).map_err(unavailable)?;
+            meta.get("version")
+                .map_err(unavailable)?
+                .map_or(0, |g| g.value())
+        };
         txn.commit().map_err(unavailable)?;
         Ok(Self {
             db: Arc::new(db),
             path: path.to_path_buf(),
             retention,
+            commits: tokio::sync::watch::Sender::new(version),
         })
     }
 }
@@ -294,9 +304,20 @@ impl Backend for FileBackend {
         validate_commit(&checks, &writes)?;
         let db = self.db.clone();
         let retention = self.retention;
-        tokio::task::spawn_blocking(move || commit_blocking(&db, retention, &checks, &writes))
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("file backend commit task: {e}")))?
+        let version =
+            tokio::task::spawn_blocking(move || commit_blocking(&db, retention, &checks, &writes))
+                .await
+                .map_err(|e| {
+                    BackendError::Unavailable(format!("file backend commit task: {e}"))
+                })??;
+        self.commits.send_if_modified(|newest| {
+            let newer = version > *newest;
+            if newer {
+                *newest = version;
+            }
+            newer
+        });
+        Ok(version)
     }
 
     async fn current_version(&self) -> Result<u64, BackendError> {
@@ -346,5 +367,9 @@ impl Backend for FileBackend {
             Some(e) => Err(e),
             None => Ok(changes),
         }
+    }
+
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.commits.subscribe())
     }
 }

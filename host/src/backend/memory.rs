@@ -31,6 +31,7 @@ fn default_retention() -> u64 {
 pub struct MemoryBackend {
     inner: Mutex<Inner>,
     retention: u64,
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +52,7 @@ impl MemoryBackend {
         Self {
             inner: Mutex::new(Inner::default()),
             retention,
+            commits: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -150,6 +152,8 @@ impl Backend for MemoryBackend {
         while inner.log.front().is_some_and(|c| c.version <= cut) {
             inner.log.pop_front();
         }
+        drop(inner);
+        self.commits.send_replace(version);
         Ok(version)
     }
 
@@ -170,5 +174,9 @@ impl Backend for MemoryBackend {
             inner.log.iter().filter(|c| c.version > since).cloned(),
             limit,
         ))
+    }
+
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.commits.subscribe())
     }
 }

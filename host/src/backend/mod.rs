@@ -148,6 +148,14 @@ pub trait Backend: Debug + Send + Sync + 'static {
     async fn current_version(&self) -> Result<u64, BackendError>;
 
     async fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError>;
+
+    /// The version of the newest commit, updated as commits land, for
+    /// watchers to wake on. `None` if the backend cannot tell (watchers then
+    /// poll). A backend that returns one must update it after every commit
+    /// it makes, whichever handle made it.
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Rejects a key longer than [`MAX_KEY_BYTES`].
@@ -205,8 +213,8 @@ pub fn validate_get_many(keys: &[Vec<u8>]) -> Result<(), BackendError> {
     keys.iter().try_for_each(|key| validate_key(key))
 }
 
-/// Changes after `since`, at most `limit` entries, never splitting a commit
-/// unless the commit alone exceeds `limit`. `log` must be in version order.
+/// Changes after `since`: whole commits, stopping at the first commit
+/// boundary at or after `limit` entries. `log` must be in version order.
 fn take_changes(log: impl Iterator<Item = Change>, limit: u32) -> Vec<Change> {
     let limit = usize::try_from(limit.min(MAX_SCAN)).unwrap_or(0);
     let mut out: Vec<Change> = Vec::new();

@@ -401,7 +401,7 @@ fn mem_storage_change_feed_and_compaction() {
         [4, 5, 6, 6]
     );
     assert_eq!(feed[2].value, None);
-    // A limit never splits a commit unless the commit alone exceeds it.
+    // Whole commits only: a limit never splits one.
     assert_eq!(s.changes(4, 2).unwrap().len(), 3);
     assert_eq!(s.changes(5, 1).unwrap().len(), 2);
     assert!(s.changes(6, 100).unwrap().is_empty());
@@ -411,3 +411,4 @@ mod listing;
 mod model;
 mod transactions;
 mod ttl;
+mod watching;
