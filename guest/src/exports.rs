@@ -12,8 +12,9 @@ use crate::bindings::kvstash::store::storage;
 use crate::bindings::kvstash::store::types;
 use crate::config;
 use crate::engine::{
-    Clock, Condition, Engine, EventKind, ListOptions, MAX_BATCH, MAX_LIST_LIMIT, Mutation, Op,
-    Prefixed, Storage, StoreError, Swap, TxnCheck, Value, Versioned, WriteOptions, validate_bucket,
+    Clock, Condition, Engine, EventKind, Holder, Lease, ListOptions, MAX_BATCH, MAX_LIST_LIMIT,
+    Mutation, Op, Prefixed, Storage, StoreError, Swap, TxnCheck, Value, Versioned, WriteOptions,
+    validate_bucket,
 };
 use crate::wit_storage::WitStorage;
 
@@ -78,6 +79,8 @@ impl From<StoreError> for types::Error {
             StoreError::ReadOnly => types::Error::ReadOnly,
             StoreError::Contention => types::Error::Contention,
             StoreError::Compacted { oldest } => types::Error::Compacted(oldest),
+            StoreError::Locked(h) => types::Error::Locked(holder_out(h)),
+            StoreError::LeaseLost(why) => types::Error::LeaseLost(why),
             e @ (StoreError::Storage(_) | StoreError::Corrupt(_)) => {
                 types::Error::Storage(e.to_string())
             }
@@ -107,14 +110,39 @@ fn entry_out(v: Versioned) -> types::Entry {
     }
 }
 
+fn holder_out(h: Holder) -> types::LockHolder {
+    types::LockHolder {
+        token: h.token,
+        expires_at: h.expires_at_ms,
+        owner: h.owner,
+    }
+}
+
+fn lease_out(l: Lease) -> types::Lease {
+    types::Lease {
+        name: l.name,
+        token: l.token,
+        expires_at: l.expires_at_ms,
+    }
+}
+
 fn check_in(c: types::Check) -> Result<TxnCheck, StoreError> {
+    let c = match c {
+        types::Check::Key(c) => c,
+        types::Check::Lease(l) => {
+            return Ok(TxnCheck::Lease {
+                name: l.name,
+                token: l.token,
+            });
+        }
+    };
     let condition = match c.condition {
         types::Condition::VersionIs(version) => Condition::VersionIs(version),
         types::Condition::Absent => Condition::Absent,
         types::Condition::Exists => Condition::Exists,
         types::Condition::ValueEquals(value) => Condition::ValueEquals(value_in(value)?),
     };
-    Ok(TxnCheck {
+    Ok(TxnCheck::Key {
         bucket: c.bucket,
         key: c.key,
         condition,
@@ -172,6 +200,30 @@ impl api::Guest for Component {
 
     fn sweep(limit: u32) -> Result<u32, types::Error> {
         Ok(engine()?.sweep(limit)?)
+    }
+
+    fn acquire(
+        name: String,
+        ttl_ms: u64,
+        owner: Option<String>,
+    ) -> Result<types::Lease, types::Error> {
+        Ok(lease_out(engine()?.acquire(
+            &name,
+            ttl_ms,
+            owner.as_deref(),
+        )?))
+    }
+
+    fn renew(name: String, token: u64, ttl_ms: u64) -> Result<types::Lease, types::Error> {
+        Ok(lease_out(engine()?.renew(&name, token, ttl_ms)?))
+    }
+
+    fn release(name: String, token: u64) -> Result<bool, types::Error> {
+        Ok(engine()?.release(&name, token)?)
+    }
+
+    fn lock_status(name: String) -> Result<Option<types::LockHolder>, types::Error> {
+        Ok(engine()?.lock_holder(&name)?.map(holder_out))
     }
 }
 
@@ -358,6 +410,8 @@ impl From<StoreError> for KvError {
             | StoreError::NotJson
             | StoreError::Contention
             | StoreError::Compacted { .. }
+            | StoreError::Locked(_)
+            | StoreError::LeaseLost(_)
             | StoreError::Storage(_)
             | StoreError::Corrupt(_)) => KvError::Other(e.to_string()),
         }

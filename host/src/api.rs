@@ -63,6 +63,18 @@ pub enum Error {
     /// A write lost a race with other writers too often; retry it.
     #[error("too many concurrent writers; retry")]
     Contention,
+    /// The lock is held by another lease (with this fencing token, until
+    /// `expires_at`).
+    #[error("locked: held with token {token}{} until {expires_at:?}", owner.as_ref().map(|o| format!(" by `{o}`")).unwrap_or_default())]
+    Locked {
+        token: u64,
+        expires_at: SystemTime,
+        owner: Option<String>,
+    },
+    /// The lease is no longer held: it expired, was released, or the lock
+    /// was taken since. Stop acting as the holder.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
     /// A watch asked for versions older than the backend retains; resume
     /// from `oldest` (some changes were missed: re-read what you track).
     #[error("changes before version {oldest} are no longer retained")]
@@ -112,6 +124,12 @@ impl From<wit::Error> for Error {
             wit::Error::ReadOnly => Error::ReadOnly,
             wit::Error::Contention => Error::Contention,
             wit::Error::Compacted(oldest) => Error::Compacted { oldest },
+            wit::Error::Locked(h) => Error::Locked {
+                token: h.token,
+                expires_at: UNIX_EPOCH + Duration::from_millis(h.expires_at),
+                owner: h.owner,
+            },
+            wit::Error::LeaseLost(why) => Error::LeaseLost(why),
             wit::Error::Storage(why) => Error::Storage(why),
         }
     }
@@ -221,6 +239,36 @@ pub struct ListOptions {
     pub reverse: bool,
     /// Leave values out.
     pub keys_only: bool,
+}
+
+/// A held lease on a named lock: see [`Store::acquire`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    /// The fencing token: larger than the token of every earlier acquisition
+    /// of any lock in the store. Pass it to [`Check::lease`] so a write
+    /// lands only while this lease holds the lock.
+    pub token: u64,
+    /// When the lease runs out unless renewed.
+    pub expires_at: SystemTime,
+}
+
+impl Lease {
+    fn from_wit(l: wit::Lease) -> Self {
+        Self {
+            name: l.name,
+            token: l.token,
+            expires_at: UNIX_EPOCH + Duration::from_millis(l.expires_at),
+        }
+    }
+}
+
+/// Who holds a lock: see [`Store::lock_status`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockHolder {
+    pub token: u64,
+    pub expires_at: SystemTime,
+    pub owner: Option<String>,
 }
 
 /// What happened to a watched key.
@@ -398,6 +446,104 @@ impl Store {
         self.pool.summaries()
     }
 
+    /// Takes the lock `name` for `ttl` if nobody holds it; otherwise
+    /// [`Error::Locked`] at once. Renew before `ttl` runs out, or the lock
+    /// frees itself. See [`lock`](Self::lock) to wait instead.
+    pub async fn acquire(
+        &self,
+        name: &str,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Lease, Error> {
+        let ttl = ttl_ms(Some(ttl)).unwrap_or(0);
+        let lease = call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_acquire(&mut inst.store, name, ttl, owner)
+            .await)?;
+        Ok(Lease::from_wit(lease))
+    }
+
+    /// Like [`acquire`](Self::acquire), but waits up to `wait` for the lock
+    /// to be released or to expire (waking on commits, else every 50 ms).
+    pub async fn lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+        owner: Option<&str>,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut notifications = self.pool.commit_notifications();
+        loop {
+            for rx in &mut notifications {
+                rx.borrow_and_update();
+            }
+            match self.acquire(name, ttl, owner).await {
+                Err(Error::Locked { expires_at, .. }) if tokio::time::Instant::now() < deadline => {
+                    // Until a commit (a release), the holder's expiry, or 50 ms.
+                    let until_expiry = expires_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    let nap = until_expiry
+                        .min(Duration::from_millis(50))
+                        .max(Duration::from_millis(1));
+                    let sleep =
+                        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + nap));
+                    if notifications.is_empty() {
+                        sleep.await;
+                    } else {
+                        let changed = futures::future::select_all(
+                            notifications.iter_mut().map(|rx| Box::pin(rx.changed())),
+                        );
+                        tokio::select! {
+                            _ = changed => {}
+                            () = sleep => {}
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Extends a lease to `ttl` from now, keeping its token; otherwise
+    /// [`Error::LeaseLost`].
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
+        let ttl = ttl_ms(Some(ttl)).unwrap_or(0);
+        let (name, token) = (lease.name.as_str(), lease.token);
+        let lease = call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_renew(&mut inst.store, name, token, ttl)
+            .await)?;
+        Ok(Lease::from_wit(lease))
+    }
+
+    /// Frees the lock if the lease still holds it; returns whether it did.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, Error> {
+        let (name, token) = (lease.name.as_str(), lease.token);
+        call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_release(&mut inst.store, name, token)
+            .await)
+    }
+
+    /// Who holds the lock `name`, if anyone.
+    pub async fn lock_status(&self, name: &str) -> Result<Option<LockHolder>, Error> {
+        let holder = call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_lock_status(&mut inst.store, name)
+            .await)?;
+        Ok(holder.map(|h| LockHolder {
+            token: h.token,
+            expires_at: UNIX_EPOCH + Duration::from_millis(h.expires_at),
+            owner: h.owner,
+        }))
+    }
+
     /// A transaction: checks and mutations across keys and buckets,
     /// committed all or nothing by [`Transaction::commit`].
     pub fn transaction(&self) -> Transaction {
@@ -439,11 +585,7 @@ const SWEEP_BATCH: u32 = 1000;
 
 /// A check of a [`Transaction`].
 #[derive(Clone, Debug, PartialEq)]
-pub struct Check {
-    bucket: String,
-    key: String,
-    condition: wit::Condition,
-}
+pub struct Check(wit::Check);
 
 impl Check {
     /// The key is live at exactly `version`.
@@ -474,12 +616,21 @@ impl Check {
         ))
     }
 
+    /// The lock `name` is held with this fencing token: a write fenced by
+    /// it fails once the lease has expired or the lock was taken since.
+    pub fn lease(name: &str, token: u64) -> Self {
+        Self(wit::Check::Lease(wit::LeaseCheck {
+            name: name.into(),
+            token,
+        }))
+    }
+
     fn new(bucket: &str, key: &str, condition: wit::Condition) -> Self {
-        Self {
+        Self(wit::Check::Key(wit::KeyCheck {
             bucket: bucket.into(),
             key: key.into(),
             condition,
-        }
+        }))
     }
 }
 
@@ -587,15 +738,7 @@ impl Transaction {
     /// Commits; returns the transaction's version. A failed check is
     /// [`Error::CheckFailed`] with its index and the key's current version.
     pub async fn commit(self) -> Result<u64, Error> {
-        let checks: Vec<wit::Check> = self
-            .checks
-            .into_iter()
-            .map(|c| wit::Check {
-                bucket: c.bucket,
-                key: c.key,
-                condition: c.condition,
-            })
-            .collect();
+        let checks: Vec<wit::Check> = self.checks.into_iter().map(|c| c.0).collect();
         let mutations = self.mutations;
         call!(self.store, |inst| inst
             .kv

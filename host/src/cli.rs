@@ -135,6 +135,11 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Named locks with a TTL and a fencing token.
+    Lock {
+        #[command(subcommand)]
+        op: LockCommand,
+    },
     /// Remove expired keys now (a running store also does this every minute).
     Sweep,
     /// Write every bucket (or only --bucket, with --only-bucket) as JSON Lines:
@@ -170,6 +175,37 @@ enum PathCommand {
         path: String,
         value: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum LockCommand {
+    /// Take NAME for --ttl; prints {"name","token","expires_at"}. Exits 3 if
+    /// it is held (after --wait, if given).
+    Acquire {
+        name: String,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long)]
+        owner: Option<String>,
+        /// Wait this long for the lock to free up.
+        #[arg(long, value_parser = parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Extend the lease TOKEN on NAME to --ttl from now. Exits 3 if lost.
+    Renew {
+        name: String,
+        token: u64,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Free NAME if the lease TOKEN still holds it. Exits 3 if it did not.
+    Release { name: String, token: u64 },
+    /// Print who holds NAME: {"token","expires_at","owner"}, or null.
+    Status { name: String },
+}
+
+fn lease_json(lease: &crate::api::Lease) -> serde_json::Value {
+    json!({"name": lease.name, "token": lease.token, "expires_at": rfc3339(lease.expires_at)})
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, `7d`.
@@ -221,7 +257,12 @@ pub fn main() -> std::process::ExitCode {
 fn is_lost_race(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<Error>(),
-        Some(Error::Conflict { .. } | Error::CheckFailed { .. })
+        Some(
+            Error::Conflict { .. }
+                | Error::CheckFailed { .. }
+                | Error::Locked { .. }
+                | Error::LeaseLost(_)
+        )
     )
 }
 
@@ -426,6 +467,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 left -= 1;
             }
         }
+        Command::Lock { op } => match op {
+            LockCommand::Acquire {
+                name,
+                ttl,
+                owner,
+                wait,
+            } => {
+                let lease = match wait {
+                    Some(wait) => store.lock(&name, ttl, owner.as_deref(), wait).await?,
+                    None => store.acquire(&name, ttl, owner.as_deref()).await?,
+                };
+                writeln!(out, "{}", lease_json(&lease))?;
+            }
+            LockCommand::Renew { name, token, ttl } => {
+                let lease = crate::api::Lease {
+                    name,
+                    token,
+                    expires_at: std::time::UNIX_EPOCH,
+                };
+                writeln!(out, "{}", lease_json(&store.renew(&lease, ttl).await?))?;
+            }
+            LockCommand::Release { name, token } => {
+                let lease = crate::api::Lease {
+                    name: name.clone(),
+                    token,
+                    expires_at: std::time::UNIX_EPOCH,
+                };
+                if !store.release(&lease).await? {
+                    return Err(Error::LeaseLost(format!(
+                        "lease {token} on `{name}` is no longer held"
+                    ))
+                    .into());
+                }
+            }
+            LockCommand::Status { name } => {
+                let line = match store.lock_status(&name).await? {
+                    Some(h) => {
+                        json!({"token": h.token, "expires_at": rfc3339(h.expires_at), "owner": h.owner})
+                    }
+                    None => serde_json::Value::Null,
+                };
+                writeln!(out, "{line}")?;
+            }
+        },
         Command::Sweep => {
             let mut removed = 0u64;
             loop {
@@ -655,6 +740,23 @@ fn parse_transaction(
     let mut txn = store.transaction();
     for (i, mut check) in list("checks")?.into_iter().enumerate() {
         let ctx = || format!("checks[{i}]");
+        if let Some(name) = check.remove("lock") {
+            let name = name
+                .as_str()
+                .context("`lock` must be a string")
+                .with_context(ctx)?
+                .to_string();
+            let token = check
+                .remove("token")
+                .and_then(|t| t.as_u64())
+                .context("a `lock` check needs a whole-number `token`")
+                .with_context(ctx)?;
+            if let Some(extra) = check.keys().next() {
+                bail!("checks[{i}] has an unknown field `{extra}`");
+            }
+            txn = txn.check(Check::lease(&name, token));
+            continue;
+        }
         let (bucket, key) = target(&mut check, default_bucket).with_context(ctx)?;
         let condition = if let Some(v) = check.remove("version") {
             let version = v

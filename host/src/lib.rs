@@ -28,8 +28,8 @@ pub mod cli;
 mod runtime;
 
 pub use api::{
-    Bucket, Check, Entry, Error, Event, EventKind, Item, ListOptions, ListPage, Store, Transaction,
-    Value, WatchOptions, WriteOptions,
+    Bucket, Check, Entry, Error, Event, EventKind, Item, Lease, ListOptions, ListPage, LockHolder,
+    Store, Transaction, Value, WatchOptions, WriteOptions,
 };
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore};

@@ -446,3 +446,52 @@ fn watch_replays_from_a_version_and_resumes() {
         (Some("sensor/2"), Some("set"))
     );
 }
+
+#[test]
+fn locks_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease: serde_json::Value = serde_json::from_str(&stdout(&ok(kvstash(
+        dir.path(),
+        &["lock", "acquire", "deploy", "--ttl", "1h", "--owner", "ci"],
+    ))))
+    .unwrap();
+    let token = lease["token"].as_u64().unwrap().to_string();
+    let held = kvstash(dir.path(), &["lock", "acquire", "deploy", "--ttl", "1h"]);
+    assert_eq!(held.status.code(), Some(3));
+    assert!(stderr(&held).contains("locked"), "{}", stderr(&held));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&ok(kvstash(
+        dir.path(),
+        &["lock", "status", "deploy"],
+    ))))
+    .unwrap();
+    assert_eq!(
+        (status["token"].as_u64(), status["owner"].as_str()),
+        (lease["token"].as_u64(), Some("ci"))
+    );
+    // A write fenced by the lease.
+    let fenced = format!(
+        r#"{{"checks":[{{"lock":"deploy","token":{token}}}],"mutations":[{{"key":"k","set":1}}]}}"#
+    );
+    ok(kvstash_with(dir.path(), &["txn"], Some(&fenced)));
+    ok(kvstash(
+        dir.path(),
+        &["lock", "renew", "deploy", &token, "--ttl", "2h"],
+    ));
+    ok(kvstash(dir.path(), &["lock", "release", "deploy", &token]));
+    assert_eq!(
+        kvstash(dir.path(), &["lock", "release", "deploy", &token])
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(
+        kvstash_with(dir.path(), &["txn"], Some(&fenced))
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["lock", "status", "deploy"]))),
+        "null\n"
+    );
+}

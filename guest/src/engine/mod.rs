@@ -16,6 +16,7 @@
 mod clock;
 mod doc;
 mod keys;
+mod lease;
 mod list;
 mod prefixed;
 mod record;
@@ -26,6 +27,7 @@ mod watch;
 pub use clock::{Clock, ManualClock, Now};
 pub use doc::Pointer;
 pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, validate_bucket};
+pub use lease::{Holder, Lease};
 pub use list::{Item, ListOptions, ListPage};
 pub use prefixed::Prefixed;
 pub use record::{Encoding, Record};
@@ -77,6 +79,10 @@ pub enum StoreError {
     ReadOnly,
     /// A read-modify-write lost the race too many times in a row.
     Contention,
+    /// The lock is held by another lease.
+    Locked(Holder),
+    /// The lease is no longer held (expired, released, or taken since).
+    LeaseLost(String),
     /// A watch asked for changes older than the backend retains; `oldest`
     /// is the oldest version it can still resume from.
     Compacted {
@@ -112,6 +118,17 @@ impl std::fmt::Display for StoreError {
             StoreError::NotJson => write!(f, "the stored value is raw bytes, not JSON"),
             StoreError::ReadOnly => write!(f, "the store is read-only"),
             StoreError::Contention => write!(f, "too many concurrent writers; retry"),
+            StoreError::Locked(h) => write!(
+                f,
+                "locked: held with token {} until {} ms since the epoch{}",
+                h.token,
+                h.expires_at_ms,
+                h.owner
+                    .as_ref()
+                    .map(|o| format!(" by `{o}`"))
+                    .unwrap_or_default()
+            ),
+            StoreError::LeaseLost(why) => write!(f, "lease lost: {why}"),
             StoreError::Compacted { oldest } => write!(
                 f,
                 "changes before version {oldest} are no longer retained; resume from {oldest} or later"

@@ -50,11 +50,33 @@ pub enum Condition {
     ValueEquals(Value),
 }
 
+/// A precondition of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TxnCheck {
-    pub bucket: String,
-    pub key: String,
-    pub condition: Condition,
+pub enum TxnCheck {
+    /// A key of a bucket meets a condition.
+    Key {
+        bucket: String,
+        key: String,
+        condition: Condition,
+    },
+    /// The lock `name` is held with this fencing token.
+    Lease { name: String, token: u64 },
+}
+
+impl TxnCheck {
+    pub fn key(bucket: &str, key: &str, condition: Condition) -> Self {
+        TxnCheck::Key {
+            bucket: bucket.into(),
+            key: key.into(),
+            condition,
+        }
+    }
+}
+
+/// A check resolved to the storage key it reads and what it requires.
+enum Requirement<'c> {
+    Key(&'c Condition),
+    Lease(u64),
 }
 
 /// What a mutation does to its key.
@@ -235,7 +257,16 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         let now = self.now();
         let checks = checks
             .iter()
-            .map(|c| Ok((storage_key(&c.bucket, &c.key)?, &c.condition)))
+            .map(|c| match c {
+                TxnCheck::Key {
+                    bucket,
+                    key,
+                    condition,
+                } => Ok((storage_key(bucket, key)?, Requirement::Key(condition))),
+                TxnCheck::Lease { name, token } => {
+                    Ok((super::lease::lock_key(name)?, Requirement::Lease(*token)))
+                }
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mutations = mutations
             .iter()
@@ -254,9 +285,15 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         read.sort();
         read.dedup();
         let ((), version) = self.read_modify_write(&read, |snapshot| {
-            for (index, (key, condition)) in checks.iter().enumerate() {
+            for (index, (key, requirement)) in checks.iter().enumerate() {
                 let live = snapshot.live(key, &now);
-                if !holds(condition, live)? {
+                let ok = match requirement {
+                    Requirement::Key(condition) => holds(condition, live)?,
+                    Requirement::Lease(token) => {
+                        live.is_some_and(|held| super::lease::holder(held).token == *token)
+                    }
+                };
+                if !ok {
                     return Err(StoreError::CheckFailed {
                         index: u32::try_from(index).unwrap_or(u32::MAX),
                         current: live.map(|s| s.version),
@@ -342,11 +379,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     ) -> Result<u64, StoreError> {
         let checks: Vec<TxnCheck> = condition
             .into_iter()
-            .map(|condition| TxnCheck {
-                bucket: bucket.into(),
-                key: key.into(),
-                condition,
-            })
+            .map(|condition| TxnCheck::key(bucket, key, condition))
             .collect();
         self.transact(&checks, std::slice::from_ref(&mutation))
             .map_err(|e| {

@@ -176,11 +176,7 @@ fn transaction(
                     .to_string(),
             )),
         };
-        checks.push(TxnCheck {
-            bucket: bucket.into(),
-            key: key.into(),
-            condition,
-        });
+        checks.push(TxnCheck::key(bucket, key, condition));
     }
     let mut mutations = Vec::new();
     for _ in 0..1 + rng.below(3) {
@@ -202,8 +198,16 @@ fn transaction(
     }
     // What the model expects.
     let failed = checks.iter().enumerate().find_map(|(index, c)| {
-        let live = model.live(&c.bucket, &c.key, now);
-        let holds = match &c.condition {
+        let TxnCheck::Key {
+            bucket,
+            key,
+            condition,
+        } = c
+        else {
+            panic!("{ctx}: the model makes no lease checks")
+        };
+        let live = model.live(bucket, key, now);
+        let holds = match condition {
             Condition::VersionIs(v) => live.is_some_and(|l| l.version == *v),
             Condition::Absent => live.is_none(),
             Condition::Exists => live.is_some(),

@@ -6,11 +6,7 @@ use super::{T0, engine, json};
 use crate::engine::*;
 
 fn check(bucket: &str, key: &str, condition: Condition) -> TxnCheck {
-    TxnCheck {
-        bucket: bucket.into(),
-        key: key.into(),
-        condition,
-    }
+    TxnCheck::key(bucket, key, condition)
 }
 
 fn mutation(bucket: &str, key: &str, op: Op) -> Mutation {
