@@ -76,6 +76,7 @@ impl From<StoreError> for types::Error {
             StoreError::PathNotFound(why) => types::Error::PathNotFound(why),
             StoreError::PathTypeMismatch(why) => types::Error::PathTypeMismatch(why),
             StoreError::NotJson => types::Error::NotJson,
+            StoreError::SchemaViolation(why) => types::Error::SchemaViolation(why),
             StoreError::ReadOnly => types::Error::ReadOnly,
             StoreError::Contention => types::Error::Contention,
             StoreError::Compacted { oldest } => types::Error::Compacted(oldest),
@@ -330,6 +331,16 @@ impl api::GuestBucket for Bucket {
         Ok(engine()?.exists(&self.name, &key)?)
     }
 
+    fn set_schema(&self, schema: Option<String>, force: bool) -> Result<u64, types::Error> {
+        Ok(engine()?.set_schema(&self.name, schema.as_deref(), force)?)
+    }
+
+    fn get_schema(&self) -> Result<Option<types::SchemaInfo>, types::Error> {
+        Ok(engine()?
+            .schema(&self.name)?
+            .map(|(json, version)| types::SchemaInfo { json, version }))
+    }
+
     fn list(&self, options: types::ListOptions) -> Result<types::ListPage, types::Error> {
         let page = engine()?.list(
             &self.name,
@@ -412,6 +423,7 @@ impl From<StoreError> for KvError {
             | StoreError::Compacted { .. }
             | StoreError::Locked(_)
             | StoreError::LeaseLost(_)
+            | StoreError::SchemaViolation(_)
             | StoreError::Storage(_)
             | StoreError::Corrupt(_)) => KvError::Other(e.to_string()),
         }

@@ -55,6 +55,10 @@ pub enum Error {
     /// A JSON Pointer steps through a value of the wrong type.
     #[error("path type mismatch: {0}")]
     PathTypeMismatch(String),
+    /// A write into a typed bucket does not satisfy its schema (or a schema
+    /// cannot be set over a value that does not); names the key and path.
+    #[error("schema violation: {0}")]
+    SchemaViolation(String),
     /// The value is raw bytes, and the call needs JSON.
     #[error("the stored value is raw bytes, not JSON")]
     NotJson,
@@ -121,6 +125,7 @@ impl From<wit::Error> for Error {
             wit::Error::PathNotFound(why) => Error::PathNotFound(why),
             wit::Error::PathTypeMismatch(why) => Error::PathTypeMismatch(why),
             wit::Error::NotJson => Error::NotJson,
+            wit::Error::SchemaViolation(why) => Error::SchemaViolation(why),
             wit::Error::ReadOnly => Error::ReadOnly,
             wit::Error::Contention => Error::Contention,
             wit::Error::Compacted(oldest) => Error::Compacted { oldest },
@@ -1061,6 +1066,33 @@ impl Bucket {
                 }
             }
         }))
+    }
+
+    /// Makes the bucket typed: every later write must satisfy `schema` (the
+    /// JSON Schema subset of docs/semantics.md). Unless `force`, every live
+    /// value must satisfy it too, or [`Error::SchemaViolation`] names the
+    /// first that does not. `None` removes the schema. Returns the new
+    /// schema version.
+    pub async fn set_schema(
+        &self,
+        schema: Option<&serde_json::Value>,
+        force: bool,
+    ) -> Result<u64, Error> {
+        let text = schema.map(serde_json::Value::to_string);
+        let text = text.as_deref();
+        bucket_call!(self, |api, store, handle| api
+            .call_set_schema(store, handle, text, force))
+    }
+
+    /// The bucket's schema and its version, if it is typed.
+    pub async fn schema(&self) -> Result<Option<(serde_json::Value, u64)>, Error> {
+        let info = bucket_call!(self, |api, store, handle| api
+            .call_get_schema(store, handle))?;
+        info.map(|i| {
+            let schema = serde_json::from_str(&i.json).map_err(|e| Error::Serde(e.to_string()))?;
+            Ok((schema, i.version))
+        })
+        .transpose()
     }
 
     /// Deletes every key atomically; returns how many existed.

@@ -135,6 +135,11 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// The bucket's schema: every write into a typed bucket is validated.
+    Schema {
+        #[command(subcommand)]
+        op: SchemaCommand,
+    },
     /// Named locks with a TTL and a fencing token.
     Lock {
         #[command(subcommand)]
@@ -175,6 +180,21 @@ enum PathCommand {
         path: String,
         value: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Print {"schema","version"}, or null if the bucket is untyped.
+    Get,
+    /// Set the schema (JSON text, or a file holding it). Existing values
+    /// must satisfy it unless --force.
+    Set {
+        schema: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the bucket untyped again.
+    Remove,
 }
 
 #[derive(Debug, Subcommand)]
@@ -467,6 +487,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 left -= 1;
             }
         }
+        Command::Schema { op } => match op {
+            SchemaCommand::Get => {
+                let line = match bucket.schema().await? {
+                    Some((schema, version)) => json!({"schema": schema, "version": version}),
+                    None => serde_json::Value::Null,
+                };
+                writeln!(out, "{line}")?;
+            }
+            SchemaCommand::Set { schema, force } => {
+                let text = if schema.trim_start().starts_with('{') || schema.trim() == "true" {
+                    schema
+                } else {
+                    std::fs::read_to_string(&schema)
+                        .with_context(|| format!("reading the schema {schema}"))?
+                };
+                let schema = parse_value(&text)?;
+                let version = bucket.set_schema(Some(&schema), force).await?;
+                eprintln!("schema version {version}");
+            }
+            SchemaCommand::Remove => {
+                bucket.set_schema(None, false).await?;
+            }
+        },
         Command::Lock { op } => match op {
             LockCommand::Acquire {
                 name,

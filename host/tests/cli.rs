@@ -495,3 +495,47 @@ fn locks_from_the_command_line() {
         "null\n"
     );
 }
+
+#[test]
+fn typed_buckets_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema =
+        r#"{"type":"object","required":["alias"],"properties":{"alias":{"type":"array"}}}"#;
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["-b", "dev", "schema", "get"]))),
+        "null\n"
+    );
+    ok(kvstash(dir.path(), &["-b", "dev", "schema", "set", schema]));
+    let got: serde_json::Value = serde_json::from_str(&stdout(&ok(kvstash(
+        dir.path(),
+        &["-b", "dev", "schema", "get"],
+    ))))
+    .unwrap();
+    assert_eq!(got["version"], 1);
+    ok(kvstash(
+        dir.path(),
+        &["-b", "dev", "set", "s1", r#"{"alias":[1,5,42]}"#],
+    ));
+    let bad = kvstash(dir.path(), &["-b", "dev", "set", "s2", r#"{"name":"x"}"#]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("missing required member `alias`"),
+        "{}",
+        stderr(&bad)
+    );
+    ok(kvstash(dir.path(), &["-b", "dev", "schema", "remove"]));
+    ok(kvstash(
+        dir.path(),
+        &["-b", "dev", "set", "s2", r#"{"name":"x"}"#],
+    ));
+    let refused = kvstash(dir.path(), &["-b", "dev", "schema", "set", schema]);
+    assert!(
+        stderr(&refused).contains("existing value `s2`"),
+        "{}",
+        stderr(&refused)
+    );
+    ok(kvstash(
+        dir.path(),
+        &["-b", "dev", "schema", "set", schema, "--force"],
+    ));
+}

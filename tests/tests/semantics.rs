@@ -439,3 +439,51 @@ async fn read_only_stores_refuse_every_new_write() {
         Some(vec![])
     );
 }
+
+on_every_backend!(typed_buckets, |store| {
+    let dev = store.bucket("dev");
+    let schema = json!({
+        "type": "object",
+        "required": ["alias"],
+        "properties": {"alias": {"type": "array", "items": {"type": "integer"}}, "name": {"type": "string"}}
+    });
+    dev.set_json("old", &json!({"alias": "not an array"}))
+        .await
+        .unwrap();
+    match dev.set_schema(Some(&schema), false).await {
+        Err(Error::SchemaViolation(why)) => {
+            assert!(why.contains("`old`") && why.contains("/alias"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dev.schema().await.unwrap(), None);
+    dev.delete("old").await.unwrap();
+    assert_eq!(dev.set_schema(Some(&schema), false).await.unwrap(), 1);
+    assert_eq!(dev.schema().await.unwrap(), Some((schema.clone(), 1)));
+    dev.set_json("s1", &json!({"alias": [1, 5, 42], "name": "shed"}))
+        .await
+        .unwrap();
+    match dev.set_json("s2", &json!({"alias": [1], "name": 7})).await {
+        Err(Error::SchemaViolation(why)) => assert_eq!(
+            why,
+            "`s2` in bucket `dev`: `/name`: expected string, got integer"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        dev.set_bytes("s3", b"raw").await,
+        Err(Error::SchemaViolation(_))
+    ));
+    assert!(matches!(
+        dev.append_path_json("s1", "/alias", &"x").await,
+        Err(Error::SchemaViolation(_))
+    ));
+    assert!(matches!(
+        dev.set_schema(Some(&json!({"pattern": "x"})), false).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(dev.set_schema(None, false).await.unwrap(), 2);
+    dev.set_json("s2", &json!({"alias": [1], "name": 7}))
+        .await
+        .unwrap();
+});

@@ -18,8 +18,10 @@ mod doc;
 mod keys;
 mod lease;
 mod list;
+mod meta;
 mod prefixed;
 mod record;
+mod schema;
 mod storage;
 mod txn;
 mod watch;
@@ -29,8 +31,10 @@ pub use doc::Pointer;
 pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, validate_bucket};
 pub use lease::{Holder, Lease};
 pub use list::{Item, ListOptions, ListPage};
+pub use meta::BucketMeta;
 pub use prefixed::Prefixed;
 pub use record::{Encoding, Record};
+pub use schema::Schema;
 pub use storage::{Change, Check, Entry, MAX_SCAN, MemStorage, Storage, StorageError, Write};
 pub use txn::{Condition, Mutation, Op, Swap, TxnCheck, WriteOptions};
 pub use watch::{Event, EventKind, WatchPage};
@@ -77,6 +81,10 @@ pub enum StoreError {
     /// The call needs JSON and the stored value is raw bytes.
     NotJson,
     ReadOnly,
+    /// A write into a typed bucket does not satisfy its schema (or a schema
+    /// cannot be set because an existing value does not); the message names
+    /// the key and the failing path.
+    SchemaViolation(String),
     /// A read-modify-write lost the race too many times in a row.
     Contention,
     /// The lock is held by another lease.
@@ -117,6 +125,7 @@ impl std::fmt::Display for StoreError {
             StoreError::PathTypeMismatch(why) => write!(f, "path type mismatch: {why}"),
             StoreError::NotJson => write!(f, "the stored value is raw bytes, not JSON"),
             StoreError::ReadOnly => write!(f, "the store is read-only"),
+            StoreError::SchemaViolation(why) => write!(f, "schema violation: {why}"),
             StoreError::Contention => write!(f, "too many concurrent writers; retry"),
             StoreError::Locked(h) => write!(
                 f,
@@ -247,12 +256,18 @@ impl Versioned {
     }
 }
 
+/// A bucket's rules and the version of their record (`None`: never set).
+type CachedMeta = (Option<u64>, std::rc::Rc<BucketMeta>);
+
 /// The store logic over one storage and one clock.
 #[derive(Debug)]
 pub struct Engine<S, C> {
     storage: S,
     clock: C,
     read_only: bool,
+    /// Bucket rules by bucket, with the version of their record; checked
+    /// by a guard on every commit that relies on them (`meta`).
+    meta_cache: std::cell::RefCell<std::collections::BTreeMap<String, CachedMeta>>,
 }
 
 impl<S: Storage, C: Clock> Engine<S, C> {
@@ -261,6 +276,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             storage,
             clock,
             read_only: false,
+            meta_cache: std::cell::RefCell::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -311,11 +327,22 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         keys::validate_bucket(bucket)?;
         keys::validate_key(key)?;
         self.writable()?;
-        let writes = txn::encode_writes(vec![(
+        self.commit_blind(vec![(
             keys::data_key(bucket, key),
             Some(value.into_record(None)),
-        )]);
-        Ok(self.storage.commit(&[], &writes)?)
+        )])
+    }
+
+    /// Commits writes that depend on no read but the bucket rules,
+    /// retrying when the rules changed under us.
+    fn commit_blind(&self, changes: Vec<(Vec<u8>, Option<Record>)>) -> Result<u64, StoreError> {
+        for _ in 0..txn::MAX_ATTEMPTS {
+            match self.commit_records(Vec::new(), changes.clone())? {
+                meta::Committed::At(version) => return Ok(version),
+                meta::Committed::Conflict => continue,
+            }
+        }
+        Err(StoreError::Contention)
     }
 
     /// The live values of `user_keys`, one slot per key.
@@ -360,7 +387,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         if writes.is_empty() {
             return Ok(self.storage.current_version()?);
         }
-        Ok(self.storage.commit(&[], &txn::encode_writes(writes))?)
+        self.commit_blind(writes)
     }
 
     /// Names of the buckets that hold at least one live key.

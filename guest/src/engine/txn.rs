@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 
 use super::{
-    Clock, Counter, Engine, MAX_BATCH, Now, Record, Storage, StorageError, StoreError, Value,
-    Versioned, check_size, doc, expiry, keys,
+    Clock, Counter, Engine, MAX_BATCH, Now, Record, Storage, StoreError, Value, Versioned,
+    check_size, doc, expiry, keys,
 };
 use crate::engine::storage::{Check, Write};
 
 /// How often a read-modify-write retries after losing a race.
-const MAX_ATTEMPTS: usize = 64;
+pub(super) const MAX_ATTEMPTS: usize = 64;
 
 /// Options of a single conditional write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -234,11 +234,9 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             for key in stale {
                 changes.entry(key).or_insert(None);
             }
-            let writes = encode_writes(changes.into_iter().collect());
-            match self.storage.commit(&snapshot.guards(), &writes) {
-                Ok(version) => return Ok((answer, Some(version))),
-                Err(StorageError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            match self.commit_records(snapshot.guards(), changes.into_iter().collect())? {
+                super::meta::Committed::At(version) => return Ok((answer, Some(version))),
+                super::meta::Committed::Conflict => continue,
             }
         }
         Err(StoreError::Contention)

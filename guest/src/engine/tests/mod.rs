@@ -412,4 +412,5 @@ mod listing;
 mod model;
 mod transactions;
 mod ttl;
+mod typed;
 mod watching;
