@@ -335,6 +335,23 @@ impl api::GuestBucket for Bucket {
         Ok(engine()?.set_schema(&self.name, schema.as_deref(), force)?)
     }
 
+    fn set_history(&self, keep: u32) -> Result<(), types::Error> {
+        Ok(engine()?.set_history(&self.name, keep)?)
+    }
+
+    fn undo(&self) -> Result<u64, types::Error> {
+        Ok(engine()?.undo(&self.name)?)
+    }
+
+    fn redo(&self) -> Result<u64, types::Error> {
+        Ok(engine()?.redo(&self.name)?)
+    }
+
+    fn history(&self) -> Result<types::HistoryInfo, types::Error> {
+        let (undoable, redoable) = engine()?.history(&self.name)?;
+        Ok(types::HistoryInfo { undoable, redoable })
+    }
+
     fn get_schema(&self) -> Result<Option<types::SchemaInfo>, types::Error> {
         Ok(engine()?
             .schema(&self.name)?

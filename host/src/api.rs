@@ -1084,6 +1084,32 @@ impl Bucket {
             .call_set_schema(store, handle, text, force))
     }
 
+    /// Keeps the bucket's last `keep` changes (1..=10000) for
+    /// [`undo`](Self::undo) and [`redo`](Self::redo); 0 turns history off
+    /// and drops what was kept.
+    pub async fn set_history(&self, keep: u32) -> Result<(), Error> {
+        bucket_call!(self, |api, store, handle| api
+            .call_set_history(store, handle, keep))
+    }
+
+    /// Undoes the bucket's last change (one commit) by writing the values
+    /// from before it, as a new version, which it returns.
+    /// [`Error::NotFound`] if there is nothing to undo.
+    pub async fn undo(&self) -> Result<u64, Error> {
+        bucket_call!(self, |api, store, handle| api.call_undo(store, handle))
+    }
+
+    /// Redoes the last undone change; returns the new version.
+    pub async fn redo(&self) -> Result<u64, Error> {
+        bucket_call!(self, |api, store, handle| api.call_redo(store, handle))
+    }
+
+    /// How many changes can be undone and redone.
+    pub async fn history(&self) -> Result<(u64, u64), Error> {
+        let info = bucket_call!(self, |api, store, handle| api.call_history(store, handle))?;
+        Ok((info.undoable, info.redoable))
+    }
+
     /// The bucket's schema and its version, if it is typed.
     pub async fn schema(&self) -> Result<Option<(serde_json::Value, u64)>, Error> {
         let info = bucket_call!(self, |api, store, handle| api

@@ -140,6 +140,21 @@ enum Command {
         #[command(subcommand)]
         op: SchemaCommand,
     },
+    /// Undo the bucket's last change (needs `history --keep N`); prints the
+    /// new version.
+    Undo,
+    /// Redo the last undone change; prints the new version.
+    Redo,
+    /// Show {"undoable","redoable"}, after changing how many changes the
+    /// bucket keeps for undo.
+    History {
+        /// Keep this many changes (1..=10000).
+        #[arg(long, conflicts_with = "off")]
+        keep: Option<u32>,
+        /// Stop keeping history, dropping what was kept.
+        #[arg(long)]
+        off: bool,
+    },
     /// Named locks with a TTL and a fencing token.
     Lock {
         #[command(subcommand)]
@@ -486,6 +501,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out.flush()?;
                 left -= 1;
             }
+        }
+        Command::Undo => writeln!(out, "{}", bucket.undo().await?)?,
+        Command::Redo => writeln!(out, "{}", bucket.redo().await?)?,
+        Command::History { keep, off } => {
+            if off {
+                bucket.set_history(0).await?;
+            } else if let Some(keep) = keep {
+                bucket.set_history(keep).await?;
+            }
+            let (undoable, redoable) = bucket.history().await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"undoable": undoable, "redoable": redoable})
+            )?;
         }
         Command::Schema { op } => match op {
             SchemaCommand::Get => {

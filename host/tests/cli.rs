@@ -539,3 +539,26 @@ fn typed_buckets_from_the_command_line() {
         &["-b", "dev", "schema", "set", schema, "--force"],
     ));
 }
+
+#[test]
+fn undo_and_redo_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["history", "--keep", "10"]))),
+        "{\"redoable\":0,\"undoable\":0}\n"
+    );
+    ok(kvstash(dir.path(), &["set", "k", "1"]));
+    ok(kvstash(dir.path(), &["set", "k", "2"]));
+    ok(kvstash(dir.path(), &["undo"]));
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "k"]))), "1\n");
+    ok(kvstash(dir.path(), &["redo"]));
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "k"]))), "2\n");
+    ok(kvstash(dir.path(), &["history", "--off"]));
+    let nothing = kvstash(dir.path(), &["undo"]);
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(
+        stderr(&nothing).contains("no change to undo"),
+        "{}",
+        stderr(&nothing)
+    );
+}

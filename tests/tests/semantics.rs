@@ -487,3 +487,37 @@ on_every_backend!(typed_buckets, |store| {
         .await
         .unwrap();
 });
+
+on_every_backend!(undo_and_redo, |store| {
+    let db = store.bucket("db");
+    db.set_history(50).await.unwrap();
+    db.set_json("x", &3).await.unwrap();
+    db.set_json("l", &(0..10).collect::<Vec<i32>>())
+        .await
+        .unwrap();
+    db.set_path_json("l", "/4", &["a", "b", "c"]).await.unwrap();
+    let mut events = Box::pin(db.watch(kvstash::WatchOptions::default()).await.unwrap());
+    let v = db.undo().await.unwrap();
+    assert_eq!(
+        db.get_json::<Vec<i32>>("l").await.unwrap(),
+        Some((0..10).collect())
+    );
+    // The undo is a new version that watchers see like any write.
+    let event = futures::StreamExt::next(&mut events)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((event.version, event.key.as_str()), (v, "l"));
+    db.undo().await.unwrap();
+    assert_eq!(db.get("l").await.unwrap(), None);
+    assert_eq!(db.history().await.unwrap(), (1, 2));
+    db.redo().await.unwrap();
+    db.redo().await.unwrap();
+    assert_eq!(
+        db.get_json::<serde_json::Value>("l").await.unwrap(),
+        Some(json!([0, 1, 2, 3, ["a", "b", "c"], 5, 6, 7, 8, 9]))
+    );
+    assert!(matches!(db.redo().await, Err(Error::NotFound(_))));
+    db.set_history(0).await.unwrap();
+    assert!(matches!(db.undo().await, Err(Error::NotFound(_))));
+});

@@ -25,6 +25,8 @@ pub struct BucketMeta {
     /// A schema being introduced: writes must satisfy it too until it is
     /// activated or dropped (see [`Engine::set_schema`]).
     pub pending: Option<Schema>,
+    /// How many changes the bucket's history keeps; 0: no history.
+    pub history: u32,
 }
 
 impl BucketMeta {
@@ -33,6 +35,7 @@ impl BucketMeta {
             "schema": self.schema.as_ref().map(Schema::as_json),
             "schema_version": self.schema_version,
             "pending": self.pending.as_ref().map(Schema::as_json),
+            "history": self.history,
         });
         Record::json(text.to_string())
     }
@@ -56,6 +59,11 @@ impl BucketMeta {
                 .and_then(Json::as_u64)
                 .unwrap_or(0),
             pending: schema("pending")?,
+            history: value
+                .get("history")
+                .and_then(Json::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
         })
     }
 
@@ -123,15 +131,28 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     }
 
     /// Commits record changes under the rules of the buckets they write
-    /// into: every value written must satisfy its bucket's schema, and the
-    /// commit is guarded on each such bucket's metadata version. Changes to
-    /// non-data keys (index entries, locks, metadata) pass as they are.
+    /// into, recording them in the buckets' history where it is on.
     pub(super) fn commit_records(
+        &self,
+        checks: Vec<Check>,
+        changes: Vec<(Vec<u8>, Option<Record>)>,
+    ) -> Result<Committed, StoreError> {
+        self.commit_changes(checks, changes, Vec::new(), true)
+    }
+
+    /// Commits record changes plus `raw` writes (engine records), under the
+    /// rules of the buckets the records go into: every value written must
+    /// satisfy its bucket's schema, and the commit is guarded on each such
+    /// bucket's metadata version. With `record_history`, the changes to a
+    /// bucket with history become one history entry, in the same commit.
+    pub(super) fn commit_changes(
         &self,
         mut checks: Vec<Check>,
         changes: Vec<(Vec<u8>, Option<Record>)>,
+        mut raw: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        record_history: bool,
     ) -> Result<Committed, StoreError> {
-        let mut guarded: Vec<String> = Vec::new();
+        let mut buckets: Vec<(String, Rc<BucketMeta>)> = Vec::new();
         for (key, record) in &changes {
             let Some((bucket, user_key)) = keys::split_data_key(key) else {
                 continue;
@@ -140,12 +161,26 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             if let Some(record) = record {
                 meta.admit(bucket, user_key, record)?;
             }
-            if !guarded.iter().any(|b| b == bucket) {
-                guarded.push(bucket.to_string());
+            if !buckets.iter().any(|(b, _)| b == bucket) {
+                buckets.push((bucket.to_string(), meta));
                 checks.push(Check::unchanged(meta_key(bucket), version));
             }
         }
-        let writes: Vec<Write> = super::txn::encode_writes(changes);
+        if record_history {
+            let now = self.now();
+            for (bucket, meta) in buckets.iter().filter(|(_, m)| m.history > 0) {
+                let mine: Vec<(Vec<u8>, Option<Record>)> = changes
+                    .iter()
+                    .filter(|(key, _)| keys::split_data_key(key).is_some_and(|(b, _)| b == bucket))
+                    .cloned()
+                    .collect();
+                let recording = self.history_for(bucket, meta.history, &mine, &now)?;
+                checks.extend(recording.checks);
+                raw.extend(recording.writes);
+            }
+        }
+        let mut writes: Vec<Write> = super::txn::encode_writes(changes);
+        writes.extend(raw.into_iter().map(|(key, value)| Write { key, value }));
         match self.storage.commit(&checks, &writes) {
             Ok(version) => Ok(Committed::At(version)),
             Err(StorageError::Conflict { .. }) => {
@@ -154,6 +189,28 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Rewrites the bucket's rules with `f` (`None`: leave them) in a
+    /// guarded read-modify-write; returns what was written.
+    pub(super) fn update_meta(
+        &self,
+        bucket: &str,
+        f: &dyn Fn(&BucketMeta) -> Result<Option<BucketMeta>, StoreError>,
+    ) -> Result<Option<BucketMeta>, StoreError> {
+        let key = meta_key(bucket);
+        let (next, _) = self.read_modify_write(std::slice::from_ref(&key), |snapshot| {
+            let current = match snapshot.physical(&key) {
+                Some(stored) => BucketMeta::decode(&stored.record)?,
+                None => BucketMeta::default(),
+            };
+            Ok(match f(&current)? {
+                Some(next) => Decision::Write(vec![(key.clone(), Some(next.encode()))], Some(next)),
+                None => Decision::Done(None),
+            })
+        })?;
+        self.forget_meta();
+        Ok(next)
     }
 
     /// The bucket's schema (JSON) and its version; `None` if it has none.
@@ -186,22 +243,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         keys::validate_bucket(bucket)?;
         self.writable()?;
         let new = schema.map(Schema::parse).transpose()?;
-        let key = meta_key(bucket);
         let update = |f: &dyn Fn(&BucketMeta) -> Result<Option<BucketMeta>, StoreError>| {
-            let (next, _) = self.read_modify_write(std::slice::from_ref(&key), |snapshot| {
-                let current = match snapshot.physical(&key) {
-                    Some(stored) => BucketMeta::decode(&stored.record)?,
-                    None => BucketMeta::default(),
-                };
-                Ok(match f(&current)? {
-                    Some(next) => {
-                        Decision::Write(vec![(key.clone(), Some(next.encode()))], Some(next))
-                    }
-                    None => Decision::Done(None),
-                })
-            })?;
-            self.forget_meta();
-            Ok::<_, StoreError>(next)
+            self.update_meta(bucket, f)
         };
         let Some(candidate) = new.clone().filter(|_| !force) else {
             // Removing a schema, or forcing one: no existing value to check.
@@ -210,6 +253,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                     schema: new.clone(),
                     schema_version: m.schema_version + 1,
                     pending: None,
+                    history: m.history,
                 }))
             })?;
             return Ok(next.map_or(0, |m| m.schema_version));
@@ -239,6 +283,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                 schema: Some(candidate.clone()),
                 schema_version: m.schema_version + 1,
                 pending: None,
+                history: m.history,
             }))
         })?;
         Ok(next.map_or(0, |m| m.schema_version))

@@ -15,6 +15,7 @@
 
 mod clock;
 mod doc;
+mod history;
 mod keys;
 mod lease;
 mod list;
@@ -28,6 +29,7 @@ mod watch;
 
 pub use clock::{Clock, ManualClock, Now};
 pub use doc::Pointer;
+pub use history::MAX_HISTORY;
 pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, validate_bucket};
 pub use lease::{Holder, Lease};
 pub use list::{Item, ListOptions, ListPage};

@@ -212,6 +212,17 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     pub(super) fn read_modify_write<T>(
         &self,
         keys: &[Vec<u8>],
+        decide: impl FnMut(&Snapshot) -> Result<Decision<T>, StoreError>,
+    ) -> Result<(T, Option<u64>), StoreError> {
+        self.read_modify_write_with(keys, true, decide)
+    }
+
+    /// [`read_modify_write`](Self::read_modify_write), choosing whether the
+    /// writes are recorded in bucket history (expirations are not).
+    pub(super) fn read_modify_write_with<T>(
+        &self,
+        keys: &[Vec<u8>],
+        record_history: bool,
         mut decide: impl FnMut(&Snapshot) -> Result<Decision<T>, StoreError>,
     ) -> Result<(T, Option<u64>), StoreError> {
         for _ in 0..MAX_ATTEMPTS {
@@ -234,7 +245,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             for key in stale {
                 changes.entry(key).or_insert(None);
             }
-            match self.commit_records(snapshot.guards(), changes.into_iter().collect())? {
+            let changes = changes.into_iter().collect();
+            match self.commit_changes(snapshot.guards(), changes, Vec::new(), record_history)? {
                 super::meta::Committed::At(version) => return Ok((answer, Some(version))),
                 super::meta::Committed::Conflict => continue,
             }
@@ -557,7 +569,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         let mut data_keys: Vec<Vec<u8>> = targets.iter().map(|(_, _, k)| k.clone()).collect();
         data_keys.sort();
         data_keys.dedup();
-        let (removed, _) = self.read_modify_write(&data_keys, |snapshot| {
+        let (removed, _) = self.read_modify_write_with(&data_keys, false, |snapshot| {
             let mut removed = 0u32;
             let mut writes = Vec::with_capacity(2 * targets.len() + 1);
             writes.push((keys::EXPIRY_MARKER.to_vec(), None));
