@@ -394,6 +394,97 @@ async fn a_trap_costs_one_call_not_the_store() {
     assert_eq!(b.get_json::<i32>("after").await.unwrap(), Some(2));
 }
 
+/// A backend whose every call fails, as a disk or a network can.
+#[derive(Debug)]
+struct Broken;
+
+#[async_trait::async_trait]
+impl kvstash::Backend for Broken {
+    fn summary(&self) -> String {
+        "broken".into()
+    }
+    async fn get(
+        &self,
+        _: &[u8],
+    ) -> Result<Option<kvstash::backend::Entry>, kvstash::BackendError> {
+        Err(kvstash::BackendError::Unavailable(
+            "I/O error: the disk is gone".into(),
+        ))
+    }
+    async fn get_many(
+        &self,
+        _: &[Vec<u8>],
+    ) -> Result<Vec<Option<kvstash::backend::Entry>>, kvstash::BackendError> {
+        Err(kvstash::BackendError::Unavailable(
+            "I/O error: the disk is gone".into(),
+        ))
+    }
+    async fn scan(
+        &self,
+        _: &kvstash::backend::Scan,
+    ) -> Result<Vec<kvstash::backend::Entry>, kvstash::BackendError> {
+        Err(kvstash::BackendError::Unavailable(
+            "I/O error: the disk is gone".into(),
+        ))
+    }
+    async fn commit(
+        &self,
+        _: Vec<kvstash::backend::Check>,
+        _: Vec<kvstash::backend::Write>,
+    ) -> Result<u64, kvstash::BackendError> {
+        Err(kvstash::BackendError::Unavailable(
+            "I/O error: the disk is gone".into(),
+        ))
+    }
+    async fn current_version(&self) -> Result<u64, kvstash::BackendError> {
+        Err(kvstash::BackendError::Unavailable(
+            "I/O error: the disk is gone".into(),
+        ))
+    }
+    async fn changes(
+        &self,
+        _: u64,
+        _: u32,
+    ) -> Result<Vec<kvstash::backend::Change>, kvstash::BackendError> {
+        Err(kvstash::BackendError::Unavailable(
+            "I/O error: the disk is gone".into(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn backend_failures_are_typed_errors_and_the_store_lives_on() {
+    let mut registry = kvstash::Registry::default();
+    registry.register("broken", |_config: serde_json::Value| {
+        Ok(std::sync::Arc::new(Broken) as std::sync::Arc<dyn kvstash::Backend>)
+    });
+    let options = StoreOptions {
+        registry,
+        ..Default::default()
+    };
+    let store = Store::open_with(r#"{"type":"broken"}"#, options)
+        .await
+        .unwrap();
+    let b = store.bucket("b");
+    let storage_error = |r: Result<(), Error>| match r {
+        Err(Error::Storage(why)) => assert!(why.contains("the disk is gone"), "{why}"),
+        other => panic!("{other:?}"),
+    };
+    storage_error(b.get("k").await.map(drop));
+    storage_error(b.set_json("k", &1).await.map(drop));
+    storage_error(b.list(&ListOptions::default()).await.map(drop));
+    storage_error(
+        store
+            .transaction()
+            .delete("b", "k")
+            .commit()
+            .await
+            .map(drop),
+    );
+    storage_error(b.watch(kvstash::WatchOptions::default()).await.map(drop));
+    assert_eq!(store.describe(), vec!["broken".to_string()]);
+}
+
 #[test]
 fn blocking_api() {
     let dir = tempfile::tempdir().unwrap();

@@ -407,6 +407,7 @@ fn mem_storage_change_feed_and_compaction() {
     assert!(s.changes(6, 100).unwrap().is_empty());
 }
 
+mod faults;
 mod history;
 mod leases;
 mod listing;
