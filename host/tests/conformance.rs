@@ -589,3 +589,84 @@ async fn file_backend_refuses_a_foreign_file() {
         b"this is not a redb file at all, just some text"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_commits_share_fsyncs_under_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = FileBackend::open_shared(&FileConfig::new(dir.path().join("g.redb"))).unwrap();
+    // A lone writer waits for each commit: one fsync each.
+    for i in 0..20u8 {
+        b.commit(vec![], vec![put(&[b's', i], b"v")]).await.unwrap();
+    }
+    assert_eq!(
+        b.sync_stats(),
+        kvstash::backend::SyncStats {
+            acknowledged: 20,
+            syncs: 20
+        }
+    );
+    // 64 concurrent writers: commits queue up while an fsync runs, and the
+    // next group takes them all with one.
+    let tasks: Vec<_> = (0..64u8)
+        .map(|t| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                for i in 0..10u8 {
+                    b.commit(vec![], vec![put(&[b'c', t, i], b"v")])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = b.sync_stats();
+    assert_eq!(stats.acknowledged, 20 + 640);
+    let concurrent_syncs = stats.syncs - 20;
+    assert!(
+        concurrent_syncs < 640,
+        "640 commits took {concurrent_syncs} fsyncs"
+    );
+    println!("640 concurrent commits, {concurrent_syncs} fsyncs");
+    let all = b
+        .scan(&scan(b"c", Some(b"d"), 10_000, false))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 640, "every acknowledged commit is there");
+    let versions: std::collections::BTreeSet<u64> = all.iter().map(|e| e.version).collect();
+    assert_eq!(
+        versions.len(),
+        640,
+        "each commit of a group has its own version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_within_one_group_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = FileBackend::open_shared(&FileConfig::new(dir.path().join("g.redb"))).unwrap();
+    let tasks: Vec<_> = (0..64u8)
+        .map(|t| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.commit(vec![Check::Absent(b"x".to_vec())], vec![put(b"x", &[t])])
+                    .await
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(version) => won.push(version),
+            Err(BackendError::Conflict {
+                index: 0,
+                current: Some(_),
+            }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one of 64 racers creates the key");
+    assert_eq!(b.get(b"x").await.unwrap().unwrap().version, won[0]);
+}

@@ -11,7 +11,13 @@
 //!
 //! redb allows one open `Database` per file per process, so every handle on
 //! the same path in one process shares one [`FileBackend`] (`open_shared`).
-//! Commits run on tokio's blocking pool: an fsync must not stall the executor.
+//!
+//! **Group commit.** Commits go to one committer thread per database, which
+//! applies the commits waiting for it in order inside one redb write
+//! transaction (each commit's checks see the earlier ones' writes; each
+//! successful commit gets its own version) and makes them durable with one
+//! fsync. Nothing is acknowledged before that fsync returns. So concurrent
+//! writers share fsyncs, and an fsync never stalls the async executor.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -68,14 +74,59 @@ impl FileConfig {
     }
 }
 
-#[derive(Debug)]
 pub struct FileBackend {
     db: Arc<Database>,
     path: PathBuf,
-    retention: u64,
     /// The newest committed version, for watchers. Every handle on this
     /// file in this process shares this backend, so it sees every commit.
-    commits: tokio::sync::watch::Sender<u64>,
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where commits queue for the committer; `None` once dropping.
+    queue: Option<std::sync::mpsc::Sender<Request>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for FileBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBackend")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FileBackend {
+    /// Closes the queue and waits for the committer to finish what it has,
+    /// so the file is free to reopen as soon as this returns.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+/// One commit waiting for the committer.
+struct Request {
+    checks: Vec<Check>,
+    writes: Vec<Write>,
+    reply: tokio::sync::oneshot::Sender<Result<u64, BackendError>>,
+}
+
+/// Most checks and writes one group commit gathers.
+const MAX_GROUP_OPS: usize = 50_000;
+
+#[derive(Debug, Default)]
+struct Counters {
+    acknowledged: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+/// How many commits a file backend acknowledged, and how many durable
+/// transactions (fsyncs) it took: with concurrent writers, fewer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncStats {
+    pub acknowledged: u64,
+    pub syncs: u64,
 }
 
 fn unavailable(e: impl Into<redb::Error>) -> BackendError {
@@ -138,12 +189,99 @@ impl FileBackend {
                 .map_or(0, |g| g.value())
         };
         txn.commit().map_err(unavailable)?;
+        let db = Arc::new(db);
+        let commits = Arc::new(tokio::sync::watch::Sender::new(version));
+        let counters = Arc::new(Counters::default());
+        let (queue, requests) = std::sync::mpsc::channel();
+        let committer = {
+            let (db, commits, counters) = (db.clone(), commits.clone(), counters.clone());
+            std::thread::Builder::new()
+                .name("kvstash-commit".into())
+                .spawn(move || run_committer(&db, retention, &requests, &commits, &counters))
+                .map_err(|e| {
+                    BackendError::Unavailable(format!("cannot start the committer: {e}"))
+                })?
+        };
         Ok(Self {
-            db: Arc::new(db),
+            db,
             path: path.to_path_buf(),
-            retention,
-            commits: tokio::sync::watch::Sender::new(version),
+            commits,
+            queue: Some(queue),
+            committer: Some(committer),
+            counters,
         })
+    }
+
+    /// Commits acknowledged and fsyncs taken so far.
+    pub fn sync_stats(&self) -> SyncStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SyncStats {
+            acknowledged: self.counters.acknowledged.load(Relaxed),
+            syncs: self.counters.syncs.load(Relaxed),
+        }
+    }
+}
+
+/// The committer: takes the first waiting commit, gathers the others that
+/// are waiting, applies them all in one durable transaction, answers each.
+fn run_committer(
+    db: &Database,
+    retention: u64,
+    requests: &std::sync::mpsc::Receiver<Request>,
+    commits: &tokio::sync::watch::Sender<u64>,
+    counters: &Counters,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while let Ok(first) = requests.recv() {
+        let mut ops = first.checks.len() + first.writes.len();
+        let mut batch = vec![first];
+        while ops < MAX_GROUP_OPS {
+            match requests.try_recv() {
+                Ok(next) => {
+                    ops += next.checks.len() + next.writes.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let work: Vec<(&[Check], &[Write])> = batch
+            .iter()
+            .map(|r| (r.checks.as_slice(), r.writes.as_slice()))
+            .collect();
+        let outcome = commit_group(db, retention, &work);
+        drop(work);
+        match outcome {
+            Ok((results, synced)) => {
+                if synced {
+                    counters.syncs.fetch_add(1, Relaxed);
+                }
+                let newest = results
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok())
+                    .max()
+                    .copied();
+                for (request, result) in batch.into_iter().zip(results) {
+                    if result.is_ok() {
+                        counters.acknowledged.fetch_add(1, Relaxed);
+                    }
+                    let _ = request.reply.send(result);
+                }
+                if let Some(newest) = newest {
+                    commits.send_if_modified(|seen| {
+                        let newer = newest > *seen;
+                        if newer {
+                            *seen = newest;
+                        }
+                        newer
+                    });
+                }
+            }
+            Err(e) => {
+                for request in batch {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -166,66 +304,79 @@ fn canonical(path: &Path) -> Result<PathBuf, BackendError> {
     Ok(parent.join(name))
 }
 
-fn commit_blocking(
+/// Applies `group` in order in one write transaction and makes it durable
+/// with one commit (one fsync). Each commit's checks see the writes of those
+/// before it; a commit whose check fails is skipped with its conflict. Returns
+/// each commit's result, and whether anything was written.
+fn commit_group(
     db: &Database,
     retention: u64,
-    checks: &[Check],
-    writes: &[Write],
-) -> Result<u64, BackendError> {
+    group: &[(&[Check], &[Write])],
+) -> Result<(Vec<Result<u64, BackendError>>, bool), BackendError> {
     let txn = db.begin_write().map_err(unavailable)?;
-    let version = {
+    let results = {
         let mut data = txn.open_table(DATA).map_err(unavailable)?;
-        for (index, check) in checks.iter().enumerate() {
-            let current = data
-                .get(check.key())
-                .map_err(unavailable)?
-                .map(|g| g.value().0);
-            if current != check.expected() {
-                let index = u32::try_from(index).unwrap_or(u32::MAX);
-                drop(data);
-                txn.abort().map_err(unavailable)?;
-                return Err(BackendError::Conflict { index, current });
-            }
-        }
         let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let version = meta
+        let mut log = txn.open_table(LOG).map_err(unavailable)?;
+        let mut version = meta
             .get("version")
             .map_err(unavailable)?
-            .map_or(0, |g| g.value())
-            + 1;
-        let mut log = txn.open_table(LOG).map_err(unavailable)?;
-        for (index, write) in writes.iter().enumerate() {
-            match &write.value {
-                Some(value) => {
-                    data.insert(write.key.as_slice(), (version, value.as_slice()))
-                        .map_err(unavailable)?;
-                }
-                None => {
-                    data.remove(write.key.as_slice()).map_err(unavailable)?;
+            .map_or(0, |g| g.value());
+        let mut results = Vec::with_capacity(group.len());
+        'commits: for (checks, writes) in group {
+            for (index, check) in checks.iter().enumerate() {
+                let current = data
+                    .get(check.key())
+                    .map_err(unavailable)?
+                    .map(|g| g.value().0);
+                if current != check.expected() {
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    results.push(Err(BackendError::Conflict { index, current }));
+                    continue 'commits;
                 }
             }
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            log.insert(
-                (version, index),
-                (write.key.as_slice(), write.value.as_deref()),
-            )
-            .map_err(unavailable)?;
-        }
-        meta.insert("version", version).map_err(unavailable)?;
-        let cut = version.saturating_sub(retention);
-        let trimmed = meta
-            .get("trimmed")
-            .map_err(unavailable)?
-            .map_or(0, |g| g.value());
-        if cut > trimmed {
-            log.retain_in(..(cut + 1, 0), |_, _| false)
+            version += 1;
+            for (index, write) in writes.iter().enumerate() {
+                match &write.value {
+                    Some(value) => {
+                        data.insert(write.key.as_slice(), (version, value.as_slice()))
+                            .map_err(unavailable)?;
+                    }
+                    None => {
+                        data.remove(write.key.as_slice()).map_err(unavailable)?;
+                    }
+                }
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                log.insert(
+                    (version, index),
+                    (write.key.as_slice(), write.value.as_deref()),
+                )
                 .map_err(unavailable)?;
-            meta.insert("trimmed", cut).map_err(unavailable)?;
+            }
+            results.push(Ok(version));
         }
-        version
+        if results.iter().any(Result::is_ok) {
+            meta.insert("version", version).map_err(unavailable)?;
+            let cut = version.saturating_sub(retention);
+            let trimmed = meta
+                .get("trimmed")
+                .map_err(unavailable)?
+                .map_or(0, |g| g.value());
+            if cut > trimmed {
+                log.retain_in(..(cut + 1, 0), |_, _| false)
+                    .map_err(unavailable)?;
+                meta.insert("trimmed", cut).map_err(unavailable)?;
+            }
+        }
+        results
     };
-    txn.commit().map_err(unavailable)?;
-    Ok(version)
+    let wrote = results.iter().any(Result::is_ok);
+    if wrote {
+        txn.commit().map_err(unavailable)?;
+    } else {
+        txn.abort().map_err(unavailable)?;
+    }
+    Ok((results, wrote))
 }
 
 #[async_trait]
@@ -302,22 +453,18 @@ impl Backend for FileBackend {
 
     async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
         validate_commit(&checks, &writes)?;
-        let db = self.db.clone();
-        let retention = self.retention;
-        let version =
-            tokio::task::spawn_blocking(move || commit_blocking(&db, retention, &checks, &writes))
-                .await
-                .map_err(|e| {
-                    BackendError::Unavailable(format!("file backend commit task: {e}"))
-                })??;
-        self.commits.send_if_modified(|newest| {
-            let newer = version > *newest;
-            if newer {
-                *newest = version;
-            }
-            newer
-        });
-        Ok(version)
+        let stopped = || BackendError::Unavailable("the file backend's committer stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Request {
+                checks,
+                writes,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn current_version(&self) -> Result<u64, BackendError> {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use file::{FileBackend, FileConfig};
+pub use file::{FileBackend, FileConfig, SyncStats};
 pub use memory::MemoryBackend;
 
 /// Most records a `scan` or `changes` call returns; larger limits are clamped.
