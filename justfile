@@ -37,3 +37,8 @@ wit-check: build-guest
 # What CI runs.
 ci:
     bash .ci/run
+
+# Benchmarks (release build): the component against native baselines, with
+# ratios; writes bench/results/latest.md. Sizes: `just bench 1000,10000,100000`.
+bench SIZES="1000,10000":
+    cargo run --release -p kvstash-bench -- {{SIZES}}
