@@ -2,12 +2,14 @@
 //! runtime the [`BlockingStore`] owns.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    Bucket, Entry, Error, ListOptions, ListPage, Store, Transaction, Value, WriteOptions,
+    Bucket, Entry, Error, Event, Lease, ListOptions, ListPage, LockHolder, Store, Transaction,
+    Value, WatchOptions, WriteOptions,
 };
 use crate::runtime::StoreOptions;
 
@@ -61,6 +63,33 @@ impl BlockingStore {
 
     pub fn sweep(&self, limit: u32) -> Result<u32, Error> {
         self.runtime.block_on(self.store.sweep(limit))
+    }
+
+    pub fn acquire(&self, name: &str, ttl: Duration, owner: Option<&str>) -> Result<Lease, Error> {
+        self.runtime.block_on(self.store.acquire(name, ttl, owner))
+    }
+
+    pub fn lock(
+        &self,
+        name: &str,
+        ttl: Duration,
+        owner: Option<&str>,
+        wait: Duration,
+    ) -> Result<Lease, Error> {
+        self.runtime
+            .block_on(self.store.lock(name, ttl, owner, wait))
+    }
+
+    pub fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
+        self.runtime.block_on(self.store.renew(lease, ttl))
+    }
+
+    pub fn release(&self, lease: &Lease) -> Result<bool, Error> {
+        self.runtime.block_on(self.store.release(lease))
+    }
+
+    pub fn lock_status(&self, name: &str) -> Result<Option<LockHolder>, Error> {
+        self.runtime.block_on(self.store.lock_status(name))
     }
 
     /// The async store underneath.
@@ -132,5 +161,53 @@ impl BlockingBucket {
     ) -> Result<u64, Error> {
         self.runtime
             .block_on(self.bucket.append_path_json(key, path, value))
+    }
+    pub fn set_schema(
+        &self,
+        schema: Option<&serde_json::Value>,
+        force: bool,
+    ) -> Result<u64, Error> {
+        self.runtime.block_on(self.bucket.set_schema(schema, force))
+    }
+    pub fn schema(&self) -> Result<Option<(serde_json::Value, u64)>, Error> {
+        self.runtime.block_on(self.bucket.schema())
+    }
+    pub fn set_history(&self, keep: u32) -> Result<(), Error> {
+        self.runtime.block_on(self.bucket.set_history(keep))
+    }
+    pub fn undo(&self) -> Result<u64, Error> {
+        self.runtime.block_on(self.bucket.undo())
+    }
+    pub fn redo(&self) -> Result<u64, Error> {
+        self.runtime.block_on(self.bucket.redo())
+    }
+    /// The bucket's changes as a blocking iterator (see [`Bucket::watch`]).
+    pub fn watch(&self, options: WatchOptions) -> Result<BlockingWatch, Error> {
+        let stream = self.runtime.block_on(self.bucket.watch(options))?;
+        Ok(BlockingWatch {
+            runtime: self.runtime.clone(),
+            stream: Box::pin(stream),
+        })
+    }
+}
+
+/// Watch events as a blocking iterator: each `next` waits for the next event.
+pub struct BlockingWatch {
+    runtime: Arc<tokio::runtime::Runtime>,
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<Event, Error>> + Send>>,
+}
+
+impl std::fmt::Debug for BlockingWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingWatch").finish_non_exhaustive()
+    }
+}
+
+impl Iterator for BlockingWatch {
+    type Item = Result<Event, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use futures::StreamExt as _;
+        self.runtime.block_on(self.stream.next())
     }
 }

@@ -32,7 +32,7 @@ pub use api::{
     Store, Transaction, Value, WatchOptions, WriteOptions,
 };
 pub use backend::{Backend, BackendError, Registry};
-pub use blocking::{BlockingBucket, BlockingStore};
+pub use blocking::{BlockingBucket, BlockingStore, BlockingWatch};
 pub use runtime::{GUEST_WASM, StoreOptions, component_interfaces};
 
 #[doc = include_str!("../../README.md")]

@@ -485,6 +485,33 @@ async fn backend_failures_are_typed_errors_and_the_store_lives_on() {
     assert_eq!(store.describe(), vec!["broken".to_string()]);
 }
 
+#[tokio::test]
+async fn a_cancelled_call_costs_its_instance_not_the_store() {
+    // One instance only: if a cancelled call left it half-way and it were
+    // reused, the next call would fail or hang.
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"type": "file", "path": dir.path().join("s.redb")}).to_string();
+    let options = StoreOptions {
+        max_instances: 1,
+        ..Default::default()
+    };
+    let store = Store::open_with(&config, options).await.unwrap();
+    let b = store.bucket("b");
+    let mut cancelled = 0;
+    for i in 0..20 {
+        // A durable write waits for an fsync; a 1 µs budget cancels it mid-way.
+        let key = format!("k{i}");
+        let attempt =
+            tokio::time::timeout(std::time::Duration::from_micros(1), b.set_json(&key, &i));
+        if attempt.await.is_err() {
+            cancelled += 1;
+        }
+        b.set_json("after", &i).await.unwrap();
+        assert_eq!(b.get_json::<i32>("after").await.unwrap(), Some(i));
+    }
+    assert!(cancelled > 0, "no call was cancelled mid-way");
+}
+
 #[test]
 fn blocking_api() {
     let dir = tempfile::tempdir().unwrap();
@@ -500,4 +527,40 @@ fn blocking_api() {
     assert_eq!(b.list(&ListOptions::default()).unwrap().items.len(), 1);
     assert!(b.delete("environment_sensor_1").unwrap());
     assert_eq!(store.buckets().unwrap(), Vec::<String>::new());
+    // The features beyond get and set, without an async runtime.
+    let mut events = b.watch(kvstash::WatchOptions::default()).unwrap();
+    b.set_history(10).unwrap();
+    b.set_json("k", &1).unwrap();
+    b.undo().unwrap();
+    assert_eq!(b.get("k").unwrap(), None);
+    let first = events.next().unwrap().unwrap();
+    assert_eq!(
+        (first.key.as_str(), first.kind),
+        ("k", kvstash::EventKind::Set)
+    );
+    assert_eq!(
+        events.next().unwrap().unwrap().kind,
+        kvstash::EventKind::Delete
+    );
+    assert_eq!(
+        b.set_schema(Some(&json!({"type": "integer"})), false)
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        b.set_json("k", &"text"),
+        Err(Error::SchemaViolation(_))
+    ));
+    let lease = store
+        .acquire("l", std::time::Duration::from_secs(5), None)
+        .unwrap();
+    assert!(matches!(
+        store.acquire("l", std::time::Duration::from_secs(5), None),
+        Err(Error::Locked { .. })
+    ));
+    assert_eq!(
+        store.lock_status("l").unwrap().map(|h| h.token),
+        Some(lease.token)
+    );
+    assert!(store.release(&lease).unwrap());
 }
