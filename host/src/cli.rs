@@ -173,7 +173,8 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Read JSON Lines as `export` writes them (from FILE or standard input).
-    /// Every line is checked before anything is written.
+    /// Every record is checked (syntax, keys, values, the buckets' schemas)
+    /// before anything is written.
     Import { file: Option<PathBuf> },
 }
 
@@ -669,15 +670,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => read_records(std::io::stdin().lock()),
             }?;
             let count = records.len();
-            for record in records {
-                let bucket = store.bucket(&record.bucket);
-                match record.value {
-                    Value::Json(text) => bucket.set_json_text(&record.key, &text).await,
-                    Value::Bytes(bytes) => bucket.set_bytes(&record.key, &bytes).await,
+            // A dry run first, through the same engine: a scratch memory
+            // store with the target buckets' schemas takes every record, so
+            // a key, value or schema the store would refuse is found before
+            // anything is written.
+            let scratch = Store::open(r#"{"type":"memory"}"#).await?;
+            let mut names: Vec<&str> = records.iter().map(|r| r.bucket.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            for name in names {
+                if let Some((schema, _)) = store.bucket(name).schema().await? {
+                    scratch.bucket(name).set_schema(Some(&schema), true).await?;
                 }
-                .with_context(|| {
-                    format!("importing `{}` into bucket `{}`", record.key, record.bucket)
-                })?;
+            }
+            for target in [&scratch, &store] {
+                for record in &records {
+                    let bucket = target.bucket(&record.bucket);
+                    match &record.value {
+                        Value::Json(text) => bucket.set_json_text(&record.key, text).await,
+                        Value::Bytes(bytes) => bucket.set_bytes(&record.key, bytes).await,
+                    }
+                    .with_context(|| {
+                        format!("importing `{}` into bucket `{}`", record.key, record.bucket)
+                    })?;
+                }
             }
             eprintln!("imported {count} records");
         }

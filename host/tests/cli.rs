@@ -562,3 +562,35 @@ fn undo_and_redo_from_the_command_line() {
         stderr(&nothing)
     );
 }
+
+#[test]
+fn an_import_a_schema_refuses_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(
+        dir.path(),
+        &[
+            "-b",
+            "dev",
+            "schema",
+            "set",
+            r#"{"type":"object","required":["alias"]}"#,
+        ],
+    ));
+    let input = concat!(
+        "{\"bucket\":\"other\",\"key\":\"a\",\"value\":1}\n",
+        "{\"bucket\":\"dev\",\"key\":\"ok\",\"value\":{\"alias\":[1]}}\n",
+        "{\"bucket\":\"dev\",\"key\":\"bad\",\"value\":{\"name\":\"x\"}}\n",
+    );
+    let o = kvstash_with(dir.path(), &["import"], Some(input));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("`bad`") && stderr(&o).contains("alias"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["export"]))),
+        "",
+        "nothing was written"
+    );
+}
