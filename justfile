@@ -25,7 +25,7 @@ test:
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy -p kvstash-guest --target wasm32-wasip2 -- -D warnings
+    cargo clippy -p kvstash-guest -p kvstash-floor --target wasm32-wasip2 -- -D warnings
 
 # Parse the WIT package with its vendored deps, and show the world the built
 # component actually has (its imports and exports).

@@ -9,9 +9,11 @@
 //! ~100-byte JSON objects.
 //!
 //! Measured now: sequential put and random get for a HashMap, redb used
-//! directly (one durable transaction per put), kvstash on the memory and the
-//! file backend; durable puts with 1, 8 and 64 concurrent writers (group
-//! commit); the machine's raw fsync latency; opening an existing store.
+//! directly (one durable transaction per put), the bare boundary floor
+//! (`bench/floor`: a component that only forwards to the same memory
+//! backend), kvstash on the memory and the file backend; durable puts with
+//! 1, 8 and 64 concurrent writers (group commit); the machine's raw fsync
+//! latency; opening an existing store.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -20,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kvstash::{Store, StoreOptions};
+
+mod floor;
 use redb::ReadableDatabase as _;
 
 fn key(i: usize) -> String {
@@ -111,6 +115,26 @@ fn native_redb(n: usize, dir: &std::path::Path) -> anyhow::Result<Row> {
     })
 }
 
+async fn boundary_floor(n: usize) -> anyhow::Result<Row> {
+    let mut floor = floor::Floor::new().await?;
+    let start = Instant::now();
+    for i in 0..n {
+        floor.set(&key(i), &value(i)).await?;
+    }
+    let put = rate(n, start.elapsed());
+    let order = shuffled(n);
+    let start = Instant::now();
+    for &i in &order {
+        floor.get(&key(i)).await?.context("missing")?;
+    }
+    Ok(Row {
+        system: "bare boundary floor (component, memory)".into(),
+        n,
+        put,
+        get: rate(n, start.elapsed()),
+    })
+}
+
 async fn kvstash_store(name: &str, config: &str, n: usize) -> anyhow::Result<Row> {
     let store = Store::open(config).await?;
     let bucket = store.bucket("sensors");
@@ -191,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push(native_hashmap(n));
         let native_dir = tempfile::tempdir_in(dir.path())?;
         rows.push(native_redb(n, native_dir.path())?);
+        rows.push(boundary_floor(n).await?);
         rows.push(kvstash_store("kvstash memory (component)", r#"{"type":"memory"}"#, n).await?);
         let file =
             serde_json::json!({"type": "file", "path": dir.path().join(format!("k{n}.redb"))});
@@ -231,6 +256,26 @@ async fn main() -> anyhow::Result<()> {
             row.put / base.put,
             row.get / base.get
         )?;
+    }
+    writeln!(
+        out,
+        "\n## The cost of kvstash's logic over the bare boundary\n"
+    )?;
+    writeln!(out, "| N | get vs floor | set vs floor |")?;
+    writeln!(out, "|---:|---:|---:|")?;
+    for &n in &sizes {
+        let find = |prefix: &str| {
+            rows.iter()
+                .find(|r| r.n == n && r.system.starts_with(prefix))
+        };
+        if let (Some(kv), Some(floor)) = (find("kvstash memory"), find("bare boundary")) {
+            writeln!(
+                out,
+                "| {n} | {:.2}× (target ≥ 0.8×) | {:.2}× (target ≥ 0.7×) |",
+                kv.get / floor.get,
+                kv.put / floor.put
+            )?;
+        }
     }
     writeln!(out, "\n## Durable writes (file backend, group commit)\n")?;
     writeln!(out, "| measure | value | ratio |")?;
