@@ -130,16 +130,6 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         self.meta_cache.borrow_mut().clear();
     }
 
-    /// Commits record changes under the rules of the buckets they write
-    /// into, recording them in the buckets' history where it is on.
-    pub(super) fn commit_records(
-        &self,
-        checks: Vec<Check>,
-        changes: Vec<(Vec<u8>, Option<Record>)>,
-    ) -> Result<Committed, StoreError> {
-        self.commit_changes(checks, changes, Vec::new(), true)
-    }
-
     /// Commits record changes plus `raw` writes (engine records), under the
     /// rules of the buckets the records go into: every value written must
     /// satisfy its bucket's schema, and the commit is guarded on each such

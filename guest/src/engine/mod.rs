@@ -335,16 +335,12 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         )])
     }
 
-    /// Commits writes that depend on no read but the bucket rules,
-    /// retrying when the rules changed under us.
+    /// Commits writes that depend on no read: a read-modify-write that
+    /// reads nothing, so it still retries when the bucket rules changed.
     fn commit_blind(&self, changes: Vec<(Vec<u8>, Option<Record>)>) -> Result<u64, StoreError> {
-        for _ in 0..txn::MAX_ATTEMPTS {
-            match self.commit_records(Vec::new(), changes.clone())? {
-                meta::Committed::At(version) => return Ok(version),
-                meta::Committed::Conflict => continue,
-            }
-        }
-        Err(StoreError::Contention)
+        let ((), version) =
+            self.read_modify_write(&[], |_| Ok(txn::Decision::Write(changes.clone(), ())))?;
+        version.ok_or_else(|| StoreError::Storage("a blind write wrote nothing".into()))
     }
 
     /// The live values of `user_keys`, one slot per key.

@@ -464,16 +464,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         self.writable()?;
         let now = self.now();
         let (next, _) = self.read_modify_write(std::slice::from_ref(&storage_key), |snapshot| {
-            let base = snapshot.live(&storage_key, &now);
-            let current = match base {
-                Some(stored) => N::parse(&stored.record.payload)?,
-                None => N::ZERO,
-            };
-            let next = current.checked_add(delta).ok_or_else(|| {
-                StoreError::InvalidValue(format!("incrementing {current} by {delta} overflows"))
-            })?;
-            let mut record = Record::json(next.to_string());
-            record.expires_at_ms = base.and_then(|s| s.record.expires_at_ms);
+            let base = snapshot.live(&storage_key, &now).map(|s| &s.record);
+            let (record, next) = add(base, delta, None)?;
             Ok(Decision::Write(
                 vec![(storage_key.clone(), Some(record))],
                 next,
@@ -650,19 +642,7 @@ impl Prepared {
             PreparedOp::Set(value) => Ok(Some(value.clone().into_record(self.expires_at_ms))),
             PreparedOp::Delete => Ok(None),
             PreparedOp::Increment(delta) => {
-                let current = match &base {
-                    Some(record) => i64::parse(&record.payload)?,
-                    None => 0,
-                };
-                let next = current.checked_add(*delta).ok_or_else(|| {
-                    StoreError::InvalidValue(format!("incrementing {current} by {delta} overflows"))
-                })?;
-                let mut record = Record::json(next.to_string());
-                record.expires_at_ms = match &base {
-                    Some(base) => keep_or_new(base),
-                    None => self.expires_at_ms,
-                };
-                Ok(Some(record))
+                Ok(Some(add(base.as_ref(), *delta, self.expires_at_ms)?.0))
             }
             PreparedOp::SetPath(..) | PreparedOp::DeletePath(_) | PreparedOp::AppendPath(..) => {
                 let base = base.ok_or_else(|| {
@@ -689,6 +669,25 @@ impl Prepared {
             }
         }
     }
+}
+
+/// The record an increment leaves: `base` (absent: 0) plus `delta`, as a
+/// JSON number, keeping `base`'s expiry unless `expires_at_ms` replaces it.
+fn add<N: Counter>(
+    base: Option<&Record>,
+    delta: N,
+    expires_at_ms: Option<u64>,
+) -> Result<(Record, N), StoreError> {
+    let current = match base {
+        Some(record) => N::parse(&record.payload)?,
+        None => N::ZERO,
+    };
+    let next = current.checked_add(delta).ok_or_else(|| {
+        StoreError::InvalidValue(format!("incrementing {current} by {delta} overflows"))
+    })?;
+    let mut record = Record::json(next.to_string());
+    record.expires_at_ms = expires_at_ms.or_else(|| base.and_then(|b| b.expires_at_ms));
+    Ok((record, next))
 }
 
 fn storage_key(bucket: &str, key: &str) -> Result<Vec<u8>, StoreError> {
