@@ -493,19 +493,8 @@ impl Store {
                     let nap = until_expiry
                         .min(Duration::from_millis(50))
                         .max(Duration::from_millis(1));
-                    let sleep =
-                        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + nap));
-                    if notifications.is_empty() {
-                        sleep.await;
-                    } else {
-                        let changed = futures::future::select_all(
-                            notifications.iter_mut().map(|rx| Box::pin(rx.changed())),
-                        );
-                        tokio::select! {
-                            _ = changed => {}
-                            () = sleep => {}
-                        }
-                    }
+                    let until = deadline.min(tokio::time::Instant::now() + nap);
+                    wait_for_commit(&mut notifications, until).await;
                 }
                 other => return other,
             }
@@ -764,6 +753,26 @@ struct Watching {
     failed: bool,
 }
 
+/// Waits until one of `notifications` announces a commit not yet marked
+/// seen, or until `until`, whichever comes first. With no notifications
+/// (a backend that cannot announce commits), just until `until`.
+async fn wait_for_commit(
+    notifications: &mut [tokio::sync::watch::Receiver<u64>],
+    until: tokio::time::Instant,
+) {
+    let deadline = tokio::time::sleep_until(until);
+    if notifications.is_empty() {
+        deadline.await;
+        return;
+    }
+    let changed =
+        futures::future::select_all(notifications.iter_mut().map(|rx| Box::pin(rx.changed())));
+    tokio::select! {
+        _ = changed => {}
+        () = deadline => {}
+    }
+}
+
 /// Changes read per guest call.
 const WATCH_BATCH: u32 = 1000;
 
@@ -802,20 +811,8 @@ impl Watching {
 
     /// Until a backend announces a commit, or the poll interval passes.
     async fn wait(&mut self) {
-        let poll = tokio::time::sleep(self.poll);
-        if self.notifications.is_empty() {
-            poll.await;
-            return;
-        }
-        let changed = futures::future::select_all(
-            self.notifications
-                .iter_mut()
-                .map(|rx| Box::pin(rx.changed())),
-        );
-        tokio::select! {
-            _ = changed => {}
-            () = poll => {}
-        }
+        let until = tokio::time::Instant::now() + self.poll;
+        wait_for_commit(&mut self.notifications, until).await;
     }
 }
 
