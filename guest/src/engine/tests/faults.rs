@@ -2,67 +2,21 @@
 //! damaged records. Every case is a typed error; nothing panics; nothing
 //! half-written is left.
 
-use std::cell::Cell;
+use std::rc::Rc;
 
-use super::{T0, json};
+use super::{Hooked, T0, json};
 use crate::engine::*;
-
-/// Wraps `MemStorage`; commits fail as configured.
-#[derive(Default)]
-struct Faulty {
-    inner: MemStorage,
-    /// Every commit with checks reports a conflict.
-    always_conflict: bool,
-    /// Fail the next N commits as unavailable.
-    fail_commits: Cell<u32>,
-}
-
-impl Storage for Faulty {
-    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
-        self.inner.get(key)
-    }
-    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
-        self.inner.get_many(keys)
-    }
-    fn scan(
-        &self,
-        s: &[u8],
-        e: Option<&[u8]>,
-        l: u32,
-        r: bool,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.inner.scan(s, e, l, r)
-    }
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
-        if self.fail_commits.get() > 0 {
-            self.fail_commits.set(self.fail_commits.get() - 1);
-            return Err(StorageError::Unavailable("disk on fire".into()));
-        }
-        if self.always_conflict && !checks.is_empty() {
-            return Err(StorageError::Conflict {
-                index: 0,
-                current: Some(1),
-            });
-        }
-        self.inner.commit(checks, writes)
-    }
-    fn current_version(&self) -> Result<u64, StorageError> {
-        self.inner.current_version()
-    }
-    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
-        self.inner.changes(since, limit)
-    }
-}
 
 #[test]
 fn endless_races_end_in_contention() {
-    let e = Engine::new(
-        Faulty {
-            always_conflict: true,
-            ..Faulty::default()
-        },
-        ManualClock::at(T0),
-    );
+    // Every commit that checks anything loses its race.
+    let conflicts = Hooked::new(Rc::new(MemStorage::default())).before_commit(|_, checks| {
+        (!checks.is_empty()).then_some(StorageError::Conflict {
+            index: 0,
+            current: Some(1),
+        })
+    });
+    let e = Engine::new(conflicts, ManualClock::at(T0));
     assert_eq!(e.increment("b", "n", 1i64), Err(StoreError::Contention));
     assert_eq!(
         e.set("b", "k", json("1")),
@@ -78,13 +32,15 @@ fn endless_races_end_in_contention() {
 
 #[test]
 fn a_failing_backend_is_a_storage_error_and_writes_nothing() {
-    let e = Engine::new(
-        Faulty {
-            fail_commits: Cell::new(1),
-            ..Faulty::default()
-        },
-        ManualClock::at(T0),
-    );
+    // The first commit fails as a dying disk would.
+    let mut failures = 1;
+    let failing = Hooked::new(Rc::new(MemStorage::default())).before_commit(move |_, _| {
+        (failures > 0).then(|| {
+            failures -= 1;
+            StorageError::Unavailable("disk on fire".into())
+        })
+    });
+    let e = Engine::new(failing, ManualClock::at(T0));
     assert_eq!(
         e.set("b", "k", json("1")),
         Err(StoreError::Storage("disk on fire".into()))

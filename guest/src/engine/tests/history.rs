@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use super::{T0, json};
+use super::{Rng, T0, json};
 use crate::engine::*;
 
 fn engine() -> Engine<Rc<MemStorage>, Rc<ManualClock>> {
@@ -213,18 +213,6 @@ fn an_undone_value_keeps_its_expiry() {
         None,
         "restored already expired: invisible at once"
     );
-}
-
-/// xorshift64*, so failures replay by seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 type State = BTreeMap<String, i64>;

@@ -410,6 +410,91 @@ fn mem_storage_change_feed_and_compaction() {
 mod faults;
 mod history;
 mod leases;
+/// xorshift64*, so failures of random tests replay by seed.
+pub(super) struct Rng(pub(super) u64);
+
+impl Rng {
+    pub(super) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub(super) fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// What a [`Hooked`] commit hook decides: fail the commit with this error,
+/// or (`None`) let it through.
+type CommitHook = Box<dyn FnMut(&MemStorage, &[Check]) -> Option<StorageError>>;
+
+/// A `MemStorage` with hooks, for the tests that inject races and faults:
+/// `before_commit` runs before each commit (and may fail it), `before_scan`
+/// before each scan.
+pub(super) struct Hooked {
+    pub(super) inner: std::rc::Rc<MemStorage>,
+    before_commit: std::cell::RefCell<CommitHook>,
+    before_scan: std::cell::RefCell<Box<dyn FnMut()>>,
+}
+
+impl Hooked {
+    pub(super) fn new(inner: std::rc::Rc<MemStorage>) -> Self {
+        Self {
+            inner,
+            before_commit: std::cell::RefCell::new(Box::new(|_, _| None)),
+            before_scan: std::cell::RefCell::new(Box::new(|| {})),
+        }
+    }
+
+    pub(super) fn before_commit(
+        self,
+        hook: impl FnMut(&MemStorage, &[Check]) -> Option<StorageError> + 'static,
+    ) -> Self {
+        *self.before_commit.borrow_mut() = Box::new(hook);
+        self
+    }
+
+    pub(super) fn before_scan(self, hook: impl FnMut() + 'static) -> Self {
+        *self.before_scan.borrow_mut() = Box::new(hook);
+        self
+    }
+}
+
+impl Storage for Hooked {
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
+        self.inner.get(key)
+    }
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
+        self.inner.get_many(keys)
+    }
+    fn scan(
+        &self,
+        s: &[u8],
+        e: Option<&[u8]>,
+        l: u32,
+        r: bool,
+    ) -> Result<Vec<Entry>, StorageError> {
+        (self.before_scan.borrow_mut())();
+        self.inner.scan(s, e, l, r)
+    }
+    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
+        if let Some(e) = (self.before_commit.borrow_mut())(&self.inner, checks) {
+            return Err(e);
+        }
+        self.inner.commit(checks, writes)
+    }
+    fn current_version(&self) -> Result<u64, StorageError> {
+        self.inner.current_version()
+    }
+    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
+        self.inner.changes(since, limit)
+    }
+}
+
 mod listing;
 mod model;
 mod transactions;

@@ -5,26 +5,8 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use super::{T0, json};
+use super::{Rng, T0, json};
 use crate::engine::*;
-
-/// xorshift64*, so failures replay by seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 #[derive(Clone, Debug, PartialEq)]
 struct Cell {

@@ -376,53 +376,22 @@ fn increments_are_exact_under_interleaving() {
     assert_eq!(b.get("s", "m").unwrap().unwrap().value, json("100"));
 }
 
-/// A storage that lets another writer in before the first commit attempt,
-/// to show a transaction re-reads and re-checks after losing a race.
-struct RacingStorage {
-    inner: MemStorage,
-    raced: std::cell::Cell<bool>,
-}
-
-impl Storage for RacingStorage {
-    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
-        self.inner.get(key)
-    }
-    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
-        self.inner.get_many(keys)
-    }
-    fn scan(
-        &self,
-        s: &[u8],
-        e: Option<&[u8]>,
-        l: u32,
-        r: bool,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.inner.scan(s, e, l, r)
-    }
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
-        if !self.raced.replace(true) {
-            let intruder = Write {
-                key: crate::engine::keys::data_key("b", "n"),
-                value: Some(Record::json("100".into()).encode()),
-            };
-            self.inner.commit(&[], &[intruder])?;
-        }
-        self.inner.commit(checks, writes)
-    }
-    fn current_version(&self) -> Result<u64, StorageError> {
-        self.inner.current_version()
-    }
-    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
-        self.inner.changes(since, limit)
-    }
-}
-
 #[test]
 fn a_lost_race_is_retried_on_fresh_state() {
-    let storage = RacingStorage {
-        inner: MemStorage::default(),
-        raced: std::cell::Cell::new(false),
-    };
+    // Another writer gets in before our first commit attempt.
+    let mut raced = false;
+    let storage = super::Hooked::new(std::rc::Rc::new(MemStorage::default())).before_commit(
+        move |inner, _| {
+            if !std::mem::replace(&mut raced, true) {
+                let intruder = Write {
+                    key: crate::engine::keys::data_key("b", "n"),
+                    value: Some(Record::json("100".into()).encode()),
+                };
+                inner.commit(&[], &[intruder]).ok()?;
+            }
+            None
+        },
+    );
     let e = Engine::new(storage, ManualClock::at(T0));
     // The intruder writes 100 between our read (absent → 0) and our commit;
     // the retry sees 100 and adds to it.

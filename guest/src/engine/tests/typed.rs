@@ -170,42 +170,6 @@ fn another_instance_sees_a_new_schema_on_its_next_write() {
     a.set("dev", "y", json(r#"{"alias":[2]}"#)).unwrap();
 }
 
-/// A storage that lets a callback write while the schema change scans.
-struct ScanHook {
-    inner: Rc<MemStorage>,
-    on_scan: RefCell<Option<Box<dyn FnOnce()>>>,
-}
-
-impl Storage for ScanHook {
-    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
-        self.inner.get(key)
-    }
-    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
-        self.inner.get_many(keys)
-    }
-    fn scan(
-        &self,
-        s: &[u8],
-        e: Option<&[u8]>,
-        l: u32,
-        r: bool,
-    ) -> Result<Vec<Entry>, StorageError> {
-        if let Some(hook) = self.on_scan.borrow_mut().take() {
-            hook();
-        }
-        self.inner.scan(s, e, l, r)
-    }
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
-        self.inner.commit(checks, writes)
-    }
-    fn current_version(&self) -> Result<u64, StorageError> {
-        self.inner.current_version()
-    }
-    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
-        self.inner.changes(since, limit)
-    }
-}
-
 #[test]
 fn a_write_racing_a_schema_change_cannot_sneak_in() {
     let shared = Rc::new(MemStorage::default());
@@ -213,14 +177,16 @@ fn a_write_racing_a_schema_change_cannot_sneak_in() {
     writer.set("dev", "ok", json(r#"{"alias":[]}"#)).unwrap(); // cached: no schema
     let outcome = Rc::new(RefCell::new(None));
     let (w, o) = (writer.clone(), outcome.clone());
-    let hook = ScanHook {
-        inner: shared,
-        // While the new schema is checked against existing values, another
-        // writer tries to store a value the new schema rejects.
-        on_scan: RefCell::new(Some(Box::new(move || {
-            *o.borrow_mut() = Some(w.set("dev", "sneaky", json(r#"{"alias":"no"}"#)));
-        }))),
-    };
+    // While the new schema is checked against existing values, another
+    // writer tries (once) to store a value the new schema rejects.
+    let mut once = Some(move || {
+        *o.borrow_mut() = Some(w.set("dev", "sneaky", json(r#"{"alias":"no"}"#)));
+    });
+    let hook = super::Hooked::new(shared).before_scan(move || {
+        if let Some(write) = once.take() {
+            write();
+        }
+    });
     let admin = Engine::new(hook, ManualClock::at(T0));
     assert_eq!(admin.set_schema("dev", Some(DEVICE), false), Ok(1));
     let sneaky = outcome.borrow_mut().take().expect("the hook ran");
