@@ -68,19 +68,20 @@ impl Storage for WitStorage {
             .collect())
     }
 
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
+        // Moves, not copies (same layouts: the collects reuse the buffers).
         let checks: Vec<wit::Check> = checks
-            .iter()
+            .into_iter()
             .map(|c| match c {
-                Check::VersionIs(key, version) => wit::Check::VersionIs((key.clone(), *version)),
-                Check::Absent(key) => wit::Check::Absent(key.clone()),
+                Check::VersionIs(key, version) => wit::Check::VersionIs((key, version)),
+                Check::Absent(key) => wit::Check::Absent(key),
             })
             .collect();
         let writes: Vec<wit::Write> = writes
-            .iter()
+            .into_iter()
             .map(|w| wit::Write {
-                key: w.key.clone(),
-                value: w.value.clone(),
+                key: w.key,
+                value: w.value,
             })
             .collect();
         self.backend.commit(&checks, &writes).map_err(from_wit)

@@ -416,7 +416,10 @@ impl Instance {
 pub(crate) struct Pool {
     runtime: Arc<Runtime>,
     shared: Arc<Shared>,
-    idle: Mutex<Vec<Instance>>,
+    /// Boxed: an instance is over a kilobyte (the bindings hold every
+    /// export's index), and it changes hands twice per call.
+    #[expect(clippy::vec_box, reason = "an instance is moved in and out each call")]
+    idle: Mutex<Vec<Box<Instance>>>,
     permits: Arc<Semaphore>,
     memory_limit: usize,
 }
@@ -478,7 +481,7 @@ impl Pool {
         })
     }
 
-    async fn instantiate(&self) -> Result<Instance, Error> {
+    async fn instantiate(&self) -> Result<Box<Instance>, Error> {
         let ctx = KvCtx {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -496,11 +499,11 @@ impl Pool {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| Error::Runtime(format!("instantiating the component: {e:#}")))?;
-        Ok(Instance {
+        Ok(Box::new(Instance {
             store,
             kv,
             buckets: HashMap::new(),
-        })
+        }))
     }
 }
 
@@ -509,14 +512,14 @@ impl Pool {
 /// whose state is then unknown.
 pub(crate) struct Lease<'p> {
     pool: &'p Pool,
-    instance: Option<Instance>,
+    instance: Option<Box<Instance>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Lease<'_> {
     pub(crate) fn instance(&mut self) -> Result<&mut Instance, Error> {
         self.instance
-            .as_mut()
+            .as_deref_mut()
             .ok_or_else(|| Error::Runtime("instance already released".into()))
     }
 

@@ -182,7 +182,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             // An expired record counts as absent: undo restores "absent".
             let before = match entry {
                 Some(entry) => {
-                    let record = Record::decode(&entry.value)?;
+                    let record = Record::decode(entry.value.clone())?;
                     (!now.expired(record.expires_at_ms)).then_some(entry.value)
                 }
                 None => None,
@@ -262,7 +262,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                 key: head_key(bucket),
                 value: None,
             });
-            self.storage.commit(&[], &writes)?;
+            self.storage.commit(Vec::new(), writes)?;
             if done {
                 return Ok(());
             }
@@ -354,7 +354,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                 };
                 let live = match &found {
                     Some(e) => {
-                        let record = Record::decode(&e.value)?;
+                        let record = Record::decode(e.value.clone())?;
                         (!now.expired(record.expires_at_ms)).then_some(&e.value)
                     }
                     None => None,
@@ -368,7 +368,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                     key.clone(),
                     found.as_ref().map(|e| e.version),
                 ));
-                let record = restore.as_deref().map(Record::decode).transpose()?;
+                let record = restore.clone().map(Record::decode).transpose()?;
                 changes.push((key.clone(), record));
             }
             let extra = vec![(head_key.clone(), Some(next.encode()))];

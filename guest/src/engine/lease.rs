@@ -170,7 +170,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         };
         let stored = Stored {
             version: entry.version,
-            record: Record::decode(&entry.value)?,
+            record: Record::decode(entry.value)?,
         };
         if now.expired(stored.record.expires_at_ms) {
             return Ok(None);

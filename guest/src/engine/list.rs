@@ -107,7 +107,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             let exhausted = page.len() < usize::try_from(ask).unwrap_or(usize::MAX);
             let mut last_key = None;
             for entry in page {
-                let record = Record::decode(&entry.value)?;
+                let record = Record::decode(entry.value)?;
                 if now.expired(record.expires_at_ms) {
                     expired.push((entry.key.clone(), entry.version, record.expires_at_ms));
                 } else if items.len() == want {

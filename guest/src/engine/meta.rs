@@ -116,7 +116,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         let loaded = match self.storage.get(&meta_key(bucket))? {
             Some(entry) => (
                 Some(entry.version),
-                Rc::new(BucketMeta::decode(&Record::decode(&entry.value)?)?),
+                Rc::new(BucketMeta::decode(&Record::decode(entry.value)?)?),
             ),
             None => (None, Rc::new(BucketMeta::default())),
         };
@@ -142,7 +142,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         mut raw: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         record_history: bool,
     ) -> Result<Committed, StoreError> {
-        let mut buckets: Vec<(String, Rc<BucketMeta>)> = Vec::new();
+        let mut buckets: Vec<(&str, Rc<BucketMeta>)> = Vec::new();
         for (key, record) in &changes {
             let Some((bucket, user_key)) = keys::split_data_key(key) else {
                 continue;
@@ -151,8 +151,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             if let Some(record) = record {
                 meta.admit(bucket, user_key, record)?;
             }
-            if !buckets.iter().any(|(b, _)| b == bucket) {
-                buckets.push((bucket.to_string(), meta));
+            if !buckets.iter().any(|(b, _)| *b == bucket) {
+                buckets.push((bucket, meta));
                 checks.push(Check::unchanged(meta_key(bucket), version));
             }
         }
@@ -161,7 +161,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             for (bucket, meta) in buckets.iter().filter(|(_, m)| m.history > 0) {
                 let mine: Vec<(Vec<u8>, Option<Record>)> = changes
                     .iter()
-                    .filter(|(key, _)| keys::split_data_key(key).is_some_and(|(b, _)| b == bucket))
+                    .filter(|(key, _)| keys::split_data_key(key).is_some_and(|(b, _)| b == *bucket))
                     .cloned()
                     .collect();
                 let recording = self.history_for(bucket, meta.history, &mine, &now)?;
@@ -171,7 +171,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         }
         let mut writes: Vec<Write> = super::txn::encode_writes(changes);
         writes.extend(raw.into_iter().map(|(key, value)| Write { key, value }));
-        match self.storage.commit(&checks, &writes) {
+        match self.storage.commit(checks, writes) {
             Ok(version) => Ok(Committed::At(version)),
             Err(StorageError::Conflict { .. }) => {
                 self.forget_meta();
@@ -207,7 +207,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     pub fn schema(&self, bucket: &str) -> Result<Option<(String, u64)>, StoreError> {
         keys::validate_bucket(bucket)?;
         let meta = match self.storage.get(&meta_key(bucket))? {
-            Some(entry) => BucketMeta::decode(&Record::decode(&entry.value)?)?,
+            Some(entry) => BucketMeta::decode(&Record::decode(entry.value)?)?,
             None => return Ok(None),
         };
         Ok(meta

@@ -312,7 +312,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         let Some(entry) = self.storage.get(&storage_key)? else {
             return Ok(None);
         };
-        let record = Record::decode(&entry.value)?;
+        let record = Record::decode(entry.value)?;
         if now.expired(record.expires_at_ms) {
             self.reclaim(vec![(storage_key, entry.version, record.expires_at_ms)]);
             return Ok(None);
@@ -358,7 +358,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             .into_iter()
             .map(|entry| {
                 let Some(entry) = entry else { return Ok(None) };
-                let record = Record::decode(&entry.value)?;
+                let record = Record::decode(entry.value)?;
                 if now.expired(record.expires_at_ms) {
                     expired.push((entry.key, entry.version, record.expires_at_ms));
                     return Ok(None);
@@ -433,7 +433,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             checks.push(Check::VersionIs(key.clone(), version));
             writes.push(Write { key, value: None });
         }
-        let _ = self.storage.commit(&checks, &writes);
+        let _ = self.storage.commit(checks, writes);
     }
 }
 

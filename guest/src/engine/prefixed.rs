@@ -64,22 +64,22 @@ impl<S: Storage> Storage for Prefixed<S> {
             .collect())
     }
 
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
-        let checks: Vec<Check> = checks
-            .iter()
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
+        let checks = checks
+            .into_iter()
             .map(|c| match c {
-                Check::VersionIs(k, v) => Check::VersionIs(self.outer(k), *v),
-                Check::Absent(k) => Check::Absent(self.outer(k)),
+                Check::VersionIs(k, v) => Check::VersionIs(self.outer(&k), v),
+                Check::Absent(k) => Check::Absent(self.outer(&k)),
             })
             .collect();
-        let writes: Vec<Write> = writes
-            .iter()
+        let writes = writes
+            .into_iter()
             .map(|w| Write {
                 key: self.outer(&w.key),
-                value: w.value.clone(),
+                value: w.value,
             })
             .collect();
-        self.inner.commit(&checks, &writes)
+        self.inner.commit(checks, writes)
     }
 
     fn current_version(&self) -> Result<u64, StorageError> {

@@ -63,9 +63,10 @@ impl Record {
         out
     }
 
-    pub fn decode(raw: &[u8]) -> Result<Self, StoreError> {
+    /// Decodes a stored record, reusing its buffer for the payload.
+    pub fn decode(mut raw: Vec<u8>) -> Result<Self, StoreError> {
         let corrupt = |why: &str| StoreError::Corrupt(why.to_string());
-        let [format, encoding, flags, rest @ ..] = raw else {
+        let [format, encoding, flags, rest @ ..] = raw.as_slice() else {
             return Err(corrupt("record shorter than its header"));
         };
         if *format != FORMAT_V1 {
@@ -79,18 +80,19 @@ impl Record {
         if flags & !FLAG_EXPIRY != 0 {
             return Err(corrupt("unknown record flags"));
         }
-        let (expires_at_ms, payload) = if flags & FLAG_EXPIRY != 0 {
-            let Some((expiry, payload)) = rest.split_first_chunk::<8>() else {
+        let (expires_at_ms, header) = if flags & FLAG_EXPIRY != 0 {
+            let Some((expiry, _)) = rest.split_first_chunk::<8>() else {
                 return Err(corrupt("record expiry truncated"));
             };
-            (Some(u64::from_le_bytes(*expiry)), payload)
+            (Some(u64::from_le_bytes(*expiry)), HEADER_LEN + 8)
         } else {
-            (None, rest)
+            (None, HEADER_LEN)
         };
+        raw.drain(..header);
         Ok(Self {
             encoding,
             expires_at_ms,
-            payload: payload.to_vec(),
+            payload: raw,
         })
     }
 }
@@ -111,7 +113,7 @@ mod tests {
                 payload: b"[1,2]".to_vec(),
             },
         ] {
-            assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+            assert_eq!(Record::decode(record.encode()).unwrap(), record);
         }
     }
 
@@ -134,7 +136,7 @@ mod tests {
             &[1, 0, 1, 1, 2, 3][..],
         ] {
             assert!(
-                matches!(Record::decode(raw), Err(StoreError::Corrupt(_))),
+                matches!(Record::decode(raw.to_vec()), Err(StoreError::Corrupt(_))),
                 "{raw:?}"
             );
         }

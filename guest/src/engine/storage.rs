@@ -85,7 +85,7 @@ pub trait Storage {
         reverse: bool,
     ) -> Result<Vec<Entry>, StorageError>;
     /// All writes if all checks hold, else nothing; returns the commit's version.
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError>;
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError>;
     fn current_version(&self) -> Result<u64, StorageError>;
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError>;
 }
@@ -110,7 +110,7 @@ macro_rules! forward_storage {
             ) -> Result<Vec<Entry>, StorageError> {
                 (**self).scan(start, end, limit, reverse)
             }
-            fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
+            fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
                 (**self).commit(checks, writes)
             }
             fn current_version(&self) -> Result<u64, StorageError> {
@@ -200,7 +200,7 @@ impl Storage for MemStorage {
         })
     }
 
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
         if checks.is_empty() && writes.is_empty() {
             return Err(StorageError::Invalid("empty commit".into()));
         }
@@ -231,8 +231,8 @@ impl Storage for MemStorage {
             }
             inner.log.push_back(Change {
                 version,
-                key: write.key.clone(),
-                value: write.value.clone(),
+                key: write.key,
+                value: write.value,
             });
         }
         let oldest_kept = version.saturating_sub(self.retention as u64);

@@ -144,7 +144,7 @@ impl Snapshot {
             let value = match entry {
                 Some(entry) => Some(Stored {
                     version: entry.version,
-                    record: Record::decode(&entry.value)?,
+                    record: Record::decode(entry.value)?,
                 }),
                 None => None,
             };
@@ -232,20 +232,26 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                 Decision::Write(writes, answer) => (writes, answer),
             };
             self.writable()?;
-            let mut changes: BTreeMap<Vec<u8>, Option<Record>> = writes.into_iter().collect();
-            // Drop the index entries of expiries this write replaces.
-            let stale: Vec<Vec<u8>> = changes
-                .iter()
-                .filter_map(|(key, new)| {
-                    let old_at = snapshot.physical(key)?.record.expires_at_ms?;
-                    let new_at = new.as_ref().and_then(|r| r.expires_at_ms);
-                    (new_at != Some(old_at)).then(|| keys::expiry_key(old_at, key))
-                })
-                .collect();
-            for key in stale {
-                changes.entry(key).or_insert(None);
-            }
-            let changes = changes.into_iter().collect();
+            // One write with nothing read (a plain set) has nothing to
+            // deduplicate and no replaced expiry to unindex.
+            let changes = if keys.is_empty() && writes.len() == 1 {
+                writes
+            } else {
+                let mut changes: BTreeMap<Vec<u8>, Option<Record>> = writes.into_iter().collect();
+                // Drop the index entries of expiries this write replaces.
+                let stale: Vec<Vec<u8>> = changes
+                    .iter()
+                    .filter_map(|(key, new)| {
+                        let old_at = snapshot.physical(key)?.record.expires_at_ms?;
+                        let new_at = new.as_ref().and_then(|r| r.expires_at_ms);
+                        (new_at != Some(old_at)).then(|| keys::expiry_key(old_at, key))
+                    })
+                    .collect();
+                for key in stale {
+                    changes.entry(key).or_insert(None);
+                }
+                changes.into_iter().collect()
+            };
             match self.commit_changes(snapshot.guards(), changes, Vec::new(), record_history)? {
                 super::meta::Committed::At(version) => return Ok((answer, Some(version))),
                 super::meta::Committed::Conflict => continue,

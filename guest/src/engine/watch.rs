@@ -86,7 +86,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                 }
                 let event = match &change.value {
                     Some(raw) => {
-                        let stored = Versioned::from_record(Record::decode(raw)?, version)?;
+                        let stored = Versioned::from_record(Record::decode(raw.clone())?, version)?;
                         Event {
                             version,
                             key: key.to_string(),

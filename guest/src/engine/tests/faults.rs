@@ -58,8 +58,8 @@ fn damaged_records_are_reported_not_panicked_on() {
     let garbage = |key: Vec<u8>, value: &[u8]| {
         storage
             .commit(
-                &[],
-                &[Write {
+                vec![],
+                vec![Write {
                     key,
                     value: Some(value.to_vec()),
                 }],

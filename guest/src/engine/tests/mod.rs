@@ -368,8 +368,8 @@ fn mem_storage_change_feed_and_compaction() {
     let s = MemStorage::with_retention(3);
     for i in 0..5u8 {
         s.commit(
-            &[],
-            &[Write {
+            vec![],
+            vec![Write {
                 key: vec![i],
                 value: Some(vec![i]),
             }],
@@ -377,8 +377,8 @@ fn mem_storage_change_feed_and_compaction() {
         .unwrap();
     }
     s.commit(
-        &[],
-        &[
+        vec![],
+        vec![
             Write {
                 key: vec![0],
                 value: None,
@@ -481,8 +481,8 @@ impl Storage for Hooked {
         (self.before_scan.borrow_mut())();
         self.inner.scan(s, e, l, r)
     }
-    fn commit(&self, checks: &[Check], writes: &[Write]) -> Result<u64, StorageError> {
-        if let Some(e) = (self.before_commit.borrow_mut())(&self.inner, checks) {
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
+        if let Some(e) = (self.before_commit.borrow_mut())(&self.inner, &checks) {
             return Err(e);
         }
         self.inner.commit(checks, writes)

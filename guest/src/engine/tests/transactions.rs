@@ -387,7 +387,7 @@ fn a_lost_race_is_retried_on_fresh_state() {
                     key: crate::engine::keys::data_key("b", "n"),
                     value: Some(Record::json("100".into()).encode()),
                 };
-                inner.commit(&[], &[intruder]).ok()?;
+                inner.commit(vec![], vec![intruder]).ok()?;
             }
             None
         },
