@@ -176,6 +176,29 @@ enum Command {
     /// Every record is checked (syntax, keys, values, the buckets' schemas)
     /// before anything is written.
     Import { file: Option<PathBuf> },
+    /// Measure kvstash on this machine (memory and file backends, against a
+    /// HashMap, the disk's fsync rate and concurrent writers) in a scratch
+    /// directory, and print a Markdown table. Your store is not touched.
+    /// `just bench` adds redb, SQLite and the Python peers.
+    Bench {
+        /// Store sizes (keys), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        sizes: Vec<usize>,
+        /// Runs of each measurement; the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Operations per in-memory measurement (durable ones run 1/40 of
+        /// this, at least 10).
+        #[arg(long, default_value_t = 20_000)]
+        ops: usize,
+        /// Scratch directory (default: a new one under the system's temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Internal: measure one subject at the first size in this process
+        /// and print the result as JSON.
+        #[arg(long, hide = true)]
+        one: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,6 +373,21 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Bench {
+        sizes,
+        rounds,
+        ops,
+        dir,
+        one,
+    } = cli.command
+    {
+        let sample = crate::bench::Sample {
+            durable_writes: (ops / 40).max(10),
+            ops,
+            pages: (ops / 100).max(10),
+        };
+        return bench(&sizes, rounds, sample, dir, one).await;
+    }
     let config = resolve_config(cli.config.as_deref(), cli.data)?;
     let store = Store::open(&config).await?;
     let bucket = store.bucket(&cli.bucket);
@@ -697,8 +735,112 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!("imported {count} records");
         }
+        Command::Bench { .. } => bail!("`bench` does not run on a store"),
     }
     out_flush()
+}
+
+/// Most time one subject may take at one size before it is skipped.
+const BENCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `kvstash bench`: each subject, size and round in a child process (its own
+/// peak RSS), then durable writes in this one; prints Markdown.
+async fn bench(
+    sizes: &[usize],
+    rounds: usize,
+    sample: crate::bench::Sample,
+    dir: Option<PathBuf>,
+    one: Option<String>,
+) -> anyhow::Result<()> {
+    use crate::bench;
+    let (dir, scratch) = match dir {
+        Some(dir) => (dir, false),
+        None => (
+            std::env::temp_dir().join(format!("kvstash-bench-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(name) = one {
+        let n = *sizes.first().context("--sizes is empty")?;
+        let mut subject = bench::built_in(&name, &dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_context(|| format!("unknown subject `{name}`"))?;
+        let measured = bench::measure(subject.as_mut(), n, sample)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name} at {n}: {e}"))?;
+        println!("{}", serde_json::to_string(&measured)?);
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut outcomes = Vec::new();
+    for &n in sizes {
+        for name in bench::BUILT_IN {
+            let mut runs = Vec::new();
+            let mut failure = None;
+            for round in 0..rounds.max(1) {
+                eprintln!("kvstash bench: {name}, N = {n}, run {}", round + 1);
+                let run_dir = dir.join(format!("{name}-{n}-{round}"));
+                let mut child = std::process::Command::new(&exe);
+                child
+                    .args(["bench", "--one", name, "--sizes", &n.to_string()])
+                    .args(["--ops", &sample.ops.to_string(), "--dir"])
+                    .arg(&run_dir);
+                let result = bench::run_child(child, BENCH_BUDGET);
+                let _ = std::fs::remove_dir_all(&run_dir);
+                match result {
+                    Ok(measured) => runs.push(measured),
+                    Err(why) => {
+                        failure = Some(why);
+                        break;
+                    }
+                }
+            }
+            outcomes.push(bench::Outcome {
+                system: name.to_string(),
+                n,
+                result: match failure {
+                    Some(why) => Err(why),
+                    None => Ok(bench::median_of(&runs)),
+                },
+            });
+        }
+    }
+    eprintln!("kvstash bench: durable writes");
+    let durable = bench::durable_writes(&dir, rounds)
+        .await
+        .map_err(|e| anyhow::anyhow!("durable writes: {e}"))?;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# kvstash bench\n\nMedians of {rounds} runs; see `kvstash::bench` for the workload.\n"
+    )?;
+    writeln!(out, "{}", bench::render_table(&outcomes))?;
+    let fsync_rate = 1e3 / durable.fsync_latency_ms;
+    writeln!(
+        out,
+        "raw fsync latency: {:.3} ms (1 / latency = {fsync_rate:.0}/s)",
+        durable.fsync_latency_ms
+    )?;
+    let single = durable.writers.get(&1).copied().unwrap_or(f64::NAN);
+    for (writers, rate) in &durable.writers {
+        writeln!(
+            out,
+            "{writers} concurrent writers: {rate:.0} durable puts/s ({:.2}x the fsync rate, {:.1}x 1 writer)",
+            rate / fsync_rate,
+            rate / single
+        )?;
+    }
+    writeln!(
+        out,
+        "guest component: {} KiB",
+        crate::GUEST_WASM.len() / 1024
+    )?;
+    Ok(())
 }
 
 fn out_flush() -> anyhow::Result<()> {

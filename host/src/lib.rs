@@ -18,10 +18,12 @@
 //! - `backend` — the [`Backend`] trait, the `memory` and `file` backends, the [`Registry`]
 //! - `runtime` — wasmtime engine, precompiled-component cache, instance pool
 //! - `bindings` — generated host bindings (private)
+//! - `bench` — the benchmark workload (`kvstash bench`, `kvstash-bench`)
 //! - `cli` — the `kvstash` command line
 
 mod api;
 pub mod backend;
+pub mod bench;
 mod bindings;
 mod blocking;
 pub mod cli;

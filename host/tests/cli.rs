@@ -594,3 +594,51 @@ fn an_import_a_schema_refuses_writes_nothing() {
         "nothing was written"
     );
 }
+
+#[test]
+fn bench_measures_every_built_in_subject_and_leaves_the_store_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch_arg = scratch.path().to_str().unwrap();
+    let out = ok(kvstash(
+        dir.path(),
+        &[
+            "bench",
+            "--sizes",
+            "300",
+            "--rounds",
+            "1",
+            "--ops",
+            "400",
+            "--dir",
+            scratch_arg,
+        ],
+    ));
+    let table = stdout(&out);
+    for subject in ["hashmap", "kvstash-memory", "kvstash-file"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {subject} | 300 |")))
+            .unwrap_or_else(|| panic!("no row for {subject}:\n{table}"));
+        assert!(!row.contains("failed") && !row.contains("skipped"), "{row}");
+    }
+    assert!(table.contains("64 concurrent writers:"), "{table}");
+    assert!(
+        !dir.path().join("kvstash.redb").exists(),
+        "bench must not create or touch the user's store"
+    );
+    let unknown = kvstash(
+        dir.path(),
+        &[
+            "bench",
+            "--one",
+            "nope",
+            "--sizes",
+            "10",
+            "--dir",
+            scratch_arg,
+        ],
+    );
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("unknown subject `nope`"));
+}
