@@ -38,7 +38,17 @@ wit-check: build-guest
 ci:
     bash .ci/run
 
-# Benchmarks (release build): the component against native baselines, with
-# ratios; writes bench/results/latest.md. Sizes: `just bench 1000,10000,100000`.
-bench SIZES="1000,10000":
-    cargo run --release -p kvstash-bench -- {{SIZES}}
+# Benchmarks (release build): kvstash through its component against the bare
+# boundary floor, a HashMap, redb, SQLite and the seeds' Python peers (TinyDB,
+# TinyDB + CachingMiddleware, jk-keyvaluestore, installed into
+# target/bench-venv); checks the targets as ratios; writes
+# bench/results/{latest.md,latest.json,plot.svg}. All sizes take ~20 min on
+# 2 cores: `just bench 1000,10000 1` is a quick look.
+bench SIZES="1000,10000,100000,1000000" ROUNDS="3":
+    python3 -m venv target/bench-venv || { apt-get install -y python3-venv && python3 -m venv target/bench-venv; }
+    target/bench-venv/bin/pip install --quiet --disable-pip-version-check tinydb==4.9.0 jk_keyvaluestore==0.2019.9.17.1
+    cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
+
+# The built-in part alone, through the CLI (no Python, no extra baselines).
+bench-cli *ARGS:
+    cargo run --release -- bench {{ARGS}}

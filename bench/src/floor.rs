@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use kvstash::Backend as _;
 use kvstash::backend::{MemoryBackend, Write};
+use kvstash::bench::BenchError;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -90,5 +91,37 @@ impl Floor {
             .call_set(&mut self.store, key, value)
             .await
             .map_err(anyhow::Error::msg)
+    }
+}
+
+/// The floor measures the architecture's own cost: puts and gets only.
+#[async_trait::async_trait]
+impl kvstash::bench::Subject for Floor {
+    fn durable(&self) -> bool {
+        false
+    }
+    async fn load(&mut self, items: &[(String, String)]) -> Result<(), BenchError> {
+        for (key, value) in items {
+            self.set(key, value).await?;
+        }
+        Ok(())
+    }
+    async fn put(&mut self, key: &str, value: &str) -> Result<(), BenchError> {
+        Ok(self.set(key, value).await?)
+    }
+    async fn get(&mut self, key: &str) -> Result<bool, BenchError> {
+        Ok(Floor::get(self, key).await?.is_some())
+    }
+    async fn list(&mut self, _: &str, _: usize) -> Result<Option<usize>, BenchError> {
+        Ok(None)
+    }
+    async fn txn(&mut self, _: &[(String, String)]) -> Result<bool, BenchError> {
+        Ok(false)
+    }
+    async fn reopen(&mut self) -> Result<Option<std::time::Duration>, BenchError> {
+        Ok(None)
+    }
+    fn disk_bytes(&self) -> Option<u64> {
+        None
     }
 }

@@ -1,357 +1,530 @@
-//! `kvstash-bench`: kvstash through its component against native baselines,
-//! on this machine, in one run; prints a Markdown table with ratios and
-//! writes it to `bench/results/latest.md`.
+//! `kvstash-bench`: kvstash through its component against the bare boundary
+//! floor, native baselines (HashMap, redb, SQLite) and the seeds' Python
+//! peers (TinyDB, TinyDB with `CachingMiddleware`, jk-keyvaluestore), on this
+//! machine, in one run. Writes `bench/results/latest.md` (tables with ratios
+//! and the targets), `latest.json` and `plot.svg`.
 //!
-//! Run with `just bench` (a release build). Speed targets are checked here,
-//! as ratios to baselines measured in the same run, never in tests. Every
-//! measurement runs three times, interleaved with the others, and the table
-//! shows medians.
-//!
-//! Workload (from the device-connector seed): keys `sensor_000123`, values
-//! ~100-byte JSON objects.
-//!
-//! Measured now: sequential put and random get for a HashMap, redb used
-//! directly (one durable transaction per put), the bare boundary floor
-//! (`bench/floor`: a component that only forwards to the same memory
-//! backend), kvstash on the memory and the file backend; durable puts with
-//! 1, 8 and 64 concurrent writers (group commit); the machine's raw fsync
-//! latency; opening an existing store.
+//! Run it with `just bench` (a release build; the recipe installs the Python
+//! peers into `target/bench-venv`). Speed targets are checked here, as ratios
+//! to baselines measured in the same run, never in tests. The workload is
+//! [`kvstash::bench`]'s; every subject, size and round runs in its own child
+//! process (its own peak RSS), and one taking over 120 s is killed, reported
+//! as skipped, and not tried at larger sizes.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Context;
-use kvstash::{Store, StoreOptions};
+use anyhow::{Context, bail};
+use kvstash::bench::{self, DurableWrites, Figure, Measured, Outcome, Sample, Subject};
 
 mod floor;
-use redb::ReadableDatabase as _;
+mod native;
+mod plot;
 
-fn key(i: usize) -> String {
-    format!("sensor_{i:06}")
+/// Subjects measured in this binary, by name.
+const NATIVE: [&str; 6] = [
+    "hashmap",
+    "redb",
+    "sqlite",
+    "floor",
+    "kvstash-memory",
+    "kvstash-file",
+];
+
+/// Subjects run by `bench/peers/peer.py` in the recipe's virtualenv.
+const PEERS: [&str; 3] = ["tinydb", "tinydb-cached", "jk-keyvaluestore"];
+
+/// Most time one subject may take at one size.
+const BUDGET: Duration = Duration::from_secs(120);
+
+/// The peers are 100–10,000× slower per operation: they run fewer (TinyDB
+/// at 10k keys takes ~60 ms per get, so 1000 gets alone would take a minute).
+const PEER_SAMPLE: Sample = Sample {
+    durable_writes: 100,
+    ops: 300,
+    pages: 20,
+};
+
+struct Args {
+    sizes: Vec<usize>,
+    rounds: usize,
+    python: Option<PathBuf>,
+    one: Option<String>,
+    dir: Option<PathBuf>,
 }
 
-fn value(i: usize) -> String {
-    format!(
-        r#"{{"alias":[1,5,{}],"name":"backyard shed sensor","n":{i}}}"#,
-        i % 256
-    )
-}
-
-/// A deterministic permutation-ish order for "random" gets.
-fn shuffled(n: usize) -> Vec<usize> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let j = usize::try_from(state % (i as u64 + 1)).unwrap_or(0);
-        order.swap(i, j);
-    }
-    order
-}
-
-/// Runs of every measurement; the table shows medians.
-const ROUNDS: usize = 3;
-
-/// The median of some measurements.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Operations per second of `ops` operations that took `elapsed`.
-fn rate(ops: usize, elapsed: Duration) -> f64 {
-    ops as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-struct Row {
-    system: String,
-    n: usize,
-    put: f64,
-    get: f64,
-}
-
-fn native_hashmap(n: usize) -> Row {
-    let mut map = HashMap::new();
-    let start = Instant::now();
-    for i in 0..n {
-        map.insert(key(i), value(i));
-    }
-    let put = rate(n, start.elapsed());
-    let order = shuffled(n);
-    let start = Instant::now();
-    let mut bytes = 0usize;
-    for &i in &order {
-        // Read the value, as every other system here returns it.
-        bytes += map.get(&key(i)).map_or(0, String::len);
-    }
-    std::hint::black_box(bytes);
-    Row {
-        system: "HashMap (native, not durable)".into(),
-        n,
-        put,
-        get: rate(n, start.elapsed()),
-    }
-}
-
-const TABLE: redb::TableDefinition<'_, &str, &str> = redb::TableDefinition::new("bench");
-
-fn native_redb(n: usize, dir: &std::path::Path) -> anyhow::Result<Row> {
-    let db = redb::Database::create(dir.join("native.redb"))?;
-    let start = Instant::now();
-    for i in 0..n {
-        let txn = db.begin_write()?;
-        {
-            let mut table = txn.open_table(TABLE)?;
-            table.insert(key(i).as_str(), value(i).as_str())?;
-        }
-        txn.commit()?; // durable: one fsync per put
-    }
-    let put = rate(n, start.elapsed());
-    let order = shuffled(n);
-    let start = Instant::now();
-    let txn = db.begin_read()?;
-    let table = txn.open_table(TABLE)?;
-    for &i in &order {
-        table.get(key(i).as_str())?.context("missing")?;
-    }
-    Ok(Row {
-        system: "redb (native, durable)".into(),
-        n,
-        put,
-        get: rate(n, start.elapsed()),
-    })
-}
-
-async fn boundary_floor(n: usize) -> anyhow::Result<Row> {
-    let mut floor = floor::Floor::new().await?;
-    let start = Instant::now();
-    for i in 0..n {
-        floor.set(&key(i), &value(i)).await?;
-    }
-    let put = rate(n, start.elapsed());
-    let order = shuffled(n);
-    let start = Instant::now();
-    for &i in &order {
-        floor.get(&key(i)).await?.context("missing")?;
-    }
-    Ok(Row {
-        system: "bare boundary floor (component, memory)".into(),
-        n,
-        put,
-        get: rate(n, start.elapsed()),
-    })
-}
-
-async fn kvstash_store(name: &str, config: &str, n: usize) -> anyhow::Result<Row> {
-    let store = Store::open(config).await?;
-    let bucket = store.bucket("sensors");
-    let start = Instant::now();
-    for i in 0..n {
-        bucket.set_json_text(&key(i), &value(i)).await?;
-    }
-    let put = rate(n, start.elapsed());
-    let order = shuffled(n);
-    let start = Instant::now();
-    for &i in &order {
-        bucket.get(&key(i)).await?.context("missing")?;
-    }
-    Ok(Row {
-        system: name.into(),
-        n,
-        put,
-        get: rate(n, start.elapsed()),
-    })
-}
-
-/// Durable puts per second with `writers` concurrent writers.
-async fn concurrent_puts(
-    dir: &std::path::Path,
-    writers: usize,
-    per_writer: usize,
-) -> anyhow::Result<f64> {
-    let config = serde_json::json!({"type": "file", "path": dir.join(format!("w{writers}.redb"))})
-        .to_string();
-    let options = StoreOptions {
-        max_instances: writers.max(1),
-        ..Default::default()
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        sizes: vec![1_000, 10_000, 100_000, 1_000_000],
+        rounds: 3,
+        python: None,
+        one: None,
+        dir: None,
     };
-    let store = Store::open_with(&config, options).await?;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let bucket = store.bucket("sensors");
-            tokio::spawn(async move {
-                for i in 0..per_writer {
-                    let n = w * per_writer + i;
-                    bucket.set_json_text(&key(n), &value(n)).await?;
-                }
-                Ok::<_, kvstash::Error>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sizes" => {
+                args.sizes = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .context("--sizes: comma-separated key counts")?;
+            }
+            "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
+            "--python" => args.python = Some(value()?.into()),
+            "--one" => args.one = Some(value()?),
+            "--dir" => args.dir = Some(value()?.into()),
+            _ => bail!(
+                "usage: kvstash-bench [--sizes 1000,10000,100000,1000000] [--rounds 3] [--python VENV_PYTHON]"
+            ),
+        }
     }
-    Ok(rate(writers * per_writer, start.elapsed()))
+    Ok(args)
 }
 
-/// The machine's floor for durable writes: 100-byte write + fsync.
-fn raw_fsync_latency(dir: &std::path::Path, rounds: usize) -> anyhow::Result<Duration> {
-    let mut file = std::fs::File::create(dir.join("fsync.bin"))?;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        file.write_all(&[7u8; 100])?;
-        file.sync_data()?;
-    }
-    Ok(start.elapsed() / u32::try_from(rounds).unwrap_or(1))
+/// A subject of this binary by name, with its files under `dir`.
+async fn subject(name: &str, dir: &Path) -> anyhow::Result<Box<dyn Subject>> {
+    let boxed: Box<dyn Subject> = match name {
+        "redb" => Box::new(native::Redb::create(&dir.join("native.redb")).map_err(err)?),
+        "sqlite" => Box::new(native::Sqlite::create(&dir.join("native.sqlite")).map_err(err)?),
+        "floor" => Box::new(floor::Floor::new().await?),
+        _ => bench::built_in(name, dir)
+            .await
+            .map_err(err)?
+            .with_context(|| format!("unknown subject `{name}`"))?,
+    };
+    Ok(boxed)
+}
+
+fn err(e: bench::BenchError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let sizes: Vec<usize> = std::env::args()
-        .nth(1)
-        .map_or_else(
-            || Ok(vec![1_000, 10_000]),
-            |s| s.split(',').map(str::parse).collect(),
-        )
-        .context("usage: kvstash-bench [N,N,...]")?;
-    let dir = tempfile::tempdir()?;
-    let mut rows = Vec::new();
-    for &n in &sizes {
-        eprintln!("N = {n}");
-        // Each system runs ROUNDS times, interleaved, on fresh stores; the
-        // table shows the median rate (this 2-core VM is noisy run to run).
-        let mut runs: Vec<Vec<Row>> = Vec::new();
-        for round in 0..ROUNDS {
-            let native_dir = tempfile::tempdir_in(dir.path())?;
-            let file = serde_json::json!({"type": "file", "path": dir.path().join(format!("k{n}-{round}.redb"))});
-            runs.push(vec![
-                native_hashmap(n),
-                native_redb(n, native_dir.path())?,
-                boundary_floor(n).await?,
-                kvstash_store("kvstash memory (component)", r#"{"type":"memory"}"#, n).await?,
-                kvstash_store("kvstash file (component, durable)", &file.to_string(), n).await?,
-            ]);
-        }
-        for system in 0..runs[0].len() {
-            let pick = |f: fn(&Row) -> f64| median(runs.iter().map(|r| f(&r[system])).collect());
-            rows.push(Row {
-                system: runs[0][system].system.clone(),
+    let args = parse_args()?;
+    if let Some(name) = &args.one {
+        // Child mode: one subject, one size, one JSON line.
+        let n = *args.sizes.first().context("--sizes is empty")?;
+        let dir = args
+            .dir
+            .as_deref()
+            .context("--dir is required with --one")?;
+        std::fs::create_dir_all(dir)?;
+        let mut subject = subject(name, dir).await?;
+        let measured = bench::measure(subject.as_mut(), n, Sample::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("{name} at {n}: {e}"))?;
+        println!("{}", serde_json::to_string(&measured)?);
+        return Ok(());
+    }
+
+    let scratch = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let peer_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/peer.py");
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut skipped: BTreeMap<&str, String> = BTreeMap::new();
+    for &n in &args.sizes {
+        // A million keys takes minutes per durable subject: one round.
+        let rounds = if n >= 1_000_000 {
+            1
+        } else {
+            args.rounds.max(1)
+        };
+        for name in NATIVE.iter().chain(&PEERS).copied() {
+            let is_peer = PEERS.contains(&name);
+            let result = if let Some(why) = skipped.get(name) {
+                Err(why.clone())
+            } else if is_peer && args.python.is_none() {
+                Err("not installed: run `just bench`".to_string())
+            } else {
+                let mut runs = Vec::new();
+                let mut failure = None;
+                for round in 0..rounds {
+                    eprintln!("kvstash-bench: {name}, N = {n}, run {}/{rounds}", round + 1);
+                    let dir = scratch.path().join(format!("{name}-{n}-{round}"));
+                    let command = if is_peer {
+                        let mut c = std::process::Command::new(
+                            args.python.as_deref().unwrap_or(Path::new("python3")),
+                        );
+                        c.arg(&peer_script).arg(name).arg(n.to_string()).arg(&dir);
+                        c.args(
+                            [
+                                PEER_SAMPLE.durable_writes,
+                                PEER_SAMPLE.ops,
+                                PEER_SAMPLE.pages,
+                            ]
+                            .map(|v| v.to_string()),
+                        );
+                        c
+                    } else {
+                        let mut c = std::process::Command::new(&exe);
+                        c.args(["--one", name, "--sizes", &n.to_string(), "--dir"])
+                            .arg(&dir);
+                        c
+                    };
+                    let result = bench::run_child(command, BUDGET);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    match result {
+                        Ok(measured) => runs.push(measured),
+                        Err(why) => {
+                            failure = Some(why);
+                            break;
+                        }
+                    }
+                }
+                match failure {
+                    Some(why) => {
+                        eprintln!("kvstash-bench: {name} at {n}: {why}");
+                        if why.starts_with("skipped") {
+                            skipped.insert(
+                                name,
+                                format!("skipped: over {} s at N = {n}", BUDGET.as_secs()),
+                            );
+                        }
+                        Err(why)
+                    }
+                    None => Ok(bench::median_of(&runs)),
+                }
+            };
+            outcomes.push(Outcome {
+                system: name.to_string(),
                 n,
-                put: pick(|r| r.put),
-                get: pick(|r| r.get),
+                result,
             });
         }
     }
-    let mut fsyncs = Vec::new();
-    let (mut singles, mut eights, mut sixty_fours) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let round_dir = tempfile::tempdir_in(dir.path())?;
-        fsyncs.push(raw_fsync_latency(round_dir.path(), 200)?.as_secs_f64());
-        singles.push(concurrent_puts(round_dir.path(), 1, 400).await?);
-        eights.push(concurrent_puts(round_dir.path(), 8, 100).await?);
-        sixty_fours.push(concurrent_puts(round_dir.path(), 64, 25).await?);
-        eprintln!("durable writes, round {round} done");
-    }
-    let fsync = Duration::from_secs_f64(median(fsyncs));
-    let fsync_rate = 1.0 / fsync.as_secs_f64();
-    let (single, eight, sixty_four) = (median(singles), median(eights), median(sixty_fours));
-    // Opening an existing store (the component is precompiled and cached).
-    let reopen = dir.path().join(format!("k{}-0.redb", sizes[0]));
-    let config = serde_json::json!({"type": "file", "path": reopen}).to_string();
-    let start = Instant::now();
-    let store = Store::open(&config).await?;
-    let open_time = start.elapsed();
-    drop(store);
+    eprintln!("kvstash-bench: durable writes");
+    let durable = bench::durable_writes(scratch.path(), args.rounds)
+        .await
+        .map_err(err)?;
 
-    let mut out = String::new();
-    writeln!(out, "# kvstash benchmark\n")?;
-    writeln!(
-        out,
-        "Medians of {ROUNDS} interleaved runs on this machine, in one process.\n"
-    )?;
-    writeln!(
-        out,
-        "| system | N | put/s | get/s | put vs redb | get vs redb |"
-    )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
-    for row in &rows {
-        let base = rows
+    let report = Report {
+        outcomes: &outcomes,
+        durable: &durable,
+        rounds: args.rounds,
+        sizes: &args.sizes,
+    };
+    let markdown = report.markdown()?;
+    print!("{markdown}");
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&results)?;
+    std::fs::write(results.join("latest.md"), &markdown)?;
+    std::fs::write(results.join("latest.json"), report.json()?)?;
+    std::fs::write(results.join("plot.svg"), plot::svg(&outcomes))?;
+    eprintln!(
+        "written: {}/latest.md, latest.json, plot.svg",
+        results.display()
+    );
+    Ok(())
+}
+
+struct Report<'a> {
+    outcomes: &'a [Outcome],
+    durable: &'a DurableWrites,
+    rounds: usize,
+    sizes: &'a [usize],
+}
+
+/// The operations of the table, with how to read each from a measurement.
+const OPS: [(&str, Figure); 5] = [
+    ("put", |m| m.put),
+    ("get", |m| m.get),
+    ("overwrite", |m| m.overwrite),
+    ("list", |m| m.list),
+    ("txn", |m| m.txn),
+];
+
+impl Report<'_> {
+    fn find(&self, system: &str, n: usize) -> Option<&Measured> {
+        self.outcomes
             .iter()
-            .find(|r| r.n == row.n && r.system.starts_with("redb"))
-            .context("no redb row")?;
+            .find(|o| o.system == system && o.n == n)
+            .and_then(|o| o.result.as_ref().ok())
+    }
+
+    fn json(&self) -> anyhow::Result<String> {
+        let outcomes: Vec<serde_json::Value> = self
+            .outcomes
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "system": o.system,
+                    "n": o.n,
+                    "measured": o.result.as_ref().ok(),
+                    "error": o.result.as_ref().err(),
+                })
+            })
+            .collect();
+        Ok(serde_json::to_string_pretty(&serde_json::json!({
+            "outcomes": outcomes,
+            "durable_writes": self.durable,
+            "guest_wasm_bytes": kvstash::GUEST_WASM.len(),
+        }))?)
+    }
+
+    fn markdown(&self) -> anyhow::Result<String> {
+        let mut out = String::new();
+        writeln!(out, "# kvstash benchmark\n")?;
+        writeln!(out, "{}\n", machine())?;
         writeln!(
             out,
-            "| {} | {} | {:.0} | {:.0} | {:.2}× | {:.2}× |",
-            row.system,
-            row.n,
-            row.put,
-            row.get,
-            row.put / base.put,
-            row.get / base.get
+            "Rates are operations per second, medians of {} runs (1 run at 1M keys), each \
+             subject and size in its own process. Each store is loaded with N keys \
+             (`sensor_000123`, ~60-byte JSON values), then measured: puts of new keys, \
+             random gets, overwrites of random keys, 100-key pages from random starts, \
+             transactions writing 4 random keys, reopening the store. Durable subjects \
+             (kvstash-file, redb, SQLite) fsync every acknowledged write and run 500 writes \
+             per measurement, the others 20,000; the Python peers run {} writes, {} gets \
+             and {} pages. TinyDB and jk-keyvaluestore never fsync; TinyDB with \
+             `CachingMiddleware` writes its file only every 1000 writes or on close.\n",
+            self.rounds, PEER_SAMPLE.durable_writes, PEER_SAMPLE.ops, PEER_SAMPLE.pages
         )?;
-    }
-    writeln!(
-        out,
-        "\n## The cost of kvstash's logic over the bare boundary\n"
-    )?;
-    writeln!(out, "| N | get vs floor | set vs floor |")?;
-    writeln!(out, "|---:|---:|---:|")?;
-    for &n in &sizes {
-        let find = |prefix: &str| {
-            rows.iter()
-                .find(|r| r.n == n && r.system.starts_with(prefix))
-        };
-        if let (Some(kv), Some(floor)) = (find("kvstash memory"), find("bare boundary")) {
+        writeln!(out, "![ops/s against N](plot.svg)\n")?;
+        writeln!(out, "## Absolute figures\n")?;
+        writeln!(out, "{}", bench::render_table(self.outcomes))?;
+        let notes: Vec<String> = self
+            .outcomes
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok().map(|m| (o, m)))
+            .flat_map(|(o, m)| {
+                m.notes
+                    .iter()
+                    .map(move |note| format!("- {} at {}: {note}", o.system, o.n))
+            })
+            .collect();
+        if !notes.is_empty() {
+            writeln!(out, "{}\n", notes.join("\n"))?;
+        }
+
+        writeln!(out, "## kvstash against each baseline\n")?;
+        writeln!(
+            out,
+            "Ratio of kvstash's rate to the baseline's (above 1: kvstash is faster).\n"
+        )?;
+        writeln!(
+            out,
+            "| kvstash | baseline | N | put | get | overwrite | list | 4-key txn |"
+        )?;
+        writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|")?;
+        for kv in ["kvstash-memory", "kvstash-file"] {
+            for base in NATIVE
+                .iter()
+                .chain(&PEERS)
+                .filter(|b| !b.starts_with("kvstash"))
+            {
+                for &n in self.sizes {
+                    let (Some(k), Some(b)) = (self.find(kv, n), self.find(base, n)) else {
+                        continue;
+                    };
+                    let cells: Vec<String> = OPS
+                        .iter()
+                        .map(|(_, f)| match (f(k), f(b)) {
+                            (Some(x), Some(y)) if y > 0.0 => ratio(x / y),
+                            _ => "n/a".to_string(),
+                        })
+                        .collect();
+                    writeln!(out, "| {kv} | {base} | {n} | {} |", cells.join(" | "))?;
+                }
+            }
+        }
+
+        let d = self.durable;
+        let fsync_rate = 1e3 / d.fsync_latency_ms;
+        let single = d.writers.get(&1).copied().unwrap_or(f64::NAN);
+        writeln!(out, "\n## Durable writes (file backend, group commit)\n")?;
+        writeln!(out, "| measure | value | ratio |")?;
+        writeln!(out, "|---|---:|---:|")?;
+        writeln!(
+            out,
+            "| raw fsync latency (100-byte write + fsync) | {:.3} ms | 1 / latency = {fsync_rate:.0}/s |",
+            d.fsync_latency_ms
+        )?;
+        for (writers, rate) in &d.writers {
             writeln!(
                 out,
-                "| {n} | {:.2}× (target ≥ 0.8×) | {:.2}× (target ≥ 0.7×) |",
-                kv.get / floor.get,
-                kv.put / floor.put
+                "| {writers} concurrent writer(s) | {rate:.0} puts/s | {} fsync rate, {} 1 writer |",
+                ratio(rate / fsync_rate),
+                ratio(rate / single)
             )?;
         }
+
+        writeln!(out, "\n## Targets\n")?;
+        writeln!(out, "| target | measured | met |")?;
+        writeln!(out, "|---|---:|---|")?;
+        for t in self.targets() {
+            let verdict = match t.measured {
+                Some(m) if m >= t.goal => "yes".to_string(),
+                Some(m) => format!("**no**: {} short", percent_short(m, t.goal)),
+                None => "not measured".to_string(),
+            };
+            let measured = t
+                .measured
+                .map_or_else(|| "n/a".to_string(), |m| format!("{m:.2}{}", t.unit));
+            writeln!(
+                out,
+                "| {} (≥ {}{}) | {measured} | {verdict} |",
+                t.what, t.goal, t.unit
+            )?;
+        }
+        Ok(out)
     }
-    writeln!(out, "\n## Durable writes (file backend, group commit)\n")?;
-    writeln!(out, "| measure | value | ratio |")?;
-    writeln!(out, "|---|---:|---:|")?;
-    writeln!(
-        out,
-        "| raw fsync latency (100-byte write + fsync) | {:.3} ms | 1 / latency = {fsync_rate:.0}/s |",
-        fsync.as_secs_f64() * 1e3
-    )?;
-    writeln!(
-        out,
-        "| 1 writer | {single:.0} puts/s | {:.2}× fsync rate (target ≥ 0.8×) |",
-        single / fsync_rate
-    )?;
-    writeln!(
-        out,
-        "| 8 writers | {eight:.0} puts/s | {:.1}× 1 writer |",
-        eight / single
-    )?;
-    writeln!(
-        out,
-        "| 64 writers | {sixty_four:.0} puts/s | {:.1}× 1 writer (target ≥ 20×) |",
-        sixty_four / single
-    )?;
-    writeln!(
-        out,
-        "| open an existing store | {:.2} ms | target ≤ 5 ms |",
-        open_time.as_secs_f64() * 1e3
-    )?;
-    writeln!(
-        out,
-        "| guest component size | {} KiB | target ≤ 1024 KiB |",
+
+    fn targets(&self) -> Vec<Target> {
+        let rate = |system: &str, n: usize, f: Figure| self.find(system, n).and_then(f);
+        let over = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let mut targets = Vec::new();
+        for &n in self.sizes.iter().filter(|&&n| n <= 10_000) {
+            targets.push(Target::ratio(
+                format!("memory-backend get vs bare boundary floor, N = {n}"),
+                over(
+                    rate("kvstash-memory", n, |m| m.get),
+                    rate("floor", n, |m| m.get),
+                ),
+                0.8,
+            ));
+            targets.push(Target::ratio(
+                format!("memory-backend put vs bare boundary floor, N = {n}"),
+                over(
+                    rate("kvstash-memory", n, |m| m.put),
+                    rate("floor", n, |m| m.put),
+                ),
+                0.7,
+            ));
+        }
+        let d = self.durable;
+        let single = d.writers.get(&1).copied();
+        targets.push(Target::ratio(
+            "durable single-writer puts vs 1 / raw fsync latency".into(),
+            single.map(|s| s * d.fsync_latency_ms / 1e3),
+            0.8,
+        ));
+        targets.push(Target::ratio(
+            "64 writers vs 1 writer".into(),
+            over(d.writers.get(&64).copied(), single),
+            20.0,
+        ));
+        for system in ["kvstash-memory", "kvstash-file"] {
+            for (op, f) in OPS.iter().take(2) {
+                targets.push(Target::ratio(
+                    format!("{system} {op}/s at 1M keys vs at 10k"),
+                    over(rate(system, 1_000_000, *f), rate(system, 10_000, *f)),
+                    0.7,
+                ));
+            }
+        }
+        targets.push(Target::ratio(
+            "kvstash-file put vs TinyDB put, N = 10k".into(),
+            over(
+                rate("kvstash-file", 10_000, |m| m.put),
+                rate("tinydb", 10_000, |m| m.put),
+            ),
+            100.0,
+        ));
+        for &n in self.sizes {
+            targets.push(Target::ratio(
+                format!("kvstash-file put vs SQLite put, N = {n}"),
+                over(
+                    rate("kvstash-file", n, |m| m.put),
+                    rate("sqlite", n, |m| m.put),
+                ),
+                1.0,
+            ));
+            targets.push(Target::ratio(
+                format!("kvstash-file get vs SQLite get, N = {n}"),
+                over(
+                    rate("kvstash-file", n, |m| m.get),
+                    rate("sqlite", n, |m| m.get),
+                ),
+                1.0,
+            ));
+        }
+        // Lower is better for these two: checked as budget / measured ≥ 1.
+        let open = self
+            .outcomes
+            .iter()
+            .filter(|o| o.system == "kvstash-file")
+            .filter_map(|o| o.result.as_ref().ok()?.open_ms)
+            .fold(None, |worst: Option<f64>, ms| {
+                Some(worst.map_or(ms, |w| w.max(ms)))
+            });
+        targets.push(Target::ratio(
+            format!(
+                "5 ms / slowest open of an existing store ({})",
+                open.map_or_else(|| "n/a".to_string(), |ms| format!("{ms:.2} ms"))
+            ),
+            open.map(|ms| 5.0 / ms),
+            1.0,
+        ));
+        let kib = kvstash::GUEST_WASM.len() as f64 / 1024.0;
+        targets.push(Target::ratio(
+            format!("1 MiB / release guest size ({kib:.0} KiB)"),
+            Some(1024.0 / kib),
+            1.0,
+        ));
+        targets
+    }
+}
+
+struct Target {
+    what: String,
+    measured: Option<f64>,
+    goal: f64,
+    unit: &'static str,
+}
+
+impl Target {
+    fn ratio(what: String, measured: Option<f64>, goal: f64) -> Self {
+        Self {
+            what,
+            measured,
+            goal,
+            unit: "×",
+        }
+    }
+}
+
+fn ratio(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}×")
+    } else if r >= 10.0 {
+        format!("{r:.1}×")
+    } else {
+        format!("{r:.2}×")
+    }
+}
+
+/// How far below `goal` a ratio is, in percent of the goal.
+fn percent_short(measured: f64, goal: f64) -> String {
+    format!("{:.0}%", (1.0 - measured / goal) * 100.0)
+}
+
+/// One line about the machine the numbers come from.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "Machine: {cpu}, {cores} cores, {} {kernel}; kvstash {}, guest component {} KiB.",
+        std::env::consts::OS,
+        env!("CARGO_PKG_VERSION"),
         kvstash::GUEST_WASM.len() / 1024
-    )?;
-    print!("{out}");
-    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-    std::fs::create_dir_all(&results)?;
-    std::fs::write(results.join("latest.md"), &out)?;
-    eprintln!("written to {}", results.join("latest.md").display());
-    Ok(())
+    )
 }
