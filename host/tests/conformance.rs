@@ -670,3 +670,51 @@ async fn checks_within_one_group_see_each_other() {
     assert_eq!(won.len(), 1, "exactly one of 64 racers creates the key");
     assert_eq!(b.get(b"x").await.unwrap().unwrap().version, won[0]);
 }
+
+/// Reads share one snapshot until a commit lands; every acknowledged commit
+/// must still be visible to the next read, from any task (read your writes,
+/// and others' acknowledged writes, at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_reads_see_every_acknowledged_commit_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = FileBackend::open_shared(&FileConfig::new(dir.path().join("r.redb"))).unwrap();
+    for i in 0..200u32 {
+        let value = i.to_le_bytes();
+        // Warm the snapshot, then commit and read back at once.
+        let _ = b.get(b"k").await.unwrap();
+        let version = b.commit(vec![], vec![put(b"k", &value)]).await.unwrap();
+        let got = b.get(b"k").await.unwrap().unwrap();
+        assert_eq!((got.version, got.value.as_slice()), (version, &value[..]));
+        let many = b.get_many(&[b"k".to_vec()]).await.unwrap();
+        assert_eq!(many[0].as_ref().unwrap().version, version);
+        let listed = b.scan(&scan(b"k", None, 10, false)).await.unwrap();
+        assert_eq!(listed[0].version, version);
+    }
+    // A writer task and a reader task: once the writer's commit of n is
+    // acknowledged and published, the reader never sees anything older.
+    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(0u32);
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for n in 1..=300u32 {
+                b.commit(vec![], vec![put(b"w", &n.to_le_bytes())])
+                    .await
+                    .unwrap();
+                seen_tx.send(n).unwrap();
+            }
+        })
+    };
+    let mut checked = 0;
+    while seen_rx.changed().await.is_ok() {
+        let acknowledged = *seen_rx.borrow_and_update();
+        let got = b.get(b"w").await.unwrap().unwrap();
+        let stored = u32::from_le_bytes(got.value.as_slice().try_into().unwrap());
+        assert!(
+            stored >= acknowledged,
+            "read {stored} after {acknowledged} was acknowledged"
+        );
+        checked += 1;
+    }
+    writer.await.unwrap();
+    assert!(checked > 0);
+}

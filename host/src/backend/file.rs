@@ -84,6 +84,48 @@ pub struct FileBackend {
     queue: Option<std::sync::mpsc::Sender<Request>>,
     committer: Option<std::thread::JoinHandle<()>>,
     counters: Arc<Counters>,
+    /// The read snapshot reads share until the next commit.
+    snapshot: Arc<Snapshot>,
+}
+
+/// The data table as of some commit.
+type DataTable = redb::ReadOnlyTable<&'static [u8], (u64, &'static [u8])>;
+
+/// One read transaction shared by reads until a commit lands, instead of one
+/// per read (a read transaction and its table cost about as much as the get).
+/// Reads stay immediately consistent: the committer bumps `generation` after
+/// each durable commit and before acknowledging it, and a reader reuses the
+/// cached table only if it was opened at the current generation.
+#[derive(Default)]
+struct Snapshot {
+    generation: std::sync::atomic::AtomicU64,
+    cached: Mutex<Option<(u64, Arc<DataTable>)>>,
+}
+
+impl Snapshot {
+    fn table(&self, db: &Database) -> Result<Arc<DataTable>, BackendError> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, table)) = cached.as_ref()
+            && *at == generation
+        {
+            return Ok(table.clone());
+        }
+        // Opened after reading `generation`: sees at least that commit.
+        let txn = db.begin_read().map_err(unavailable)?;
+        let table = Arc::new(txn.open_table(DATA).map_err(unavailable)?);
+        *cached = Some((generation, table.clone()));
+        Ok(table)
+    }
+
+    /// After a commit, before acknowledging it: later reads open a new
+    /// snapshot, and the old one stops pinning pages redb could reuse.
+    fn committed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        let old = self.cached.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
+    }
 }
 
 impl std::fmt::Debug for FileBackend {
@@ -98,6 +140,8 @@ impl Drop for FileBackend {
     /// Closes the queue and waits for the committer to finish what it has,
     /// so the file is free to reopen as soon as this returns.
     fn drop(&mut self) {
+        // A cached read snapshot keeps the file open: let it go first.
+        self.snapshot.committed();
         self.queue.take();
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
@@ -192,12 +236,16 @@ impl FileBackend {
         let db = Arc::new(db);
         let commits = Arc::new(tokio::sync::watch::Sender::new(version));
         let counters = Arc::new(Counters::default());
+        let snapshot = Arc::new(Snapshot::default());
         let (queue, requests) = std::sync::mpsc::channel();
         let committer = {
             let (db, commits, counters) = (db.clone(), commits.clone(), counters.clone());
+            let snapshot = snapshot.clone();
             std::thread::Builder::new()
                 .name("kvstash-commit".into())
-                .spawn(move || run_committer(&db, retention, &requests, &commits, &counters))
+                .spawn(move || {
+                    run_committer(&db, retention, &requests, &commits, &counters, &snapshot);
+                })
                 .map_err(|e| {
                     BackendError::Unavailable(format!("cannot start the committer: {e}"))
                 })?
@@ -209,6 +257,7 @@ impl FileBackend {
             queue: Some(queue),
             committer: Some(committer),
             counters,
+            snapshot,
         })
     }
 
@@ -230,6 +279,7 @@ fn run_committer(
     requests: &std::sync::mpsc::Receiver<Request>,
     commits: &tokio::sync::watch::Sender<u64>,
     counters: &Counters,
+    snapshot: &Snapshot,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = requests.recv() {
@@ -253,6 +303,7 @@ fn run_committer(
         match outcome {
             Ok((results, synced)) => {
                 if synced {
+                    snapshot.committed();
                     counters.syncs.fetch_add(1, Relaxed);
                 }
                 let newest = results
@@ -387,8 +438,7 @@ impl Backend for FileBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
         validate_key(key)?;
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let data = txn.open_table(DATA).map_err(unavailable)?;
+        let data = self.snapshot.table(&self.db)?;
         Ok(data.get(key).map_err(unavailable)?.map(|g| {
             let (version, value) = g.value();
             Entry {
@@ -401,8 +451,7 @@ impl Backend for FileBackend {
 
     async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError> {
         validate_get_many(keys)?;
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let data = txn.open_table(DATA).map_err(unavailable)?;
+        let data = self.snapshot.table(&self.db)?;
         keys.iter()
             .map(|key| {
                 Ok(data.get(key.as_slice()).map_err(unavailable)?.map(|g| {
@@ -422,8 +471,7 @@ impl Backend for FileBackend {
         if scan.is_empty() {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let data = txn.open_table(DATA).map_err(unavailable)?;
+        let data = self.snapshot.table(&self.db)?;
         let upper = scan
             .end
             .as_deref()
