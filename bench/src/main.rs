@@ -142,54 +142,40 @@ async fn main() -> anyhow::Result<()> {
             } else if is_peer && args.python.is_none() {
                 Err("not installed: run `just bench`".to_string())
             } else {
-                let mut runs = Vec::new();
-                let mut failure = None;
-                for round in 0..rounds {
-                    eprintln!("kvstash-bench: {name}, N = {n}, run {}/{rounds}", round + 1);
-                    let dir = scratch.path().join(format!("{name}-{n}-{round}"));
-                    let command = if is_peer {
-                        let mut c = std::process::Command::new(
-                            args.python.as_deref().unwrap_or(Path::new("python3")),
-                        );
-                        c.arg(&peer_script).arg(name).arg(n.to_string()).arg(&dir);
-                        c.args(
-                            [
-                                PEER_SAMPLE.durable_writes,
-                                PEER_SAMPLE.ops,
-                                PEER_SAMPLE.pages,
-                            ]
-                            .map(|v| v.to_string()),
-                        );
-                        c
-                    } else {
-                        let mut c = std::process::Command::new(&exe);
-                        c.args(["--one", name, "--sizes", &n.to_string(), "--dir"])
-                            .arg(&dir);
-                        c
-                    };
-                    let result = bench::run_child(command, BUDGET);
-                    let _ = std::fs::remove_dir_all(&dir);
-                    match result {
-                        Ok(measured) => runs.push(measured),
-                        Err(why) => {
-                            failure = Some(why);
-                            break;
-                        }
-                    }
-                }
-                match failure {
-                    Some(why) => {
-                        eprintln!("kvstash-bench: {name} at {n}: {why}");
-                        if why.starts_with("skipped") {
-                            skipped.insert(
-                                name,
-                                format!("skipped: over {} s at N = {n}", BUDGET.as_secs()),
+                let result = bench::run_rounds(
+                    rounds,
+                    BUDGET,
+                    |round, dir| {
+                        eprintln!("kvstash-bench: {name}, N = {n}, run {}/{rounds}", round + 1);
+                        if is_peer {
+                            let python = args.python.as_deref().unwrap_or(Path::new("python3"));
+                            let mut c = std::process::Command::new(python);
+                            c.arg(&peer_script).arg(name).arg(n.to_string()).arg(dir);
+                            let sample = PEER_SAMPLE;
+                            c.args(
+                                [sample.durable_writes, sample.ops, sample.pages]
+                                    .map(|v| v.to_string()),
                             );
+                            c
+                        } else {
+                            let mut c = std::process::Command::new(&exe);
+                            c.args(["--one", name, "--sizes", &n.to_string(), "--dir"])
+                                .arg(dir);
+                            c
                         }
-                        Err(why)
+                    },
+                    |round| scratch.path().join(format!("{name}-{n}-{round}")),
+                );
+                if let Err(why) = &result {
+                    eprintln!("kvstash-bench: {name} at {n}: {why}");
+                    if why.starts_with("skipped") {
+                        skipped.insert(
+                            name,
+                            format!("skipped: over {} s at N = {n}", BUDGET.as_secs()),
+                        );
                     }
-                    None => Ok(bench::median_of(&runs)),
                 }
+                result
             };
             outcomes.push(Outcome {
                 system: name.to_string(),
@@ -380,24 +366,22 @@ impl Report<'_> {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,
         };
+        // `a`'s rate over `b`'s at size n for one operation.
+        let versus = |what: String, a: &str, b: &str, n: usize, f: Figure, goal: f64| {
+            Target::ratio(what, over(rate(a, n, f), rate(b, n, f)), goal)
+        };
         let mut targets = Vec::new();
         for &n in self.sizes.iter().filter(|&&n| n <= 10_000) {
-            targets.push(Target::ratio(
-                format!("memory-backend get vs bare boundary floor, N = {n}"),
-                over(
-                    rate("kvstash-memory", n, |m| m.get),
-                    rate("floor", n, |m| m.get),
-                ),
-                0.8,
-            ));
-            targets.push(Target::ratio(
-                format!("memory-backend put vs bare boundary floor, N = {n}"),
-                over(
-                    rate("kvstash-memory", n, |m| m.put),
-                    rate("floor", n, |m| m.put),
-                ),
-                0.7,
-            ));
+            for (op, f, goal) in [("get", OPS[1].1, 0.8), ("put", OPS[0].1, 0.7)] {
+                targets.push(versus(
+                    format!("memory-backend {op} vs bare boundary floor, N = {n}"),
+                    "kvstash-memory",
+                    "floor",
+                    n,
+                    f,
+                    goal,
+                ));
+            }
         }
         let d = self.durable;
         let single = d.writers.get(&1).copied();
@@ -420,31 +404,25 @@ impl Report<'_> {
                 ));
             }
         }
-        targets.push(Target::ratio(
+        targets.push(versus(
             "kvstash-file put vs TinyDB put, N = 10k".into(),
-            over(
-                rate("kvstash-file", 10_000, |m| m.put),
-                rate("tinydb", 10_000, |m| m.put),
-            ),
+            "kvstash-file",
+            "tinydb",
+            10_000,
+            OPS[0].1,
             100.0,
         ));
         for &n in self.sizes {
-            targets.push(Target::ratio(
-                format!("kvstash-file put vs SQLite put, N = {n}"),
-                over(
-                    rate("kvstash-file", n, |m| m.put),
-                    rate("sqlite", n, |m| m.put),
-                ),
-                1.0,
-            ));
-            targets.push(Target::ratio(
-                format!("kvstash-file get vs SQLite get, N = {n}"),
-                over(
-                    rate("kvstash-file", n, |m| m.get),
-                    rate("sqlite", n, |m| m.get),
-                ),
-                1.0,
-            ));
+            for (op, f) in OPS.iter().take(2) {
+                targets.push(versus(
+                    format!("kvstash-file {op} vs SQLite {op}, N = {n}"),
+                    "kvstash-file",
+                    "sqlite",
+                    n,
+                    *f,
+                    1.0,
+                ));
+            }
         }
         // Lower is better for these two: checked as budget / measured ≥ 1.
         let open = self

@@ -554,6 +554,25 @@ pub fn run_child(mut command: std::process::Command, budget: Duration) -> Result
     }
 }
 
+/// Runs `rounds` child processes (see [`run_child`]), the command for round
+/// `r` given by `command(r)` with its scratch directory, removed afterwards;
+/// the medians, or the first round's failure.
+pub fn run_rounds(
+    rounds: usize,
+    budget: Duration,
+    mut command: impl FnMut(usize, &Path) -> std::process::Command,
+    scratch: impl Fn(usize) -> PathBuf,
+) -> Result<Measured, String> {
+    let mut runs = Vec::new();
+    for round in 0..rounds.max(1) {
+        let dir = scratch(round);
+        let result = run_child(command(round, &dir), budget);
+        let _ = std::fs::remove_dir_all(&dir);
+        runs.push(result?);
+    }
+    Ok(median_of(&runs))
+}
+
 /// The absolute figures as a Markdown table, one row per system and size.
 pub fn render_table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
@@ -653,6 +672,32 @@ mod tests {
         let mut map = HashMapSubject::default();
         map.load(&items).await.unwrap();
         assert_eq!(map.list(&key(200), 100).await.unwrap(), Some(50));
+    }
+
+    #[test]
+    fn a_child_over_budget_is_skipped_and_a_failing_one_says_why() {
+        let mut slow = std::process::Command::new("sleep");
+        slow.arg("5");
+        let started = Instant::now();
+        let skipped = run_child(slow, Duration::from_millis(200)).unwrap_err();
+        assert!(skipped.starts_with("skipped: over"), "{skipped}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the child was killed"
+        );
+        let mut failing = std::process::Command::new("sh");
+        failing.args(["-c", "echo 'no such table' >&2; exit 2"]);
+        assert_eq!(
+            run_child(failing, Duration::from_secs(5)).unwrap_err(),
+            "failed: no such table"
+        );
+        let mut good = std::process::Command::new("sh");
+        good.args(["-c", r#"echo noise; echo '{"load_s":1.5,"get":10.0}'"#]);
+        let measured = run_child(good, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (measured.load_s, measured.get, measured.put),
+            (1.5, Some(10.0), None)
+        );
     }
 
     #[test]

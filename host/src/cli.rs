@@ -777,33 +777,24 @@ async fn bench(
     let mut outcomes = Vec::new();
     for &n in sizes {
         for name in bench::BUILT_IN {
-            let mut runs = Vec::new();
-            let mut failure = None;
-            for round in 0..rounds.max(1) {
-                eprintln!("kvstash bench: {name}, N = {n}, run {}", round + 1);
-                let run_dir = dir.join(format!("{name}-{n}-{round}"));
-                let mut child = std::process::Command::new(&exe);
-                child
-                    .args(["bench", "--one", name, "--sizes", &n.to_string()])
-                    .args(["--ops", &sample.ops.to_string(), "--dir"])
-                    .arg(&run_dir);
-                let result = bench::run_child(child, BENCH_BUDGET);
-                let _ = std::fs::remove_dir_all(&run_dir);
-                match result {
-                    Ok(measured) => runs.push(measured),
-                    Err(why) => {
-                        failure = Some(why);
-                        break;
-                    }
-                }
-            }
+            let result = bench::run_rounds(
+                rounds,
+                BENCH_BUDGET,
+                |round, run_dir| {
+                    eprintln!("kvstash bench: {name}, N = {n}, run {}", round + 1);
+                    let mut child = std::process::Command::new(&exe);
+                    child
+                        .args(["bench", "--one", name, "--sizes", &n.to_string()])
+                        .args(["--ops", &sample.ops.to_string(), "--dir"])
+                        .arg(run_dir);
+                    child
+                },
+                |round| dir.join(format!("{name}-{n}-{round}")),
+            );
             outcomes.push(bench::Outcome {
                 system: name.to_string(),
                 n,
-                result: match failure {
-                    Some(why) => Err(why),
-                    None => Ok(bench::median_of(&runs)),
-                },
+                result,
             });
         }
     }
