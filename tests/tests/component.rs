@@ -9,28 +9,8 @@ use kvstash::{Error, ListOptions, Store, StoreOptions, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Runs `$body` with `$store` opened on each backend in turn.
-macro_rules! on_every_backend {
-    ($name:ident, |$store:ident| $body:block) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test]
-            async fn memory() {
-                let $store = Store::open(r#"{"type":"memory"}"#).await.unwrap();
-                $body
-            }
-
-            #[tokio::test]
-            async fn file() {
-                let dir = tempfile::tempdir().unwrap();
-                let config = json!({"type": "file", "path": dir.path().join("s.redb")});
-                let $store = Store::open(&config.to_string()).await.unwrap();
-                $body
-            }
-        }
-    };
-}
+#[macro_use]
+mod common;
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Sensor {

@@ -9,27 +9,8 @@ use std::time::Duration;
 use kvstash::{Check, Error, ListOptions, Store, StoreOptions, WriteOptions};
 use serde_json::json;
 
-macro_rules! on_every_backend {
-    ($name:ident, |$store:ident| $body:block) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test]
-            async fn memory() {
-                let $store = Store::open(r#"{"type":"memory"}"#).await.unwrap();
-                $body
-            }
-
-            #[tokio::test]
-            async fn file() {
-                let dir = tempfile::tempdir().unwrap();
-                let config = json!({"type": "file", "path": dir.path().join("s.redb")});
-                let $store = Store::open(&config.to_string()).await.unwrap();
-                $body
-            }
-        }
-    };
-}
+#[macro_use]
+mod common;
 
 on_every_backend!(versions_increase_across_the_store, |store| {
     let a = store.bucket("a");
