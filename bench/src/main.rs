@@ -83,6 +83,9 @@ fn parse_args() -> anyhow::Result<Args> {
             ),
         }
     }
+    if args.sizes.is_empty() || args.sizes.contains(&0) {
+        bail!("--sizes: give key counts of at least 1, e.g. 1000,10000");
+    }
     Ok(args)
 }
 

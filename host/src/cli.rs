@@ -753,6 +753,9 @@ async fn bench(
     one: Option<String>,
 ) -> anyhow::Result<()> {
     use crate::bench;
+    if sizes.is_empty() || sizes.contains(&0) {
+        bail!("--sizes: give key counts of at least 1, e.g. 1000,10000");
+    }
     let (dir, scratch) = match dir {
         Some(dir) => (dir, false),
         None => (

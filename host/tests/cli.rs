@@ -641,4 +641,7 @@ fn bench_measures_every_built_in_subject_and_leaves_the_store_alone() {
     );
     assert!(!unknown.status.success());
     assert!(stderr(&unknown).contains("unknown subject `nope`"));
+    let zero = kvstash(dir.path(), &["bench", "--sizes", "0,10"]);
+    assert!(!zero.status.success());
+    assert!(stderr(&zero).contains("--sizes: give key counts of at least 1"));
 }
