@@ -4,14 +4,19 @@
 //! any `type` the host's backend registry knows), optionally with the layer
 //! options every configuration accepts:
 //! - `"prefix": "text"` — keep this store under a key prefix of the backend;
-//! - `"read_only": true` — reject every write with `read-only`.
+//! - `"read_only": true` — reject every write with `read-only`;
+//! - `"stores": {"NAME": "BUCKET", …}` — the store names (`wasi:keyvalue`
+//!   identifiers, Spin labels) apps may open, and the bucket each opens; see
+//!   [`StoreNames`].
 //!
 //! The guest strips the layer options and hands the rest to the host's
 //! `backend.open`, which validates its own fields.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
-use crate::engine::StoreError;
+use crate::engine::{StoreError, validate_bucket};
 
 /// A parsed configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +25,68 @@ pub struct StoreConfig {
     pub leaf: String,
     pub prefix: Option<Vec<u8>>,
     pub read_only: bool,
+    pub stores: StoreNames,
+}
+
+/// The bucket that store name `""` and `"default"` open.
+pub const DEFAULT_BUCKET: &str = "default";
+
+/// How the store names apps open (`wasi:keyvalue` `open(identifier)`, Spin's
+/// `Store::open(label)`) map to buckets.
+///
+/// - `""` (wasmtime's and wasmCloud's default store) means `"default"`.
+/// - Without a `stores` map, every name is the bucket of that name, and
+///   `"default"` is the bucket `default` (the CLI's default bucket).
+/// - With a map, only its names open (others are `no-such-store`, as in a
+///   Spin runtime config that does not define the label), each to its bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreNames {
+    map: Option<BTreeMap<String, String>>,
+}
+
+impl StoreNames {
+    /// The bucket store `name` opens; `InvalidBucket` (`no-such-store`) if
+    /// there is none.
+    pub fn resolve(&self, name: &str) -> Result<String, StoreError> {
+        let name = if name.is_empty() {
+            DEFAULT_BUCKET
+        } else {
+            name
+        };
+        match &self.map {
+            None => {
+                validate_bucket(name)?;
+                Ok(name.to_string())
+            }
+            Some(map) => map.get(name).cloned().ok_or_else(|| {
+                let known: Vec<&str> = map.keys().map(String::as_str).collect();
+                StoreError::InvalidBucket(format!(
+                    "no store named `{name}` is configured (the configuration's `stores` has: {})",
+                    known.join(", ")
+                ))
+            }),
+        }
+    }
+
+    fn parse(value: Value) -> Result<Self, StoreError> {
+        let invalid = |why: String| StoreError::InvalidConfig(why);
+        let Value::Object(fields) = value else {
+            return Err(invalid(
+                "`stores` must be an object of store names to bucket names".into(),
+            ));
+        };
+        let mut map = BTreeMap::new();
+        for (name, bucket) in fields {
+            let Value::String(bucket) = bucket else {
+                return Err(invalid(format!(
+                    "`stores.{name}` must be a bucket name (a string)"
+                )));
+            };
+            validate_bucket(&bucket).map_err(|e| invalid(format!("`stores.{name}`: {e}")))?;
+            map.insert(name, bucket);
+        }
+        Ok(StoreNames { map: Some(map) })
+    }
 }
 
 /// Layer types that are part of the design but not built yet.
@@ -50,11 +117,16 @@ pub fn parse(text: &str) -> Result<StoreConfig, StoreError> {
         Some(Value::Bool(b)) => b,
         Some(_) => return Err(invalid("`read_only` must be true or false".into())),
     };
+    let stores = match fields.remove("stores") {
+        None | Some(Value::Null) => StoreNames::default(),
+        Some(value) => StoreNames::parse(value)?,
+    };
     let leaf = Value::Object(Map::from_iter(fields)).to_string();
     Ok(StoreConfig {
         leaf,
         prefix,
         read_only,
+        stores,
     })
 }
 
@@ -82,11 +154,40 @@ mod tests {
             (r#"{"type":"memory","prefix":""}"#, "prefix"),
             (r#"{"type":"memory","read_only":"yes"}"#, "read_only"),
             (r#"{"type":"caching"}"#, "caching"),
+            (r#"{"type":"memory","stores":[]}"#, "stores"),
+            (r#"{"type":"memory","stores":{"a":3}}"#, "stores.a"),
+            (r#"{"type":"memory","stores":{"a":""}}"#, "stores.a"),
         ] {
             match parse(text) {
                 Err(StoreError::InvalidConfig(why)) => assert!(why.contains(needle), "{why}"),
                 other => panic!("{text}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn store_names_default_to_buckets_of_that_name() {
+        let names = parse(r#"{"type":"memory"}"#).unwrap().stores;
+        assert_eq!(names.resolve("").unwrap(), "default");
+        assert_eq!(names.resolve("default").unwrap(), "default");
+        assert_eq!(names.resolve("cache").unwrap(), "cache");
+        assert!(matches!(
+            names.resolve("bad\u{7}name"),
+            Err(StoreError::InvalidBucket(_))
+        ));
+    }
+
+    #[test]
+    fn a_stores_map_limits_and_renames() {
+        let c = parse(r#"{"type":"memory","stores":{"default":"main","cache":"tmp"}}"#).unwrap();
+        let leaf: Value = serde_json::from_str(&c.leaf).unwrap();
+        assert_eq!(leaf, serde_json::json!({"type":"memory"}));
+        assert_eq!(c.stores.resolve("").unwrap(), "main");
+        assert_eq!(c.stores.resolve("default").unwrap(), "main");
+        assert_eq!(c.stores.resolve("cache").unwrap(), "tmp");
+        match c.stores.resolve("other") {
+            Err(StoreError::InvalidBucket(why)) => assert!(why.contains("cache, default"), "{why}"),
+            other => panic!("{other:?}"),
         }
     }
 }

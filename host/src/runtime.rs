@@ -542,4 +542,6 @@ impl Lease<'_> {
 }
 
 #[cfg(test)]
+mod spin_key_value_tests;
+#[cfg(test)]
 mod wasi_keyvalue_tests;

@@ -37,9 +37,13 @@ fn imports_only_storage_clocks_and_std() {
 }
 
 #[test]
-fn exports_the_rich_api_and_both_wasi_keyvalue_drafts() {
+fn exports_the_rich_api_both_wasi_keyvalue_drafts_and_spins_key_value() {
     let (_, exports) = kvstash::component_interfaces().unwrap();
-    let mut want = vec!["kvstash:store/store@0.1.0".to_string()];
+    let mut want = vec![
+        "kvstash:store/store@0.1.0".to_string(),
+        "fermyon:spin/key-value@2.0.0".to_string(),
+        "fermyon:spin/key-value".to_string(),
+    ];
     for version in ["0.2.0-draft", "0.2.0-draft2"] {
         for interface in ["store", "atomics", "batch"] {
             want.push(format!("wasi:keyvalue/{interface}@{version}"));

@@ -437,14 +437,22 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     }
 }
 
-/// An integer type `increment` works on (`wasi:keyvalue` has `s64` and `u64`).
+/// An integer type `increment` works on, with the bytes it is stored as.
+///
+/// `i64` and `u64` are stored as decimal text (a JSON number): what the
+/// rich API and wasmtime's `wasi:keyvalue@0.2.0-draft` host store.
+/// [`LittleEndianI64`] is Spin's encoding for `0.2.0-draft2` (see
+/// `docs/semantics.md`, "Counters").
 pub trait Counter: Copy + std::fmt::Display {
     const ZERO: Self;
     fn checked_add(self, other: Self) -> Option<Self>;
+    /// The counter a stored value holds.
     fn parse(bytes: &[u8]) -> Result<Self, StoreError>;
+    /// The record that stores this counter.
+    fn to_record(self) -> Record;
 }
 
-macro_rules! counter {
+macro_rules! decimal_counter {
     ($t:ty) => {
         impl Counter for $t {
             const ZERO: Self = 0;
@@ -465,11 +473,46 @@ macro_rules! counter {
                         )
                     })
             }
+            fn to_record(self) -> Record {
+                Record::json(self.to_string())
+            }
         }
     };
 }
-counter!(i64);
-counter!(u64);
+decimal_counter!(i64);
+decimal_counter!(u64);
+
+/// A signed 64-bit counter stored as its 8 little-endian bytes: how Spin's
+/// built-in key/value store keeps `wasi:keyvalue@0.2.0-draft2` counters, so
+/// an app reading a counter back with `get` sees the bytes it would on Spin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LittleEndianI64(pub i64);
+
+impl std::fmt::Display for LittleEndianI64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Counter for LittleEndianI64 {
+    const ZERO: Self = LittleEndianI64(0);
+    fn checked_add(self, other: Self) -> Option<Self> {
+        self.0.checked_add(other.0).map(LittleEndianI64)
+    }
+    fn parse(bytes: &[u8]) -> Result<Self, StoreError> {
+        let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
+            StoreError::InvalidValue(format!(
+                "the stored value is {} bytes, not a counter: draft2 counters are 8 bytes, \
+                 a little-endian i64 (Spin's encoding)",
+                bytes.len()
+            ))
+        })?;
+        Ok(LittleEndianI64(i64::from_le_bytes(bytes)))
+    }
+    fn to_record(self) -> Record {
+        Record::bytes(self.0.to_le_bytes().to_vec())
+    }
+}
 
 fn check_batch_len(len: usize) -> Result<(), StoreError> {
     if len > MAX_BATCH {

@@ -691,7 +691,7 @@ fn add<N: Counter>(
     let next = current.checked_add(delta).ok_or_else(|| {
         StoreError::InvalidValue(format!("incrementing {current} by {delta} overflows"))
     })?;
-    let mut record = Record::json(next.to_string());
+    let mut record = next.to_record();
     record.expires_at_ms = expires_at_ms.or_else(|| base.and_then(|b| b.expires_at_ms));
     Ok((record, next))
 }

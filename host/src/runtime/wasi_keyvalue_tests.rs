@@ -125,9 +125,10 @@ async fn draft2_increment_and_cas() {
         atomics.call_increment(&mut *s, b, "n", -8).await.unwrap(),
         Ok(-3)
     );
+    // Spin's encoding: the counter's 8 little-endian bytes.
     assert_eq!(
         api.call_get(&mut *s, b, "n").await.unwrap(),
-        Ok(Some(b"-3".to_vec()))
+        Ok(Some((-3i64).to_le_bytes().to_vec()))
     );
     api.call_set(&mut *s, b, "text", b"hello")
         .await
@@ -250,10 +251,6 @@ async fn standard_errors() {
     let mut lease = pool.acquire().await.unwrap();
     let inst = lease.instance().unwrap();
     assert!(matches!(
-        open2(inst, "").await,
-        Err(kv2::store::Error::NoSuchStore)
-    ));
-    assert!(matches!(
         open1(inst, "bad\nname").await,
         Err(kv1::store::Error::NoSuchStore)
     ));
@@ -279,6 +276,75 @@ async fn standard_errors() {
         matches!(denied, Err(kv2::store::Error::AccessDenied)),
         "{denied:?}"
     );
+    lease.finish(Ok(())).unwrap();
+}
+
+#[tokio::test]
+async fn empty_and_default_store_names_open_the_default_bucket() {
+    let pool = pool(MEMORY);
+    let mut lease = pool.acquire().await.unwrap();
+    let inst = lease.instance().unwrap();
+    let empty = open1(inst, "").await.unwrap();
+    let default = open2(inst, "default").await.unwrap();
+    let (kv, s) = (&inst.kv, &mut inst.store);
+    kv.wasi_keyvalue0_2_0_draft_store()
+        .bucket()
+        .call_set(&mut *s, empty, "k", b"from-draft")
+        .await
+        .unwrap()
+        .unwrap();
+    let got = kv
+        .wasi_keyvalue0_2_0_draft2_store()
+        .bucket()
+        .call_get(&mut *s, default, "k")
+        .await
+        .unwrap();
+    assert_eq!(got, Ok(Some(b"from-draft".to_vec())));
+    let rich = inst.bucket("default").await.unwrap().unwrap();
+    let entry = inst
+        .kv
+        .kvstash_store_store()
+        .bucket()
+        .call_get(&mut inst.store, rich, "k")
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        entry.value,
+        crate::bindings::kvstash::store::types::Value::Bytes(b"from-draft".to_vec())
+    );
+    lease.finish(Ok(())).unwrap();
+}
+
+#[tokio::test]
+async fn a_stores_map_limits_the_names_apps_may_open() {
+    let pool = pool(r#"{"type":"memory","stores":{"default":"main","cache":"tmp"}}"#);
+    let mut lease = pool.acquire().await.unwrap();
+    let inst = lease.instance().unwrap();
+    assert!(open2(inst, "cache").await.is_ok());
+    assert!(open1(inst, "").await.is_ok());
+    assert!(matches!(
+        open2(inst, "main").await,
+        Err(kv2::store::Error::NoSuchStore)
+    ));
+    let default = open2(inst, "default").await.unwrap();
+    let (kv, s) = (&inst.kv, &mut inst.store);
+    kv.wasi_keyvalue0_2_0_draft2_store()
+        .bucket()
+        .call_set(&mut *s, default, "k", b"v")
+        .await
+        .unwrap()
+        .unwrap();
+    let main = inst.bucket("main").await.unwrap().unwrap();
+    let found = inst
+        .kv
+        .kvstash_store_store()
+        .bucket()
+        .call_exists(&mut inst.store, main, "k")
+        .await
+        .unwrap();
+    assert_eq!(found, Ok(true));
     lease.finish(Ok(())).unwrap();
 }
 

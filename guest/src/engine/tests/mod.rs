@@ -283,6 +283,47 @@ fn bytes_and_json_values() {
 }
 
 #[test]
+fn little_endian_counters_are_stored_as_eight_bytes() {
+    // Spin's built-in store keeps draft2 counters as i64 LE bytes; an app
+    // that reads its counter back must see exactly those bytes.
+    let e = engine();
+    assert_eq!(
+        e.increment("b", "c", LittleEndianI64(5)).unwrap(),
+        LittleEndianI64(5)
+    );
+    assert_eq!(
+        e.increment("b", "c", LittleEndianI64(-7)).unwrap(),
+        LittleEndianI64(-2)
+    );
+    let stored = e.get("b", "c").unwrap().unwrap().value.into_bytes();
+    assert_eq!(stored, (-2i64).to_le_bytes());
+    // Eight bytes that are also valid JSON text are still a counter.
+    e.set("b", "digits", Value::sniff(b"12345678".to_vec()).unwrap())
+        .unwrap();
+    assert_eq!(
+        e.increment("b", "digits", LittleEndianI64(0)).unwrap(),
+        LittleEndianI64(i64::from_le_bytes(*b"12345678"))
+    );
+    // Anything else is refused and left as it was.
+    e.set("b", "short", json("5")).unwrap();
+    match e.increment("b", "short", LittleEndianI64(1)) {
+        Err(StoreError::InvalidValue(why)) => assert!(why.contains("1 bytes"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.get("b", "short").unwrap().unwrap().value, json("5"));
+    e.set(
+        "b",
+        "max",
+        Value::bytes(i64::MAX.to_le_bytes().to_vec()).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        e.increment("b", "max", LittleEndianI64(1)),
+        Err(StoreError::InvalidValue(_))
+    ));
+}
+
+#[test]
 fn increment_and_swap() {
     let e = engine();
     assert_eq!(e.increment("b", "n", 5i64).unwrap(), 5);

@@ -1,0 +1,115 @@
+//! The exported interfaces, all thin shims over one [`Engine`]. Each
+//! exported error type is produced from [`StoreError`] in exactly one place.
+//!
+//! # Layout
+//! - `rich` — `kvstash:store/store`, the full API
+//! - `keyvalue` — `wasi:keyvalue/{store,atomics,batch}` at `0.2.0-draft` and `0.2.0-draft2`
+//! - `spin` — `fermyon:spin/key-value` at `2.0.0` and unversioned (Spin 1.x)
+//!
+//! The standard and Spin interfaces open *stores by name*; the configuration's
+//! [`StoreNames`] turns a name into a bucket (`""` and `"default"` open the
+//! bucket `default`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::bindings::kvstash::store::storage;
+use crate::config::{self, StoreNames};
+use crate::engine::{Clock, Engine, Prefixed, Storage, StoreError};
+use crate::wit_storage::WitStorage;
+
+mod keyvalue;
+mod rich;
+mod spin;
+
+pub struct Component;
+
+/// The host's wall clock (`wasi:clocks/wall-clock`).
+pub struct WasiClock;
+
+impl Clock for WasiClock {
+    fn now_ms(&self) -> u64 {
+        let now = wasi::clocks::wall_clock::now();
+        now.seconds
+            .saturating_mul(1000)
+            .saturating_add(u64::from(now.nanoseconds / 1_000_000))
+    }
+}
+
+type StoreEngine = Engine<Box<dyn Storage>, WasiClock>;
+
+/// What an instance builds from the host's configuration on first use.
+struct Opened {
+    engine: Rc<StoreEngine>,
+    stores: StoreNames,
+}
+
+thread_local! {
+    /// Built on first use, then kept for the life of the instance. A failed
+    /// build is not cached: the next call retries (the host may have been
+    /// unreachable).
+    static OPENED: RefCell<Option<Rc<Opened>>> = const { RefCell::new(None) };
+}
+
+fn opened() -> Result<Rc<Opened>, StoreError> {
+    if let Some(opened) = OPENED.with(|cell| cell.borrow().clone()) {
+        return Ok(opened);
+    }
+    let config = config::parse(&storage::config())?;
+    let leaf = WitStorage::open(&config.leaf)?;
+    let storage: Box<dyn Storage> = match config.prefix {
+        Some(prefix) => Box::new(Prefixed::new(leaf, prefix)),
+        None => Box::new(leaf),
+    };
+    let opened = Rc::new(Opened {
+        engine: Rc::new(Engine::new(storage, WasiClock).read_only(config.read_only)),
+        stores: config.stores,
+    });
+    OPENED.with(|cell| *cell.borrow_mut() = Some(opened.clone()));
+    Ok(opened)
+}
+
+fn engine() -> Result<Rc<StoreEngine>, StoreError> {
+    Ok(opened()?.engine.clone())
+}
+
+/// The bucket the store named `name` opens (`InvalidBucket` if none).
+fn open_store(name: &str) -> Result<String, StoreError> {
+    opened()?.stores.resolve(name)
+}
+
+/// The errors every store-by-name interface knows (`wasi:keyvalue`'s three;
+/// Spin's add only cases kvstash never produces).
+enum KvError {
+    NoSuchStore,
+    AccessDenied,
+    Other(String),
+}
+
+impl From<StoreError> for KvError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidBucket(_) => KvError::NoSuchStore,
+            StoreError::ReadOnly => KvError::AccessDenied,
+            e @ (StoreError::InvalidKey(_)
+            | StoreError::InvalidValue(_)
+            | StoreError::InvalidCursor
+            | StoreError::InvalidConfig(_)
+            | StoreError::InvalidArgument(_)
+            | StoreError::Conflict { .. }
+            | StoreError::CheckFailed { .. }
+            | StoreError::NotFound(_)
+            | StoreError::InvalidPath(_)
+            | StoreError::PathNotFound(_)
+            | StoreError::PathTypeMismatch(_)
+            | StoreError::NotJson
+            | StoreError::Contention
+            | StoreError::Compacted { .. }
+            | StoreError::Locked(_)
+            | StoreError::LeaseLost(_)
+            | StoreError::SchemaViolation(_)
+            | StoreError::Storage(_)
+            | StoreError::Corrupt(_)) => KvError::Other(e.to_string()),
+        }
+    }
+}
