@@ -13,7 +13,7 @@ run *ARGS:
 
 # Build the guest component alone (the host's build script does this too).
 build-guest:
-    rustup target add wasm32-wasip2
+    rustup target add wasm32-wasip2 wasm32-wasip1
     cargo build -p kvstash-guest --target wasm32-wasip2 --profile guest --target-dir target/guest
     @ls -l {{guest_wasm}}
 
@@ -24,8 +24,10 @@ test:
 # Formatting and lints; warnings are errors.
 lint:
     cargo fmt --all --check
+    cargo fmt --manifest-path tests/apps/Cargo.toml --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p kvstash-guest -p kvstash-floor --target wasm32-wasip2 -- -D warnings
+    cargo clippy --manifest-path tests/apps/Cargo.toml --target wasm32-wasip2 --target-dir target/apps -- -D warnings
 
 # Parse the WIT package with its vendored deps, and show the world the built
 # component actually has (its imports and exports).

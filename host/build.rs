@@ -1,12 +1,10 @@
 //! Builds the guest component with a nested cargo, so a plain `cargo build`
 //! or `cargo test` works on a fresh clone.
-//!
-//! The nested build uses its own target directory (sharing the outer one
-//! deadlocks an outer `--release` build) and a scrubbed environment (the
-//! outer build's flags and wrappers are for the host target, not wasm).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
+
+#[path = "build_support.rs"]
+mod build_support;
 
 const TARGET: &str = "wasm32-wasip2";
 
@@ -17,7 +15,9 @@ fn main() {
 }
 
 fn build_guest() -> Result<(), String> {
-    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR")?);
+    let manifest_dir = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").map_err(|_| "CARGO_MANIFEST_DIR is not set")?,
+    );
     let root = manifest_dir
         .parent()
         .ok_or("host crate has no parent directory")?
@@ -28,6 +28,7 @@ fn build_guest() -> Result<(), String> {
         "wit",
         "Cargo.lock",
         "Cargo.toml",
+        "host/build_support.rs",
     ] {
         println!("cargo::rerun-if-changed={}", root.join(input).display());
     }
@@ -39,33 +40,13 @@ fn build_guest() -> Result<(), String> {
         return Ok(());
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    ensure_target_installed()?;
+    build_support::ensure_target_installed(TARGET)?;
     let target_dir = root.join("target").join("guest");
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--package", "kvstash-guest", "--target", TARGET])
+    let mut cmd = build_support::nested_cargo(&root);
+    cmd.args(["build", "--package", "kvstash-guest", "--target", TARGET])
         .args(["--profile", "guest", "--target-dir"])
         .arg(&target_dir);
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_PROFILE_RELEASE_DEBUG",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run `{cargo}` to build the guest: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the guest component failed ({status})"));
-    }
+    build_support::run(cmd, "the guest component")?;
     let wasm = target_dir
         .join(TARGET)
         .join("guest")
@@ -74,41 +55,5 @@ fn build_guest() -> Result<(), String> {
         return Err(format!("guest build produced no {}", wasm.display()));
     }
     println!("cargo::rustc-env=KVSTASH_GUEST_WASM={}", wasm.display());
-    Ok(())
-}
-
-fn env(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} is not set"))
-}
-
-/// rustup installs `rust-toolchain.toml`'s targets only when it installs the
-/// toolchain (and not at all with RUSTUP_AUTO_INSTALL=0), so add it here.
-fn ensure_target_installed() -> Result<(), String> {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .map_err(|e| format!("cannot run {rustc}: {e}"))?;
-    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot)
-        .join("lib/rustlib")
-        .join(TARGET)
-        .is_dir()
-    {
-        return Ok(());
-    }
-    let mut cmd = Command::new("rustup");
-    cmd.args(["target", "add", TARGET]);
-    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
-        cmd.args(["--toolchain", &toolchain]);
-    }
-    let status = cmd.status().map_err(|e| {
-        format!("the {TARGET} target is missing and rustup could not be run ({e}); install it with `rustup target add {TARGET}`")
-    })?;
-    if !status.success() {
-        return Err(format!(
-            "the {TARGET} target is missing and `rustup target add {TARGET}` failed"
-        ));
-    }
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! - `backend` — the [`Backend`] trait, the `memory` and `file` backends, the [`Registry`]
 //! - `runtime` — wasmtime engine, precompiled-component cache, instance pool
 //! - `bindings` — generated host bindings (private)
+//! - `run` — [`run::App`]: other people's Wasm apps with kvstash as their store; `compose`
 //! - `bench` — the benchmark workload (`kvstash bench`, `kvstash-bench`)
 //! - `cli` — the `kvstash` command line
 
@@ -27,6 +28,7 @@ pub mod bench;
 mod bindings;
 mod blocking;
 pub mod cli;
+pub mod run;
 mod runtime;
 
 pub use api::{

@@ -22,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker, Resource, ResourceAny, ResourceTable};
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::api::Error;
 use crate::backend::{self, Backend, BackendError, Registry};
@@ -74,7 +75,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 /// The per-process engine and pre-linked component.
 pub(crate) struct Runtime {
-    engine: Engine,
+    pub(crate) engine: Engine,
     component: Component,
     pre: KvstashPre<KvCtx>,
 }
@@ -126,13 +127,23 @@ pub fn component_interfaces() -> Result<(Vec<String>, Vec<String>), Error> {
     Ok((imports, exports))
 }
 
-/// The compiled component: from the cache if a valid entry is there, else
-/// compiled and (best effort) cached.
+/// The embedded component, compiled or from the cache.
 fn load_component(engine: &Engine, cache_dir: Option<&Path>) -> wasmtime::Result<Component> {
+    load_cached(engine, GUEST_WASM, "kvstash", cache_dir)
+}
+
+/// A compiled component: from the cache if a valid entry is there, else
+/// compiled and (best effort) cached as `NAME-HASH.cwasm`.
+pub(crate) fn load_cached(
+    engine: &Engine,
+    wasm: &[u8],
+    name: &str,
+    cache_dir: Option<&Path>,
+) -> wasmtime::Result<Component> {
     let Some(dir) = cache_dir else {
-        return Component::new(engine, GUEST_WASM);
+        return Component::new(engine, wasm);
     };
-    let path = dir.join(format!("kvstash-{}.cwasm", cache_key(engine)));
+    let path = dir.join(format!("{name}-{}.cwasm", cache_key(engine, wasm)));
     if path.is_file() {
         if let Ok(component) = deserialize_cached(engine, &path) {
             return Ok(component);
@@ -140,10 +151,10 @@ fn load_component(engine: &Engine, cache_dir: Option<&Path>) -> wasmtime::Result
         // Damaged or stale: compile afresh and replace it.
         let _ = std::fs::remove_file(&path);
     }
-    let component = Component::new(engine, GUEST_WASM)?;
+    let component = Component::new(engine, wasm)?;
     if let Ok(bytes) = component.serialize() {
         // Write-then-rename so a concurrent reader never sees half a file.
-        let tmp = dir.join(format!(".kvstash-{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
         let written = std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, &path));
@@ -163,13 +174,13 @@ fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Componen
     unsafe { Component::deserialize_file(engine, path) }
 }
 
-fn cache_key(engine: &Engine) -> String {
+fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
     let mut sha = Sha256::new();
-    sha.update(GUEST_WASM);
+    sha.update(wasm);
     sha.update(engine_hash.finish().to_le_bytes());
     sha.update(env!("CARGO_PKG_VERSION"));
     sha.finalize()
@@ -189,6 +200,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(config: String, registry: Registry) -> Self {
+        Self {
+            config,
+            registry,
+            opened: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn open_backend(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(backend) = opened.get(config) {
@@ -200,12 +219,71 @@ impl Shared {
     }
 }
 
-/// The host state of one instance.
+/// The host state of one instance: of the kvstash component, or of an app
+/// with kvstash plugged in (which may also use `wasi:http`).
 pub struct KvCtx {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
     shared: Arc<Shared>,
+    http: WasiHttpCtx,
+    http_hooks: NoOutgoingHttp,
+}
+
+impl KvCtx {
+    /// State for one instance; `memory_limit` bounds each linear memory.
+    pub(crate) fn new(wasi: WasiCtx, shared: Arc<Shared>, memory_limit: usize) -> Self {
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(),
+            shared,
+            http: WasiHttpCtx::new(),
+            http_hooks: NoOutgoingHttp,
+        }
+    }
+
+    /// A store for this state, with its memory limit in force.
+    pub(crate) fn into_store(self, engine: &Engine) -> wasmtime::Store<KvCtx> {
+        let mut store = wasmtime::Store::new(engine, self);
+        store.limiter(|ctx| &mut ctx.limits);
+        store
+    }
+}
+
+impl WasiHttpView for KvCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// Apps may serve HTTP but not send it: outgoing requests are denied, like
+/// every other network use `kvstash run` was not asked to allow.
+struct NoOutgoingHttp;
+
+impl WasiHttpHooks for NoOutgoingHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
 }
 
 impl WasiView for KvCtx {
@@ -438,11 +516,7 @@ impl Pool {
         let runtime = Runtime::get(options.cache_dir.as_deref())?;
         Ok(Self {
             runtime,
-            shared: Arc::new(Shared {
-                config,
-                registry: options.registry.clone(),
-                opened: Mutex::new(HashMap::new()),
-            }),
+            shared: Arc::new(Shared::new(config, options.registry.clone())),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(options.max_instances.max(1))),
             memory_limit: options.memory_limit,
@@ -482,17 +556,12 @@ impl Pool {
     }
 
     async fn instantiate(&self) -> Result<Box<Instance>, Error> {
-        let ctx = KvCtx {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.memory_limit)
-                .instances(4)
-                .build(),
-            shared: self.shared.clone(),
-        };
-        let mut store = wasmtime::Store::new(&self.runtime.engine, ctx);
-        store.limiter(|ctx| &mut ctx.limits);
+        let ctx = KvCtx::new(
+            WasiCtx::builder().build(),
+            self.shared.clone(),
+            self.memory_limit,
+        );
+        let mut store = ctx.into_store(&self.runtime.engine);
         let kv = self
             .runtime
             .pre

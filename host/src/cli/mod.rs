@@ -20,6 +20,8 @@ use serde_json::json;
 
 use crate::api::{Bucket, Check, Error, Item, ListOptions, Store, Value, WriteOptions};
 
+mod app;
+
 /// File name of the default store inside the data directory.
 pub const DEFAULT_FILE: &str = "kvstash.redb";
 
@@ -199,6 +201,19 @@ enum Command {
         #[arg(long, hide = true)]
         one: Option<String>,
     },
+    /// Run a Wasm app with kvstash as the store behind its key/value imports
+    /// (wasi:keyvalue 0.2.0-draft and -draft2, fermyon:spin/key-value,
+    /// kvstash:store/store). A command (wasi:cli/run) runs once and exits
+    /// with its exit code; an HTTP app (wasi:http/incoming-handler) is served
+    /// on --listen until interrupted. A WASI preview1 module (Spin's
+    /// wasm32-wasip1 builds) is adapted first. The app sees its arguments,
+    /// --env variables, stdio, clocks and randomness; no files or network
+    /// unless --dir / --net grant them.
+    Run(app::RunArgs),
+    /// Write APP with kvstash plugged into its key/value imports: the result
+    /// imports only kvstash:store/storage and WASI (or, with --storage, what
+    /// the storage adapter imports), and runs on any host that provides them.
+    Compose(app::ComposeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,7 +317,7 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => return fail(&anyhow::anyhow!("starting the async runtime: {e}")),
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) if is_lost_race(&e) => {
             eprintln!("kvstash: {e:#}");
@@ -372,7 +387,14 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::Run(args) = cli.command {
+        return app::run(args, cli.config, cli.data).await;
+    }
+    if let Command::Compose(args) = &cli.command {
+        app::compose(args)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Command::Bench {
         sizes,
         rounds,
@@ -386,7 +408,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ops,
             pages: (ops / 100).max(10),
         };
-        return bench(&sizes, rounds, sample, dir, one).await;
+        bench(&sizes, rounds, sample, dir, one).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let config = resolve_config(cli.config.as_deref(), cli.data)?;
     let store = Store::open(&config).await?;
@@ -400,7 +423,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?
                     .with_context(|| not_found(&key, &cli.bucket))?;
                 writeln!(out, "{value}")?;
-                return out_flush();
+                return out_flush().map(|()| std::process::ExitCode::SUCCESS);
             }
             let entry = bucket
                 .get(&key)
@@ -411,7 +434,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 line["version"] = json!(entry.version);
                 line["expires_at"] = json!(entry.expires_at.map(rfc3339));
                 writeln!(out, "{line}")?;
-                return out_flush();
+                return out_flush().map(|()| std::process::ExitCode::SUCCESS);
             }
             match entry.value {
                 Value::Json(text) => writeln!(out, "{text}")?,
@@ -736,8 +759,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("imported {count} records");
         }
         Command::Bench { .. } => bail!("`bench` does not run on a store"),
+        Command::Run(_) | Command::Compose(_) => bail!("apps are not run on an open store"),
     }
-    out_flush()
+    out_flush().map(|()| std::process::ExitCode::SUCCESS)
 }
 
 /// Most time one subject may take at one size before it is skipped.

@@ -1,0 +1,320 @@
+//! Other people's apps under `kvstash run` and `kvstash compose`: one app
+//! per interface an app may import (tests/apps), run as a user runs them.
+
+// Test code: a broken assumption should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use kvstash_test_artifacts as apps;
+
+fn kvstash(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvstash"));
+    cmd.arg("--data")
+        .arg(data)
+        .env_remove("KVSTASH_STORE")
+        .env_remove("KVSTASH_BUCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run(data: &Path, args: &[&str]) -> Output {
+    kvstash(data).arg("run").args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[track_caller]
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+#[test]
+fn a_wasmtime_style_draft_command_persists_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(ok(run(dir.path(), &[apps::DRAFT])), "runs=1\n");
+    assert_eq!(ok(run(dir.path(), &[apps::DRAFT])), "runs=2\n");
+    // The app's default store `""` is the CLI's default bucket.
+    let got = kvstash(dir.path())
+        .args(["get", "greeting"])
+        .output()
+        .unwrap();
+    // Raw bytes (not JSON) print as they are.
+    assert_eq!(ok(got), "hello from draft");
+}
+
+#[test]
+fn a_draft2_command_and_its_wasip1_build_share_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(ok(run(dir.path(), &[apps::DRAFT2])), "hits=1\n");
+    // The same source built for wasm32-wasip1 is a core module; it is
+    // adapted, as Spin adapts its templates' builds.
+    let module = std::fs::read(apps::DRAFT2_WASIP1).unwrap();
+    assert_eq!(&module[4..8], b"\x01\0\0\0", "a core module");
+    assert_eq!(ok(run(dir.path(), &[apps::DRAFT2_WASIP1])), "hits=2\n");
+    // Spin's counter bytes: 8, little-endian.
+    let meta = ok(kvstash(dir.path())
+        .args(["get", "hits", "--meta"])
+        .output()
+        .unwrap());
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["bytes"], "AgAAAAAAAAA=", "{meta}");
+}
+
+#[test]
+fn spin_and_rich_api_commands_run() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(ok(run(dir.path(), &[apps::SPIN_KV])), "keys=spin-key\n");
+    // A store map: only listed labels open.
+    let out = run(
+        dir.path(),
+        &["--store", "default=default", apps::SPIN_KV, "only-default"],
+    );
+    assert_eq!(ok(out), "keys=spin-key\n");
+    assert_eq!(
+        ok(run(dir.path(), &[apps::RICH])),
+        "name=\"backyard shed\"\n"
+    );
+    let doc = kvstash(dir.path())
+        .args(["-b", "aliases", "get", "1.5.42"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(doc), "\"sensor-1\"\n");
+}
+
+#[test]
+fn arguments_environment_directories_and_exit_codes_reach_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("note.txt"), "from the host\n").unwrap();
+    let host_dir = format!("{}::/data", shared.display());
+    let out = run(
+        dir.path(),
+        &[
+            "--env",
+            "READ_FILE=/data/note.txt",
+            "--env",
+            "EXIT_WITH=7",
+            "--dir",
+            &host_dir,
+            apps::DRAFT,
+            "--first",
+        ],
+    );
+    // Rust 1.95's `process::exit(7)` on wasm32-wasip2 calls WASI's
+    // `exit(err)`, which carries only failure: status 1. (An app calling
+    // `exit-with-code`, WASI 0.2.12, gets its own status.)
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "runs=1\nfile=from the host\narg=--first\n"
+    );
+    // Without --dir the app sees no files; without --env, no variables.
+    let out = run(
+        dir.path(),
+        &["--env", "READ_FILE=/data/note.txt", apps::DRAFT],
+    );
+    assert!(
+        text(&out.stdout).contains("file-error="),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = kvstash(dir.path())
+        .args(["run", apps::DRAFT])
+        .env("READ_FILE", "/etc/hostname")
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok(out),
+        "runs=3\n",
+        "the host's environment is not the app's"
+    );
+    // The spin app checks the store map when asked; with no map, `other`
+    // opens (it is a bucket), so the check fails with exit status 1.
+    let failed = run(dir.path(), &[apps::SPIN_KV, "only-default"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    assert!(text(&failed.stderr).contains("no-such-store"));
+}
+
+#[test]
+fn a_trapping_app_is_reported_and_its_writes_before_the_trap_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &[apps::TRAP]);
+    assert_eq!(out.status.code(), Some(134));
+    let err = text(&out.stderr);
+    assert!(err.contains("the app trapped"), "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+    let got = kvstash(dir.path())
+        .args(["get", "before-trap"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(got), "written");
+}
+
+#[test]
+fn a_missing_import_is_named_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &[apps::MISSING]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("imports `test:missing/nothing-here`"), "{err}");
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_wasm = dir.path().join("app.wasm");
+    std::fs::write(&not_wasm, "hello").unwrap();
+    let out = run(dir.path(), &[not_wasm.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not a WebAssembly component or module"));
+    let out = run(dir.path(), &["/nonexistent/app.wasm"]);
+    assert!(text(&out.stderr).contains("reading /nonexistent/app.wasm"));
+    let out = run(dir.path(), &["--env", "NOEQUALS", apps::DRAFT]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+}
+
+/// A served HTTP app, stopped when dropped.
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path, app: &str) -> Served {
+    let mut child = kvstash(data)
+        .args(["run", "--listen", "127.0.0.1:0", app])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Served { child, addr }
+}
+
+/// `GET path` over a new loopback connection: (status, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A chunked body's payload (hyper chunks bodies of unknown length).
+fn payload(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = &tail[size + 2..];
+    }
+    out
+}
+
+#[test]
+fn an_http_app_answers_and_outlives_a_trapping_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(dir.path(), apps::HTTP);
+    let (status, body) = get(&served.addr, "/hit");
+    assert_eq!((status, payload(&body)), (200, "hits=1\n".to_string()));
+    let (status, _) = get(&served.addr, "/trap");
+    assert_eq!(status, 500);
+    let (status, body) = get(&served.addr, "/hit");
+    assert_eq!((status, payload(&body)), (200, "hits=2\n".to_string()));
+    assert_eq!(get(&served.addr, "/nope").0, 404);
+    drop(served);
+    // Served requests were durable: a new server counts on.
+    let served = serve(dir.path(), apps::HTTP);
+    let (_, body) = get(&served.addr, "/hit");
+    assert_eq!(payload(&body), "hits=3\n");
+}
+
+#[test]
+fn compose_writes_an_app_that_imports_only_storage_and_wasi() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("draft-composed.wasm");
+    let composed = kvstash(dir.path())
+        .args(["compose", apps::DRAFT, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(composed);
+    let engine = wasmtime::Engine::default();
+    let component = wasmtime::component::Component::from_file(&engine, &out).unwrap();
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert!(imports.contains(&"kvstash:store/storage@0.1.0".to_string()));
+    for name in &imports {
+        assert!(
+            name.starts_with("wasi:cli/")
+                || name.starts_with("wasi:io/")
+                || name.starts_with("wasi:clocks/")
+                || name.starts_with("wasi:random/")
+                || name.starts_with("wasi:filesystem/")
+                || name.starts_with("kvstash:store/"),
+            "unexpected import {name}"
+        );
+        assert!(!name.starts_with("wasi:keyvalue/"), "{name} not plugged");
+    }
+    // The composed app runs under `kvstash run` like the original.
+    assert_eq!(ok(run(dir.path(), &[out.to_str().unwrap()])), "runs=1\n");
+    // An app that imports no key/value interface (here: the composed one)
+    // has nothing to plug, and is refused.
+    let refused = kvstash(dir.path())
+        .args(["compose", out.to_str().unwrap(), "-o"])
+        .arg(dir.path().join("x.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("imports none of the interfaces kvstash exports"));
+}

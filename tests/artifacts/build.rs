@@ -1,0 +1,71 @@
+//! Builds the apps in `tests/apps` (their own workspace) and writes their
+//! paths as constants, as wasmtime's test-programs artifacts crate does.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+#[path = "../../host/build_support.rs"]
+mod build_support;
+
+/// Every app, as `tests/apps/src/bin/NAME.rs`; each is a constant `NAME`.
+const APPS: &[&str] = &[
+    "draft", "draft2", "spin_kv", "rich", "trap", "missing", "http",
+];
+/// Built for wasm32-wasip1 too (a core module, as Spin's templates build).
+const WASIP1_APPS: &[&str] = &["draft2"];
+
+fn main() {
+    if let Err(e) = build() {
+        println!("cargo::error={e}");
+    }
+}
+
+fn build() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").map_err(|_| "CARGO_MANIFEST_DIR is not set")?,
+    );
+    let root = manifest_dir
+        .ancestors()
+        .nth(2)
+        .ok_or("tests/artifacts has no grandparent")?
+        .to_path_buf();
+    let apps = root.join("tests").join("apps");
+    for input in ["src", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo::rerun-if-changed={}", apps.join(input).display());
+    }
+    println!("cargo::rerun-if-changed={}", root.join("wit").display());
+    let target_dir = root.join("target").join("apps");
+    let mut consts = String::new();
+    for (target, names, suffix) in [
+        ("wasm32-wasip2", APPS, ""),
+        ("wasm32-wasip1", WASIP1_APPS, "_WASIP1"),
+    ] {
+        build_support::ensure_target_installed(target)?;
+        let mut cmd = build_support::nested_cargo(&apps);
+        cmd.args(["build", "--release", "--target", target, "--target-dir"])
+            .arg(&target_dir);
+        for name in names {
+            cmd.args(["--bin", name]);
+        }
+        build_support::run(cmd, &format!("the test apps for {target}"))?;
+        for name in names {
+            let wasm = target_dir
+                .join(target)
+                .join("release")
+                .join(format!("{name}.wasm"));
+            if !wasm.is_file() {
+                return Err(format!("the apps build produced no {}", wasm.display()));
+            }
+            writeln!(
+                consts,
+                "pub const {}{suffix}: &str = {:?};",
+                name.to_uppercase(),
+                wasm.display().to_string()
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|_| "OUT_DIR is not set")?);
+    std::fs::write(out.join("apps.rs"), consts).map_err(|e| e.to_string())?;
+    Ok(())
+}
