@@ -223,12 +223,27 @@ fn serve(data: &Path, app: &str) -> Served {
 
 /// `GET path` over a new loopback connection: (status, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = request(addr, "GET", path, &[], "");
+    (status, body)
+}
+
+/// One request over a new loopback connection: (status, head, body).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response
@@ -236,11 +251,8 @@ fn get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad response {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_lowercase(), body.to_string())
 }
 
 /// A chunked body's payload (hyper chunks bodies of unknown length).
@@ -317,4 +329,62 @@ fn compose_writes_an_app_that_imports_only_storage_and_wasi() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).contains("imports none of the interfaces kvstash exports"));
+}
+
+#[test]
+fn the_spin_example_answers_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(dir.path(), apps::EXAMPLE_SPIN);
+    let addr = served.addr.as_str();
+    let doc = r#"{"alias":[1,5,42],"name":"shed"}"#;
+    let (status, head, _) = request(addr, "PUT", "/devices/sensor-1", &[], doc);
+    assert_eq!(status, 200);
+    let version = head
+        .lines()
+        .find_map(|line| line.strip_prefix("etag: "))
+        .map(|tag| tag.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no etag in {head}"));
+    let (status, _, body) = request(addr, "GET", "/devices/sensor-1", &[], "");
+    assert_eq!((status, payload(&body)), (200, doc.to_string()));
+    // A rename at a stale version is refused and changes nothing.
+    let stale = format!("\"{}\"", version.parse::<u64>().unwrap() - 1);
+    let (status, _, _) = request(
+        addr,
+        "PATCH",
+        "/devices/sensor-1/name",
+        &[("If-Match", &stale)],
+        r#""lost""#,
+    );
+    assert_eq!(status, 412);
+    let current = format!("\"{version}\"");
+    let (status, _, _) = request(
+        addr,
+        "PATCH",
+        "/devices/sensor-1/name",
+        &[("If-Match", &current)],
+        r#""backyard shed""#,
+    );
+    assert_eq!(status, 200);
+    let (_, _, body) = request(addr, "GET", "/devices/sensor-1", &[], "");
+    assert_eq!(
+        payload(&body),
+        r#"{"alias":[1,5,42],"name":"backyard shed"}"#
+    );
+    // A display label through spin_sdk::key_value::Store.
+    let (status, _, _) = request(addr, "PUT", "/labels/sensor-1", &[], "Backyard Shed");
+    assert_eq!(status, 200);
+    let (_, _, body) = request(addr, "GET", "/labels/sensor-1", &[], "");
+    assert_eq!(payload(&body), "Backyard Shed");
+    drop(served);
+    // Both live in the durable store, where the CLI reads them.
+    let doc = kvstash(dir.path())
+        .args(["-b", "devices", "get", "sensor-1", "--path", "/name"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(doc), "\"backyard shed\"\n");
+    let label = kvstash(dir.path())
+        .args(["get", "sensor-1"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(label), "Backyard Shed");
 }

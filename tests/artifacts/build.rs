@@ -65,6 +65,36 @@ fn build() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         }
     }
+    // examples/spin: the Spin SDK app, as `spin build` builds it.
+    let example = root.join("examples").join("spin");
+    for input in ["src", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo::rerun-if-changed={}", example.join(input).display());
+    }
+    let example_target = root.join("target").join("examples");
+    let mut cmd = build_support::nested_cargo(&example);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--target-dir",
+    ])
+    .arg(&example_target);
+    build_support::run(cmd, "examples/spin")?;
+    let wasm = example_target
+        .join("wasm32-wasip2")
+        .join("release")
+        .join("device_aliases.wasm");
+    if !wasm.is_file() {
+        return Err(format!("examples/spin produced no {}", wasm.display()));
+    }
+    writeln!(
+        consts,
+        "pub const EXAMPLE_SPIN: &str = {:?};",
+        wasm.display().to_string()
+    )
+    .map_err(|e| e.to_string())?;
+
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|_| "OUT_DIR is not set")?);
     std::fs::write(out.join("apps.rs"), consts).map_err(|e| e.to_string())?;
     Ok(())
