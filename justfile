@@ -26,7 +26,7 @@ lint:
     cargo fmt --all --check
     cargo fmt --manifest-path tests/apps/Cargo.toml --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy -p kvstash-guest -p kvstash-floor --target wasm32-wasip2 -- -D warnings
+    cargo clippy -p kvstash-guest -p kvstash-floor -p kvstash-keyvalue-adapter --target wasm32-wasip2 -- -D warnings
     cargo clippy --manifest-path tests/apps/Cargo.toml --target wasm32-wasip2 --target-dir target/apps -- -D warnings
 
 # Parse the WIT package with its vendored deps, and show the world the built

@@ -9,7 +9,7 @@ use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::kvstash::store::types as wit;
+use crate::bindings::exports::kvstash::store::types as wit;
 use crate::runtime::{Pool, StoreOptions};
 
 /// Every error the API returns. Input errors leave stored data untouched.

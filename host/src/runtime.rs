@@ -26,11 +26,16 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::api::Error;
 use crate::backend::{self, Backend, BackendError, Registry};
-use crate::bindings::kvstash::store::{storage, types};
+use crate::bindings::exports::kvstash::store::types;
+use crate::bindings::kvstash::store::storage;
 use crate::bindings::{Kvstash, KvstashPre};
 
 /// The guest component this build embeds (built by `build.rs`).
 pub const GUEST_WASM: &[u8] = include_bytes!(env!("KVSTASH_GUEST_WASM"));
+
+/// The storage adapter this build embeds (`adapters/keyvalue`): exports
+/// `kvstash:store/storage` over an imported `wasi:keyvalue@0.2.0-draft2`.
+pub const KEYVALUE_ADAPTER_WASM: &[u8] = include_bytes!(env!("KVSTASH_ADAPTER_WASM"));
 
 /// How a [`crate::Store`] runs its component.
 #[derive(Clone, Debug)]
@@ -327,8 +332,6 @@ impl KvCtx {
         Ok(self.table.get(handle)?.backend.clone())
     }
 }
-
-impl types::Host for KvCtx {}
 
 impl storage::Host for KvCtx {
     async fn config(&mut self) -> wasmtime::Result<String> {

@@ -388,3 +388,100 @@ fn the_spin_example_answers_over_http() {
         .unwrap();
     assert_eq!(ok(label), "Backyard Shed");
 }
+
+/// The import names of a component file.
+fn imports_of(path: &Path) -> Vec<String> {
+    let engine = wasmtime::Engine::default();
+    let component = wasmtime::component::Component::from_file(&engine, path).unwrap();
+    component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+#[test]
+fn apps_keep_kvstash_semantics_on_a_plain_wasi_keyvalue_store() {
+    // app → kvstash → the wasi:keyvalue adapter → (draft2) → under `kvstash
+    // run`, a second kvstash over the file store: the whole chain of
+    // components a Spin deployment uses, with the plain store at the end.
+    let dir = tempfile::tempdir().unwrap();
+    for (app, first, second) in [
+        (apps::DRAFT, "runs=1\n", "runs=2\n"),
+        (
+            apps::RICH,
+            "name=\"backyard shed\"\n",
+            "name=\"backyard shed\"\n",
+        ),
+    ] {
+        let out = dir.path().join("on-adapter.wasm");
+        let composed = kvstash(dir.path())
+            .args(["compose", "--storage", "wasi-keyvalue", app, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        ok(composed);
+        let imports = imports_of(&out);
+        assert!(
+            imports.contains(&"wasi:keyvalue/atomics@0.2.0-draft2".to_string()),
+            "{imports:?}"
+        );
+        assert!(
+            !imports.iter().any(|i| i.starts_with("kvstash:")),
+            "{imports:?}"
+        );
+        assert_eq!(ok(run(dir.path(), &[out.to_str().unwrap()])), first);
+        assert_eq!(ok(run(dir.path(), &[out.to_str().unwrap()])), second);
+    }
+    // The plain store holds the adapter's records: a head, records, a log.
+    let keys = ok(kvstash(dir.path())
+        .args(["list", "--keys"])
+        .output()
+        .unwrap());
+    assert!(keys.lines().any(|k| k == "kvstash/head"), "{keys}");
+    assert!(keys.lines().any(|k| k.starts_with("kvstash/r/")), "{keys}");
+    assert!(
+        keys.lines().any(|k| k.starts_with("kvstash/log/")),
+        "{keys}"
+    );
+}
+
+#[test]
+fn the_component_command_writes_kvstash_alone_or_with_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("kvstash.wasm");
+    ok(kvstash(dir.path())
+        .args(["component", "-o"])
+        .arg(&plain)
+        .output()
+        .unwrap());
+    assert_eq!(std::fs::read(&plain).unwrap(), kvstash::GUEST_WASM);
+    let spin = dir.path().join("kvstash-spin.wasm");
+    ok(kvstash(dir.path())
+        .args(["component", "--storage", "wasi-keyvalue", "-o"])
+        .arg(&spin)
+        .output()
+        .unwrap());
+    let imports = imports_of(&spin);
+    for name in &imports {
+        assert!(
+            name.starts_with("wasi:keyvalue/") && name.ends_with("@0.2.0-draft2")
+                || name.starts_with("wasi:cli/")
+                || name.starts_with("wasi:io/")
+                || name.starts_with("wasi:clocks/")
+                || name.starts_with("wasi:random/"),
+            "what Spin provides, nothing else: {name}"
+        );
+    }
+    let bad = kvstash(dir.path())
+        .args(["component", "--storage", apps::DRAFT, "-o"])
+        .arg(dir.path().join("x.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("storage"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

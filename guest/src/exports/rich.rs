@@ -2,7 +2,7 @@
 
 use super::{Component, engine};
 use crate::bindings::exports::kvstash::store::store as api;
-use crate::bindings::kvstash::store::types;
+use crate::bindings::exports::kvstash::store::types;
 use crate::engine::{
     Condition, EventKind, Holder, Lease, ListOptions, Mutation, Op, StoreError, TxnCheck, Value,
     Versioned, WriteOptions, validate_bucket,

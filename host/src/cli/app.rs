@@ -46,10 +46,31 @@ pub struct ComposeArgs {
     /// Where to write the composed component.
     #[arg(long, short)]
     output: PathBuf,
-    /// A storage adapter component (exports kvstash:store/storage) to plug
-    /// in as well, e.g. the wasi:keyvalue adapter for Spin and other hosts.
-    #[arg(long, value_name = "ADAPTER.wasm")]
-    storage: Option<PathBuf>,
+    /// Plug a storage adapter into kvstash too: `wasi-keyvalue` (the
+    /// built-in adapter over wasi:keyvalue 0.2.0-draft2, for Spin and other
+    /// plain key/value hosts) or a component file exporting
+    /// kvstash:store/storage.
+    #[arg(long, value_name = "wasi-keyvalue|ADAPTER.wasm")]
+    storage: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ComponentArgs {
+    /// Where to write the component.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Plug a storage adapter in (see `compose --storage`); without one the
+    /// component imports kvstash:store/storage.
+    #[arg(long, value_name = "wasi-keyvalue|ADAPTER.wasm")]
+    storage: Option<String>,
+}
+
+/// The bytes of a `--storage` adapter.
+fn storage_adapter(name: &str) -> anyhow::Result<Vec<u8>> {
+    if name == "wasi-keyvalue" {
+        return Ok(crate::KEYVALUE_ADAPTER_WASM.to_vec());
+    }
+    read_app(Path::new(name))
 }
 
 fn name_value(text: &str) -> Result<(String, String), String> {
@@ -130,10 +151,22 @@ fn exit_code(code: i32) -> ExitCode {
 /// `kvstash compose`.
 pub fn compose(args: &ComposeArgs) -> anyhow::Result<()> {
     let wasm = read_app(&args.app)?;
-    let storage = args.storage.as_deref().map(read_app).transpose()?;
+    let storage = args.storage.as_deref().map(storage_adapter).transpose()?;
     let composed = crate::run::compose(&wasm, storage.as_deref())
         .with_context(|| format!("composing {}", args.app.display()))?;
     std::fs::write(&args.output, composed)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    Ok(())
+}
+
+/// `kvstash component`: the kvstash component itself, for other hosts.
+pub fn component(args: &ComponentArgs) -> anyhow::Result<()> {
+    let wasm = match args.storage.as_deref() {
+        None => crate::GUEST_WASM.to_vec(),
+        Some(name) => crate::run::kvstash_with_storage(&storage_adapter(name)?)
+            .context("plugging in the storage adapter")?,
+    };
+    std::fs::write(&args.output, wasm)
         .with_context(|| format!("writing {}", args.output.display()))?;
     Ok(())
 }

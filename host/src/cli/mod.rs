@@ -214,6 +214,11 @@ enum Command {
     /// imports only kvstash:store/storage and WASI (or, with --storage, what
     /// the storage adapter imports), and runs on any host that provides them.
     Compose(app::ComposeArgs),
+    /// Write the kvstash component, for hosts other than this one (jco,
+    /// wasmtime, a Spin component dependency). `--storage wasi-keyvalue`
+    /// plugs in the adapter that stores through wasi:keyvalue 0.2.0-draft2:
+    /// what a Spin app lists under [component.NAME.dependencies].
+    Component(app::ComponentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -393,6 +398,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     if let Command::Compose(args) = &cli.command {
         app::compose(args)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Command::Component(args) = &cli.command {
+        app::component(args)?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Command::Bench {
@@ -759,7 +768,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             eprintln!("imported {count} records");
         }
         Command::Bench { .. } => bail!("`bench` does not run on a store"),
-        Command::Run(_) | Command::Compose(_) => bail!("apps are not run on an open store"),
+        Command::Run(_) | Command::Compose(_) | Command::Component(_) => {
+            bail!("apps are not run on an open store")
+        }
     }
     out_flush().map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -92,6 +92,15 @@ pub fn plug(socket: &[u8], plug: &[u8], plug_name: &str) -> Result<Option<Vec<u8
         .map_err(|e| compose(e.into()))
 }
 
+/// The kvstash component with `storage` (an adapter exporting
+/// `kvstash:store/storage`) plugged into its storage import: one component
+/// that imports what the adapter imports (for Spin: `wasi:keyvalue` draft2).
+pub fn kvstash_with_storage(storage: &[u8]) -> Result<Vec<u8>, AppError> {
+    plug(crate::GUEST_WASM, storage, "kvstash:storage-adapter")?.ok_or_else(|| {
+        AppError::Compose("the storage adapter exports no `kvstash:store/storage@0.1.0`".into())
+    })
+}
+
 /// The app with kvstash plugged in, and `storage` (an adapter exporting
 /// `kvstash:store/storage`) plugged into that if given.
 ///

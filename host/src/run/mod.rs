@@ -28,7 +28,7 @@ mod command;
 mod compose;
 mod http;
 
-pub use compose::compose;
+pub use compose::{compose, kvstash_with_storage};
 
 /// Why an app could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

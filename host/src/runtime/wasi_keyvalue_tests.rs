@@ -312,7 +312,7 @@ async fn empty_and_default_store_names_open_the_default_bucket() {
         .unwrap();
     assert_eq!(
         entry.value,
-        crate::bindings::kvstash::store::types::Value::Bytes(b"from-draft".to_vec())
+        crate::bindings::exports::kvstash::store::types::Value::Bytes(b"from-draft".to_vec())
     );
     lease.finish(Ok(())).unwrap();
 }

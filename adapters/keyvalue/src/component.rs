@@ -1,0 +1,236 @@
+//! The component: exports `kvstash:store/storage@0.1.0` over the imported
+//! `wasi:keyvalue@0.2.0-draft2` (Spin 3.x and 4.x, wasmCloud).
+//!
+//! Its configuration is `{"type":"wasi-keyvalue","store":"default",
+//! "retention":10000}`: the store it opens (Spin's label; `"default"` unless
+//! given) and how many commits the change feed keeps. kvstash asks for it
+//! with `config()` and opens it with `backend.open`.
+
+wit_bindgen::generate!({
+    inline: "
+        package kvstash:keyvalue-adapter;
+        world adapter {
+            import wasi:keyvalue/store@0.2.0-draft2;
+            import wasi:keyvalue/atomics@0.2.0-draft2;
+            import wasi:keyvalue/batch@0.2.0-draft2;
+            export kvstash:store/storage@0.1.0;
+        }
+    ",
+    path: "../../wit",
+    world: "kvstash:keyvalue-adapter/adapter",
+    generate_all,
+});
+
+use self::wasi::keyvalue0_2_0_draft2::{atomics, batch, store};
+use exports::kvstash::store::storage as wit;
+
+use crate::kv::{Kv, KvError};
+use crate::store::{self as core, KvStorage, StorageError};
+
+/// The configuration kvstash gets from `config()`.
+const CONFIG: &str = r#"{"type":"wasi-keyvalue","store":"default"}"#;
+
+struct Adapter;
+
+/// One opened `wasi:keyvalue` store.
+struct Bucket(store::Bucket);
+
+fn kv_error(e: store::Error) -> KvError {
+    KvError(match e {
+        store::Error::NoSuchStore => "no-such-store".into(),
+        store::Error::AccessDenied => "access-denied".into(),
+        store::Error::Other(why) => why,
+    })
+}
+
+impl Kv for Bucket {
+    type Cas = atomics::Cas;
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(key).map_err(kv_error)
+    }
+
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let found = batch::get_many(&self.0, keys).map_err(kv_error)?;
+        // Hosts answer by key; match by key, not by position.
+        let mut by_key: std::collections::HashMap<String, Vec<u8>> =
+            found.into_iter().flatten().collect();
+        Ok(keys.iter().map(|key| by_key.remove(key)).collect())
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.0.set(key, value).map_err(kv_error)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.0.delete(key).map_err(kv_error)
+    }
+
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.0.list_keys(cursor.as_deref()).map_err(kv_error)?;
+            keys.extend(page.keys.into_iter().filter(|k| k.starts_with(prefix)));
+            match page.cursor {
+                // Spin returns every key with no cursor; others page.
+                Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
+                Some(_) | None => return Ok(keys),
+            }
+        }
+    }
+
+    fn read(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>), KvError> {
+        let cas = atomics::Cas::new(&self.0, key).map_err(kv_error)?;
+        let current = cas.current().map_err(kv_error)?;
+        Ok((cas, current))
+    }
+
+    fn swap(&self, cas: Self::Cas, value: &[u8]) -> Result<bool, KvError> {
+        match atomics::swap(cas, value) {
+            Ok(()) => Ok(true),
+            Err(atomics::CasError::CasFailed(_)) => Ok(false),
+            Err(atomics::CasError::StoreError(e)) => Err(kv_error(e)),
+        }
+    }
+}
+
+fn to_wit(e: StorageError) -> wit::StorageError {
+    match e {
+        StorageError::Conflict { index, current } => {
+            wit::StorageError::Conflict(wit::Conflict { index, current })
+        }
+        StorageError::Compacted { oldest } => wit::StorageError::Compacted(oldest),
+        StorageError::Invalid(why) => wit::StorageError::Invalid(why),
+        StorageError::Unavailable(why) => wit::StorageError::Unavailable(why),
+    }
+}
+
+fn entry(e: core::Entry) -> wit::Entry {
+    wit::Entry {
+        key: e.key,
+        value: e.value,
+        version: e.version,
+    }
+}
+
+/// The opened backend.
+struct Backend(KvStorage<Bucket>);
+
+impl wit::Guest for Adapter {
+    type Backend = Backend;
+
+    fn config() -> String {
+        CONFIG.to_string()
+    }
+}
+
+fn parse_config(config: &str) -> Result<(String, u64), StorageError> {
+    let invalid = |why: String| StorageError::Invalid(why);
+    let value: serde_json::Value =
+        serde_json::from_str(config).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    match value.get("type").and_then(|t| t.as_str()) {
+        Some("wasi-keyvalue") => {}
+        other => {
+            return Err(invalid(format!(
+                "this adapter opens `{{\"type\":\"wasi-keyvalue\"}}`, not {other:?}"
+            )));
+        }
+    }
+    let store = match value.get("store") {
+        None => "default".to_string(),
+        Some(serde_json::Value::String(name)) => name.clone(),
+        Some(_) => return Err(invalid("`store` must be a string".into())),
+    };
+    let retention = match value.get("retention") {
+        None => core::DEFAULT_RETENTION,
+        Some(n) => n
+            .as_u64()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| invalid("`retention` must be a positive integer".into()))?,
+    };
+    Ok((store, retention))
+}
+
+impl wit::GuestBackend for Backend {
+    fn open(config: String) -> Result<wit::Backend, wit::StorageError> {
+        let (name, retention) = parse_config(&config).map_err(to_wit)?;
+        let bucket = store::open(&name).map_err(|e| to_wit(StorageError::from(kv_error(e))))?;
+        Ok(wit::Backend::new(Backend(KvStorage::with_retention(
+            Bucket(bucket),
+            retention,
+        ))))
+    }
+
+    fn get(&self, key: Vec<u8>) -> Result<Option<wit::Entry>, wit::StorageError> {
+        Ok(self.0.get(&key).map_err(to_wit)?.map(entry))
+    }
+
+    fn get_many(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<wit::Entry>>, wit::StorageError> {
+        Ok(self
+            .0
+            .get_many(&keys)
+            .map_err(to_wit)?
+            .into_iter()
+            .map(|e| e.map(entry))
+            .collect())
+    }
+
+    fn scan(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<Vec<wit::Entry>, wit::StorageError> {
+        Ok(self
+            .0
+            .scan(&start, end.as_deref(), limit, reverse)
+            .map_err(to_wit)?
+            .into_iter()
+            .map(entry)
+            .collect())
+    }
+
+    fn commit(
+        &self,
+        checks: Vec<wit::Check>,
+        writes: Vec<wit::Write>,
+    ) -> Result<u64, wit::StorageError> {
+        let checks: Vec<core::Check> = checks
+            .into_iter()
+            .map(|c| match c {
+                wit::Check::VersionIs((key, version)) => core::Check::VersionIs(key, version),
+                wit::Check::Absent(key) => core::Check::Absent(key),
+            })
+            .collect();
+        let writes = writes
+            .into_iter()
+            .map(|w| core::Write {
+                key: w.key,
+                value: w.value,
+            })
+            .collect();
+        self.0.commit(&checks, writes).map_err(to_wit)
+    }
+
+    fn current_version(&self) -> Result<u64, wit::StorageError> {
+        self.0.current_version().map_err(to_wit)
+    }
+
+    fn changes(&self, since: u64, limit: u32) -> Result<Vec<wit::Change>, wit::StorageError> {
+        Ok(self
+            .0
+            .changes(since, limit)
+            .map_err(to_wit)?
+            .into_iter()
+            .map(|c| wit::Change {
+                version: c.version,
+                key: c.key,
+                value: c.value,
+            })
+            .collect())
+    }
+}
+
+export!(Adapter);

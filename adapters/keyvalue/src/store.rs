@@ -1,0 +1,398 @@
+//! [`KvStorage`]: kvstash's storage semantics over a [`Kv`].
+//!
+//! The commit point is one compare-and-swap of the head record, from
+//! `(v, no intent)` to `(v + 1, intent)`. From then on the commit is decided:
+//! whoever finds the intent in the head (the committer, or any later reader
+//! or writer) applies its writes, each by a CAS that only replaces an older
+//! version, writes its log record, and clears the intent with a CAS. A
+//! committer stopped at any point leaves either no trace but garbage that is
+//! never read (before the head CAS), or a decided commit that the next
+//! caller finishes (after it).
+
+use std::collections::HashSet;
+
+use crate::codec::{self, Head, Intent, Record};
+use crate::kv::{Kv, KvError};
+
+/// Most records one `scan` returns; larger limits are clamped to it.
+pub const MAX_SCAN: u32 = 10_000;
+/// Most keys one `get-many` may ask for.
+pub const MAX_GET_MANY: usize = 10_000;
+/// Most writes one commit may carry.
+pub const MAX_WRITES: usize = 10_000;
+/// Commits whose log records are kept for the change feed, by default.
+pub const DEFAULT_RETENTION: u64 = 10_000;
+/// Attempts of a commit or a consistent read before giving up as too busy.
+const MAX_ATTEMPTS: usize = 100;
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// A precondition of a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    VersionIs(Vec<u8>, u64),
+    Absent(Vec<u8>),
+}
+
+/// One write of a commit; `value: None` deletes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub version: u64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// The `kvstash:store/storage` errors this adapter produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageError {
+    Conflict { index: u32, current: Option<u64> },
+    Compacted { oldest: u64 },
+    Invalid(String),
+    Unavailable(String),
+}
+
+impl From<KvError> for StorageError {
+    fn from(e: KvError) -> Self {
+        StorageError::Unavailable(format!("the key/value store failed: {}", e.0))
+    }
+}
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Unavailable(format!("damaged {what} in the key/value store"))
+}
+
+fn busy() -> StorageError {
+    StorageError::Unavailable(format!(
+        "the key/value store changed under {MAX_ATTEMPTS} attempts in a row; try again"
+    ))
+}
+
+/// kvstash's storage over a plain key/value store `K`.
+#[derive(Debug)]
+pub struct KvStorage<K> {
+    kv: K,
+    retention: u64,
+}
+
+impl<K: Kv> KvStorage<K> {
+    pub fn new(kv: K) -> Self {
+        Self::with_retention(kv, DEFAULT_RETENTION)
+    }
+
+    /// A store whose change feed keeps the last `retention` commits (at least 1).
+    pub fn with_retention(kv: K, retention: u64) -> Self {
+        Self {
+            kv,
+            retention: retention.max(1),
+        }
+    }
+
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    /// The head with its CAS handle.
+    fn read_head(&self) -> Result<(K::Cas, Head), StorageError> {
+        let (cas, bytes) = self.kv.read(codec::HEAD)?;
+        let head = match bytes {
+            None => Head::default(),
+            Some(bytes) => codec::decode_head(&bytes).ok_or_else(|| corrupt("head record"))?,
+        };
+        Ok((cas, head))
+    }
+
+    /// The store's version, once every decided commit is applied.
+    fn settled_version(&self) -> Result<u64, StorageError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (cas, head) = self.read_head()?;
+            match head.pending {
+                None => return Ok(head.version),
+                Some(intent) => self.finish(cas, head.version, &intent)?,
+            }
+        }
+        Err(busy())
+    }
+
+    /// Applies a decided commit and clears it from the head (unless someone
+    /// else already moved the head on).
+    fn finish(&self, cas: K::Cas, version: u64, intent: &Intent) -> Result<(), StorageError> {
+        self.apply(intent)?;
+        let settled = Head {
+            version,
+            pending: None,
+        };
+        self.kv.swap(cas, &codec::encode_head(&settled))?;
+        Ok(())
+    }
+
+    /// Writes a decided commit's records and log record. Idempotent, and
+    /// harmless when late: a record is only replaced if it is older.
+    fn apply(&self, intent: &Intent) -> Result<(), StorageError> {
+        let mut seen = HashSet::new();
+        // The last write of a key is the one that stands.
+        for write in intent.writes.iter().rev() {
+            if !seen.insert(write.key.as_slice()) {
+                continue;
+            }
+            let key = codec::record_key(&write.key);
+            let record = codec::encode_record(&Record {
+                version: intent.version,
+                value: write.value.clone(),
+            });
+            let mut applied = false;
+            for _ in 0..MAX_ATTEMPTS {
+                let (cas, current) = self.kv.read(&key)?;
+                let current_version = match current {
+                    None => 0,
+                    Some(bytes) => {
+                        codec::decode_record(&bytes)
+                            .ok_or_else(|| corrupt("record"))?
+                            .version
+                    }
+                };
+                if current_version >= intent.version || self.kv.swap(cas, &record)? {
+                    applied = true;
+                    break;
+                }
+            }
+            if !applied {
+                return Err(busy());
+            }
+        }
+        self.kv.set(
+            &codec::log_key(intent.version),
+            &codec::encode_intent(intent),
+        )?;
+        if let Some(old) = intent.version.checked_sub(self.retention)
+            && old > 0
+        {
+            self.kv.delete(&codec::log_key(old))?;
+        }
+        Ok(())
+    }
+
+    fn record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        match self.kv.get(&codec::record_key(key))? {
+            None => Ok(None),
+            Some(bytes) => codec::decode_record(&bytes)
+                .map(Some)
+                .ok_or_else(|| corrupt("record")),
+        }
+    }
+
+    /// Runs `read` at a settled version and returns its result if no record
+    /// it saw is newer (else a commit interleaved: read again).
+    fn consistent<T>(
+        &self,
+        read: impl Fn(&Self) -> Result<(T, u64), StorageError>,
+    ) -> Result<T, StorageError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let version = self.settled_version()?;
+            let (value, newest) = read(self)?;
+            if newest <= version {
+                return Ok(value);
+            }
+        }
+        Err(busy())
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
+        self.settled_version()?;
+        Ok(self.record(key)?.and_then(|r| live(key.to_vec(), r)))
+    }
+
+    pub fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
+        if keys.len() > MAX_GET_MANY {
+            return Err(StorageError::Invalid(format!(
+                "{} keys in one get-many, at most {MAX_GET_MANY}",
+                keys.len()
+            )));
+        }
+        self.consistent(|this| {
+            let names: Vec<String> = keys.iter().map(|k| codec::record_key(k)).collect();
+            let values = this.kv.get_many(&names)?;
+            let mut newest = 0;
+            let mut out = Vec::with_capacity(keys.len());
+            for (key, value) in keys.iter().zip(values) {
+                let record = match value {
+                    None => None,
+                    Some(bytes) => {
+                        Some(codec::decode_record(&bytes).ok_or_else(|| corrupt("record"))?)
+                    }
+                };
+                newest = newest.max(record.as_ref().map_or(0, |r| r.version));
+                out.push(record.and_then(|r| live(key.clone(), r)));
+            }
+            Ok((out, newest))
+        })
+    }
+
+    /// Every live record in range, in order. A plain key/value store has no
+    /// order: this lists every key of the store and sorts (see docs/backends.md).
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let limit = usize::try_from(limit.min(MAX_SCAN)).unwrap_or(usize::MAX);
+        self.consistent(|this| {
+            let mut keys: Vec<Vec<u8>> = this
+                .kv
+                .keys(codec::RECORDS)?
+                .iter()
+                .filter_map(|name| codec::parse_record_key(name))
+                .filter(|k| k.as_slice() >= start && end.is_none_or(|end| k.as_slice() < end))
+                .collect();
+            keys.sort_unstable();
+            if reverse {
+                keys.reverse();
+            }
+            let mut out = Vec::new();
+            let mut newest = 0;
+            // Tombstones are skipped, so read in chunks until `limit` are live.
+            for chunk in keys.chunks(limit.clamp(1, 1000)) {
+                if out.len() >= limit {
+                    break;
+                }
+                let names: Vec<String> = chunk.iter().map(|k| codec::record_key(k)).collect();
+                for (key, value) in chunk.iter().zip(this.kv.get_many(&names)?) {
+                    let Some(bytes) = value else { continue };
+                    let record = codec::decode_record(&bytes).ok_or_else(|| corrupt("record"))?;
+                    newest = newest.max(record.version);
+                    if out.len() < limit {
+                        out.extend(live(key.clone(), record));
+                    }
+                }
+            }
+            Ok((out, newest))
+        })
+    }
+
+    /// All writes if every check holds, else nothing; the new version.
+    pub fn commit(&self, checks: &[Check], writes: Vec<Write>) -> Result<u64, StorageError> {
+        if writes.is_empty() {
+            return Err(StorageError::Invalid(
+                "a commit needs at least one write".into(),
+            ));
+        }
+        if writes.len() > MAX_WRITES {
+            return Err(StorageError::Invalid(format!(
+                "{} writes in one commit, at most {MAX_WRITES}",
+                writes.len()
+            )));
+        }
+        let mut intent = Intent { version: 0, writes };
+        for _ in 0..MAX_ATTEMPTS {
+            let (cas, head) = self.read_head()?;
+            if let Some(pending) = head.pending {
+                self.finish(cas, head.version, &pending)?;
+                continue;
+            }
+            for (index, check) in checks.iter().enumerate() {
+                let (key, wanted) = match check {
+                    Check::VersionIs(key, version) => (key, Some(*version)),
+                    Check::Absent(key) => (key, None),
+                };
+                let current = self
+                    .record(key)?
+                    .filter(|r| r.value.is_some())
+                    .map(|r| r.version);
+                if current != wanted {
+                    return Err(StorageError::Conflict {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        current,
+                    });
+                }
+            }
+            intent.version = head
+                .version
+                .checked_add(1)
+                .ok_or_else(|| StorageError::Unavailable("versions exhausted".into()))?;
+            let decided = Head {
+                version: intent.version,
+                pending: Some(intent),
+            };
+            let swapped = self.kv.swap(cas, &codec::encode_head(&decided))?;
+            let Some(pending) = decided.pending else {
+                return Err(busy());
+            };
+            if !swapped {
+                // Someone else committed first: check again on their result.
+                intent = pending;
+                continue;
+            }
+            // Decided. Finishing now is a courtesy: if it fails, the next
+            // caller finishes it, so the commit stands either way.
+            if let Ok((cas, head)) = self.read_head()
+                && head.pending.as_ref() == Some(&pending)
+            {
+                let _ = self.finish(cas, head.version, &pending);
+            }
+            return Ok(pending.version);
+        }
+        Err(busy())
+    }
+
+    pub fn current_version(&self) -> Result<u64, StorageError> {
+        self.settled_version()
+    }
+
+    /// Every write of every commit after `since`, whole commits, stopping
+    /// at the first commit boundary at or after `limit` changes.
+    pub fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
+        let version = self.settled_version()?;
+        if since >= version {
+            return Ok(Vec::new());
+        }
+        let oldest = version.saturating_sub(self.retention).saturating_add(1);
+        if since.saturating_add(1) < oldest {
+            return Err(StorageError::Compacted { oldest });
+        }
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let mut next = since + 1;
+        while next <= version && out.len() < limit {
+            let last = version.min(next.saturating_add(99));
+            let names: Vec<String> = (next..=last).map(codec::log_key).collect();
+            for (v, value) in (next..=last).zip(self.kv.get_many(&names)?) {
+                if out.len() >= limit {
+                    break;
+                }
+                // Trimmed while we read: the feed is compacted past it.
+                let bytes = value.ok_or(StorageError::Compacted { oldest: v + 1 })?;
+                let intent = codec::decode_intent(&bytes).ok_or_else(|| corrupt("log record"))?;
+                out.extend(intent.writes.into_iter().map(|w| Change {
+                    version: v,
+                    key: w.key,
+                    value: w.value,
+                }));
+            }
+            next = last + 1;
+        }
+        Ok(out)
+    }
+}
+
+/// The entry a record is, unless it is a tombstone.
+fn live(key: Vec<u8>, record: Record) -> Option<Entry> {
+    record.value.map(|value| Entry {
+        key,
+        value,
+        version: record.version,
+    })
+}
