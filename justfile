@@ -38,6 +38,12 @@ wit-check: build-guest
     wasm-tools component wit wit/ > /dev/null
     wasm-tools component wit {{guest_wasm}} | grep -E '^\s*(import|export) '
 
+# The kvstash component with the wasi:keyvalue storage adapter, for
+# examples/spin (and any Spin app's [component.NAME.dependencies]).
+spin-deps:
+    mkdir -p examples/spin/deps
+    cargo run --release -- component --storage wasi-keyvalue -o examples/spin/deps/kvstash-spin.wasm
+
 # What CI runs.
 ci:
     bash .ci/run

@@ -4,15 +4,20 @@
 //! | key | value |
 //! |---|---|
 //! | `kvstash/head` | version (u64 LE) · intent, if a commit is being applied |
+//! | `kvstash/init` | a counter (the host's encoding): who created the head |
 //! | `kvstash/r/HEX` | version (u64 LE) · 1 + value, or 0 (a tombstone) |
 //! | `kvstash/log/VERSION` (20 digits) | the commit's intent |
 //!
-//! An intent is the commit's version and writes: `u64 version · u32 count ·
-//! (u32 key-len · key · u8 0|1 · [u32 value-len · value])*`, integers LE.
+//! An intent is the commit's version, a random nonce (two committers writing
+//! the same values must still tell their commits apart) and its writes:
+//! `u64 version · u64 nonce · u32 count · (u32 key-len · key · u8 0|1 ·
+//! [u32 value-len · value])*`, integers LE.
 
 use crate::store::Write;
 
 pub const HEAD: &str = "kvstash/head";
+/// A counter whose first increment elects the one creator of the head.
+pub const INIT: &str = "kvstash/init";
 pub const RECORDS: &str = "kvstash/r/";
 pub const LOG: &str = "kvstash/log/";
 
@@ -53,10 +58,11 @@ pub struct Head {
     pub pending: Option<Intent>,
 }
 
-/// A commit: its version and its writes.
+/// A commit: its version, its committer's nonce and its writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Intent {
     pub version: u64,
+    pub nonce: u64,
     pub writes: Vec<Write>,
 }
 
@@ -111,6 +117,7 @@ pub fn decode_record(bytes: &[u8]) -> Option<Record> {
 
 pub fn encode_intent(intent: &Intent) -> Vec<u8> {
     let mut out = intent.version.to_le_bytes().to_vec();
+    out.extend_from_slice(&intent.nonce.to_le_bytes());
     push_len(&mut out, intent.writes.len());
     for write in &intent.writes {
         push_len(&mut out, write.key.len());
@@ -130,6 +137,7 @@ pub fn encode_intent(intent: &Intent) -> Vec<u8> {
 pub fn decode_intent(bytes: &[u8]) -> Option<Intent> {
     let mut reader = Reader(bytes);
     let version = reader.u64()?;
+    let nonce = reader.u64()?;
     let count = reader.len()?;
     let mut writes = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
@@ -145,7 +153,11 @@ pub fn decode_intent(bytes: &[u8]) -> Option<Intent> {
         };
         writes.push(Write { key, value });
     }
-    reader.0.is_empty().then_some(Intent { version, writes })
+    reader.0.is_empty().then_some(Intent {
+        version,
+        nonce,
+        writes,
+    })
 }
 
 /// Lengths are u32; the commit limits keep every one far below 4 GiB.

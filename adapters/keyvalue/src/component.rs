@@ -2,8 +2,10 @@
 //! `wasi:keyvalue@0.2.0-draft2` (Spin 3.x and 4.x, wasmCloud).
 //!
 //! Its configuration is `{"type":"wasi-keyvalue","store":"default",
-//! "retention":10000}`: the store it opens (Spin's label; `"default"` unless
-//! given) and how many commits the change feed keeps. kvstash asks for it
+//! "retention":10000,"max_commit_bytes":16777216}`: the store it opens
+//! (Spin's label; `"default"` unless given), how many commits the change
+//! feed keeps, and the largest commit it accepts (a commit travels in one
+//! value of the host's store). kvstash asks for it
 //! with `config()` and opens it with `backend.open`.
 
 wit_bindgen::generate!({
@@ -53,9 +55,10 @@ impl Kv for Bucket {
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         let found = batch::get_many(&self.0, keys).map_err(kv_error)?;
         // Hosts answer by key; match by key, not by position.
-        let mut by_key: std::collections::HashMap<String, Vec<u8>> =
+        // (Spin's SQLite store omits missing keys and does not keep order.)
+        let by_key: std::collections::HashMap<String, Vec<u8>> =
             found.into_iter().flatten().collect();
-        Ok(keys.iter().map(|key| by_key.remove(key)).collect())
+        Ok(keys.iter().map(|key| by_key.get(key).cloned()).collect())
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
@@ -69,13 +72,16 @@ impl Kv for Bucket {
     fn keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
         let mut keys = Vec::new();
         let mut cursor = None;
+        let mut seen = std::collections::HashSet::new();
         loop {
             let page = self.0.list_keys(cursor.as_deref()).map_err(kv_error)?;
             keys.extend(page.keys.into_iter().filter(|k| k.starts_with(prefix)));
             match page.cursor {
                 // Spin returns every key with no cursor; others page.
-                Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
-                Some(_) | None => return Ok(keys),
+                Some(next) if seen.insert(next.clone()) => cursor = Some(next),
+                // A cursor seen before would loop forever.
+                Some(_) => return Err(KvError("list-keys returned a cursor twice".into())),
+                None => return Ok(keys),
             }
         }
     }
@@ -84,6 +90,10 @@ impl Kv for Bucket {
         let cas = atomics::Cas::new(&self.0, key).map_err(kv_error)?;
         let current = cas.current().map_err(kv_error)?;
         Ok((cas, current))
+    }
+
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        atomics::increment(&self.0, key, delta).map_err(kv_error)
     }
 
     fn swap(&self, cas: Self::Cas, value: &[u8]) -> Result<bool, KvError> {
@@ -125,7 +135,7 @@ impl wit::Guest for Adapter {
     }
 }
 
-fn parse_config(config: &str) -> Result<(String, u64), StorageError> {
+fn parse_config(config: &str) -> Result<(String, core::Limits), StorageError> {
     let invalid = |why: String| StorageError::Invalid(why);
     let value: serde_json::Value =
         serde_json::from_str(config).map_err(|e| invalid(format!("not JSON: {e}")))?;
@@ -142,23 +152,27 @@ fn parse_config(config: &str) -> Result<(String, u64), StorageError> {
         Some(serde_json::Value::String(name)) => name.clone(),
         Some(_) => return Err(invalid("`store` must be a string".into())),
     };
-    let retention = match value.get("retention") {
-        None => core::DEFAULT_RETENTION,
+    let positive = |field: &str, default: u64| match value.get(field) {
+        None => Ok(default),
         Some(n) => n
             .as_u64()
             .filter(|&n| n > 0)
-            .ok_or_else(|| invalid("`retention` must be a positive integer".into()))?,
+            .ok_or_else(|| invalid(format!("`{field}` must be a positive integer"))),
     };
-    Ok((store, retention))
+    let limits = core::Limits {
+        retention: positive("retention", core::Limits::default().retention)?,
+        max_commit_bytes: positive("max_commit_bytes", core::Limits::default().max_commit_bytes)?,
+    };
+    Ok((store, limits))
 }
 
 impl wit::GuestBackend for Backend {
     fn open(config: String) -> Result<wit::Backend, wit::StorageError> {
-        let (name, retention) = parse_config(&config).map_err(to_wit)?;
+        let (name, limits) = parse_config(&config).map_err(to_wit)?;
         let bucket = store::open(&name).map_err(|e| to_wit(StorageError::from(kv_error(e))))?;
-        Ok(wit::Backend::new(Backend(KvStorage::with_retention(
+        Ok(wit::Backend::new(Backend(KvStorage::with_limits(
             Bucket(bucket),
-            retention,
+            limits,
         ))))
     }
 

@@ -21,6 +21,11 @@ pub trait Kv {
     /// Reads `key` for a compare-and-swap.
     fn read(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>), KvError>;
     /// Writes `value` if the key is unchanged since `cas` was read; `false`
-    /// if it changed (nothing written).
+    /// if it changed (nothing written). Not every host keeps that promise
+    /// (see `docs/backends.md`): the adapter never relies on a swap from an
+    /// absent key, and confirms every commit by reading it back.
     fn swap(&self, cas: Self::Cas, value: &[u8]) -> Result<bool, KvError>;
+    /// Atomically adds `delta` to the counter at `key` (absent: 0) and
+    /// returns the result (`atomics.increment`).
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError>;
 }

@@ -1,6 +1,6 @@
 //! kvstash's storage over a plain `wasi:keyvalue@0.2.0-draft2` store, so
-//! kvstash's semantics run on any host's key/value store (Spin's SQLite
-//! default, Redis, DynamoDB, Cosmos through Spin's runtime config).
+//! kvstash's semantics run on a host's plain key/value store (Spin's SQLite
+//! default; what holds on which host: `docs/backends.md`).
 //!
 //! A plain key/value store has single-key operations and a single-key
 //! compare-and-swap; kvstash needs ordered scans, versions, a change feed and
@@ -22,7 +22,7 @@
 //! - `store` — [`KvStorage`]: the storage semantics over a [`Kv`]
 //! - `codec` — the byte layout of head, records, intents and keys
 //! - `component` — the Wasm component: exports `kvstash:store/storage`,
-//!   imports `wasi:keyvalue/{store,atomics}@0.2.0-draft2` (wasm32 only)
+//!   imports `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft2` (wasm32 only)
 
 mod codec;
 #[cfg(target_arch = "wasm32")]
@@ -32,7 +32,7 @@ mod kv;
 mod store;
 
 pub use kv::{Kv, KvError};
-pub use store::{Change, Check, Entry, KvStorage, MAX_SCAN, StorageError, Write};
+pub use store::{Change, Check, Entry, KvStorage, Limits, MAX_SCAN, StorageError, Write};
 
 #[cfg(test)]
 mod tests;

@@ -20,10 +20,37 @@ pub const MAX_SCAN: u32 = 10_000;
 pub const MAX_GET_MANY: usize = 10_000;
 /// Most writes one commit may carry.
 pub const MAX_WRITES: usize = 10_000;
-/// Commits whose log records are kept for the change feed, by default.
-pub const DEFAULT_RETENTION: u64 = 10_000;
+/// What the adapter accepts and keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Commits whose log records are kept for the change feed.
+    pub retention: u64,
+    /// Largest encoded commit: it travels in one value of the host's store
+    /// (the head), so it must fit there, and be readable back.
+    pub max_commit_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            retention: 10_000,
+            max_commit_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
 /// Attempts of a commit or a consistent read before giving up as too busy.
 const MAX_ATTEMPTS: usize = 100;
+/// Extra reads of the head when the one after a commit's swap fails.
+const OUTCOME_READS: usize = 3;
+
+/// A number no other commit's is (64 random bits from std's per-process
+/// random keys, which come from `wasi:random` on wasm).
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
 
 /// A stored record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,19 +111,31 @@ fn busy() -> StorageError {
 #[derive(Debug)]
 pub struct KvStorage<K> {
     kv: K,
-    retention: u64,
+    limits: Limits,
+}
+
+/// What reading the head back says about a commit we tried to decide.
+enum Outcome<Cas> {
+    /// Ours is in the head (not yet applied), with the head's CAS handle.
+    Pending(Cas),
+    /// Ours is applied (its log record is there).
+    Applied,
+    /// Another commit took the version, or none did: not ours.
+    NotOurs,
 }
 
 impl<K: Kv> KvStorage<K> {
     pub fn new(kv: K) -> Self {
-        Self::with_retention(kv, DEFAULT_RETENTION)
+        Self::with_limits(kv, Limits::default())
     }
 
-    /// A store whose change feed keeps the last `retention` commits (at least 1).
-    pub fn with_retention(kv: K, retention: u64) -> Self {
+    pub fn with_limits(kv: K, limits: Limits) -> Self {
         Self {
             kv,
-            retention: retention.max(1),
+            limits: Limits {
+                retention: limits.retention.max(1),
+                max_commit_bytes: limits.max_commit_bytes.max(1),
+            },
         }
     }
 
@@ -104,14 +143,40 @@ impl<K: Kv> KvStorage<K> {
         &self.kv
     }
 
-    /// The head with its CAS handle.
+    /// The head with its CAS handle. A store's first use creates it.
     fn read_head(&self) -> Result<(K::Cas, Head), StorageError> {
-        let (cas, bytes) = self.kv.read(codec::HEAD)?;
-        let head = match bytes {
-            None => Head::default(),
-            Some(bytes) => codec::decode_head(&bytes).ok_or_else(|| corrupt("head record"))?,
-        };
-        Ok((cas, head))
+        let mut created = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let (cas, bytes) = self.kv.read(codec::HEAD)?;
+            if let Some(bytes) = bytes {
+                let head = codec::decode_head(&bytes).ok_or_else(|| corrupt("head record"))?;
+                return Ok((cas, head));
+            }
+            if !created {
+                self.create_head()?;
+                created = true;
+            }
+        }
+        Err(StorageError::Unavailable(format!(
+            "the store's head record `{}` is missing although `{}` says it was created: \
+             a first use stopped half-way, or is still running. If nothing was ever \
+             committed, delete `{}` and retry",
+            codec::HEAD,
+            codec::INIT,
+            codec::INIT
+        )))
+    }
+
+    /// Creates the head once. A swap from an absent key is not a real CAS on
+    /// every host (Spin's SQLite store makes it an upsert), so two first
+    /// commits could both "win" it; instead the first to increment `INIT`
+    /// creates the head, and everyone else waits for it.
+    fn create_head(&self) -> Result<(), StorageError> {
+        if self.kv.increment(codec::INIT, 1)? == 1 {
+            self.kv
+                .set(codec::HEAD, &codec::encode_head(&Head::default()))?;
+        }
+        Ok(())
     }
 
     /// The store's version, once every decided commit is applied.
@@ -163,7 +228,17 @@ impl<K: Kv> KvStorage<K> {
                             .version
                     }
                 };
-                if current_version >= intent.version || self.kv.swap(cas, &record)? {
+                if current_version >= intent.version {
+                    applied = true;
+                    break;
+                }
+                // Creating a key is a plain upsert on some hosts: create it
+                // only while the commit is still pending (else it is
+                // finished, and a newer commit may own the key by now).
+                if current_version == 0 && !self.still_pending(intent)? {
+                    return Ok(());
+                }
+                if self.kv.swap(cas, &record)? {
                     applied = true;
                     break;
                 }
@@ -176,12 +251,42 @@ impl<K: Kv> KvStorage<K> {
             &codec::log_key(intent.version),
             &codec::encode_intent(intent),
         )?;
-        if let Some(old) = intent.version.checked_sub(self.retention)
+        if let Some(old) = intent.version.checked_sub(self.limits.retention)
             && old > 0
         {
             self.kv.delete(&codec::log_key(old))?;
         }
         Ok(())
+    }
+
+    fn still_pending(&self, intent: &Intent) -> Result<bool, StorageError> {
+        let (_, head) = self.read_head()?;
+        Ok(head.pending.as_ref() == Some(intent))
+    }
+
+    /// Reads the head back after trying to decide `intent`: the host's
+    /// answer to the swap is not trusted (a reply can be lost after the
+    /// write, and some hosts misreport).
+    fn outcome(&self, intent: &Intent) -> Result<Outcome<K::Cas>, StorageError> {
+        let (cas, head) = self.read_head()?;
+        if head.pending.as_ref() == Some(intent) {
+            return Ok(Outcome::Pending(cas));
+        }
+        if head.version < intent.version {
+            return Ok(Outcome::NotOurs);
+        }
+        match self.kv.get(&codec::log_key(intent.version))? {
+            Some(bytes) if codec::decode_intent(&bytes).as_ref() == Some(intent) => {
+                Ok(Outcome::Applied)
+            }
+            Some(_) => Ok(Outcome::NotOurs),
+            None if head.version.saturating_sub(intent.version) < self.limits.retention => {
+                Ok(Outcome::NotOurs)
+            }
+            None => Err(StorageError::Unavailable(
+                "the outcome of this commit is unknown: its log record is already trimmed".into(),
+            )),
+        }
     }
 
     fn record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
@@ -296,7 +401,18 @@ impl<K: Kv> KvStorage<K> {
                 writes.len()
             )));
         }
-        let mut intent = Intent { version: 0, writes };
+        let mut intent = Intent {
+            version: 0,
+            nonce: nonce(),
+            writes,
+        };
+        let size = codec::encode_intent(&intent).len();
+        if u64::try_from(size).unwrap_or(u64::MAX) > self.limits.max_commit_bytes {
+            return Err(StorageError::Invalid(format!(
+                "a commit of {size} bytes; this store takes at most {} (`max_commit_bytes`)",
+                self.limits.max_commit_bytes
+            )));
+        }
         for _ in 0..MAX_ATTEMPTS {
             let (cas, head) = self.read_head()?;
             if let Some(pending) = head.pending {
@@ -325,25 +441,33 @@ impl<K: Kv> KvStorage<K> {
                 .ok_or_else(|| StorageError::Unavailable("versions exhausted".into()))?;
             let decided = Head {
                 version: intent.version,
-                pending: Some(intent),
+                pending: Some(intent.clone()),
             };
-            let swapped = self.kv.swap(cas, &codec::encode_head(&decided))?;
-            let Some(pending) = decided.pending else {
-                return Err(busy());
+            let swapped = self.kv.swap(cas, &codec::encode_head(&decided));
+            // Whatever the host answered, the head says what happened; a
+            // lost reply to that read is retried before giving up.
+            let mut outcome = self.outcome(&intent);
+            for _ in 0..OUTCOME_READS {
+                if outcome.is_ok() {
+                    break;
+                }
+                outcome = self.outcome(&intent);
+            }
+            let outcome = match (outcome, swapped) {
+                (Ok(outcome), _) => outcome,
+                (Err(_), Err(e)) => return Err(e.into()),
+                (Err(e), Ok(_)) => return Err(e),
             };
-            if !swapped {
-                // Someone else committed first: check again on their result.
-                intent = pending;
-                continue;
+            match outcome {
+                Outcome::NotOurs => continue,
+                Outcome::Applied => return Ok(intent.version),
+                Outcome::Pending(cas) => {
+                    // Decided. Finishing now is a courtesy: if it fails, the
+                    // next caller finishes it, so the commit stands either way.
+                    let _ = self.finish(cas, intent.version, &intent);
+                    return Ok(intent.version);
+                }
             }
-            // Decided. Finishing now is a courtesy: if it fails, the next
-            // caller finishes it, so the commit stands either way.
-            if let Ok((cas, head)) = self.read_head()
-                && head.pending.as_ref() == Some(&pending)
-            {
-                let _ = self.finish(cas, head.version, &pending);
-            }
-            return Ok(pending.version);
         }
         Err(busy())
     }
@@ -359,13 +483,15 @@ impl<K: Kv> KvStorage<K> {
         if since >= version {
             return Ok(Vec::new());
         }
-        let oldest = version.saturating_sub(self.retention).saturating_add(1);
+        let oldest = version
+            .saturating_sub(self.limits.retention)
+            .saturating_add(1);
         if since.saturating_add(1) < oldest {
             return Err(StorageError::Compacted { oldest });
         }
         let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
         let mut out = Vec::new();
-        let mut next = since + 1;
+        let mut next = since.saturating_add(1);
         while next <= version && out.len() < limit {
             let last = version.min(next.saturating_add(99));
             let names: Vec<String> = (next..=last).map(codec::log_key).collect();
@@ -374,7 +500,9 @@ impl<K: Kv> KvStorage<K> {
                     break;
                 }
                 // Trimmed while we read: the feed is compacted past it.
-                let bytes = value.ok_or(StorageError::Compacted { oldest: v + 1 })?;
+                let bytes = value.ok_or(StorageError::Compacted {
+                    oldest: v.saturating_add(1),
+                })?;
                 let intent = codec::decode_intent(&bytes).ok_or_else(|| corrupt("log record"))?;
                 out.extend(intent.writes.into_iter().map(|w| Change {
                     version: v,
@@ -382,7 +510,7 @@ impl<K: Kv> KvStorage<K> {
                     value: w.value,
                 }));
             }
-            next = last + 1;
+            next = last.saturating_add(1);
         }
         Ok(out)
     }

@@ -13,12 +13,17 @@ use super::*;
 type Map = Rc<RefCell<BTreeMap<String, Vec<u8>>>>;
 
 /// A `Kv` over a shared map. Calls are counted; from call `stop_at` on,
-/// every call fails (the process stopped there); before call `hook_at`,
-/// `hook` runs (another writer gets in).
+/// every call fails (the process stopped there); call `lose_reply_at` takes
+/// effect but answers an error (a lost reply); before call `hook_at`,
+/// `hook` runs (another writer gets in). With `absent_swap_upserts`, a swap
+/// from a key read as absent writes whatever is there now, as Spin's SQLite
+/// store does.
 struct MemKv {
     map: Map,
     calls: Cell<usize>,
     stop_at: Option<usize>,
+    lose_reply_at: Option<usize>,
+    absent_swap_upserts: bool,
     hook_at: Option<usize>,
     hook: RefCell<Option<Box<dyn FnOnce()>>>,
 }
@@ -29,9 +34,27 @@ impl MemKv {
             map: map.clone(),
             calls: Cell::new(0),
             stop_at: None,
+            lose_reply_at: None,
+            absent_swap_upserts: false,
             hook_at: None,
             hook: RefCell::new(None),
         }
+    }
+
+    fn spin_like(map: &Map) -> Self {
+        Self {
+            absent_swap_upserts: true,
+            ..Self::new(map)
+        }
+    }
+
+    /// The answer of a call whose effect is done.
+    fn reply<T>(&self, value: T) -> Result<T, KvError> {
+        let n = self.calls.get() - 1;
+        if self.lose_reply_at == Some(n) {
+            return Err(KvError(format!("reply of call {n} lost")));
+        }
+        Ok(value)
     }
 
     fn call(&self) -> Result<(), KvError> {
@@ -59,7 +82,8 @@ impl Kv for MemKv {
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.call()?;
-        Ok(self.map.borrow().get(key).cloned())
+        let value = self.map.borrow().get(key).cloned();
+        self.reply(value)
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
@@ -67,47 +91,66 @@ impl Kv for MemKv {
         self.map
             .borrow_mut()
             .insert(key.to_string(), value.to_vec());
-        Ok(())
+        self.reply(())
     }
 
     fn delete(&self, key: &str) -> Result<(), KvError> {
         self.call()?;
         self.map.borrow_mut().remove(key);
-        Ok(())
+        self.reply(())
     }
 
     fn keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
         self.call()?;
         // No order promised: hand them back reversed.
-        Ok(self
+        let keys = self
             .map
             .borrow()
             .keys()
             .rev()
             .filter(|k| k.starts_with(prefix))
             .cloned()
-            .collect())
+            .collect();
+        self.reply(keys)
     }
 
     fn read(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>), KvError> {
         self.call()?;
         let current = self.map.borrow().get(key).cloned();
-        Ok(((key.to_string(), current.clone()), current))
+        self.reply(((key.to_string(), current.clone()), current))
     }
 
     fn swap(&self, (key, seen): Self::Cas, value: &[u8]) -> Result<bool, KvError> {
         self.call()?;
         let mut map = self.map.borrow_mut();
-        if map.get(&key) != seen.as_ref() {
-            return Ok(false);
+        let upsert = seen.is_none() && self.absent_swap_upserts;
+        if !upsert && map.get(&key) != seen.as_ref() {
+            drop(map);
+            return self.reply(false);
         }
         map.insert(key, value.to_vec());
-        Ok(true)
+        drop(map);
+        self.reply(true)
+    }
+
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.call()?;
+        let mut map = self.map.borrow_mut();
+        let current = map
+            .get(key)
+            .map_or(0, |v| i64::from_le_bytes(v.as_slice().try_into().unwrap()));
+        map.insert(key.to_string(), (current + delta).to_le_bytes().to_vec());
+        drop(map);
+        self.reply(current + delta)
     }
 }
 
 fn storage(map: &Map) -> KvStorage<MemKv> {
     KvStorage::new(MemKv::new(map))
+}
+
+fn spin_like(map: &Map) -> KvStorage<MemKv> {
+    KvStorage::new(MemKv::spin_like(map))
 }
 
 fn put(key: &str, value: &str) -> Write {
@@ -212,7 +255,11 @@ fn commits_reads_scans_and_the_change_feed() {
 #[test]
 fn the_feed_keeps_only_the_retention() {
     let map = Map::default();
-    let s = KvStorage::with_retention(MemKv::new(&map), 3);
+    let limits = Limits {
+        retention: 3,
+        ..Limits::default()
+    };
+    let s = KvStorage::with_limits(MemKv::new(&map), limits);
     for i in 0..10 {
         s.commit(&[], vec![put("k", &i.to_string())]).unwrap();
     }
@@ -312,15 +359,26 @@ fn increment(s: &KvStorage<MemKv>, key: &[u8]) -> u64 {
 
 #[test]
 fn another_writer_between_any_two_calls_loses_no_increment() {
+    for spin in [false, true] {
+        racing_increments(spin);
+    }
+}
+
+fn racing_increments(spin: bool) {
     let mut at = 0;
     loop {
         let map = Map::default();
         storage(&map).commit(&[], vec![put("n", "0")]).unwrap();
         let mut kv = MemKv::new(&map);
+        kv.absent_swap_upserts = spin;
         kv.hook_at = Some(at);
         let other = map.clone();
         *kv.hook.borrow_mut() = Some(Box::new(move || {
-            increment(&storage(&other), b"n");
+            let other = KvStorage::new(MemKv {
+                absent_swap_upserts: spin,
+                ..MemKv::new(&other)
+            });
+            increment(&other, b"n");
         }));
         let s = KvStorage::new(kv);
         increment(&s, b"n");
@@ -372,6 +430,7 @@ fn a_commit_left_half_applied_is_finished_by_the_next_reader() {
 fn codec_round_trips_and_rejects_damage() {
     let intent = codec::Intent {
         version: 7,
+        nonce: 42,
         writes: vec![put("k", "v"), del("gone")],
     };
     let head = codec::Head {
@@ -406,4 +465,104 @@ fn damaged_records_are_errors_not_panics() {
         storage(&map).get(b"a"),
         Err(StorageError::Unavailable(_))
     ));
+}
+
+#[test]
+fn first_commits_racing_on_a_host_whose_absent_swap_is_an_upsert_both_count() {
+    // Spin's SQLite store turns a swap from an absent key into an upsert:
+    // two first commits of a fresh store must still get two versions.
+    let mut at = 0;
+    loop {
+        let map = Map::default();
+        let mut kv = MemKv::spin_like(&map);
+        kv.hook_at = Some(at);
+        let other = map.clone();
+        let theirs = Rc::new(Cell::new(0));
+        let their_version = theirs.clone();
+        *kv.hook.borrow_mut() = Some(Box::new(move || {
+            // Between our claim of the head and its creation, the other
+            // writer can only wait: it gets a retryable error (0 here).
+            match spin_like(&other).commit(&[], vec![put("b", "theirs")]) {
+                Ok(version) => their_version.set(version),
+                Err(StorageError::Unavailable(_)) => their_version.set(0),
+                Err(e) => panic!("{e:?}"),
+            }
+        }));
+        let s = KvStorage::new(kv);
+        let mine = s.commit(&[], vec![put("a", "mine")]).unwrap();
+        let hooked = s.kv().hook.borrow().is_none();
+        let seen = state(&map);
+        if hooked && theirs.get() == 0 {
+            assert_eq!(seen, vec![("a".to_string(), "mine".to_string(), mine)]);
+        } else if hooked {
+            assert_ne!(mine, theirs.get(), "other writer at {at}");
+            let mut want = vec![
+                ("a".to_string(), "mine".to_string(), mine),
+                ("b".to_string(), "theirs".to_string(), theirs.get()),
+            ];
+            want.sort();
+            assert_eq!(seen, want, "other writer at {at}");
+        } else {
+            assert_eq!(seen, vec![("a".to_string(), "mine".to_string(), 1)]);
+            break;
+        }
+        at += 1;
+    }
+    assert!(at > 3);
+}
+
+#[test]
+fn a_lost_reply_at_any_call_never_misreports_a_commit() {
+    // The host applies a call and the answer is lost: `ok` must mean the
+    // commit is there, an error that it is not.
+    let mut at = 0;
+    loop {
+        let map = Map::default();
+        storage(&map).commit(&[], vec![put("a", "1")]).unwrap();
+        let mut kv = MemKv::new(&map);
+        kv.lose_reply_at = Some(at);
+        let s = KvStorage::new(kv);
+        let outcome = s.commit(
+            &[Check::VersionIs(b"a".to_vec(), 1)],
+            vec![put("a", "2"), put("b", "2")],
+        );
+        let calls = s.kv().calls.get();
+        let seen = state(&map);
+        let after = vec![
+            ("a".to_string(), "2".to_string(), 2),
+            ("b".to_string(), "2".to_string(), 2),
+        ];
+        match outcome {
+            Ok(2) => assert_eq!(seen, after, "reply lost at {at}"),
+            Ok(v) => panic!("version {v} at {at}"),
+            Err(StorageError::Unavailable(_)) => assert_eq!(
+                seen,
+                vec![("a".to_string(), "1".to_string(), 1)],
+                "reply lost at {at}: an error, yet the commit is there"
+            ),
+            Err(e) => panic!("{e:?} at {at}"),
+        }
+        if calls <= at {
+            break;
+        }
+        at += 1;
+    }
+    assert!(at > 5);
+}
+
+#[test]
+fn a_commit_larger_than_the_limit_is_refused_before_anything_is_written() {
+    let map = Map::default();
+    let limits = Limits {
+        max_commit_bytes: 100,
+        ..Limits::default()
+    };
+    let s = KvStorage::with_limits(MemKv::new(&map), limits);
+    let big = "x".repeat(200);
+    assert!(matches!(
+        s.commit(&[], vec![put("k", &big)]),
+        Err(StorageError::Invalid(why)) if why.contains("max_commit_bytes")
+    ));
+    assert!(map.borrow().is_empty());
+    s.commit(&[], vec![put("k", "small")]).unwrap();
 }
