@@ -281,6 +281,13 @@ fn an_http_app_answers_and_outlives_a_trapping_request() {
     let (status, body) = get(&served.addr, "/hit");
     assert_eq!((status, payload(&body)), (200, "hits=2\n".to_string()));
     assert_eq!(get(&served.addr, "/nope").0, 404);
+    // Ctrl-C stops the server cleanly.
+    let mut served = served;
+    let pid = served.child.id().to_string();
+    let signalled = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(signalled.success());
+    let status = served.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
     drop(served);
     // Served requests were durable: a new server counts on.
     let served = serve(dir.path(), apps::HTTP);
