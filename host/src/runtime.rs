@@ -145,10 +145,23 @@ pub(crate) fn load_cached(
     name: &str,
     cache_dir: Option<&Path>,
 ) -> wasmtime::Result<Component> {
+    load_cached_from(engine, &[wasm], name, cache_dir, || Ok(wasm.to_vec()))
+}
+
+/// Like [`load_cached`] for a component that `make` produces from `inputs`
+/// (an app and what is plugged into it): the cache is keyed by the inputs,
+/// so a hit skips `make` as well as compiling.
+pub(crate) fn load_cached_from(
+    engine: &Engine,
+    inputs: &[&[u8]],
+    name: &str,
+    cache_dir: Option<&Path>,
+    make: impl FnOnce() -> wasmtime::Result<Vec<u8>>,
+) -> wasmtime::Result<Component> {
     let Some(dir) = cache_dir else {
-        return Component::new(engine, wasm);
+        return Component::new(engine, make()?);
     };
-    let path = dir.join(format!("{name}-{}.cwasm", cache_key(engine, wasm)));
+    let path = dir.join(format!("{name}-{}.cwasm", cache_key(engine, inputs)));
     if path.is_file() {
         if let Ok(component) = deserialize_cached(engine, &path) {
             return Ok(component);
@@ -156,7 +169,7 @@ pub(crate) fn load_cached(
         // Damaged or stale: compile afresh and replace it.
         let _ = std::fs::remove_file(&path);
     }
-    let component = Component::new(engine, wasm)?;
+    let component = Component::new(engine, make()?)?;
     if let Ok(bytes) = component.serialize() {
         // Write-then-rename so a concurrent reader never sees half a file.
         let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
@@ -179,13 +192,15 @@ fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Componen
     unsafe { Component::deserialize_file(engine, path) }
 }
 
-fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+fn cache_key(engine: &Engine, inputs: &[&[u8]]) -> String {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
     let mut sha = Sha256::new();
-    sha.update(wasm);
+    for input in inputs {
+        sha.update(Sha256::digest(input));
+    }
     sha.update(engine_hash.finish().to_le_bytes());
     sha.update(env!("CARGO_PKG_VERSION"));
     sha.finalize()

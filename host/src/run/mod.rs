@@ -150,14 +150,29 @@ impl App {
     pub fn load(name: &str, wasm: &[u8], options: AppOptions) -> Result<App, AppError> {
         let host = |e: String| AppError::Host(e);
         let config = with_store_names(&options.config, &options.stores)?;
-        let app = compose::to_component(wasm)?;
-        let composed = compose::plug(&app, crate::GUEST_WASM, "kvstash:store")?.unwrap_or(app);
         let runtime =
             Runtime::get(options.cache_dir.as_deref()).map_err(|e| host(e.to_string()))?;
         let engine = &runtime.engine;
-        let component =
-            runtime::load_cached(engine, &composed, "app", options.cache_dir.as_deref())
-                .map_err(|e| host(format!("compiling the app: {e:#}")))?;
+        // Composing costs more than loading the compiled result: a cached
+        // app (keyed by its bytes and kvstash's) skips both.
+        let mut composing = None;
+        let component = runtime::load_cached_from(
+            engine,
+            &[wasm, crate::GUEST_WASM],
+            "app",
+            options.cache_dir.as_deref(),
+            || match compose_app(wasm) {
+                Ok(composed) => Ok(composed),
+                Err(e) => {
+                    composing = Some(e);
+                    Err(wasmtime::Error::msg("composing failed"))
+                }
+            },
+        );
+        if let Some(e) = composing {
+            return Err(e);
+        }
+        let component = component.map_err(|e| host(format!("compiling the app: {e:#}")))?;
         let kind = kind_of(engine, &component)?;
         let linker = linker(engine).map_err(|e| host(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(missing_import)?;
@@ -197,6 +212,13 @@ impl App {
             self.options.memory_limit,
         ))
     }
+}
+
+/// The app as a component with kvstash plugged in (or as it is, if it
+/// imports nothing kvstash exports).
+fn compose_app(wasm: &[u8]) -> Result<Vec<u8>, AppError> {
+    let app = compose::to_component(wasm)?;
+    Ok(compose::plug(&app, crate::GUEST_WASM, "kvstash:store")?.unwrap_or(app))
 }
 
 /// Every import an app may have besides what kvstash fills.
