@@ -1,5 +1,5 @@
-//! Builds the guest component and the wasi:keyvalue storage adapter with a
-//! nested cargo, so a plain `cargo build` or `cargo test` works on a fresh
+//! Builds the guest component and the storage adapters (wasi:keyvalue,
+//! memory) with a nested cargo, so a plain `cargo build` or `cargo test` works on a fresh
 //! clone.
 
 use std::path::PathBuf;
@@ -8,6 +8,13 @@ use std::path::PathBuf;
 mod build_support;
 
 const TARGET: &str = "wasm32-wasip2";
+
+/// What this script builds: (crate file name, the variable naming its path).
+const COMPONENTS: [(&str, &str); 3] = [
+    ("kvstash_guest", "KVSTASH_GUEST_WASM"),
+    ("kvstash_keyvalue_adapter", "KVSTASH_ADAPTER_WASM"),
+    ("kvstash_memory_adapter", "KVSTASH_MEMORY_ADAPTER_WASM"),
+];
 
 fn main() {
     if let Err(e) = build_guest() {
@@ -28,6 +35,8 @@ fn build_guest() -> Result<(), String> {
         "guest/Cargo.toml",
         "adapters/keyvalue/src",
         "adapters/keyvalue/Cargo.toml",
+        "adapters/memory/src",
+        "adapters/memory/Cargo.toml",
         "wit",
         "Cargo.lock",
         "Cargo.toml",
@@ -35,31 +44,29 @@ fn build_guest() -> Result<(), String> {
     ] {
         println!("cargo::rerun-if-changed={}", root.join(input).display());
     }
-    println!("cargo::rerun-if-env-changed=KVSTASH_GUEST_WASM_OVERRIDE");
-    println!("cargo::rerun-if-env-changed=KVSTASH_ADAPTER_WASM_OVERRIDE");
+    println!("cargo::rerun-if-env-changed=KVSTASH_WASM_OVERRIDE_DIR");
 
-    // Prebuilt components (e.g. for cross builds that cannot run cargo twice).
-    if let (Ok(guest), Ok(adapter)) = (
-        std::env::var("KVSTASH_GUEST_WASM_OVERRIDE"),
-        std::env::var("KVSTASH_ADAPTER_WASM_OVERRIDE"),
-    ) {
-        println!("cargo::rustc-env=KVSTASH_GUEST_WASM={guest}");
-        println!("cargo::rustc-env=KVSTASH_ADAPTER_WASM={adapter}");
+    // Prebuilt components (e.g. for cross builds that cannot run cargo
+    // twice): a directory holding the three files this script would build.
+    if let Ok(dir) = std::env::var("KVSTASH_WASM_OVERRIDE_DIR") {
+        for (name, var) in COMPONENTS {
+            let wasm = PathBuf::from(&dir).join(format!("{name}.wasm"));
+            println!("cargo::rustc-env={var}={}", wasm.display());
+        }
         return Ok(());
     }
 
     build_support::ensure_target_installed(TARGET)?;
     let target_dir = root.join("target").join("guest");
     let mut cmd = build_support::nested_cargo(&root);
-    cmd.args(["build", "--package", "kvstash-guest"])
-        .args(["--package", "kvstash-keyvalue-adapter", "--target", TARGET])
-        .args(["--profile", "guest", "--target-dir"])
+    cmd.args(["build", "--target", TARGET]);
+    for (name, _) in COMPONENTS {
+        cmd.args(["--package", &name.replace('_', "-")]);
+    }
+    cmd.args(["--profile", "guest", "--target-dir"])
         .arg(&target_dir);
-    build_support::run(cmd, "the guest component and the storage adapter")?;
-    for (name, var) in [
-        ("kvstash_guest", "KVSTASH_GUEST_WASM"),
-        ("kvstash_keyvalue_adapter", "KVSTASH_ADAPTER_WASM"),
-    ] {
+    build_support::run(cmd, "the guest component and the storage adapters")?;
+    for (name, var) in COMPONENTS {
         let wasm = target_dir
             .join(TARGET)
             .join("guest")

