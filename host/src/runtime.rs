@@ -175,8 +175,11 @@ pub(crate) fn load_cached_from(
     }
     let component = Component::new(engine, make()?)?;
     if let Ok(bytes) = component.serialize() {
-        // Write-then-rename so a concurrent reader never sees half a file.
-        let tmp = dir.join(format!(".{name}-{}.tmp", std::process::id()));
+        // Write-then-rename so a concurrent reader never sees half a file;
+        // the temporary name is unique even between threads of one process.
+        static TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}-{}-{n}.tmp", std::process::id()));
         let written = std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, &path));
@@ -219,23 +222,56 @@ fn cache_key(engine: &Engine, inputs: &[&[u8]]) -> String {
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: String,
+    /// The one leaf configuration `backend.open` may name: the store's
+    /// configuration without the layer options the guest strips. Whatever
+    /// calls the storage import (kvstash, or an app trusted with it) can
+    /// open the configured store, and nothing else the host could open.
+    leaf: Option<serde_json::Value>,
     registry: Registry,
     opened: Mutex<HashMap<String, Arc<dyn Backend>>>,
+}
+
+/// The options of every configuration that the guest handles itself
+/// (guest/src/config.rs) and so never passes to `backend.open`.
+const LAYER_OPTIONS: [&str; 3] = ["prefix", "read_only", "stores"];
+
+/// `config` without its layer options: what the guest opens.
+pub(crate) fn leaf_of(config: &str) -> Option<serde_json::Value> {
+    let mut value: serde_json::Value = serde_json::from_str(config).ok()?;
+    let fields = value.as_object_mut()?;
+    for option in LAYER_OPTIONS {
+        fields.remove(option);
+    }
+    Some(value)
 }
 
 impl Shared {
     pub(crate) fn new(config: String, registry: Registry) -> Self {
         Self {
+            leaf: leaf_of(&config),
             config,
             registry,
             opened: Mutex::new(HashMap::new()),
         }
     }
 
-    fn open_backend(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
+    /// The store configuration the guest reads.
+    pub(crate) fn config(&self) -> &str {
+        &self.config
+    }
+
+    pub(crate) fn open_backend(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(backend) = opened.get(config) {
             return Ok(backend.clone());
+        }
+        if let Some(leaf) = &self.leaf {
+            let asked: Option<serde_json::Value> = serde_json::from_str(config).ok();
+            if asked.as_ref() != Some(leaf) {
+                return Err(BackendError::Invalid(
+                    "this store opens only the backend it was configured with".into(),
+                ));
+            }
         }
         let backend = self.registry.open(config)?;
         opened.insert(config.to_string(), backend.clone());

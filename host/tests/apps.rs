@@ -177,6 +177,39 @@ fn a_missing_import_is_named_before_anything_runs() {
 }
 
 #[test]
+fn an_app_importing_kvstash_storage_itself_is_refused() {
+    // Else it could open any file store of its choosing, around kvstash.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("escaped.redb");
+    let out = run(dir.path(), &[apps::ESCAPE, target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("imports `kvstash:store/storage@0.1.0`"),
+        "{err}"
+    );
+    assert_eq!(text(&out.stdout), "");
+    assert!(!target.exists());
+    // Even trusted with the storage import, it opens no other store.
+    let out = run(
+        dir.path(),
+        &["--trust-storage", apps::ESCAPE, target.to_str().unwrap()],
+    );
+    assert!(
+        text(&out.stdout).starts_with("refused: "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!target.exists());
+    let composed = kvstash(dir.path())
+        .args(["compose", apps::ESCAPE, "-o"])
+        .arg(dir.path().join("x.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(composed.status.code(), Some(1));
+}
+
+#[test]
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let not_wasm = dir.path().join("app.wasm");
@@ -296,6 +329,49 @@ fn an_http_app_answers_and_outlives_a_trapping_request() {
 }
 
 #[test]
+fn a_request_that_never_ends_is_stopped_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = kvstash(dir.path())
+        .args(["run", "--listen", "127.0.0.1:0", "--request-timeout", "1s"])
+        .arg(apps::HTTP)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    std::thread::spawn(move || lines.for_each(drop));
+    // Two looping requests (as many as this machine has cores) at once.
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || get(&addr, "/loop").0)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Meanwhile others are served.
+    let (status, body) = get(&addr, "/hit");
+    assert_eq!((status, payload(&body)), (200, "hits=1\n".to_string()));
+    for looping in loops {
+        assert_eq!(looping.join().unwrap(), 503);
+    }
+    // And Ctrl-C still stops the server.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
 fn compose_writes_an_app_that_imports_only_storage_and_wasi() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("draft-composed.wasm");
@@ -325,13 +401,31 @@ fn compose_writes_an_app_that_imports_only_storage_and_wasi() {
         );
         assert!(!name.starts_with("wasi:keyvalue/"), "{name} not plugged");
     }
-    // The composed app runs under `kvstash run` like the original.
-    assert_eq!(ok(run(dir.path(), &[out.to_str().unwrap()])), "runs=1\n");
-    // An app that imports no key/value interface (here: the composed one)
-    // has nothing to plug, and is refused.
-    let refused = kvstash(dir.path())
+    // The composed app runs under `kvstash run` like the original, once
+    // trusted with the storage import its kvstash needs.
+    let refused = run(dir.path(), &[out.to_str().unwrap()]);
+    assert!(text(&refused.stderr).contains("--trust-storage"));
+    let trusted = run(dir.path(), &["--trust-storage", out.to_str().unwrap()]);
+    assert_eq!(ok(trusted), "runs=1\n");
+    // Composing it again is refused: it imports kvstash's storage itself.
+    let again = kvstash(dir.path())
         .args(["compose", out.to_str().unwrap(), "-o"])
         .arg(dir.path().join("x.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("storage interface"));
+    // An app that imports no key/value interface (here: one composed with
+    // the memory adapter, which imports only WASI) has nothing to plug.
+    let sealed = dir.path().join("sealed.wasm");
+    ok(kvstash(dir.path())
+        .args(["compose", "--storage", "memory", apps::DRAFT, "-o"])
+        .arg(&sealed)
+        .output()
+        .unwrap());
+    let refused = kvstash(dir.path())
+        .args(["compose", sealed.to_str().unwrap(), "-o"])
+        .arg(dir.path().join("y.wasm"))
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));

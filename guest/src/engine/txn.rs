@@ -458,8 +458,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     }
 
     /// Adds `delta` to the integer stored at `key` (a missing key counts as
-    /// zero) atomically, and returns the new value, stored as JSON. The key
-    /// keeps its expiry.
+    /// zero) atomically, and returns the new value, stored as `N` stores it
+    /// ([`Counter::to_record`]: decimal text, or 8 LE bytes). The key keeps its expiry.
     pub fn increment<N: Counter>(
         &self,
         bucket: &str,
@@ -677,8 +677,8 @@ impl Prepared {
     }
 }
 
-/// The record an increment leaves: `base` (absent: 0) plus `delta`, as a
-/// JSON number, keeping `base`'s expiry unless `expires_at_ms` replaces it.
+/// The record an increment leaves: `base` (absent: 0) plus `delta`, encoded
+/// as `N` encodes it, keeping `base`'s expiry unless `expires_at_ms` replaces it.
 fn add<N: Counter>(
     base: Option<&Record>,
     delta: N,

@@ -37,6 +37,15 @@ pub struct RunArgs {
     /// Address an HTTP app listens on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+    /// Run an app that imports kvstash's storage interface itself, such as a
+    /// `kvstash compose` output: it may then read and write the configured
+    /// store directly, around kvstash's read_only, prefix and stores rules.
+    #[arg(long)]
+    trust_storage: bool,
+    /// Longest an HTTP request may run before it is stopped (503): 500ms,
+    /// 30s, 5m.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
+    request_timeout: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,8 +87,8 @@ fn storage_adapter(name: &str) -> anyhow::Result<Vec<u8>> {
 
 fn name_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((name, value)) => Ok((name.to_string(), value.to_string())),
-        None => Err(format!("expected NAME=VALUE, got `{text}`")),
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        Some(_) | None => Err(format!("expected NAME=VALUE, got `{text}`")),
     }
 }
 
@@ -117,6 +126,8 @@ pub async fn run(
     options.dirs = args.dirs;
     options.network = args.net;
     options.listen = args.listen;
+    options.request_timeout = args.request_timeout;
+    options.trust_storage = args.trust_storage;
     let shown = args.app.display().to_string();
     let app = App::load(&name, &wasm, options).with_context(|| format!("{shown} cannot run"))?;
     match app.kind() {

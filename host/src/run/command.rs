@@ -14,7 +14,7 @@ impl App {
         }
         let pre =
             CommandPre::new(self.pre.clone()).map_err(|e| AppError::Host(format!("{e:#}")))?;
-        let mut store = self.context()?.into_store(pre.engine());
+        let mut store = self.store()?;
         let command = pre
             .instantiate_async(&mut store)
             .await

@@ -15,7 +15,7 @@
 //! Whatever is not filled stays an import of the result: WASI for both, and
 //! `kvstash:store/storage` when no adapter is given.
 
-use wac_graph::types::Package;
+use wac_graph::types::{Package, Types};
 use wac_graph::{CompositionGraph, EncodeOptions, PlugError};
 
 use super::AppError;
@@ -66,6 +66,26 @@ fn exports_start(module: &[u8]) -> Result<bool, AppError> {
     Ok(false)
 }
 
+/// Interfaces that are the host's to kvstash, never an app's: an app that
+/// imports the storage interface itself would reach every backend the host
+/// can open (any file path), around kvstash and its `read_only`, `prefix`
+/// and `stores` rules.
+const HOST_ONLY: &[&str] = &["kvstash:store/storage"];
+
+/// Refuses an app (a component) that imports a host-only interface.
+pub fn check_app_imports(app: &[u8]) -> Result<(), AppError> {
+    let mut types = Types::new();
+    let package = Package::from_bytes("app:app", None, app.to_vec(), &mut types)
+        .map_err(|e| AppError::Compose(format!("{e:#}")))?;
+    for name in types[package.ty()].imports.keys() {
+        let interface = name.split('@').next().unwrap_or(name);
+        if HOST_ONLY.contains(&interface) {
+            return Err(AppError::Forbidden(name.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// Plugs `plug`'s exports into `socket`'s imports. `Ok(None)`: `socket`
 /// imports nothing `plug` exports.
 pub fn plug(socket: &[u8], plug: &[u8], plug_name: &str) -> Result<Option<Vec<u8>>, AppError> {
@@ -107,6 +127,7 @@ pub fn kvstash_with_storage(storage: &[u8]) -> Result<Vec<u8>, AppError> {
 /// An app that imports none of kvstash's interfaces is `NothingToPlug`.
 pub fn compose(app: &[u8], storage: Option<&[u8]>) -> Result<Vec<u8>, AppError> {
     let app = to_component(app)?;
+    check_app_imports(&app)?;
     let with_kvstash =
         plug(&app, crate::GUEST_WASM, "kvstash:store")?.ok_or(AppError::NothingToPlug)?;
     match storage {

@@ -4,8 +4,11 @@
 //! Every request gets a fresh instance from the pre-linked app (linking and
 //! type checks are done once, in [`App::load`]; an instance costs tens of
 //! microseconds), so no request sees another's memory and a trap harms only
-//! its own request: it is answered `500` and the server goes on. At most
-//! [`super::AppOptions::max_instances`] requests run at once; more wait.
+//! its own request: it is answered `500` and the server goes on. A request
+//! running longer than [`super::AppOptions::request_timeout`] is stopped
+//! (its instance yields every few milliseconds, so a loop holds no thread)
+//! and answered `503`. At most [`super::AppOptions::max_instances`] requests
+//! run at once; more wait.
 //! Everything requests share lives in the store, behind its commits.
 
 use std::convert::Infallible;
@@ -84,20 +87,29 @@ impl Server {
     async fn handle(&self, request: hyper::Request<Incoming>) -> Response {
         match self.try_handle(request).await {
             Ok(response) => response,
+            Err(e) if e.is::<tokio::time::error::Elapsed>() => {
+                eprintln!(
+                    "kvstash: {}: a request ran longer than {:?} and was stopped",
+                    self.app.name, self.app.options.request_timeout
+                );
+                error_response(
+                    hyper::StatusCode::SERVICE_UNAVAILABLE,
+                    "request timed out\n",
+                )
+            }
             Err(e) => {
                 eprintln!("kvstash: {}: request failed: {e:?}", self.app.name);
-                error_response()
+                error_response(
+                    hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal server error\n",
+                )
             }
         }
     }
 
     async fn try_handle(&self, request: hyper::Request<Incoming>) -> wasmtime::Result<Response> {
         let permit = self.permits.clone().acquire_owned().await?;
-        let mut store = self
-            .app
-            .context()
-            .map_err(wasmtime::Error::msg)?
-            .into_store(self.pre.engine());
+        let mut store = self.app.store().map_err(wasmtime::Error::msg)?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let request = store
             .data_mut()
@@ -105,14 +117,30 @@ impl Server {
             .new_incoming_request(Scheme::Http, request)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.pre.clone();
-        // The handler may go on writing the body after it set the response.
+        let name = self.app.name.clone();
+        let timeout = self.app.options.request_timeout;
+        // The handler may go on writing the body after it set the response;
+        // the deadline covers all of it.
         let task = tokio::spawn(async move {
             let _permit = permit;
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, out)
-                .await
+            let handled = tokio::time::timeout(timeout, async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, out)
+                    .await
+            })
+            .await;
+            match handled {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(trap)) => {
+                    // Reported here too: after the response was set, no
+                    // one else sees it.
+                    eprintln!("kvstash: {name}: the app trapped: {trap:?}");
+                    Err(trap)
+                }
+                Err(elapsed) => Err(wasmtime::Error::new(elapsed)),
+            }
         });
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
@@ -130,11 +158,11 @@ impl Server {
     }
 }
 
-fn error_response() -> Response {
-    let body = http_body_util::Full::new(Bytes::from_static(b"internal server error\n"))
+fn error_response(status: hyper::StatusCode, message: &'static str) -> Response {
+    let body = http_body_util::Full::new(Bytes::from_static(message.as_bytes()))
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();
     let mut response = hyper::Response::new(body);
-    *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+    *response.status_mut() = status;
     response
 }

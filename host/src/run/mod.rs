@@ -16,12 +16,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-use crate::runtime::{self, KvCtx, Runtime, Shared};
+use crate::runtime::{self, KvCtx, Shared};
 use crate::{Registry, StoreOptions};
 
 mod command;
@@ -57,6 +58,13 @@ pub enum AppError {
          fermyon:spin/key-value and kvstash:store/store)"
     )]
     MissingImport { name: String, detail: String },
+    /// The app imports an interface that only kvstash may use.
+    #[error(
+        "the app imports `{0}`, the storage interface kvstash itself runs on; apps use \
+         kvstash through its exported interfaces. (A `kvstash compose` output imports it \
+         for the kvstash inside: run that with --trust-storage)"
+    )]
+    Forbidden(String),
     /// The component exports neither `wasi:cli/run` nor `wasi:http/incoming-handler`.
     #[error("the app exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler")]
     NoEntryPoint,
@@ -94,6 +102,14 @@ pub struct AppOptions {
     pub cache_dir: Option<PathBuf>,
     /// Most HTTP requests handled at once.
     pub max_instances: usize,
+    /// Run an app that imports kvstash's storage interface itself (a
+    /// `kvstash compose` output does, for the kvstash inside it). It can then
+    /// read and write the configured store directly, around kvstash's
+    /// `read_only`, `prefix` and `stores` rules (never another store).
+    pub trust_storage: bool,
+    /// Longest an HTTP request may run (its handler is then stopped and the
+    /// client gets 503).
+    pub request_timeout: Duration,
 }
 
 impl AppOptions {
@@ -113,6 +129,8 @@ impl AppOptions {
             registry: store.registry,
             cache_dir: store.cache_dir,
             max_instances: 64,
+            trust_storage: false,
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -150,9 +168,19 @@ impl App {
     pub fn load(name: &str, wasm: &[u8], options: AppOptions) -> Result<App, AppError> {
         let host = |e: String| AppError::Host(e);
         let config = with_store_names(&options.config, &options.stores)?;
-        let runtime =
-            Runtime::get(options.cache_dir.as_deref()).map_err(|e| host(e.to_string()))?;
-        let engine = &runtime.engine;
+        for (dir, _) in &options.dirs {
+            if !dir.is_dir() {
+                return Err(host(format!("--dir {}: not a directory", dir.display())));
+            }
+        }
+        let shared = Arc::new(Shared::new(config, options.registry.clone()));
+        check_store(&shared)?;
+        let engine = &app_engine().map_err(|e| host(format!("starting wasmtime: {e:#}")))?;
+        // Checked on every load, cached or not.
+        let app = compose::to_component(wasm)?;
+        if !options.trust_storage {
+            compose::check_app_imports(&app)?;
+        }
         // Composing costs more than loading the compiled result: a cached
         // app (keyed by its bytes and kvstash's) skips both.
         let mut composing = None;
@@ -161,8 +189,8 @@ impl App {
             &[wasm, crate::GUEST_WASM],
             "app",
             options.cache_dir.as_deref(),
-            || match compose_app(wasm) {
-                Ok(composed) => Ok(composed),
+            || match compose::plug(&app, crate::GUEST_WASM, "kvstash:store") {
+                Ok(composed) => Ok(composed.unwrap_or_else(|| app.clone())),
                 Err(e) => {
                     composing = Some(e);
                     Err(wasmtime::Error::msg("composing failed"))
@@ -180,7 +208,7 @@ impl App {
             name: name.to_string(),
             kind,
             pre,
-            shared: Arc::new(Shared::new(config, options.registry.clone())),
+            shared,
             options,
         })
     }
@@ -188,6 +216,15 @@ impl App {
     /// Whether this is a command or an HTTP app.
     pub fn kind(&self) -> AppKind {
         self.kind
+    }
+
+    /// A store for one instance: WASI as the options grant it, and yielding
+    /// to the executor every epoch (so a looping app holds no thread and can
+    /// be stopped).
+    fn store(&self) -> Result<wasmtime::Store<KvCtx>, AppError> {
+        let mut store = self.context()?.into_store(self.pre.engine());
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
     }
 
     /// Host state for one instance: WASI as the options grant it.
@@ -214,11 +251,34 @@ impl App {
     }
 }
 
-/// The app as a component with kvstash plugged in (or as it is, if it
-/// imports nothing kvstash exports).
-fn compose_app(wasm: &[u8]) -> Result<Vec<u8>, AppError> {
-    let app = compose::to_component(wasm)?;
-    Ok(compose::plug(&app, crate::GUEST_WASM, "kvstash:store")?.unwrap_or(app))
+/// How often a running app yields to the executor.
+const EPOCH: Duration = Duration::from_millis(10);
+
+/// The engine apps run on: like the store's, plus epoch interruption (its
+/// own engine, so the embedded store's hot path pays nothing for it). A
+/// thread advances the epoch every [`EPOCH`].
+fn app_engine() -> wasmtime::Result<wasmtime::Engine> {
+    static ENGINE: OnceLock<Result<wasmtime::Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = wasmtime::Config::new();
+            config.epoch_interruption(true);
+            let engine = wasmtime::Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+            let weak = engine.weak();
+            std::thread::Builder::new()
+                .name("kvstash-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH);
+                    }
+                })
+                .map_err(|e| format!("starting the epoch thread: {e}"))?;
+            Ok(engine)
+        })
+        .clone()
+        .map_err(wasmtime::Error::msg)
 }
 
 /// Every import an app may have besides what kvstash fills.
@@ -255,6 +315,40 @@ fn kind_of(engine: &wasmtime::Engine, component: &Component) -> Result<AppKind, 
         }
     }
     kind.ok_or(AppError::NoEntryPoint)
+}
+
+/// Opens the store's backend before the app runs, so a bad configuration
+/// is a clear error now rather than an error inside the app later. (The
+/// guest validates its layer options itself; here only their shape.)
+fn check_store(shared: &Shared) -> Result<(), AppError> {
+    let invalid = |why: String| AppError::Host(format!("the store configuration {why}"));
+    let value: serde_json::Value =
+        serde_json::from_str(shared.config()).map_err(|e| invalid(format!("is not JSON: {e}")))?;
+    let mut fields = value
+        .as_object()
+        .cloned()
+        .ok_or_else(|| invalid("is not a JSON object".into()))?;
+    if let Some(stores) = fields.remove("stores") {
+        let stores = stores
+            .as_object()
+            .ok_or_else(|| invalid("has a `stores` that is not an object".into()))?;
+        for (name, bucket) in stores {
+            let bucket = bucket.as_str().unwrap_or_default();
+            if bucket.is_empty() || bucket.len() > 256 || bucket.chars().any(char::is_control) {
+                return Err(invalid(format!(
+                    "maps store `{name}` to `{bucket}`, which is not a bucket name \
+                     (1-256 bytes, no control characters)"
+                )));
+            }
+        }
+    }
+    let leaf = runtime::leaf_of(shared.config())
+        .unwrap_or(serde_json::Value::Object(fields))
+        .to_string();
+    shared
+        .open_backend(&leaf)
+        .map(drop)
+        .map_err(|e| invalid(format!("does not open: {e}")))
 }
 
 /// `config` with `stores` entries added to its `stores` map.

@@ -2,7 +2,8 @@
 //! script: `DRAFT` (wasi:keyvalue 0.2.0-draft), `DRAFT2` (0.2.0-draft2, also
 //! `DRAFT2_WASIP1`, a preview1 core module), `SPIN_KV`
 //! (fermyon:spin/key-value@2.0.0), `RICH` (kvstash:store/store), `TRAP`,
-//! `MISSING` (an import nobody provides) and `HTTP` (a wasi:http handler);
+//! `MISSING` (an import nobody provides), `ESCAPE` (imports kvstash's own
+//! storage interface) and `HTTP` (a wasi:http handler);
 //! and `EXAMPLE_SPIN`, the Spin SDK app in `examples/spin`.
 
 include!(concat!(env!("OUT_DIR"), "/apps.rs"));

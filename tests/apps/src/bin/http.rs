@@ -1,7 +1,7 @@
 //! An HTTP app (`wasi:http/incoming-handler`, the shape of every Spin and
 //! `wasmtime serve` app) on `wasi:keyvalue@0.2.0-draft2`:
 //! `GET /hit` counts hits in the store and answers the count;
-//! `GET /trap` traps.
+//! `GET /trap` traps; `GET /loop` never ends.
 
 mod bindings {
     wit_bindgen::generate!({
@@ -40,6 +40,12 @@ impl ::wasi::exports::http::incoming_handler::Guest for Handler {
                 core::arch::wasm32::unreachable();
                 #[cfg(not(target_arch = "wasm32"))]
                 (500, String::new())
+            }
+            "/loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
             }
             _ => (404, "not found\n".to_string()),
         };
