@@ -177,6 +177,23 @@ fn a_missing_import_is_named_before_anything_runs() {
 }
 
 #[test]
+fn sockets_only_with_net_and_outgoing_http_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let out = ok(run(dir.path(), &[apps::NET, "tcp", &addr]));
+    assert!(out.starts_with("tcp=denied"), "{out}");
+    let out = ok(run(dir.path(), &["--net", apps::NET, "tcp", &addr]));
+    assert_eq!(out, "tcp=ok\n");
+    for net in [&[][..], &["--net"][..]] {
+        let mut args: Vec<&str> = net.to_vec();
+        args.extend([apps::NET, "http", addr.as_str()]);
+        let out = ok(run(dir.path(), &args));
+        assert!(out.contains("HttpRequestDenied"), "{out}");
+    }
+}
+
+#[test]
 fn an_app_importing_kvstash_storage_itself_is_refused() {
     // Else it could open any file store of its choosing, around kvstash.
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ mod build_support;
 
 /// Every app, as `tests/apps/src/bin/NAME.rs`; each is a constant `NAME`.
 const APPS: &[&str] = &[
-    "draft", "draft2", "spin_kv", "rich", "trap", "missing", "http", "escape",
+    "draft", "draft2", "spin_kv", "rich", "trap", "missing", "http", "escape", "net",
 ];
 /// Built for wasm32-wasip1 too (a core module, as Spin's templates build).
 const WASIP1_APPS: &[&str] = &["draft2"];

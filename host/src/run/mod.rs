@@ -241,7 +241,10 @@ impl App {
                 })?;
         }
         if self.options.network {
-            wasi.inherit_network().allow_ip_name_lookup(true);
+            wasi.inherit_network()
+                .allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true);
         }
         Ok(KvCtx::new(
             wasi.build(),

@@ -3,7 +3,8 @@
 //! `DRAFT2_WASIP1`, a preview1 core module), `SPIN_KV`
 //! (fermyon:spin/key-value@2.0.0), `RICH` (kvstash:store/store), `TRAP`,
 //! `MISSING` (an import nobody provides), `ESCAPE` (imports kvstash's own
-//! storage interface) and `HTTP` (a wasi:http handler);
+//! storage interface), `NET` (tries a socket and an outgoing HTTP request)
+//! and `HTTP` (a wasi:http handler);
 //! and `EXAMPLE_SPIN`, the Spin SDK app in `examples/spin`.
 
 include!(concat!(env!("OUT_DIR"), "/apps.rs"));
