@@ -9,8 +9,15 @@
 //! Errors print one line, `kvstash: error: …`, and exit with status 1;
 //! usage errors exit with 2; a conditional write or transaction whose
 //! condition did not hold exits with 3 (nothing was written: re-read, retry).
+//!
+//! # Layout
+//! - this file: the options, `main`, and the commands on an open store
+//! - `app` — `run`, `compose`, `component`: other people's Wasm apps
+//! - `txn` — a transaction read as JSON
+//! - `transfer` — export and import records (JSON Lines)
+//! - `bench` — `kvstash bench`
 
-use std::io::{BufRead, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -18,9 +25,16 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::api::{Bucket, Check, Error, Item, ListOptions, Store, Value, WriteOptions};
+use crate::api::{Bucket, Error, Item, ListOptions, Store, Value, WriteOptions};
 
 mod app;
+mod bench;
+mod transfer;
+mod txn;
+
+use bench::bench;
+use transfer::read_records;
+use txn::parse_transaction;
 
 /// File name of the default store inside the data directory.
 pub const DEFAULT_FILE: &str = "kvstash.redb";
@@ -775,103 +789,6 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     out_flush().map(|()| std::process::ExitCode::SUCCESS)
 }
 
-/// Most time one subject may take at one size before it is skipped.
-const BENCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// `kvstash bench`: each subject, size and round in a child process (its own
-/// peak RSS), then durable writes in this one; prints Markdown.
-async fn bench(
-    sizes: &[usize],
-    rounds: usize,
-    sample: crate::bench::Sample,
-    dir: Option<PathBuf>,
-    one: Option<String>,
-) -> anyhow::Result<()> {
-    use crate::bench;
-    if sizes.is_empty() || sizes.contains(&0) {
-        bail!("--sizes: give key counts of at least 1, e.g. 1000,10000");
-    }
-    let (dir, scratch) = match dir {
-        Some(dir) => (dir, false),
-        None => (
-            std::env::temp_dir().join(format!("kvstash-bench-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Some(name) = one {
-        let n = *sizes.first().context("--sizes is empty")?;
-        let mut subject = bench::built_in(&name, &dir)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .with_context(|| format!("unknown subject `{name}`"))?;
-        let measured = bench::measure(subject.as_mut(), n, sample)
-            .await
-            .map_err(|e| anyhow::anyhow!("{name} at {n}: {e}"))?;
-        println!("{}", serde_json::to_string(&measured)?);
-        return Ok(());
-    }
-    let exe = std::env::current_exe().context("finding this program")?;
-    let mut outcomes = Vec::new();
-    for &n in sizes {
-        for name in bench::BUILT_IN {
-            let result = bench::run_rounds(
-                rounds,
-                BENCH_BUDGET,
-                |round, run_dir| {
-                    eprintln!("kvstash bench: {name}, N = {n}, run {}", round + 1);
-                    let mut child = std::process::Command::new(&exe);
-                    child
-                        .args(["bench", "--one", name, "--sizes", &n.to_string()])
-                        .args(["--ops", &sample.ops.to_string(), "--dir"])
-                        .arg(run_dir);
-                    child
-                },
-                |round| dir.join(format!("{name}-{n}-{round}")),
-            );
-            outcomes.push(bench::Outcome {
-                system: name.to_string(),
-                n,
-                result,
-            });
-        }
-    }
-    eprintln!("kvstash bench: durable writes");
-    let durable = bench::durable_writes(&dir, rounds)
-        .await
-        .map_err(|e| anyhow::anyhow!("durable writes: {e}"))?;
-    if scratch {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "# kvstash bench\n\nMedians of {rounds} runs; see `kvstash::bench` for the workload.\n"
-    )?;
-    writeln!(out, "{}", bench::render_table(&outcomes))?;
-    let fsync_rate = 1e3 / durable.fsync_latency_ms;
-    writeln!(
-        out,
-        "raw fsync latency: {:.3} ms (1 / latency = {fsync_rate:.0}/s)",
-        durable.fsync_latency_ms
-    )?;
-    let single = durable.writers.get(&1).copied().unwrap_or(f64::NAN);
-    for (writers, rate) in &durable.writers {
-        writeln!(
-            out,
-            "{writers} concurrent writers: {rate:.0} durable puts/s ({:.2}x the fsync rate, {:.1}x 1 writer)",
-            rate / fsync_rate,
-            rate / single
-        )?;
-    }
-    writeln!(
-        out,
-        "guest component: {} KiB",
-        crate::GUEST_WASM.len() / 1024
-    )?;
-    Ok(())
-}
-
 fn out_flush() -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     Ok(())
@@ -967,245 +884,9 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
-/// A transaction document: `{"checks":[…],"mutations":[…]}` (see
-/// docs/semantics.md). `bucket` may be left out of a check or mutation.
-fn parse_transaction(
-    store: &Store,
-    default_bucket: &str,
-    text: &str,
-) -> anyhow::Result<crate::api::Transaction> {
-    let doc: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).context("not a JSON object")?;
-    if let Some(extra) = doc.keys().find(|k| *k != "checks" && *k != "mutations") {
-        bail!("unknown field `{extra}`");
-    }
-    let list = |name: &str| -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-        match doc.get(name) {
-            None => Ok(Vec::new()),
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match item {
-                    serde_json::Value::Object(map) => Ok(map.clone()),
-                    serde_json::Value::Null
-                    | serde_json::Value::Bool(_)
-                    | serde_json::Value::Number(_)
-                    | serde_json::Value::String(_)
-                    | serde_json::Value::Array(_) => bail!("{name}[{i}] is not an object"),
-                })
-                .collect(),
-            Some(_) => bail!("`{name}` must be an array"),
-        }
-    };
-    let mut txn = store.transaction();
-    for (i, mut check) in list("checks")?.into_iter().enumerate() {
-        let ctx = || format!("checks[{i}]");
-        if let Some(name) = check.remove("lock") {
-            let name = name
-                .as_str()
-                .context("`lock` must be a string")
-                .with_context(ctx)?
-                .to_string();
-            let token = check
-                .remove("token")
-                .and_then(|t| t.as_u64())
-                .context("a `lock` check needs a whole-number `token`")
-                .with_context(ctx)?;
-            if let Some(extra) = check.keys().next() {
-                bail!("checks[{i}] has an unknown field `{extra}`");
-            }
-            txn = txn.check(Check::lease(&name, token));
-            continue;
-        }
-        let (bucket, key) = target(&mut check, default_bucket).with_context(ctx)?;
-        let condition = if let Some(v) = check.remove("version") {
-            let version = v
-                .as_u64()
-                .context("`version` must be a whole number")
-                .with_context(ctx)?;
-            Check::version(&bucket, &key, version)
-        } else if check.remove("absent") == Some(json!(true)) {
-            Check::absent(&bucket, &key)
-        } else if check.remove("exists") == Some(json!(true)) {
-            Check::exists(&bucket, &key)
-        } else if let Some(value) = check.remove("equals") {
-            Check::equals_json(&bucket, &key, &value)?
-        } else {
-            bail!("checks[{i}] needs one of `version`, `absent`: true, `exists`: true, `equals`");
-        };
-        if let Some(extra) = check.keys().next() {
-            bail!("checks[{i}] has an unknown or second condition `{extra}`");
-        }
-        txn = txn.check(condition);
-    }
-    for (i, mut m) in list("mutations")?.into_iter().enumerate() {
-        let ctx = || format!("mutations[{i}]");
-        let (bucket, key) = target(&mut m, default_bucket).with_context(ctx)?;
-        let ttl = match m.remove("ttl") {
-            Some(serde_json::Value::String(t)) => Some(
-                parse_duration(&t)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(ctx)?,
-            ),
-            Some(_) => bail!("mutations[{i}]: `ttl` must be a duration like \"30s\""),
-            None => None,
-        };
-        txn = if let Some(value) = m.remove("set") {
-            txn.set_json(&bucket, &key, &value)?
-        } else if m.remove("delete") == Some(json!(true)) {
-            txn.delete(&bucket, &key)
-        } else if let Some(delta) = m.remove("increment") {
-            let delta = delta
-                .as_i64()
-                .context("`increment` must be an integer")
-                .with_context(ctx)?;
-            txn.increment(&bucket, &key, delta)
-        } else if let Some(path) = m.remove("set_path") {
-            let path = path
-                .as_str()
-                .context("`set_path` must be a string")
-                .with_context(ctx)?
-                .to_string();
-            let value = m
-                .remove("value")
-                .context("`set_path` needs `value`")
-                .with_context(ctx)?;
-            txn.set_path_json(&bucket, &key, &path, &value)?
-        } else if let Some(path) = m.remove("append_path") {
-            let path = path
-                .as_str()
-                .context("`append_path` must be a string")
-                .with_context(ctx)?
-                .to_string();
-            let value = m
-                .remove("value")
-                .context("`append_path` needs `value`")
-                .with_context(ctx)?;
-            txn.append_path_json(&bucket, &key, &path, &value)?
-        } else if let Some(path) = m.remove("delete_path") {
-            let path = path
-                .as_str()
-                .context("`delete_path` must be a string")
-                .with_context(ctx)?
-                .to_string();
-            txn.delete_path(&bucket, &key, &path)
-        } else {
-            bail!(
-                "mutations[{i}] needs one of `set`, `delete`: true, `increment`, `set_path`, `delete_path`, `append_path`"
-            );
-        };
-        if let Some(ttl) = ttl {
-            txn = txn.ttl(ttl);
-        }
-        if let Some(extra) = m.keys().next() {
-            bail!("mutations[{i}] has an unknown or second operation `{extra}`");
-        }
-    }
-    Ok(txn)
-}
-
-/// The `bucket` (default: the command's) and `key` of a check or mutation.
-fn target(
-    item: &mut serde_json::Map<String, serde_json::Value>,
-    default_bucket: &str,
-) -> anyhow::Result<(String, String)> {
-    let bucket = match item.remove("bucket") {
-        None => default_bucket.to_string(),
-        Some(serde_json::Value::String(b)) => b,
-        Some(_) => bail!("`bucket` must be a string"),
-    };
-    let key = match item.remove("key") {
-        Some(serde_json::Value::String(k)) => k,
-        Some(_) => bail!("`key` must be a string"),
-        None => bail!("missing `key`"),
-    };
-    Ok((bucket, key))
-}
-
-/// One line of an export.
-#[derive(Debug)]
-struct Record {
-    bucket: String,
-    key: String,
-    value: Value,
-}
-
-/// Parses every line before anything is written, so a bad file writes nothing.
-fn read_records(input: impl BufRead) -> anyhow::Result<Vec<Record>> {
-    let mut records = Vec::new();
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("reading line {number}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record = parse_record(&line).with_context(|| format!("line {number}"))?;
-        records.push(record);
-    }
-    Ok(records)
-}
-
-fn parse_record(line: &str) -> anyhow::Result<Record> {
-    let mut object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(line).context("not a JSON object")?;
-    let mut text = |field: &str| match object.remove(field) {
-        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(_) => bail!("`{field}` must be a non-empty string"),
-        None => bail!("missing `{field}`"),
-    };
-    let bucket = text("bucket")?;
-    let key = text("key")?;
-    let value = match (object.remove("value"), object.remove("bytes")) {
-        (Some(value), None) => Value::Json(value.to_string()),
-        (None, Some(serde_json::Value::String(encoded))) => Value::Bytes(
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .context("`bytes` is not valid base64")?,
-        ),
-        (None, Some(_)) => bail!("`bytes` must be a base64 string"),
-        (Some(_), Some(_)) => bail!("has both `value` and `bytes`"),
-        (None, None) => bail!("missing `value` (or `bytes`)"),
-    };
-    if let Some(extra) = object.keys().next() {
-        bail!("unknown field `{extra}`");
-    }
-    Ok(Record { bucket, key, value })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_export_lines_and_names_what_is_wrong() {
-        let r = parse_record(r#"{"bucket":"b","key":"k","value":{"a":[1]}}"#).unwrap();
-        assert_eq!((r.bucket.as_str(), r.key.as_str()), ("b", "k"));
-        assert_eq!(r.value, Value::Json("{\"a\":[1]}".into()));
-        let r = parse_record(r#"{"bucket":"b","key":"k","bytes":"AP8="}"#).unwrap();
-        assert_eq!(r.value, Value::Bytes(vec![0, 255]));
-        for (line, needle) in [
-            ("[]", "JSON object"),
-            (r#"{"key":"k","value":1}"#, "bucket"),
-            (r#"{"bucket":"b","key":"","value":1}"#, "key"),
-            (r#"{"bucket":"b","key":"k"}"#, "value"),
-            (r#"{"bucket":"b","key":"k","bytes":"!!"}"#, "base64"),
-            (r#"{"bucket":"b","key":"k","value":1,"bytes":""}"#, "both"),
-            (
-                r#"{"bucket":"b","key":"k","value":1,"x":2}"#,
-                "unknown field",
-            ),
-        ] {
-            let e = parse_record(line).unwrap_err();
-            assert!(format!("{e:#}").contains(needle), "{line}: {e:#}");
-        }
-    }
-
-    #[test]
-    fn a_bad_line_is_reported_by_number() {
-        let input = "{\"bucket\":\"b\",\"key\":\"k\",\"value\":1}\n\nnot json\n";
-        let e = read_records(input.as_bytes()).unwrap_err();
-        assert!(format!("{e:#}").starts_with("line 3"), "{e:#}");
-    }
 
     #[test]
     fn durations_and_times() {
