@@ -2,7 +2,9 @@
 //! host's build script builds the kvstash guest.
 
 use std::path::PathBuf;
-use std::process::Command;
+
+#[path = "../host/build_support.rs"]
+mod build_support;
 
 fn main() {
     if let Err(e) = build() {
@@ -16,37 +18,23 @@ fn build() -> Result<(), String> {
     for input in ["floor/src", "floor/wit", "floor/Cargo.toml"] {
         println!("cargo::rerun-if-changed={}", bench.join(input).display());
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!(
+        "cargo::rerun-if-changed={}",
+        root.join("host/build_support.rs").display()
+    );
+    build_support::ensure_target_installed("wasm32-wasip2")?;
     let target_dir = root.join("target").join("floor");
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root)
-        .args([
-            "build",
-            "--package",
-            "kvstash-floor",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .args(["--profile", "guest", "--target-dir"])
-        .arg(&target_dir);
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PRIMARY_PACKAGE",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the floor component failed ({status})"));
-    }
+    let mut cmd = build_support::nested_cargo(&root);
+    cmd.args([
+        "build",
+        "--package",
+        "kvstash-floor",
+        "--target",
+        "wasm32-wasip2",
+    ])
+    .args(["--profile", "guest", "--target-dir"])
+    .arg(&target_dir);
+    build_support::run(cmd, "the floor component")?;
     let wasm = target_dir.join("wasm32-wasip2/guest/kvstash_floor.wasm");
     if !wasm.is_file() {
         return Err(format!("no {}", wasm.display()));

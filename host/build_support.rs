@@ -1,6 +1,6 @@
 //! What build scripts that build Wasm with a nested cargo share
-//! (`host/build.rs` for the guest, `tests/artifacts/build.rs` for the test
-//! apps); included with `#[path]`.
+//! (`host/build.rs` for the guest, `bench/build.rs` for the floor,
+//! `tests/artifacts/build.rs` for the test apps); included with `#[path]`.
 //!
 //! The nested build uses its own target directory (sharing the outer one
 //! deadlocks an outer `--release` build) and a scrubbed environment (the

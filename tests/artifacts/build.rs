@@ -34,6 +34,10 @@ fn build() -> Result<(), String> {
         println!("cargo::rerun-if-changed={}", apps.join(input).display());
     }
     println!("cargo::rerun-if-changed={}", root.join("wit").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        root.join("host/build_support.rs").display()
+    );
     let target_dir = root.join("target").join("apps");
     let mut consts = String::new();
     for (target, names, suffix) in [
