@@ -36,6 +36,7 @@ fn build_guest() -> Result<(), String> {
         "adapters/keyvalue/src",
         "adapters/keyvalue/Cargo.toml",
         "adapters/memory/src",
+        "adapters/storage_export.rs",
         "adapters/memory/Cargo.toml",
         "wit",
         "Cargo.lock",

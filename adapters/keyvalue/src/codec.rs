@@ -13,7 +13,7 @@
 //! `u64 version · u64 nonce · u32 count · (u32 key-len · key · u8 0|1 ·
 //! [u32 value-len · value])*`, integers LE.
 
-use crate::store::Write;
+use crate::storage::Write;
 
 pub const HEAD: &str = "kvstash/head";
 /// A counter whose first increment elects the one creator of the head.

@@ -24,15 +24,12 @@ wit_bindgen::generate!({
 });
 
 use self::wasi::keyvalue0_2_0_draft2::{atomics, batch, store};
-use exports::kvstash::store::storage as wit;
 
 use crate::kv::{Kv, KvError};
-use crate::store::{self as core, KvStorage, StorageError};
+use crate::store::{self as kv_store, KvStorage};
 
 /// The configuration kvstash gets from `config()`.
 const CONFIG: &str = r#"{"type":"wasi-keyvalue","store":"default"}"#;
-
-struct Adapter;
 
 /// One opened `wasi:keyvalue` store.
 struct Bucket(store::Bucket);
@@ -105,37 +102,7 @@ impl Kv for Bucket {
     }
 }
 
-fn to_wit(e: StorageError) -> wit::StorageError {
-    match e {
-        StorageError::Conflict { index, current } => {
-            wit::StorageError::Conflict(wit::Conflict { index, current })
-        }
-        StorageError::Compacted { oldest } => wit::StorageError::Compacted(oldest),
-        StorageError::Invalid(why) => wit::StorageError::Invalid(why),
-        StorageError::Unavailable(why) => wit::StorageError::Unavailable(why),
-    }
-}
-
-fn entry(e: core::Entry) -> wit::Entry {
-    wit::Entry {
-        key: e.key,
-        value: e.value,
-        version: e.version,
-    }
-}
-
-/// The opened backend.
-struct Backend(KvStorage<Bucket>);
-
-impl wit::Guest for Adapter {
-    type Backend = Backend;
-
-    fn config() -> String {
-        CONFIG.to_string()
-    }
-}
-
-fn parse_config(config: &str) -> Result<(String, core::Limits), StorageError> {
+fn parse_config(config: &str) -> Result<(String, kv_store::Limits), StorageError> {
     let invalid = |why: String| StorageError::Invalid(why);
     let value: serde_json::Value =
         serde_json::from_str(config).map_err(|e| invalid(format!("not JSON: {e}")))?;
@@ -159,92 +126,23 @@ fn parse_config(config: &str) -> Result<(String, core::Limits), StorageError> {
             .filter(|&n| n > 0)
             .ok_or_else(|| invalid(format!("`{field}` must be a positive integer"))),
     };
-    let limits = core::Limits {
-        retention: positive("retention", core::Limits::default().retention)?,
-        max_commit_bytes: positive("max_commit_bytes", core::Limits::default().max_commit_bytes)?,
+    let limits = kv_store::Limits {
+        retention: positive("retention", kv_store::Limits::default().retention)?,
+        max_commit_bytes: positive(
+            "max_commit_bytes",
+            kv_store::Limits::default().max_commit_bytes,
+        )?,
     };
     Ok((store, limits))
 }
 
-impl wit::GuestBackend for Backend {
-    fn open(config: String) -> Result<wit::Backend, wit::StorageError> {
-        let (name, limits) = parse_config(&config).map_err(to_wit)?;
-        let bucket = store::open(&name).map_err(|e| to_wit(StorageError::from(kv_error(e))))?;
-        Ok(wit::Backend::new(Backend(KvStorage::with_limits(
-            Bucket(bucket),
-            limits,
-        ))))
-    }
-
-    fn get(&self, key: Vec<u8>) -> Result<Option<wit::Entry>, wit::StorageError> {
-        Ok(self.0.get(&key).map_err(to_wit)?.map(entry))
-    }
-
-    fn get_many(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<wit::Entry>>, wit::StorageError> {
-        Ok(self
-            .0
-            .get_many(&keys)
-            .map_err(to_wit)?
-            .into_iter()
-            .map(|e| e.map(entry))
-            .collect())
-    }
-
-    fn scan(
-        &self,
-        start: Vec<u8>,
-        end: Option<Vec<u8>>,
-        limit: u32,
-        reverse: bool,
-    ) -> Result<Vec<wit::Entry>, wit::StorageError> {
-        Ok(self
-            .0
-            .scan(&start, end.as_deref(), limit, reverse)
-            .map_err(to_wit)?
-            .into_iter()
-            .map(entry)
-            .collect())
-    }
-
-    fn commit(
-        &self,
-        checks: Vec<wit::Check>,
-        writes: Vec<wit::Write>,
-    ) -> Result<u64, wit::StorageError> {
-        let checks: Vec<core::Check> = checks
-            .into_iter()
-            .map(|c| match c {
-                wit::Check::VersionIs((key, version)) => core::Check::VersionIs(key, version),
-                wit::Check::Absent(key) => core::Check::Absent(key),
-            })
-            .collect();
-        let writes = writes
-            .into_iter()
-            .map(|w| core::Write {
-                key: w.key,
-                value: w.value,
-            })
-            .collect();
-        self.0.commit(&checks, writes).map_err(to_wit)
-    }
-
-    fn current_version(&self) -> Result<u64, wit::StorageError> {
-        self.0.current_version().map_err(to_wit)
-    }
-
-    fn changes(&self, since: u64, limit: u32) -> Result<Vec<wit::Change>, wit::StorageError> {
-        Ok(self
-            .0
-            .changes(since, limit)
-            .map_err(to_wit)?
-            .into_iter()
-            .map(|c| wit::Change {
-                version: c.version,
-                key: c.key,
-                value: c.value,
-            })
-            .collect())
-    }
+fn open_backend(config: &str) -> Result<std::rc::Rc<dyn Storage>, StorageError> {
+    let (name, limits) = parse_config(config)?;
+    let bucket = store::open(&name).map_err(|e| StorageError::from(kv_error(e)))?;
+    Ok(std::rc::Rc::new(KvStorage::with_limits(
+        Bucket(bucket),
+        limits,
+    )))
 }
 
-export!(Adapter);
+include!("../../storage_export.rs");

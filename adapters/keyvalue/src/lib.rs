@@ -20,15 +20,21 @@
 //! # Layout
 //! - `kv` — the [`Kv`] trait: what the adapter needs of a key/value store
 //! - `store` — [`KvStorage`]: the storage semantics over a [`Kv`]
+//! - `storage` — the engine's storage types and trait (`guest/src/engine/storage.rs`)
 //! - `codec` — the byte layout of head, records, intents and keys
 //! - `component` — the Wasm component: exports `kvstash:store/storage`,
 //!   imports `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft2` (wasm32 only)
 
 mod codec;
+// The engine's storage types and trait, from the one source file, so this
+// adapter speaks exactly what the engine and the other backends speak.
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // generated glue only
 mod component;
 mod kv;
+#[path = "../../../guest/src/engine/storage.rs"]
+#[allow(dead_code)] // MemStorage and helpers this adapter does not use
+mod storage;
 mod store;
 
 pub use kv::{Kv, KvError};

@@ -13,9 +13,8 @@ use std::collections::HashSet;
 
 use crate::codec::{self, Head, Intent, Record};
 use crate::kv::{Kv, KvError};
+pub use crate::storage::{Change, Check, Entry, MAX_SCAN, Storage, StorageError, Write};
 
-/// Most records one `scan` returns; larger limits are clamped to it.
-pub const MAX_SCAN: u32 = 10_000;
 /// Most keys one `get-many` may ask for.
 pub const MAX_GET_MANY: usize = 10_000;
 /// Most writes one commit may carry.
@@ -50,45 +49,6 @@ fn nonce() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
-}
-
-/// A stored record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-    pub version: u64,
-}
-
-/// A precondition of a commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Check {
-    VersionIs(Vec<u8>, u64),
-    Absent(Vec<u8>),
-}
-
-/// One write of a commit; `value: None` deletes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Write {
-    pub key: Vec<u8>,
-    pub value: Option<Vec<u8>>,
-}
-
-/// One entry of the change feed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    pub version: u64,
-    pub key: Vec<u8>,
-    pub value: Option<Vec<u8>>,
-}
-
-/// The `kvstash:store/storage` errors this adapter produces.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StorageError {
-    Conflict { index: u32, current: Option<u64> },
-    Compacted { oldest: u64 },
-    Invalid(String),
-    Unavailable(String),
 }
 
 impl From<KvError> for StorageError {
@@ -523,4 +483,33 @@ fn live(key: Vec<u8>, record: Record) -> Option<Entry> {
         value,
         version: record.version,
     })
+}
+
+/// The engine's storage seam, so the shared export (and any caller of the
+/// engine's `Storage`) uses this adapter like any other backend.
+impl<K: Kv> Storage for KvStorage<K> {
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
+        KvStorage::get(self, key)
+    }
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
+        KvStorage::get_many(self, keys)
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StorageError> {
+        KvStorage::scan(self, start, end, limit, reverse)
+    }
+    fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
+        KvStorage::commit(self, &checks, writes)
+    }
+    fn current_version(&self) -> Result<u64, StorageError> {
+        KvStorage::current_version(self)
+    }
+    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
+        KvStorage::changes(self, since, limit)
+    }
 }
