@@ -246,6 +246,16 @@ struct Served {
     addr: String,
 }
 
+impl Served {
+    /// Sends Ctrl-C (SIGINT) and waits for the server to exit.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let signalled = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(signalled.success());
+        self.child.wait().unwrap()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -254,8 +264,15 @@ impl Drop for Served {
 }
 
 fn serve(data: &Path, app: &str) -> Served {
+    serve_with(data, &[], app)
+}
+
+/// `kvstash run` of an HTTP app on a free loopback port, with `options`.
+fn serve_with(data: &Path, options: &[&str], app: &str) -> Served {
     let mut child = kvstash(data)
-        .args(["run", "--listen", "127.0.0.1:0", app])
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .args(options)
+        .arg(app)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -333,10 +350,7 @@ fn an_http_app_answers_and_outlives_a_trapping_request() {
     assert_eq!(get(&served.addr, "/nope").0, 404);
     // Ctrl-C stops the server cleanly.
     let mut served = served;
-    let pid = served.child.id().to_string();
-    let signalled = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    assert!(signalled.success());
-    let status = served.child.wait().unwrap();
+    let status = served.interrupt();
     assert_eq!(status.code(), Some(0), "{status:?}");
     drop(served);
     // Served requests were durable: a new server counts on.
@@ -348,20 +362,8 @@ fn an_http_app_answers_and_outlives_a_trapping_request() {
 #[test]
 fn a_request_that_never_ends_is_stopped_and_the_server_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = kvstash(dir.path())
-        .args(["run", "--listen", "127.0.0.1:0", "--request-timeout", "1s"])
-        .arg(apps::HTTP)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines.next().unwrap().unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_string();
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut served = serve_with(dir.path(), &["--request-timeout", "1s"], apps::HTTP);
+    let addr = served.addr.clone();
     // Two looping requests (as many as this machine has cores) at once.
     let loops: Vec<_> = (0..2)
         .map(|_| {
@@ -377,15 +379,7 @@ fn a_request_that_never_ends_is_stopped_and_the_server_goes_on() {
         assert_eq!(looping.join().unwrap(), 503);
     }
     // And Ctrl-C still stops the server.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(served.interrupt().code(), Some(0));
 }
 
 #[test]
