@@ -327,11 +327,10 @@ fn check_store(shared: &Shared) -> Result<(), AppError> {
     let invalid = |why: String| AppError::Host(format!("the store configuration {why}"));
     let value: serde_json::Value =
         serde_json::from_str(shared.config()).map_err(|e| invalid(format!("is not JSON: {e}")))?;
-    let mut fields = value
+    let fields = value
         .as_object()
-        .cloned()
         .ok_or_else(|| invalid("is not a JSON object".into()))?;
-    if let Some(stores) = fields.remove("stores") {
+    if let Some(stores) = fields.get("stores") {
         let stores = stores
             .as_object()
             .ok_or_else(|| invalid("has a `stores` that is not an object".into()))?;
@@ -346,7 +345,7 @@ fn check_store(shared: &Shared) -> Result<(), AppError> {
         }
     }
     let leaf = runtime::leaf_of(shared.config())
-        .unwrap_or(serde_json::Value::Object(fields))
+        .ok_or_else(|| invalid("is not a JSON object".into()))?
         .to_string();
     shared
         .open_backend(&leaf)
