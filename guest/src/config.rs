@@ -5,6 +5,8 @@
 //! options every configuration accepts:
 //! - `"prefix": "text"` — keep this store under a key prefix of the backend;
 //! - `"read_only": true` — reject every write with `read-only`;
+//! - `"retry_deadline_ms": N` — how long a write retries races it lost to
+//!   other writers (with backoff) before `contention`; 10,000 by default;
 //! - `"stores": {"NAME": "BUCKET", …}` — the store names (`wasi:keyvalue`
 //!   identifiers, Spin labels) apps may open, and the bucket each opens; see
 //!   [`StoreNames`].
@@ -25,6 +27,7 @@ pub struct StoreConfig {
     pub leaf: String,
     pub prefix: Option<Vec<u8>>,
     pub read_only: bool,
+    pub retry_deadline_ms: u64,
     pub stores: StoreNames,
 }
 
@@ -117,6 +120,18 @@ pub fn parse(text: &str) -> Result<StoreConfig, StoreError> {
         Some(Value::Bool(b)) => b,
         Some(_) => return Err(invalid("`read_only` must be true or false".into())),
     };
+    let retry_deadline_ms = match fields.remove("retry_deadline_ms") {
+        None | Some(Value::Null) => crate::engine::DEFAULT_RETRY_DEADLINE_MS,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|ms| ms <= 3_600_000) => {
+            n.as_u64().unwrap_or_default()
+        }
+        Some(_) => {
+            return Err(invalid(
+                "`retry_deadline_ms` must be a whole number of milliseconds, at most 3600000"
+                    .into(),
+            ));
+        }
+    };
     let stores = match fields.remove("stores") {
         None | Some(Value::Null) => StoreNames::default(),
         Some(value) => StoreNames::parse(value)?,
@@ -126,6 +141,7 @@ pub fn parse(text: &str) -> Result<StoreConfig, StoreError> {
         leaf,
         prefix,
         read_only,
+        retry_deadline_ms,
         stores,
     })
 }
@@ -153,6 +169,14 @@ mod tests {
             (r#"{"type":3}"#, "type"),
             (r#"{"type":"memory","prefix":""}"#, "prefix"),
             (r#"{"type":"memory","read_only":"yes"}"#, "read_only"),
+            (
+                r#"{"type":"memory","retry_deadline_ms":-1}"#,
+                "retry_deadline_ms",
+            ),
+            (
+                r#"{"type":"memory","retry_deadline_ms":1e9}"#,
+                "retry_deadline_ms",
+            ),
             (r#"{"type":"caching"}"#, "caching"),
             (r#"{"type":"memory","stores":[]}"#, "stores"),
             (r#"{"type":"memory","stores":{"a":3}}"#, "stores.a"),

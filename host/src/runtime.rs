@@ -229,11 +229,13 @@ pub(crate) struct Shared {
     leaf: Option<serde_json::Value>,
     registry: Registry,
     opened: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    /// Held while a backend opens, so concurrent instances connect once.
+    opening: tokio::sync::Mutex<()>,
 }
 
 /// The options of every configuration that the guest handles itself
 /// (guest/src/config.rs) and so never passes to `backend.open`.
-const LAYER_OPTIONS: [&str; 3] = ["prefix", "read_only", "stores"];
+const LAYER_OPTIONS: [&str; 4] = ["prefix", "read_only", "retry_deadline_ms", "stores"];
 
 /// `config` without its layer options: what the guest opens.
 pub(crate) fn leaf_of(config: &str) -> Option<serde_json::Value> {
@@ -252,6 +254,7 @@ impl Shared {
             config,
             registry,
             opened: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -260,9 +263,16 @@ impl Shared {
         &self.config
     }
 
-    pub(crate) fn open_backend(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
-        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(backend) = opened.get(config) {
+    pub(crate) async fn open_backend(
+        &self,
+        config: &str,
+    ) -> Result<Arc<dyn Backend>, BackendError> {
+        let opened = || self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(backend) = opened().get(config) {
+            return Ok(backend.clone());
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(backend) = opened().get(config) {
             return Ok(backend.clone());
         }
         if let Some(leaf) = &self.leaf {
@@ -273,8 +283,8 @@ impl Shared {
                 ));
             }
         }
-        let backend = self.registry.open(config)?;
-        opened.insert(config.to_string(), backend.clone());
+        let backend = self.registry.open(config).await?;
+        opened().insert(config.to_string(), backend.clone());
         Ok(backend)
     }
 }
@@ -396,7 +406,7 @@ impl storage::Host for KvCtx {
 
 impl storage::HostBackend for KvCtx {
     async fn open(&mut self, config: String) -> WitResult<Resource<BackendHandle>> {
-        match self.shared.open_backend(&config) {
+        match self.shared.open_backend(&config).await {
             Ok(backend) => Ok(Ok(self.table.push(BackendHandle { backend })?)),
             Err(e) => Ok(Err(to_wit(e))),
         }

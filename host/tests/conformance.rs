@@ -511,6 +511,117 @@ async fn file_backend_conforms() {
     compaction(FileBackend::open_shared(&config).unwrap()).await;
 }
 
+/// Opens a backend the way a store does: through the registry, from JSON.
+async fn open(config: serde_json::Value) -> Arc<dyn Backend> {
+    kvstash::Registry::default()
+        .open(&config.to_string())
+        .await
+        .unwrap()
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_backend_conforms() {
+    let Some(server) = kvstash_test_servers::Redis::start() else {
+        return;
+    };
+    let url = server.url();
+    all(open(serde_json::json!({"type": "redis", "url": url})).await).await;
+    let config = serde_json::json!({"type": "redis", "url": url, "namespace": "c", "retention": 3});
+    compaction(open(config).await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_backend_conforms() {
+    let Some(server) = kvstash_test_servers::Postgres::start() else {
+        return;
+    };
+    let url = server.url();
+    all(open(serde_json::json!({"type": "postgres", "url": url})).await).await;
+    let config =
+        serde_json::json!({"type": "postgres", "url": url, "namespace": "c", "retention": 3});
+    compaction(open(config).await).await;
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn etcd_backend_conforms() {
+    // The suite's largest commit (10,005 writes) needs raised limits.
+    let Some(server) = kvstash_test_servers::Etcd::cluster(
+        1,
+        &["--max-txn-ops", "20001", "--max-request-bytes", "33554432"],
+    ) else {
+        return;
+    };
+    let config = serde_json::json!({
+        "type": "etcd",
+        "endpoints": server.endpoints(),
+        "max_txn_ops": 20001,
+        "max_request_bytes": 33554432,
+    });
+    all(open(config).await).await;
+}
+
+/// etcd's own limits (128 operations per Txn, 1.5 MiB per request) refuse
+/// a commit whole; compaction answers `compacted`.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn etcd_limits_and_compaction() {
+    let Some(server) = kvstash_test_servers::Etcd::start() else {
+        return;
+    };
+    let endpoints = server.endpoints();
+    let b = open(serde_json::json!({"type": "etcd", "endpoints": endpoints})).await;
+    // 127 writes and kvstash's head key: exactly etcd's 128.
+    let most: Vec<Write> = (0..127u8).map(|i| put(&[b'l', i], b"")).collect();
+    b.commit(vec![], most).await.unwrap();
+    let before = b.current_version().await.unwrap();
+    let too_many: Vec<Write> = (0..128u8).map(|i| put(&[b'm', i], b"")).collect();
+    match b.commit(vec![], too_many).await {
+        Err(BackendError::Invalid(why)) => assert!(why.contains("--max-txn-ops"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let too_big = vec![put(b"big", &vec![7u8; 1536 * 1024])];
+    match b.commit(vec![], too_big).await {
+        Err(BackendError::Invalid(why)) => assert!(why.contains("--max-request-bytes"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        b.current_version().await.unwrap(),
+        before,
+        "nothing written"
+    );
+    assert_eq!(b.get(&[b'm', 0]).await.unwrap(), None);
+    // Versions are etcd revisions: increasing, shared with other writers
+    // of the cluster, so not consecutive.
+    let v1 = b.commit(vec![], vec![put(b"c", b"1")]).await.unwrap();
+    let v2 = b.commit(vec![], vec![put(b"c", b"2")]).await.unwrap();
+    let v3 = b.commit(vec![], vec![put(b"c", b"3")]).await.unwrap();
+    assert!(v1 < v2 && v2 < v3);
+    let status = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints[0]))
+        .args(["compact", &v2.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("etcdctl runs (Debian package etcd-client)");
+    assert!(status.success());
+    assert_eq!(
+        b.changes(v1, 100).await,
+        Err(BackendError::Compacted { oldest: v2 + 1 })
+    );
+    let feed = b.changes(v2, 100).await.unwrap();
+    assert_eq!(
+        feed,
+        vec![Change {
+            version: v3,
+            key: b"c".to_vec(),
+            value: Some(b"3".to_vec())
+        }]
+    );
+}
+
 #[tokio::test]
 async fn file_backend_keeps_everything_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -563,7 +674,7 @@ async fn file_backend_rejects_bad_configuration() {
         (r#"{"type":"sqlite"}"#, "unknown backend type"),
         ("{", "configuration"),
     ] {
-        match reg.open(config) {
+        match reg.open(config).await {
             Err(BackendError::Invalid(why)) => assert!(why.contains(needle), "{config}: {why}"),
             other => panic!("{config}: {other:?}"),
         }
@@ -572,7 +683,7 @@ async fn file_backend_rejects_bad_configuration() {
     let blocked = file_in_the_way.path().join("sub").join("s.redb");
     let config = serde_json::json!({"type": "file", "path": blocked}).to_string();
     assert!(matches!(
-        reg.open(&config),
+        reg.open(&config).await,
         Err(BackendError::Unavailable(_))
     ));
 }

@@ -5,6 +5,12 @@ use std::cell::Cell;
 /// Wall-clock milliseconds since the UNIX epoch.
 pub trait Clock {
     fn now_ms(&self) -> u64;
+
+    /// Monotonic microseconds from an arbitrary start, for deadlines.
+    fn monotonic_us(&self) -> u64;
+
+    /// Waits `us` microseconds (the backoff between retries).
+    fn sleep_us(&self, us: u64);
 }
 
 /// The clock of one operation: read on first use, then fixed, so an
@@ -45,6 +51,8 @@ impl<'c> Now<'c> {
 pub struct ManualClock {
     now: Cell<u64>,
     reads: Cell<u64>,
+    /// Time slept: moves the monotonic clock, not the wall clock.
+    slept_us: Cell<u64>,
 }
 
 impl ManualClock {
@@ -52,6 +60,7 @@ impl ManualClock {
         Self {
             now: Cell::new(ms),
             reads: Cell::new(0),
+            slept_us: Cell::new(0),
         }
     }
 
@@ -70,10 +79,29 @@ impl Clock for ManualClock {
         self.reads.set(self.reads.get() + 1);
         self.now.get()
     }
+
+    fn monotonic_us(&self) -> u64 {
+        self.now
+            .get()
+            .saturating_mul(1000)
+            .saturating_add(self.slept_us.get())
+    }
+
+    fn sleep_us(&self, us: u64) {
+        self.slept_us.set(self.slept_us.get().saturating_add(us));
+    }
 }
 
 impl<C: Clock + ?Sized> Clock for std::rc::Rc<C> {
     fn now_ms(&self) -> u64 {
         (**self).now_ms()
+    }
+
+    fn monotonic_us(&self) -> u64 {
+        (**self).monotonic_us()
+    }
+
+    fn sleep_us(&self, us: u64) {
+        (**self).sleep_us(us);
     }
 }

@@ -297,7 +297,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         self.writable()?;
         let now = self.now();
         let what = if undo { "undo" } else { "redo" };
-        for _ in 0..super::txn::MAX_ATTEMPTS {
+        let mut retry = self.retry();
+        loop {
             let head_key = head_key(bucket);
             let head_entry = self.storage.get(&head_key)?;
             let head = match &head_entry {
@@ -374,10 +375,10 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             let extra = vec![(head_key.clone(), Some(next.encode()))];
             match self.commit_changes(checks, changes, extra, false)? {
                 Committed::At(version) => return Ok(version),
-                Committed::Conflict => continue,
+                Committed::Conflict if retry.again() => continue,
+                Committed::Conflict => return Err(StoreError::Contention),
             }
         }
-        Err(StoreError::Contention)
     }
 }
 

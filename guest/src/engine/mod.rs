@@ -22,6 +22,7 @@ mod list;
 mod meta;
 mod prefixed;
 mod record;
+mod retry;
 mod schema;
 mod storage;
 mod txn;
@@ -36,6 +37,7 @@ pub use list::{Item, ListOptions, ListPage};
 pub use meta::BucketMeta;
 pub use prefixed::Prefixed;
 pub use record::{Encoding, Record};
+pub use retry::DEFAULT_DEADLINE_MS as DEFAULT_RETRY_DEADLINE_MS;
 pub use schema::Schema;
 pub use storage::{Change, Check, Entry, MAX_SCAN, MemStorage, Storage, StorageError, Write};
 pub use txn::{Condition, Mutation, Op, Swap, TxnCheck, WriteOptions};
@@ -270,6 +272,8 @@ pub struct Engine<S, C> {
     /// Bucket rules by bucket, with the version of their record; checked
     /// by a guard on every commit that relies on them (`meta`).
     meta_cache: std::cell::RefCell<std::collections::BTreeMap<String, CachedMeta>>,
+    /// How long an operation retries lost races before `contention`.
+    retry_deadline_ms: u64,
 }
 
 impl<S: Storage, C: Clock> Engine<S, C> {
@@ -279,7 +283,20 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             clock,
             read_only: false,
             meta_cache: std::cell::RefCell::new(std::collections::BTreeMap::new()),
+            retry_deadline_ms: DEFAULT_RETRY_DEADLINE_MS,
         }
+    }
+
+    /// How long an operation retries lost races (with backoff) before it
+    /// gives up with [`StoreError::Contention`].
+    pub fn retry_deadline_ms(mut self, ms: u64) -> Self {
+        self.retry_deadline_ms = ms;
+        self
+    }
+
+    /// The retry state of one operation.
+    fn retry(&self) -> retry::Retry<'_> {
+        retry::Retry::new(&self.clock, self.retry_deadline_ms)
     }
 
     /// Rejects every write with [`StoreError::ReadOnly`].

@@ -4,7 +4,8 @@
 //! that snapshot, and commits its writes guarded by a storage check per key
 //! read (`version-is` the version it saw, or `absent`). If another writer got
 //! there first the backend refuses the commit and the operation starts over
-//! from a fresh read, at most `MAX_ATTEMPTS` times (then `contention`). So
+//! from a fresh read, after a backoff, until its deadline (then
+//! `contention`; see `retry.rs`). So
 //! every decision is made on state that is still current when it commits:
 //! transactions are serializable, whatever the number of instances or
 //! processes sharing the backend.
@@ -21,9 +22,6 @@ use super::{
     check_size, doc, expiry, keys,
 };
 use crate::engine::storage::{Check, Write};
-
-/// How often a read-modify-write retries after losing a race.
-pub(super) const MAX_ATTEMPTS: usize = 64;
 
 /// Options of a single conditional write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -225,7 +223,8 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         record_history: bool,
         mut decide: impl FnMut(&Snapshot) -> Result<Decision<T>, StoreError>,
     ) -> Result<(T, Option<u64>), StoreError> {
-        for _ in 0..MAX_ATTEMPTS {
+        let mut retry = self.retry();
+        loop {
             let snapshot = Snapshot::read(&self.storage, keys)?;
             let (writes, answer) = match decide(&snapshot)? {
                 Decision::Done(answer) => return Ok((answer, None)),
@@ -254,10 +253,10 @@ impl<S: Storage, C: Clock> Engine<S, C> {
             };
             match self.commit_changes(snapshot.guards(), changes, Vec::new(), record_history)? {
                 super::meta::Committed::At(version) => return Ok((answer, Some(version))),
-                super::meta::Committed::Conflict => continue,
+                super::meta::Committed::Conflict if retry.again() => continue,
+                super::meta::Committed::Conflict => return Err(StoreError::Contention),
             }
         }
-        Err(StoreError::Contention)
     }
 
     /// Applies every mutation if every check holds, atomically, across keys

@@ -34,6 +34,15 @@ impl Clock for WasiClock {
             .saturating_mul(1000)
             .saturating_add(u64::from(now.nanoseconds / 1_000_000))
     }
+
+    fn monotonic_us(&self) -> u64 {
+        wasi::clocks::monotonic_clock::now() / 1000
+    }
+
+    /// Blocks this instance only: the host awaits the timer.
+    fn sleep_us(&self, us: u64) {
+        wasi::clocks::monotonic_clock::subscribe_duration(us.saturating_mul(1000)).block();
+    }
 }
 
 type StoreEngine = Engine<Box<dyn Storage>, WasiClock>;
@@ -62,7 +71,11 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
         None => Box::new(leaf),
     };
     let opened = Rc::new(Opened {
-        engine: Rc::new(Engine::new(storage, WasiClock).read_only(config.read_only)),
+        engine: Rc::new(
+            Engine::new(storage, WasiClock)
+                .read_only(config.read_only)
+                .retry_deadline_ms(config.retry_deadline_ms),
+        ),
         stores: config.stores,
     });
     OPENED.with(|cell| *cell.borrow_mut() = Some(opened.clone()));

@@ -9,8 +9,16 @@
 //! - `memory` — a mutex'd ordered map; for tests, caches and scratch stores
 //! - `file` — redb; crash-safe, every acknowledged commit is on disk
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod file;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "etcd", feature = "redis", feature = "postgres"))]
+pub mod remote;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -18,8 +26,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdBackend;
 pub use file::{FileBackend, FileConfig, SyncStats};
 pub use memory::MemoryBackend;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresBackend;
+#[cfg(feature = "redis")]
+pub use redis::RedisBackend;
 
 /// Most records a `scan` or `changes` call returns; larger limits are clamped.
 pub const MAX_SCAN: u32 = 10_000;
@@ -228,17 +242,36 @@ fn take_changes(log: impl Iterator<Item = Change>, limit: u32) -> Vec<Change> {
     out
 }
 
+/// What opening a backend returns: remote backends connect asynchronously.
+pub type OpenFuture = futures::future::BoxFuture<'static, Result<Arc<dyn Backend>, BackendError>>;
+
 /// Opens a backend from its JSON configuration.
 pub trait BackendFactory: Send + Sync {
-    fn open(&self, config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError>;
+    fn open(&self, config: serde_json::Value) -> OpenFuture;
 }
 
-impl<F> BackendFactory for F
+/// A factory that opens without waiting (memory, file, test doubles).
+struct Immediate<F>(F);
+
+impl<F> BackendFactory for Immediate<F>
 where
-    F: Fn(serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> + Send + Sync,
+    F: Fn(serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> + Send + std::marker::Sync,
 {
-    fn open(&self, config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
-        self(config)
+    fn open(&self, config: serde_json::Value) -> OpenFuture {
+        Box::pin(std::future::ready((self.0)(config)))
+    }
+}
+
+/// A factory that connects (the remote backends).
+struct Connecting<F>(F);
+
+impl<F, Fut> BackendFactory for Connecting<F>
+where
+    F: Fn(serde_json::Value) -> Fut + Send + std::marker::Sync,
+    Fut: Future<Output = Result<Arc<dyn Backend>, BackendError>> + Send + 'static,
+{
+    fn open(&self, config: serde_json::Value) -> OpenFuture {
+        Box::pin((self.0)(config))
     }
 }
 
@@ -257,7 +290,8 @@ impl Debug for Registry {
 }
 
 impl Default for Registry {
-    /// The built-in backends: `memory` and `file`.
+    /// The built-in backends: `memory`, `file`, and the remote ones this
+    /// build has (features `etcd`, `redis`, `postgres`).
     fn default() -> Self {
         let mut registry = Self::empty();
         registry.register("memory", |config| {
@@ -266,6 +300,12 @@ impl Default for Registry {
         registry.register("file", |config| {
             FileBackend::open_shared(&FileConfig::from_json(config)?).map(|b| b as Arc<dyn Backend>)
         });
+        #[cfg(feature = "etcd")]
+        registry.register_async("etcd", EtcdBackend::open);
+        #[cfg(feature = "redis")]
+        registry.register_async("redis", RedisBackend::open);
+        #[cfg(feature = "postgres")]
+        registry.register_async("postgres", PostgresBackend::open);
         registry
     }
 }
@@ -277,13 +317,35 @@ impl Registry {
         }
     }
 
-    /// Adds (or replaces) the factory for `kind`.
-    pub fn register(&mut self, kind: &str, factory: impl BackendFactory + 'static) {
-        self.factories.insert(kind.to_string(), Arc::new(factory));
+    /// Adds (or replaces) the factory for `kind`: a function that opens
+    /// without waiting.
+    pub fn register(
+        &mut self,
+        kind: &str,
+        factory: impl Fn(serde_json::Value) -> Result<Arc<dyn Backend>, BackendError>
+        + Send
+        + std::marker::Sync
+        + 'static,
+    ) {
+        self.factories
+            .insert(kind.to_string(), Arc::new(Immediate(factory)));
+    }
+
+    /// Adds (or replaces) the factory for `kind`: an async function, for
+    /// backends that connect to a server.
+    pub fn register_async<Fut>(
+        &mut self,
+        kind: &str,
+        factory: impl Fn(serde_json::Value) -> Fut + Send + std::marker::Sync + 'static,
+    ) where
+        Fut: Future<Output = Result<Arc<dyn Backend>, BackendError>> + Send + 'static,
+    {
+        self.factories
+            .insert(kind.to_string(), Arc::new(Connecting(factory)));
     }
 
     /// Opens the backend a JSON configuration describes.
-    pub fn open(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
+    pub async fn open(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
         let value: serde_json::Value = serde_json::from_str(config)
             .map_err(|e| BackendError::Invalid(format!("backend configuration: {e}")))?;
         let kind = value
@@ -299,6 +361,6 @@ impl Registry {
                 known.join(", ")
             ))
         })?;
-        factory.open(value)
+        factory.open(value).await
     }
 }

@@ -129,7 +129,9 @@ pub async fn run(
     options.request_timeout = args.request_timeout;
     options.trust_storage = args.trust_storage;
     let shown = args.app.display().to_string();
-    let app = App::load(&name, &wasm, options).with_context(|| format!("{shown} cannot run"))?;
+    let app = App::load(&name, &wasm, options)
+        .await
+        .with_context(|| format!("{shown} cannot run"))?;
     match app.kind() {
         AppKind::Command => match app.run_command().await {
             Ok(code) => Ok(exit_code(code)),

@@ -165,7 +165,7 @@ impl std::fmt::Debug for App {
 impl App {
     /// Composes `wasm` with kvstash, compiles it (cached) and links every
     /// import. Nothing of the app runs yet; a missing import is reported here.
-    pub fn load(name: &str, wasm: &[u8], options: AppOptions) -> Result<App, AppError> {
+    pub async fn load(name: &str, wasm: &[u8], options: AppOptions) -> Result<App, AppError> {
         let host = |e: String| AppError::Host(e);
         let config = with_store_names(&options.config, &options.stores)?;
         for (dir, _) in &options.dirs {
@@ -174,7 +174,7 @@ impl App {
             }
         }
         let shared = Arc::new(Shared::new(config, options.registry.clone()));
-        check_store(&shared)?;
+        check_store(&shared).await?;
         let engine = &app_engine().map_err(|e| host(format!("starting wasmtime: {e:#}")))?;
         // Checked on every load, cached or not.
         let app = compose::to_component(wasm)?;
@@ -323,7 +323,7 @@ fn kind_of(engine: &wasmtime::Engine, component: &Component) -> Result<AppKind, 
 /// Opens the store's backend before the app runs, so a bad configuration
 /// is a clear error now rather than an error inside the app later. (The
 /// guest validates its layer options itself; here only their shape.)
-fn check_store(shared: &Shared) -> Result<(), AppError> {
+async fn check_store(shared: &Shared) -> Result<(), AppError> {
     let invalid = |why: String| AppError::Host(format!("the store configuration {why}"));
     let value: serde_json::Value =
         serde_json::from_str(shared.config()).map_err(|e| invalid(format!("is not JSON: {e}")))?;
@@ -349,6 +349,7 @@ fn check_store(shared: &Shared) -> Result<(), AppError> {
         .to_string();
     shared
         .open_backend(&leaf)
+        .await
         .map(drop)
         .map_err(|e| invalid(format!("does not open: {e}")))
 }

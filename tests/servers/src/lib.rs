@@ -1,0 +1,353 @@
+//! Real servers for tests: etcd, Redis and PostgreSQL, each started on free
+//! loopback ports (127.0.0.1 only) with its data in a temp dir, and stopped
+//! (killed, then waited for) when dropped.
+//!
+//! A server whose binary is missing is a loud skip on a developer machine
+//! (`None`, with a line on stderr saying what to install) and a failure in
+//! CI (`CI=true`), where `.ci/run` installs every one of them.
+
+// Test support: a broken assumption should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn have(binary: &str, package: &str) -> bool {
+    let found = Path::new(binary).exists();
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{binary} is missing: `.ci/run` installs the Debian package `{package}`");
+        }
+        eprintln!(
+            "SKIPPED: {binary} is not installed (apt-get install {package}); \
+             the test that needs it did not run"
+        );
+    }
+    found
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start ({status})");
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on 127.0.0.1:{port} within 30 s");
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// One `redis-server` with AOF `appendfsync always`.
+pub struct Redis {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Option<Redis> {
+        if !have("/usr/bin/redis-server", "redis-server") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut child = Command::new("/usr/bin/redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        wait_for_port(port, &mut child, "redis-server");
+        Some(Redis {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server (SIGKILL), keeping its data.
+    pub fn kill(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// One etcd member of a cluster on loopback.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data: PathBuf,
+    child: Option<Child>,
+}
+
+/// An etcd cluster of one or more members, each with its own ports and
+/// data dir; members can be killed and restarted.
+pub struct Etcd {
+    members: Vec<Member>,
+    cluster: String,
+    args: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Etcd {
+    /// One member, with etcd's default limits.
+    pub fn start() -> Option<Etcd> {
+        Self::cluster(1, &[])
+    }
+
+    /// `size` members (3 for fault tests), all started, each with `args`
+    /// added to its command line.
+    pub fn cluster(size: usize, args: &[&str]) -> Option<Etcd> {
+        if !have("/usr/bin/etcd", "etcd-server") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data: dir.path().join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = Etcd {
+            members,
+            cluster,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            _dir: dir,
+        };
+        for i in 0..size {
+            etcd.spawn(i);
+        }
+        for member in &mut etcd.members {
+            let port = member.client_port;
+            wait_for_port(port, member.child.as_mut().unwrap(), "etcd");
+        }
+        Some(etcd)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new("/usr/bin/etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.cluster])
+            .args([
+                "--initial-cluster-token",
+                "kvstash-test",
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "error",
+            ])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        m.child = Some(child);
+    }
+
+    /// Every member's client endpoint (`127.0.0.1:port`).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// Kills member `i` (SIGKILL); its data stays for a restart.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            stop(&mut child);
+        }
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        let m = &mut self.members[i];
+        wait_for_port(m.client_port, m.child.as_mut().unwrap(), "etcd");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(child) = member.child.as_mut() {
+                stop(child);
+            }
+        }
+    }
+}
+
+/// A PostgreSQL 15 cluster of its own (`initdb` in a temp dir, trust
+/// authentication on loopback), run as the `postgres` user when the tests
+/// run as root (PostgreSQL refuses root).
+pub struct Postgres {
+    port: u16,
+    data: PathBuf,
+    _dir: TempDir,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(program: &str) -> Command {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let path = format!("{PG_BIN}/{program}");
+    if root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", &path]);
+        command
+    } else {
+        Command::new(path)
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Option<Postgres> {
+        if !have(&format!("{PG_BIN}/initdb"), "postgresql-15") {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kvstash-pg")
+            .tempdir()
+            .unwrap();
+        // The postgres user must own (and reach) the data directory.
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let status = as_postgres("initdb")
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=on",
+            dir.path().display()
+        );
+        let status = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-w", "-t", "60", "-l"])
+            .arg(dir.path().join("log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(status.success(), "pg_ctl start failed");
+        Some(Postgres {
+            port,
+            data,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server immediately (no shutdown checkpoint), keeping its data.
+    pub fn kill(&mut self) {
+        let _ = as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
