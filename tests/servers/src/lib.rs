@@ -12,6 +12,8 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -51,6 +53,28 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{what} did not listen on 127.0.0.1:{port} within 30 s");
+}
+
+/// A name no other caller in this process gets: a namespace per test on a
+/// shared server.
+pub fn unique(stem: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{stem}{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs `cleanup` (shell) once this test process is gone: a server shared
+/// by a whole test binary lives in a static, which is never dropped.
+fn after_exit(cleanup: &str) {
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 0.5; done; {cleanup}",
+        std::process::id()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
 }
 
 fn stop(child: &mut Child) {
@@ -94,6 +118,23 @@ impl Redis {
             port,
             _dir: dir,
         })
+    }
+
+    /// One server for the whole test binary (stopped after it exits);
+    /// give each test its own `namespace` ([`unique`]).
+    pub fn shared() -> Option<&'static Redis> {
+        static SHARED: OnceLock<Option<Redis>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let redis = Redis::start()?;
+                after_exit(&format!(
+                    "kill -9 {}; rm -rf '{}'",
+                    redis.child.id(),
+                    redis._dir.path().display()
+                ));
+                Some(redis)
+            })
+            .as_ref()
     }
 
     pub fn url(&self) -> String {
@@ -220,6 +261,28 @@ impl Etcd {
         m.child = Some(child);
     }
 
+    /// One member for the whole test binary (stopped after it exits);
+    /// give each test its own `namespace` ([`unique`]).
+    pub fn shared() -> Option<&'static Etcd> {
+        static SHARED: OnceLock<Option<Etcd>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let etcd = Etcd::start()?;
+                let pids: Vec<String> = etcd
+                    .members
+                    .iter()
+                    .filter_map(|m| m.child.as_ref().map(|c| c.id().to_string()))
+                    .collect();
+                after_exit(&format!(
+                    "kill -9 {}; rm -rf '{}'",
+                    pids.join(" "),
+                    etcd._dir.path().display()
+                ));
+                Some(etcd)
+            })
+            .as_ref()
+    }
+
     /// Every member's client endpoint (`127.0.0.1:port`).
     pub fn endpoints(&self) -> Vec<String> {
         self.members
@@ -328,6 +391,29 @@ impl Postgres {
             data,
             _dir: dir,
         })
+    }
+
+    /// One cluster for the whole test binary (stopped after it exits);
+    /// give each test its own `namespace` ([`unique`]).
+    pub fn shared() -> Option<&'static Postgres> {
+        static SHARED: OnceLock<Option<Postgres>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let pg = Postgres::start()?;
+                let stop = as_postgres("pg_ctl");
+                let program = std::iter::once(stop.get_program())
+                    .chain(stop.get_args())
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                after_exit(&format!(
+                    "{program} -D '{}' -m immediate -w stop; rm -rf '{}'",
+                    pg.data.display(),
+                    pg._dir.path().display()
+                ));
+                Some(pg)
+            })
+            .as_ref()
     }
 
     pub fn url(&self) -> String {

@@ -21,6 +21,43 @@ macro_rules! on_every_backend {
                 let $store = Store::open(&config.to_string()).await.unwrap();
                 $body
             }
+
+            // The remote backends: one server per test binary, a namespace
+            // per test.
+            #[tokio::test]
+            async fn redis() {
+                let Some(server) = kvstash_test_servers::Redis::shared() else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let config = json!({"type": "redis", "url": server.url(), "namespace": namespace});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(server) = kvstash_test_servers::Postgres::shared() else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let config =
+                    json!({"type": "postgres", "url": server.url(), "namespace": namespace});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn etcd() {
+                let Some(server) = kvstash_test_servers::Etcd::shared() else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let config =
+                    json!({"type": "etcd", "endpoints": server.endpoints(), "namespace": namespace});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
         }
     };
 }
