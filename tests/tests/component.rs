@@ -216,6 +216,58 @@ on_every_backend!(concurrent_callers, |store| {
     assert_eq!(versions.len(), 24 * 20, "every commit got its own version");
 });
 
+on_every_backend!(contended_increments_never_fail, |store| {
+    // 64 writers, one key: every lost race is retried (backoff, jitter, a
+    // deadline), so no caller sees `contention`.
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let b = store.bucket("hot");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..8 {
+                b.increment("n", 1).await?;
+            }
+            Ok::<(), kvstash::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let n: i64 = store.bucket("hot").get_json("n").await.unwrap().unwrap();
+    assert_eq!(n, 64 * 8);
+});
+
+#[tokio::test]
+async fn without_a_retry_deadline_contended_writers_see_contention() {
+    // What the retries above prevent: with no time to retry, writers that
+    // lose a race give up at once.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let config = json!({"type": "file", "path": path, "retry_deadline_ms": 0});
+    let store = Store::open(&config.to_string()).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let b = store.bucket("hot");
+        tasks.push(tokio::spawn(async move {
+            let mut lost = 0;
+            for _ in 0..8 {
+                match b.increment("n", 1).await {
+                    Ok(_) => {}
+                    Err(kvstash::Error::Contention) => lost += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            lost
+        }));
+    }
+    let mut lost = 0;
+    for task in tasks {
+        lost += task.await.unwrap();
+    }
+    assert!(lost > 0, "64 writers on one key lose races");
+    let n: i64 = store.bucket("hot").get_json("n").await.unwrap().unwrap();
+    assert_eq!(n, 64 * 8 - lost, "a lost race writes nothing");
+}
+
 #[tokio::test]
 async fn model_based_through_the_component() {
     // Random operations through the component on the file backend, checked
