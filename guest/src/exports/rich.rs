@@ -32,9 +32,9 @@ impl From<StoreError> for types::Error {
             StoreError::Compacted { oldest } => types::Error::Compacted(oldest),
             StoreError::Locked(h) => types::Error::Locked(holder_out(h)),
             StoreError::LeaseLost(why) => types::Error::LeaseLost(why),
-            e @ (StoreError::Storage(_) | StoreError::Corrupt(_)) => {
-                types::Error::Storage(e.to_string())
-            }
+            // The host's error says "storage failed: " itself.
+            StoreError::Storage(why) => types::Error::Storage(why),
+            e @ StoreError::Corrupt(_) => types::Error::Storage(e.to_string()),
         }
     }
 }

@@ -38,11 +38,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    KvClient, SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use serde::Deserialize;
 
-use super::remote::{Deadline, last_write_wins, maybe_applied, prefix_end, within};
+use super::remote::{Deadline, last_write_wins, maybe_applied, prefix_end, with_causes, within};
 use super::{
     Backend, BackendError, Change, Check, Entry, MAX_SCAN, Scan, Write, take_changes,
     validate_commit, validate_get_many, validate_key, validate_scan,
@@ -134,6 +134,49 @@ impl std::fmt::Debug for EtcdBackend {
     }
 }
 
+/// What a request may do: a read may be sent twice; a commit only if the
+/// first never reached a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Read,
+    Commit,
+}
+
+/// Whether a request that failed with `e` may be sent again. Any read may.
+/// A commit may when it certainly was not applied: the connection was
+/// refused (the request never left), or the member had no leader (it
+/// refuses before proposing). Anything else (a timeout, a lost
+/// connection, "leader changed") may have applied it.
+fn may_retry(e: &etcd_client::Error, kind: Request) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return kind == Request::Read && matches!(e, etcd_client::Error::TransportError(_));
+    };
+    match status.code() {
+        tonic::Code::Unavailable => {
+            let message = status.message();
+            kind == Request::Read
+                || message.contains("connect error")
+                || message.contains("no leader")
+        }
+        tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown => {
+            kind == Request::Read
+        }
+        tonic::Code::Ok
+        | tonic::Code::Cancelled
+        | tonic::Code::InvalidArgument
+        | tonic::Code::NotFound
+        | tonic::Code::AlreadyExists
+        | tonic::Code::PermissionDenied
+        | tonic::Code::ResourceExhausted
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::OutOfRange
+        | tonic::Code::Unimplemented
+        | tonic::Code::Internal
+        | tonic::Code::DataLoss
+        | tonic::Code::Unauthenticated => false,
+    }
+}
+
 fn revision(r: i64) -> u64 {
     u64::try_from(r).unwrap_or(0)
 }
@@ -220,11 +263,45 @@ impl EtcdBackend {
         [self.data.as_slice(), key].concat()
     }
 
-    async fn call<T>(
-        &self,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, BackendError> {
-        within(&self.endpoint, self.deadline, call).await
+    /// Sends a request made by `make`, again after failures that allow it
+    /// ([`may_retry`]), until the deadline: with several members, a request
+    /// that met a dead one goes to another.
+    async fn call<T, F, Fut>(&self, kind: Request, mut make: F) -> Result<T, BackendError>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let until = tokio::time::Instant::now() + self.deadline;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let kv = self
+                .client
+                .kv_client()
+                .max_decoding_message_size(MAX_DECODING);
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, make(kv)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => {
+                    let again = may_retry(&e, kind) && tokio::time::Instant::now() + pause < until;
+                    if !again {
+                        return Err(BackendError::Unavailable(format!(
+                            "{} is unavailable: {}",
+                            self.endpoint,
+                            with_causes(&e)
+                        )));
+                    }
+                }
+                Err(_) => {
+                    return Err(BackendError::Unavailable(format!(
+                        "{} is unavailable: no answer within {} ms",
+                        self.endpoint,
+                        self.deadline.as_millis()
+                    )));
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
     }
 
     fn entry(&self, kv: &etcd_client::KeyValue) -> Option<Entry> {
@@ -338,11 +415,13 @@ impl Backend for EtcdBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
         validate_key(key)?;
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_DECODING);
-        let response = self.call(kv.get(self.data_key(key), None)).await?;
+        let key = self.data_key(key);
+        let response = self
+            .call(Request::Read, |mut kv| {
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         Ok(response.kvs().first().and_then(|kv| self.entry(kv)))
     }
 
@@ -357,11 +436,13 @@ impl Backend for EtcdBackend {
                 .iter()
                 .map(|k| TxnOp::get(self.data_key(k), options.clone()))
                 .collect();
-            let mut kv = self
-                .client
-                .kv_client()
-                .max_decoding_message_size(MAX_DECODING);
-            let response = self.call(kv.txn(Txn::new().and_then(ops))).await?;
+            let txn = Txn::new().and_then(ops);
+            let response = self
+                .call(Request::Read, |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
             if at == 0 {
                 at = response.header().map_or(0, |h| h.revision());
             }
@@ -394,12 +475,12 @@ impl Backend for EtcdBackend {
         if scan.reverse {
             options = options.with_sort(SortTarget::Key, SortOrder::Descend);
         }
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_DECODING);
+        let start = self.data_key(&scan.start);
         let response = self
-            .call(kv.get(self.data_key(&scan.start), Some(options)))
+            .call(Request::Read, |mut kv| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
             .await?;
         Ok(response
             .kvs()
@@ -437,11 +518,13 @@ impl Backend for EtcdBackend {
             .map(|c| TxnOp::get(self.data_key(c.key()), None))
             .collect();
         let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_DECODING);
-        let response = self.call(kv.txn(txn)).await.map_err(maybe_applied)?;
+        let response = self
+            .call(Request::Commit, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(maybe_applied)?;
         if response.succeeded() {
             let version = revision(response.header().map_or(0, |h| h.revision()));
             self.committed(version);
@@ -464,8 +547,12 @@ impl Backend for EtcdBackend {
     }
 
     async fn current_version(&self) -> Result<u64, BackendError> {
-        let mut kv = self.client.kv_client();
-        let response = self.call(kv.get(self.head.clone(), None)).await?;
+        let response = self
+            .call(Request::Read, |mut kv| {
+                let head = self.head.clone();
+                async move { kv.get(head, None).await }
+            })
+            .await?;
         Ok(response
             .kvs()
             .first()

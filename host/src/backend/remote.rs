@@ -60,11 +60,11 @@ pub async fn within<T, E: std::error::Error>(
     match tokio::time::timeout(deadline, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(BackendError::Unavailable(format!(
-            "{endpoint}: {}",
+            "{endpoint} is unavailable: {}",
             with_causes(&e)
         ))),
         Err(_) => Err(BackendError::Unavailable(format!(
-            "{endpoint}: no answer within {} ms",
+            "{endpoint} is unavailable: no answer within {} ms",
             deadline.as_millis()
         ))),
     }

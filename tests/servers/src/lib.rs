@@ -96,28 +96,31 @@ impl Redis {
         }
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut child = Command::new("/usr/bin/redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--daemonize", "no", "--protected-mode", "yes"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        wait_for_port(port, &mut child, "redis-server");
+        let child = Self::spawn(port, dir.path());
         Some(Redis {
             child,
             port,
             _dir: dir,
         })
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
+        let mut child = Command::new("/usr/bin/redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        wait_for_port(port, &mut child, "redis-server");
+        child
+    }
+
+    /// Starts the server again, on its port and data.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self._dir.path());
     }
 
     /// One server for the whole test binary (stopped after it exits);
@@ -215,6 +218,12 @@ impl Etcd {
             let port = member.client_port;
             wait_for_port(port, member.child.as_mut().unwrap(), "etcd");
         }
+        // Serving needs a leader: wait for the election.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while etcd.leader().is_none() {
+            assert!(Instant::now() < deadline, "etcd elected no leader in 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Some(etcd)
     }
 
@@ -289,6 +298,30 @@ impl Etcd {
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.client_port))
             .collect()
+    }
+
+    /// The index of the member that leads now, if one does (asked with
+    /// `etcdctl endpoint status`).
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some()
+                && Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .arg(format!("--endpoints=127.0.0.1:{}", m.client_port))
+                    .args(["endpoint", "status", "-w", "fields"])
+                    .output()
+                    .is_ok_and(|out| {
+                        // `"Leader" : N` and `"MemberID" : N` agree on the leader.
+                        let text = String::from_utf8_lossy(&out.stdout);
+                        let field = |name: &str| {
+                            text.lines()
+                                .find(|l| l.starts_with(&format!("\"{name}\"")))
+                                .and_then(|l| l.split(':').nth(1))
+                                .map(|v| v.trim().to_string())
+                        };
+                        field("Leader").is_some() && field("Leader") == field("MemberID")
+                    })
+        })
     }
 
     /// Kills member `i` (SIGKILL); its data stays for a restart.
@@ -371,26 +404,40 @@ impl Postgres {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
-        let port = free_port();
+        let pg = Postgres {
+            port: free_port(),
+            data,
+            _dir: dir,
+        };
+        pg.pg_start();
+        Some(pg)
+    }
+
+    fn pg_start(&self) {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=on",
-            dir.path().display()
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=on",
+            self.port,
+            self._dir.path().display()
         );
         let status = as_postgres("pg_ctl")
             .arg("-D")
-            .arg(&data)
+            .arg(&self.data)
             .args(["-o", &options, "-w", "-t", "60", "-l"])
-            .arg(dir.path().join("log"))
+            .arg(self._dir.path().join("log"))
             .arg("start")
             .stdout(Stdio::null())
             .status()
             .expect("pg_ctl runs");
         assert!(status.success(), "pg_ctl start failed");
-        Some(Postgres {
-            port,
-            data,
-            _dir: dir,
-        })
+    }
+
+    /// Starts the server again, on its port and data.
+    pub fn restart(&mut self) {
+        self.pg_start();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// One cluster for the whole test binary (stopped after it exits);
