@@ -57,7 +57,15 @@ ci:
 bench SIZES="1000,10000,100000,1000000" ROUNDS="3":
     python3 -m venv target/bench-venv || { apt-get install -y python3-venv && python3 -m venv target/bench-venv; }
     target/bench-venv/bin/pip install --quiet --disable-pip-version-check tinydb==4.9.0 jk_keyvaluestore==0.2019.9.17.1
-    cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
+        cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
+    just bench-remote
+
+# The remote backends against their raw clients on the same servers (etcd,
+# Redis, PostgreSQL, started on loopback), contended increments per backend,
+# and etcd's reverse-scan cost; writes bench/results/remote.md (~2 min).
+bench-remote:
+    cargo run --release -p kvstash-bench --bin kvstash-bench-remote
+
 
 # The built-in part alone, through the CLI (no Python, no extra baselines).
 bench-cli *ARGS:
