@@ -512,6 +512,7 @@ async fn file_backend_conforms() {
 }
 
 /// Opens a backend the way a store does: through the registry, from JSON.
+#[cfg(any(feature = "etcd", feature = "redis", feature = "postgres"))]
 async fn open(config: serde_json::Value) -> Arc<dyn Backend> {
     kvstash::Registry::default()
         .open(&config.to_string())
