@@ -623,6 +623,80 @@ async fn etcd_limits_and_compaction() {
     );
 }
 
+/// `user` and `password`: etcd with authentication enabled.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn etcd_with_a_password() {
+    let Some(server) = kvstash_test_servers::Etcd::start() else {
+        return;
+    };
+    for args in [&["user", "add", "root:secret"][..], &["auth", "enable"]] {
+        let status = server.etcdctl(0).args(args).output().unwrap().status;
+        assert!(status.success(), "etcdctl {args:?}");
+    }
+    let endpoints = server.endpoints();
+    let config = |password: Option<&str>| {
+        let mut config = serde_json::json!({"type": "etcd", "endpoints": endpoints});
+        if let Some(password) = password {
+            config["user"] = "root".into();
+            config["password"] = password.into();
+        }
+        config.to_string()
+    };
+    let b = open(serde_json::from_str(&config(Some("secret"))).unwrap()).await;
+    let v = b.commit(vec![], vec![put(b"k", b"v")]).await.unwrap();
+    assert_eq!(b.get(b"k").await.unwrap().unwrap().version, v);
+    // A wrong password, or none, is refused at open, saying why.
+    for (password, why) in [
+        (Some("wrong"), "authentication failed"),
+        (None, "user name is empty"),
+    ] {
+        match kvstash::Registry::default().open(&config(password)).await {
+            Err(BackendError::Invalid(message)) => assert!(message.contains(why), "{message}"),
+            other => panic!("{password:?}: {other:?}"),
+        }
+    }
+}
+
+/// `tls`: etcd serving clients over TLS only, with a CA of its own.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn etcd_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificates = kvstash_test_servers::Certificates::create(dir.path());
+    let Some(server) = kvstash_test_servers::Etcd::start_tls(certificates.clone()) else {
+        return;
+    };
+    let endpoints = server.endpoints();
+    let b = open(serde_json::json!({
+        "type": "etcd",
+        "endpoints": endpoints,
+        "tls": {"ca": certificates.ca},
+    }))
+    .await;
+    let v = b.commit(vec![], vec![put(b"k", b"v")]).await.unwrap();
+    assert_eq!(b.get(b"k").await.unwrap().unwrap().version, v);
+    // Not trusting its CA, or not using TLS: no store.
+    for config in [
+        serde_json::json!({"type": "etcd", "endpoints": endpoints, "tls": {}, "timeout_ms": 2000}),
+        serde_json::json!({"type": "etcd", "endpoints": endpoints, "timeout_ms": 2000}),
+    ] {
+        let opened = kvstash::Registry::default().open(&config.to_string()).await;
+        assert!(
+            matches!(opened, Err(BackendError::Unavailable(_))),
+            "{config}: {opened:?}"
+        );
+    }
+    // A missing CA file is a configuration error.
+    let missing = serde_json::json!({"type": "etcd", "endpoints": endpoints, "tls": {"ca": dir.path().join("nope.pem")}});
+    assert!(matches!(
+        kvstash::Registry::default()
+            .open(&missing.to_string())
+            .await,
+        Err(BackendError::Invalid(_))
+    ));
+}
+
 #[tokio::test]
 async fn file_backend_keeps_everything_across_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -177,6 +177,25 @@ fn may_retry(e: &etcd_client::Error, kind: Request) -> bool {
     }
 }
 
+/// A request etcd refused for what it is, not because it was down: bad
+/// credentials, no permission, a request over its limits. Fix the
+/// configuration; retrying will not help.
+fn refusal(endpoint: &str, e: &etcd_client::Error) -> Option<BackendError> {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return None;
+    };
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+    .then(|| {
+        BackendError::Invalid(format!(
+            "{endpoint} refused the request: {}",
+            status.message()
+        ))
+    })
+}
+
 fn revision(r: i64) -> u64 {
     u64::try_from(r).unwrap_or(0)
 }
@@ -231,12 +250,28 @@ impl EtcdBackend {
             options = options.with_tls(t);
         }
         let endpoint = format!("etcd {}", config.endpoints.join(","));
-        let client = within(
-            &endpoint,
+        let connect = tokio::time::timeout(
             deadline,
             Client::connect(config.endpoints.clone(), Some(options)),
         )
-        .await?;
+        .await;
+        let client = match connect {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                return Err(refusal(&endpoint, &e).unwrap_or_else(|| {
+                    BackendError::Unavailable(format!(
+                        "{endpoint} is unavailable: {}",
+                        with_causes(&e)
+                    ))
+                }));
+            }
+            Err(_) => {
+                return Err(BackendError::Unavailable(format!(
+                    "{endpoint} is unavailable: no answer within {} ms",
+                    deadline.as_millis()
+                )));
+            }
+        };
         let ns = config.namespace.as_bytes();
         let backend = Arc::new(Self {
             client,
@@ -282,6 +317,9 @@ impl EtcdBackend {
             match tokio::time::timeout(left, make(kv)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => {
+                    if let Some(refused) = refusal(&self.endpoint, &e) {
+                        return Err(refused);
+                    }
                     let again = may_retry(&e, kind) && tokio::time::Instant::now() + pause < until;
                     if !again {
                         return Err(BackendError::Unavailable(format!(

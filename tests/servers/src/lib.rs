@@ -175,7 +175,87 @@ pub struct Etcd {
     members: Vec<Member>,
     cluster: String,
     args: Vec<String>,
+    /// Clients must use TLS, trusting this CA.
+    tls: Option<Certificates>,
     _dir: TempDir,
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (PEM files),
+/// made with the `openssl` command.
+#[derive(Clone, Debug)]
+pub struct Certificates {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certificates {
+    pub fn create(dir: &Path) -> Certificates {
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl runs (Debian package openssl)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kvstash test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        Certificates {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
 }
 
 impl Etcd {
@@ -187,6 +267,15 @@ impl Etcd {
     /// `size` members (3 for fault tests), all started, each with `args`
     /// added to its command line.
     pub fn cluster(size: usize, args: &[&str]) -> Option<Etcd> {
+        Self::cluster_with(size, args, None)
+    }
+
+    /// One member that serves clients over TLS only.
+    pub fn start_tls(certificates: Certificates) -> Option<Etcd> {
+        Self::cluster_with(1, &[], Some(certificates))
+    }
+
+    fn cluster_with(size: usize, args: &[&str], tls: Option<Certificates>) -> Option<Etcd> {
         if !have("/usr/bin/etcd", "etcd-server") {
             return None;
         }
@@ -209,6 +298,7 @@ impl Etcd {
             members,
             cluster,
             args: args.iter().map(|a| a.to_string()).collect(),
+            tls,
             _dir: dir,
         };
         for i in 0..size {
@@ -229,8 +319,14 @@ impl Etcd {
 
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut tls = Vec::new();
+        if let Some(c) = &self.tls {
+            tls.extend(["--cert-file".into(), c.cert.display().to_string()]);
+            tls.extend(["--key-file".into(), c.key.display().to_string()]);
+        }
         let child = Command::new("/usr/bin/etcd")
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -263,6 +359,7 @@ impl Etcd {
                 "error",
             ])
             .args(&self.args)
+            .args(&tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -303,11 +400,10 @@ impl Etcd {
     /// The index of the member that leads now, if one does (asked with
     /// `etcdctl endpoint status`).
     pub fn leader(&self) -> Option<usize> {
-        self.members.iter().position(|m| {
-            m.child.is_some()
-                && Command::new("etcdctl")
-                    .env("ETCDCTL_API", "3")
-                    .arg(format!("--endpoints=127.0.0.1:{}", m.client_port))
+        (0..self.members.len()).find(|&i| {
+            self.members[i].child.is_some()
+                && self
+                    .etcdctl(i)
                     .args(["endpoint", "status", "-w", "fields"])
                     .output()
                     .is_ok_and(|out| {
@@ -322,6 +418,25 @@ impl Etcd {
                         field("Leader").is_some() && field("Leader") == field("MemberID")
                     })
         })
+    }
+
+    /// `etcdctl` (v3 API) pointed at member `i`.
+    pub fn etcdctl(&self, i: usize) -> Command {
+        let mut command = Command::new("etcdctl");
+        command.env("ETCDCTL_API", "3");
+        match &self.tls {
+            Some(c) => command
+                .arg(format!(
+                    "--endpoints=https://127.0.0.1:{}",
+                    self.members[i].client_port
+                ))
+                .arg(format!("--cacert={}", c.ca.display())),
+            None => command.arg(format!(
+                "--endpoints=127.0.0.1:{}",
+                self.members[i].client_port
+            )),
+        };
+        command
     }
 
     /// Kills member `i` (SIGKILL); its data stays for a restart.
