@@ -530,6 +530,27 @@ async fn redis_backend_conforms() {
     all(open(serde_json::json!({"type": "redis", "url": url})).await).await;
     let config = serde_json::json!({"type": "redis", "url": url, "namespace": "c", "retention": 3});
     compaction(open(config).await).await;
+    // A version counter that fell behind the feed (deleted here; evicted by
+    // a Redis allowed to evict) stops commits before they write anything.
+    let config = serde_json::json!({"type": "redis", "url": url, "namespace": "lost"});
+    let b = open(config).await;
+    b.commit(vec![], vec![put(b"k", b"1")]).await.unwrap();
+    let deleted = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "DEL", "{lost}:h"])
+        .output()
+        .expect("redis-cli runs (Debian package redis-tools)");
+    assert!(deleted.status.success());
+    match b.commit(vec![], vec![put(b"k", b"2")]).await {
+        Err(BackendError::Unavailable(why)) => {
+            assert!(why.contains("behind the change feed"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        b.get(b"k").await.unwrap().unwrap().value,
+        b"1",
+        "nothing written"
+    );
 }
 
 #[cfg(feature = "postgres")]
@@ -621,6 +642,47 @@ async fn etcd_limits_and_compaction() {
             value: Some(b"3".to_vec())
         }]
     );
+    // Compaction for others' sake loses nothing of a store that did not
+    // commit in between: a store made after it reads its feed from 0, and
+    // a caught-up watcher of a quiet store reads on.
+    let compact = |revision: u64| {
+        let status = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints[0]))
+            .args(["compact", &revision.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let config = serde_json::json!({"type": "etcd", "endpoints": endpoints, "namespace": "other"});
+    let other = open(config).await;
+    let o1 = other.commit(vec![], vec![put(b"o", b"1")]).await.unwrap();
+    let change = |version, value: &[u8]| Change {
+        version,
+        key: b"o".to_vec(),
+        value: Some(value.to_vec()),
+    };
+    assert_eq!(other.changes(0, 100).await.unwrap(), vec![change(o1, b"1")]);
+    let busy = b.commit(vec![], vec![put(b"c", b"4")]).await.unwrap();
+    compact(busy);
+    let o2 = other.commit(vec![], vec![put(b"o", b"2")]).await.unwrap();
+    assert_eq!(
+        other.changes(o1, 100).await.unwrap(),
+        vec![change(o2, b"2")]
+    );
+    // But a store that did commit in between has lost that history.
+    assert_eq!(
+        b.changes(v3, 100).await,
+        Err(BackendError::Compacted { oldest: busy + 1 })
+    );
+    // A namespace inside another's keys is refused.
+    let nested =
+        serde_json::json!({"type": "etcd", "endpoints": endpoints, "namespace": "kvstash/d"});
+    assert!(matches!(
+        kvstash::Registry::default().open(&nested.to_string()).await,
+        Err(BackendError::Invalid(_))
+    ));
 }
 
 /// `user` and `password`: etcd with authentication enabled.

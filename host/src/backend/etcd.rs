@@ -134,6 +134,13 @@ impl std::fmt::Debug for EtcdBackend {
     }
 }
 
+/// How reading a watch ended.
+enum Feed {
+    Done(Vec<Change>),
+    /// The cluster compacted at this revision, past where the watch began.
+    Compacted(u64),
+}
+
 /// What a request may do: a read may be sent twice; a commit only if the
 /// first never reached a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +193,9 @@ fn refusal(endpoint: &str, e: &etcd_client::Error) -> Option<BackendError> {
     };
     matches!(
         status.code(),
-        tonic::Code::InvalidArgument | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        // Not `Unauthenticated` ("invalid auth token"): an expired token,
+        // which the client renews.
+        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
     )
     .then(|| {
         BackendError::Invalid(format!(
@@ -215,8 +224,12 @@ impl EtcdBackend {
         if config.endpoints.is_empty() {
             return Err(invalid("`endpoints` must name at least one member"));
         }
-        if config.namespace.is_empty() || config.namespace.len() > 256 {
-            return Err(invalid("`namespace` must be 1-256 bytes"));
+        if config.namespace.is_empty()
+            || config.namespace.len() > 256
+            || config.namespace.contains('/')
+        {
+            // `a/d` would live inside the records of namespace `a`.
+            return Err(invalid("`namespace` must be 1-256 bytes without `/`"));
         }
         if config.max_txn_ops < 2 {
             return Err(invalid("`max_txn_ops` must be at least 2"));
@@ -228,7 +241,12 @@ impl EtcdBackend {
             .with_keep_alive(Duration::from_secs(10), deadline)
             .with_require_leader(true);
         match (&config.user, &config.password) {
-            (Some(user), Some(password)) => options = options.with_user(user, password),
+            // Tokens expire (5 minutes idle by default): log in again.
+            (Some(user), Some(password)) => {
+                options = options
+                    .with_user(user, password)
+                    .with_auto_token_refresh(true);
+            }
             (None, None) => {}
             _ => return Err(invalid("`user` and `password` go together")),
         }
@@ -350,6 +368,62 @@ impl EtcdBackend {
         })
     }
 
+    /// Reads a watch from its start up to `head`: the changes after
+    /// `since`, whole commits, stopping at the first commit boundary at or
+    /// after `want` changes; or where the cluster compacted.
+    async fn read_feed(
+        &self,
+        stream: &mut etcd_client::WatchStream,
+        since: u64,
+        head: u64,
+        want: usize,
+    ) -> Result<Feed, etcd_client::Error> {
+        let mut out: Vec<Change> = Vec::new();
+        // The newest revision read whole: later copies of its events
+        // (etcd 3.4's duplicate events) are dropped.
+        let mut done = since;
+        while let Some(response) = stream.message().await? {
+            if response.compact_revision() != 0 {
+                return Ok(Feed::Compacted(revision(response.compact_revision())));
+            }
+            if response.canceled() {
+                return Err(etcd_client::Error::WatchError(format!(
+                    "watch canceled: {}",
+                    response.cancel_reason()
+                )));
+            }
+            let mut newest = done;
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let version = revision(kv.mod_revision());
+                if version <= done || version > head {
+                    continue;
+                }
+                // A commit boundary past the limit: done.
+                if out.len() >= want && out.last().is_some_and(|c| c.version != version) {
+                    return Ok(Feed::Done(out));
+                }
+                newest = newest.max(version);
+                let Some(key) = kv.key().strip_prefix(self.data.as_slice()) else {
+                    continue; // the head key: a commit, not a write
+                };
+                out.push(Change {
+                    version,
+                    key: key.to_vec(),
+                    value: match event.event_type() {
+                        EventType::Put => Some(kv.value().to_vec()),
+                        EventType::Delete => None,
+                    },
+                });
+            }
+            done = newest;
+            if done >= head {
+                break;
+            }
+        }
+        Ok(Feed::Done(out))
+    }
+
     fn committed(&self, version: u64) {
         self.commits.send_if_modified(|seen| {
             let newer = version > *seen;
@@ -398,39 +472,48 @@ impl EtcdBackend {
 /// Follows the head key, so watchers here wake on other hosts' commits;
 /// watches again after an error, until the backend is dropped.
 async fn follow(client: Client, head: Vec<u8>, commits: Weak<tokio::sync::watch::Sender<u64>>) {
+    let note = |sender: &tokio::sync::watch::Sender<u64>, version: u64| {
+        sender.send_if_modified(|seen| {
+            let newer = version > *seen;
+            if newer {
+                *seen = version;
+            }
+            newer
+        });
+    };
     loop {
-        let mut watch_client = client
-            .watch_client()
-            .max_decoding_message_size(MAX_DECODING);
-        let from = commits.upgrade().map(|c| *c.borrow());
-        let Some(from) = from else { return };
-        let options = WatchOptions::new().with_start_revision(to_i64(from + 1));
-        if let Ok(mut stream) = watch_client.watch(head.clone(), Some(options)).await {
-            loop {
-                let next = tokio::time::timeout(Duration::from_secs(1), stream.message()).await;
-                let Some(sender) = commits.upgrade() else {
-                    return;
-                };
-                match next {
-                    Ok(Ok(Some(response))) => {
-                        if response.canceled() {
-                            break;
-                        }
-                        for event in response.events() {
-                            if let Some(kv) = event.kv() {
-                                let version = revision(kv.mod_revision());
-                                sender.send_if_modified(|seen| {
-                                    let newer = version > *seen;
-                                    if newer {
-                                        *seen = version;
-                                    }
-                                    newer
-                                });
+        // From the head as it is now (not from the last version seen, which
+        // the cluster may have compacted away since).
+        let mut kv = client.kv_client();
+        let now = tokio::time::timeout(Duration::from_secs(5), kv.get(head.clone(), None)).await;
+        if let Ok(Ok(response)) = now {
+            let Some(sender) = commits.upgrade() else {
+                return;
+            };
+            let at = response.header().map_or(0, |h| revision(h.revision()));
+            if let Some(kv) = response.kvs().first() {
+                note(&sender, revision(kv.mod_revision()));
+            }
+            drop(sender);
+            let mut watch_client = client.watch_client();
+            let options = WatchOptions::new().with_start_revision(to_i64(at + 1));
+            if let Ok(mut stream) = watch_client.watch(head.clone(), Some(options)).await {
+                loop {
+                    let next = tokio::time::timeout(Duration::from_secs(1), stream.message()).await;
+                    let Some(sender) = commits.upgrade() else {
+                        return;
+                    };
+                    match next {
+                        Ok(Ok(Some(response))) if !response.canceled() => {
+                            for event in response.events() {
+                                if let Some(kv) = event.kv() {
+                                    note(&sender, revision(kv.mod_revision()));
+                                }
                             }
                         }
+                        Ok(Ok(_) | Err(_)) => break,
+                        Err(_) => continue,
                     }
-                    Ok(Ok(None) | Err(_)) => break,
-                    Err(_) => continue,
                 }
             }
         }
@@ -606,63 +689,41 @@ impl Backend for EtcdBackend {
         let root = self.root.clone();
         let end = prefix_end(&root).unwrap_or_default();
         let read = async {
-            let mut watch_client = self
-                .client
-                .watch_client()
-                .max_decoding_message_size(MAX_DECODING);
             // From `since`, not `since + 1`: a watch opened exactly at the
             // compaction revision can miss a delete (etcd #19179, fixed
             // after 3.4.23), so that revision counts as compacted too.
-            let options = WatchOptions::new()
-                .with_range(end)
-                .with_start_revision(to_i64(since.max(1)));
-            let mut stream = watch_client.watch(root.clone(), Some(options)).await?;
-            let mut out: Vec<Change> = Vec::new();
-            // The newest revision read whole: later copies of its events
-            // (etcd 3.4's duplicate events) are dropped.
-            let mut done = since;
-            while let Some(response) = stream.message().await? {
-                if response.compact_revision() != 0 {
-                    return Ok(Err(BackendError::Compacted {
-                        oldest: revision(response.compact_revision()) + 1,
-                    }));
-                }
-                if response.canceled() {
-                    return Err(etcd_client::Error::WatchError(format!(
-                        "watch canceled: {}",
-                        response.cancel_reason()
-                    )));
-                }
-                let mut newest = done;
-                for event in response.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let version = revision(kv.mod_revision());
-                    if version <= done || version > head {
-                        continue;
+            let mut start = since.max(1);
+            loop {
+                let mut watch_client = self
+                    .client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_DECODING);
+                let options = WatchOptions::new()
+                    .with_range(end.clone())
+                    .with_start_revision(to_i64(start));
+                let mut stream = watch_client.watch(root.clone(), Some(options)).await?;
+                match self.read_feed(&mut stream, since, head, want).await? {
+                    Feed::Done(out) => return Ok::<_, etcd_client::Error>(Ok(out)),
+                    Feed::Compacted(at) => {
+                        // The cluster compacted past `since`. Only if this
+                        // store committed in between is anything lost: its
+                        // head key then changed after `since`.
+                        let mut kv = self.client.kv_client();
+                        let options = GetOptions::new().with_revision(to_i64(at));
+                        let then = kv.get(self.head.clone(), Some(options)).await;
+                        let lost = match then {
+                            Ok(r) => {
+                                r.kvs().first().map_or(0, |kv| revision(kv.mod_revision())) > since
+                            }
+                            Err(_) => true,
+                        };
+                        if lost || at < start {
+                            return Ok(Err(BackendError::Compacted { oldest: at + 1 }));
+                        }
+                        start = at + 1;
                     }
-                    // A commit boundary past the limit: done.
-                    if out.len() >= want && out.last().is_some_and(|c| c.version != version) {
-                        return Ok(Ok(out));
-                    }
-                    newest = newest.max(version);
-                    let Some(key) = kv.key().strip_prefix(self.data.as_slice()) else {
-                        continue; // the head key: a commit, not a write
-                    };
-                    out.push(Change {
-                        version,
-                        key: key.to_vec(),
-                        value: match event.event_type() {
-                            EventType::Put => Some(kv.value().to_vec()),
-                            EventType::Delete => None,
-                        },
-                    });
-                }
-                done = newest;
-                if done >= head {
-                    break;
                 }
             }
-            Ok(Ok(out))
         };
         let out = within(&self.endpoint, self.deadline, read).await??;
         Ok(take_changes(out.into_iter(), limit))

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::remote::{Deadline, last_write_wins, maybe_applied, within};
+use super::remote::{Deadline, last_write_wins, maybe_applied, with_causes, within};
 use super::{
     Backend, BackendError, Change, Check, DEFAULT_RETENTION, Entry, MAX_SCAN, Scan, Write,
     take_changes, validate_commit, validate_get_many, validate_key, validate_scan,
@@ -176,6 +176,11 @@ async fn connect(
 ) -> Result<(Client, Prepared), tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(connection);
+    // The commit function relies on read committed (a new snapshot per
+    // statement after the head row's lock), whatever the server's default.
+    client
+        .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await?;
     let scan = |order: &str, bounded: bool| {
         format!(
             "SELECT key, value, version FROM {ns}_data WHERE key >= $1 {} ORDER BY key {order} LIMIT $3",
@@ -250,6 +255,8 @@ impl PostgresBackend {
         let mut pg: tokio_postgres::Config = config.url.parse().map_err(invalid)?;
         let deadline = config.deadline.duration();
         pg.connect_timeout(deadline);
+        // A peer that vanished without a word is noticed in about a minute.
+        pg.keepalives_idle(Duration::from_secs(30));
         let host = match pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             #[cfg(unix)]
@@ -294,13 +301,17 @@ impl PostgresBackend {
     }
 
     /// A live connection, in turn; a broken one is replaced.
-    async fn connection(&self) -> Result<Arc<Connection>, BackendError> {
-        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
-        let current = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    /// A live connection, in turn, with its slot; a broken one is replaced.
+    async fn connection(&self) -> Result<(usize, Arc<Connection>), BackendError> {
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        let current = self.pool[at]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(connection) = current
             && !connection.client.is_closed()
         {
-            return Ok(connection);
+            return Ok((at, connection));
         }
         let (client, prepared) = within(
             &self.endpoint,
@@ -309,8 +320,8 @@ impl PostgresBackend {
         )
         .await?;
         let connection = Arc::new(Connection { client, prepared });
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(connection.clone());
-        Ok(connection)
+        *self.pool[at].lock().unwrap_or_else(|p| p.into_inner()) = Some(connection.clone());
+        Ok((at, connection))
     }
 
     async fn query(
@@ -318,15 +329,32 @@ impl PostgresBackend {
         statement: impl Fn(&Prepared) -> &Statement,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, BackendError> {
-        let connection = self.connection().await?;
-        within(
-            &self.endpoint,
-            self.deadline,
-            connection
-                .client
-                .query(statement(&connection.prepared), params),
-        )
-        .await
+        let (at, connection) = self.connection().await?;
+        let call = connection
+            .client
+            .query(statement(&connection.prepared), params);
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(BackendError::Unavailable(format!(
+                "{} is unavailable: {}",
+                self.endpoint,
+                with_causes(&e)
+            ))),
+            Err(_) => {
+                // Whatever holds this connection up (a lost network, a
+                // statement stuck on the server) would hold up every later
+                // call on it too: the next call gets a new one.
+                let mut slot = self.pool[at].lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &connection)) {
+                    *slot = None;
+                }
+                Err(BackendError::Unavailable(format!(
+                    "{} is unavailable: no answer within {} ms",
+                    self.endpoint,
+                    self.deadline.as_millis()
+                )))
+            }
+        }
     }
 
     fn committed(&self, version: u64) {

@@ -20,7 +20,10 @@
 //!
 //! **Durability** is Redis's: with `appendonly yes` and `appendfsync
 //! always` an acknowledged commit is on the node's disk; replication is
-//! asynchronous, so a failover can lose acknowledged commits.
+//! asynchronous, so a failover can lose acknowledged commits. Redis must
+//! not evict kvstash's keys (`maxmemory-policy noeviction`, the default);
+//! a commit script refuses to run if the version counter fell behind the
+//! feed.
 //!
 //! **Connections.** One `ConnectionManager` (multiplexed, reconnecting in
 //! the background) for commands, and one pub/sub connection, re-established
@@ -88,6 +91,15 @@ for i = 1, tonumber(ARGV[4]) do
 end
 local n = tonumber(ARGV[a])
 a = a + 1
+-- XADD refuses an id at or below the stream's last one, and would fail
+-- after the writes: a counter behind the feed (lost, evicted) stops here.
+local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+if last[1] then
+  local top = tonumber(string.match(last[1][1], '^(%d+)-'))
+  if top >= tonumber(redis.call('GET', KEYS[1]) or '0') + 1 then
+    return redis.error_reply('the version counter ' .. KEYS[1] .. ' is behind the change feed (was it evicted? kvstash needs maxmemory-policy noeviction)')
+  end
+end
 local version = redis.call('INCR', KEYS[1])
 local v = string.format('%d', version)
 local head = v .. ':'

@@ -40,6 +40,7 @@ fn have(binary: &str, package: &str) -> bool {
     found
 }
 
+/// Waits for `child` to listen on `port`; kills it and fails if it does not.
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -52,6 +53,7 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    stop(child);
     panic!("{what} did not listen on 127.0.0.1:{port} within 30 s");
 }
 
