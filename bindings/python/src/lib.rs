@@ -1,0 +1,364 @@
+//! `kvstash._native`: the Rust host (every backend) as a Python module.
+//!
+//! The Python package `kvstash` (python/kvstash) re-exports what is here.
+//! Every call that reaches the store releases the GIL while it runs
+//! (component call, backend I/O, fsync), so other Python threads go on.
+//! Values are JSON: Python objects go through the standard `json` module;
+//! `bytes` are stored as raw bytes and come back as `bytes`.
+
+use std::time::Duration;
+
+use kvstash::{BlockingBucket, BlockingStore, Error, ListOptions, Value, WriteOptions};
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+pyo3::create_exception!(
+    kvstash,
+    KvstashError,
+    PyException,
+    "Every kvstash error. Input errors leave stored data untouched."
+);
+pyo3::create_exception!(
+    kvstash,
+    InvalidError,
+    KvstashError,
+    "Bad input: a key, bucket, value, path, cursor, argument or configuration."
+);
+pyo3::create_exception!(
+    kvstash,
+    ConflictError,
+    KvstashError,
+    "A condition did not hold (`if_version`, `if_absent`, a transaction check); nothing was written. `.current` is the key's version (None: absent)."
+);
+pyo3::create_exception!(
+    kvstash,
+    NotFoundError,
+    KvstashError,
+    "The operation needs a key, or a path in a document, that does not exist."
+);
+pyo3::create_exception!(
+    kvstash,
+    ContentionError,
+    KvstashError,
+    "A write lost races with other writers until its retry deadline."
+);
+pyo3::create_exception!(
+    kvstash,
+    ReadOnlyError,
+    KvstashError,
+    "The store is read-only."
+);
+pyo3::create_exception!(
+    kvstash,
+    CompactedError,
+    KvstashError,
+    "Versions older than `.oldest` are no longer retained."
+);
+pyo3::create_exception!(
+    kvstash,
+    StorageError,
+    KvstashError,
+    "The backend failed or is unavailable; nothing is known to have been written."
+);
+
+pyo3::create_exception!(
+    kvstash,
+    LockedError,
+    KvstashError,
+    "The lock is held by another lease."
+);
+pyo3::create_exception!(
+    kvstash,
+    LeaseLostError,
+    KvstashError,
+    "The lease no longer holds its lock."
+);
+
+/// One page of a listing: `(key, entry)` pairs and the next page's cursor.
+type Page = (Vec<(String, Entry)>, Option<String>);
+
+/// The Python exception for a kvstash error, with its details as
+/// attributes (`current`, `index`, `oldest`).
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let message = e.to_string();
+    let (err, attrs): (PyErr, Vec<(&str, Option<u64>)>) = match e {
+        Error::Conflict { current } => {
+            (ConflictError::new_err(message), vec![("current", current)])
+        }
+        Error::CheckFailed { index, current } => (
+            ConflictError::new_err(message),
+            vec![("current", current), ("index", Some(u64::from(index)))],
+        ),
+        Error::Compacted { oldest } => (
+            CompactedError::new_err(message),
+            vec![("oldest", Some(oldest))],
+        ),
+        Error::NotFound(_) | Error::PathNotFound(_) => (NotFoundError::new_err(message), vec![]),
+        Error::Contention => (ContentionError::new_err(message), vec![]),
+        Error::ReadOnly => (ReadOnlyError::new_err(message), vec![]),
+        Error::Storage(_) | Error::Trap(_) | Error::Runtime(_) => {
+            (StorageError::new_err(message), vec![])
+        }
+        Error::InvalidKey(_)
+        | Error::InvalidBucket(_)
+        | Error::InvalidValue(_)
+        | Error::InvalidCursor
+        | Error::InvalidConfig(_)
+        | Error::InvalidArgument(_)
+        | Error::InvalidPath(_)
+        | Error::PathTypeMismatch(_)
+        | Error::SchemaViolation(_)
+        | Error::NotJson
+        | Error::Serde(_) => (InvalidError::new_err(message), vec![]),
+        Error::Locked { .. } => (LockedError::new_err(message), vec![]),
+        Error::LeaseLost(_) => (LeaseLostError::new_err(message), vec![]),
+        // Errors added to the API later: still a KvstashError.
+        _ => (KvstashError::new_err(message), vec![]),
+    };
+    let value = err.value(py);
+    for (name, v) in attrs {
+        // Setting an attribute on a fresh exception object cannot fail in
+        // practice; if it did, the exception is still raised.
+        let _ = value.setattr(name, v);
+    }
+    err
+}
+
+/// A Python object as a stored value: `bytes` as bytes, anything else as
+/// JSON (via the `json` module, so what `json.dumps` takes, kvstash takes).
+fn value_of(value: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if let Ok(bytes) = value.cast::<PyBytes>() {
+        return Ok(Value::Bytes(bytes.as_bytes().to_vec()));
+    }
+    let json = value.py().import("json")?;
+    let text: String = json.call_method1("dumps", (value,))?.extract()?;
+    Ok(Value::Json(text))
+}
+
+fn object_of(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
+    match value {
+        Value::Json(text) => Ok(py
+            .import("json")?
+            .call_method1("loads", (text.as_str(),))?
+            .unbind()),
+        Value::Bytes(bytes) => Ok(PyBytes::new(py, bytes).into_any().unbind()),
+    }
+}
+
+fn ttl_of(ttl: Option<f64>) -> PyResult<Option<Duration>> {
+    ttl.map(|seconds| {
+        Duration::try_from_secs_f64(seconds).map_err(|_| {
+            InvalidError::new_err(format!(
+                "ttl must be a positive number of seconds, not {seconds}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// A stored value with the version of the commit that last wrote it.
+#[pyclass(frozen, module = "kvstash")]
+pub struct Entry {
+    #[pyo3(get)]
+    value: Py<PyAny>,
+    #[pyo3(get)]
+    version: u64,
+    /// Seconds since the epoch when the key expires, or None.
+    #[pyo3(get)]
+    expires_at: Option<f64>,
+}
+
+#[pymethods]
+impl Entry {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Entry(value={}, version={})",
+            self.value.bind(py).repr()?,
+            self.version
+        ))
+    }
+}
+
+fn entry(py: Python<'_>, e: &kvstash::Entry) -> PyResult<Entry> {
+    Ok(Entry {
+        value: object_of(py, &e.value)?,
+        version: e.version,
+        expires_at: e
+            .expires_at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64()),
+    })
+}
+
+/// An open store. `kvstash.open(config)` makes one.
+#[pyclass(frozen, module = "kvstash")]
+pub struct Store {
+    inner: BlockingStore,
+}
+
+#[pymethods]
+impl Store {
+    /// A bucket of this store (buckets need no creating).
+    fn bucket(&self, name: &str) -> Bucket {
+        Bucket {
+            inner: self.inner.bucket(name),
+            name: name.to_string(),
+        }
+    }
+
+    /// The names of the buckets that hold keys.
+    fn buckets(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.buckets()).map_err(|e| to_py(py, e))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Store({})", self.inner.as_async().describe().join(", "))
+    }
+}
+
+/// A bucket: keys (strings) to values.
+#[pyclass(frozen, module = "kvstash")]
+pub struct Bucket {
+    inner: BlockingBucket,
+    name: String,
+}
+
+#[pymethods]
+impl Bucket {
+    /// The entry at `key` (`.value`, `.version`), or None.
+    fn get(&self, py: Python<'_>, key: &str) -> PyResult<Option<Entry>> {
+        let found = py
+            .detach(|| self.inner.get(key))
+            .map_err(|e| to_py(py, e))?;
+        found.map(|e| entry(py, &e)).transpose()
+    }
+
+    /// Stores `value` (JSON-able, or `bytes`); returns the new version.
+    /// `if_version`: only if the key is at that version; `if_absent`: only
+    /// if it has none; otherwise `ConflictError`. `ttl`: seconds to live.
+    #[pyo3(signature = (key, value, *, if_version=None, if_absent=false, ttl=None))]
+    fn set(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        value: &Bound<'_, PyAny>,
+        if_version: Option<u64>,
+        if_absent: bool,
+        ttl: Option<f64>,
+    ) -> PyResult<u64> {
+        let value = value_of(value)?;
+        let options = WriteOptions {
+            if_version,
+            if_absent,
+            ttl: ttl_of(ttl)?,
+        };
+        py.detach(|| self.inner.set_with(key, value, &options))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Deletes `key`; whether it existed.
+    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        py.detach(|| self.inner.delete(key))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Adds `delta` to the integer at `key` (absent: 0), atomically; the new value.
+    #[pyo3(signature = (key, delta=1))]
+    fn increment(&self, py: Python<'_>, key: &str, delta: i64) -> PyResult<i64> {
+        py.detach(|| self.inner.increment(key, delta))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// One page of `(key, Entry)` pairs in key order, and the cursor of the
+    /// next page (None: no more).
+    #[pyo3(signature = (*, prefix=None, start=None, end=None, limit=None, cursor=None, reverse=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn list(
+        &self,
+        py: Python<'_>,
+        prefix: Option<String>,
+        start: Option<String>,
+        end: Option<String>,
+        limit: Option<u32>,
+        cursor: Option<String>,
+        reverse: bool,
+    ) -> PyResult<Page> {
+        let options = ListOptions {
+            prefix,
+            start,
+            end,
+            limit,
+            cursor,
+            reverse,
+            keys_only: false,
+        };
+        let page = py
+            .detach(|| self.inner.list(&options))
+            .map_err(|e| to_py(py, e))?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for item in page.items {
+            let value = match &item.value {
+                Some(v) => object_of(py, v)?,
+                None => py.None(),
+            };
+            let expires_at = item
+                .expires_at
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64());
+            items.push((
+                item.key,
+                Entry {
+                    value,
+                    version: item.version,
+                    expires_at,
+                },
+            ));
+        }
+        Ok((items, page.cursor))
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Opens a store: `config` is the JSON configuration (text or a dict),
+/// e.g. `{"type": "file", "path": "/var/lib/app/kvstash.redb"}`.
+#[pyfunction]
+fn open(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Store> {
+    let config: String = if let Ok(text) = config.cast::<PyString>() {
+        text.extract::<String>()?
+    } else if config.cast::<PyDict>().is_ok() {
+        py.import("json")?
+            .call_method1("dumps", (config,))?
+            .extract()?
+    } else {
+        return Err(InvalidError::new_err("config must be JSON text or a dict"));
+    };
+    let inner = py
+        .detach(|| BlockingStore::open(&config))
+        .map_err(|e| to_py(py, e))?;
+    Ok(Store { inner })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_function(wrap_pyfunction!(open, m)?)?;
+    m.add_class::<Store>()?;
+    m.add_class::<Bucket>()?;
+    m.add_class::<Entry>()?;
+    m.add("KvstashError", py.get_type::<KvstashError>())?;
+    m.add("InvalidError", py.get_type::<InvalidError>())?;
+    m.add("ConflictError", py.get_type::<ConflictError>())?;
+    m.add("NotFoundError", py.get_type::<NotFoundError>())?;
+    m.add("ContentionError", py.get_type::<ContentionError>())?;
+    m.add("ReadOnlyError", py.get_type::<ReadOnlyError>())?;
+    m.add("CompactedError", py.get_type::<CompactedError>())?;
+    m.add("StorageError", py.get_type::<StorageError>())?;
+    m.add("LockedError", py.get_type::<LockedError>())?;
+    m.add("LeaseLostError", py.get_type::<LeaseLostError>())?;
+    Ok(())
+}

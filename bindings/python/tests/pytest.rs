@@ -1,0 +1,48 @@
+//! The Python package, as a user gets it: `pip install ./bindings/python`
+//! (maturin builds the native module) into a virtualenv under `target/`,
+//! then its pytest suite (`bindings/python/tests/test_*.py`).
+//!
+//! The package builds in its own cargo target dir (`target/python`): this
+//! test runs inside `cargo test`, which holds the workspace's.
+
+// Test code: a broken assumption should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(command: &mut Command) {
+    let shown = format!("{command:?}");
+    let status = command.status().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    assert!(status.success(), "{shown} failed ({status})");
+}
+
+#[test]
+fn the_python_package_installs_and_passes_its_tests() {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = package.join("../../target");
+    let venv = target.join("py-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    }
+    let pip = |args: &[&str]| {
+        let mut command = Command::new(&python);
+        command
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(args)
+            .env("CARGO_TARGET_DIR", target.join("python"));
+        command
+    };
+    run(&mut pip(&["pytest==9.2.0"]));
+    run(pip(&["--force-reinstall", "--no-deps"]).arg(package));
+    run(Command::new(&python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(package.join("tests")));
+}

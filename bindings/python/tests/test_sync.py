@@ -1,0 +1,136 @@
+"""The synchronous API, on the file and memory backends."""
+
+import threading
+
+import pytest
+
+import kvstash
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return kvstash.open({"type": "memory"})
+    return kvstash.open({"type": "file", "path": str(tmp_path / "s.redb")})
+
+
+def test_aliases_and_display_names(tmp_path):
+    # The seed's device connector: aliases and display names survive a reopen.
+    path = str(tmp_path / "devices.redb")
+    store = kvstash.open({"type": "file", "path": path})
+    store.bucket("aliases").set("environment_sensor_1", [1, 5, 42])
+    store.bucket("names").set("environment_sensor_1", "backyard shed sensor")
+    del store
+    again = kvstash.open(f'{{"type": "file", "path": "{path}"}}')
+    assert again.bucket("aliases").get("environment_sensor_1").value == [1, 5, 42]
+    assert again.bucket("names").get("environment_sensor_1").value == "backyard shed sensor"
+
+
+def test_values_and_versions(store):
+    b = store.bucket("b")
+    assert b.get("missing") is None
+    v1 = b.set("doc", {"name": "shed", "tags": ["a", "b"], "n": 1.5, "none": None})
+    entry = b.get("doc")
+    assert entry.value == {"name": "shed", "tags": ["a", "b"], "n": 1.5, "none": None}
+    assert entry.version == v1
+    v2 = b.set("raw", b"\x00\xffbytes")
+    assert v2 > v1
+    assert b.get("raw").value == b"\x00\xffbytes"
+    assert b.delete("raw") is True
+    assert b.delete("raw") is False
+    assert b.name == "b"
+
+
+def test_conditional_writes(store):
+    b = store.bucket("b")
+    v = b.set("k", 1, if_absent=True)
+    with pytest.raises(kvstash.ConflictError) as raised:
+        b.set("k", 2, if_absent=True)
+    assert raised.value.current == v
+    with pytest.raises(kvstash.ConflictError) as raised:
+        b.set("k", 2, if_version=v + 1000)
+    assert raised.value.current == v
+    assert isinstance(raised.value, kvstash.KvstashError)
+    b.set("k", 3, if_version=v)
+    assert b.get("k").value == 3
+
+
+def test_increment_and_ttl(store):
+    b = store.bucket("b")
+    assert b.increment("hits") == 1
+    assert b.increment("hits", 41) == 42
+    b.set("lock", "me", ttl=30)
+    assert b.get("lock").expires_at is not None
+    with pytest.raises(kvstash.InvalidError):
+        b.set("lock", "me", ttl=-1)
+
+
+def test_list_pages(store):
+    b = store.bucket("b")
+    for i in range(25):
+        b.set(f"sensor_{i:03}", i)
+    seen, cursor = [], None
+    while True:
+        items, cursor = b.list(prefix="sensor_", limit=10, cursor=cursor)
+        seen += [(k, e.value) for k, e in items]
+        if cursor is None:
+            break
+    assert seen == [(f"sensor_{i:03}", i) for i in range(25)]
+
+
+def test_bad_input_is_typed_and_harmless(store):
+    b = store.bucket("b")
+    b.set("k", 1)
+    with pytest.raises(kvstash.InvalidError):
+        b.set("", 1)
+    with pytest.raises(kvstash.InvalidError):
+        store.bucket("").get("k")
+    with pytest.raises(TypeError):
+        b.set("k", object())
+    assert b.get("k").value == 1
+    with pytest.raises(kvstash.InvalidError):
+        kvstash.open({"type": "nope"})
+    with pytest.raises(kvstash.InvalidError):
+        kvstash.open(42)
+
+
+def test_threads_share_a_store(store):
+    # Calls release the GIL; increments from several threads all count.
+    b = store.bucket("b")
+
+    def work():
+        for _ in range(50):
+            b.increment("n")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert b.get("n").value == 200
+
+
+def test_every_error_is_a_kvstash_error():
+    for name in [
+        "InvalidError", "ConflictError", "NotFoundError", "ContentionError", "ReadOnlyError",
+        "CompactedError", "StorageError", "LockedError", "LeaseLostError",
+    ]:
+        assert issubclass(getattr(kvstash, name), kvstash.KvstashError), name
+    assert issubclass(kvstash.KvstashError, Exception)
+
+
+def test_readme_example(tmp_path):
+    # The README's "Use it from Python", as written there.
+    import os
+    os.chdir(tmp_path)
+    import kvstash
+    store = kvstash.open({"type": "file", "path": "devices.redb"})
+    aliases = store.bucket("aliases")
+    version = aliases.set("environment_sensor_1", [1, 5, 42])
+    entry = aliases.get("environment_sensor_1")
+    assert (entry.value, entry.version) == ([1, 5, 42], version)
+    try:
+        aliases.set("environment_sensor_1", [1, 5, 43], if_version=version - 1)
+    except kvstash.ConflictError as e:
+        print("someone else wrote it first; it is at version", e.current)
+    assert aliases.get("environment_sensor_1").value == [1, 5, 42]
