@@ -203,6 +203,20 @@ impl std::fmt::Debug for BlockingWatch {
     }
 }
 
+impl BlockingWatch {
+    /// The next event, waiting at most `timeout`: `None` if none came in
+    /// time (nothing is lost: the event comes with a later call).
+    pub fn next_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<Option<Result<Event, Error>>> {
+        use futures::StreamExt as _;
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, self.stream.next()).await })
+            .ok()
+    }
+}
+
 impl Iterator for BlockingWatch {
     type Item = Result<Event, Error>;
 

@@ -8,7 +8,12 @@
 
 use std::time::Duration;
 
-use kvstash::{BlockingBucket, BlockingStore, Error, ListOptions, Value, WriteOptions};
+use std::sync::Mutex;
+
+use kvstash::{
+    BlockingBucket, BlockingStore, BlockingWatch, Error, EventKind, ListOptions, Value,
+    WatchOptions, WriteOptions,
+};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
@@ -146,15 +151,17 @@ fn object_of(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
     }
 }
 
-fn ttl_of(ttl: Option<f64>) -> PyResult<Option<Duration>> {
-    ttl.map(|seconds| {
-        Duration::try_from_secs_f64(seconds).map_err(|_| {
-            InvalidError::new_err(format!(
-                "ttl must be a positive number of seconds, not {seconds}"
-            ))
+/// `seconds` as a duration; `what` names the argument in the error.
+fn seconds(what: &str, seconds: Option<f64>) -> PyResult<Option<Duration>> {
+    seconds
+        .map(|s| {
+            Duration::try_from_secs_f64(s).map_err(|_| {
+                InvalidError::new_err(format!(
+                    "{what} must be a positive number of seconds, not {s}"
+                ))
+            })
         })
-    })
-    .transpose()
+        .transpose()
 }
 
 /// A stored value with the version of the commit that last wrote it.
@@ -251,7 +258,7 @@ impl Bucket {
         let options = WriteOptions {
             if_version,
             if_absent,
-            ttl: ttl_of(ttl)?,
+            ttl: seconds("ttl", ttl)?,
         };
         py.detach(|| self.inner.set_with(key, value, &options))
             .map_err(|e| to_py(py, e))
@@ -322,6 +329,115 @@ impl Bucket {
     fn name(&self) -> String {
         self.name.clone()
     }
+
+    /// The bucket's changes, in version order, as an iterator of `Event`s:
+    /// after version `since`, or from now when it is None; only keys
+    /// starting with `prefix`. Resume after an event with
+    /// `since=event.version`.
+    #[pyo3(signature = (*, since=None, prefix=None))]
+    fn watch(&self, py: Python<'_>, since: Option<u64>, prefix: Option<String>) -> PyResult<Watch> {
+        let options = WatchOptions {
+            since,
+            prefix,
+            ..WatchOptions::default()
+        };
+        let inner = py
+            .detach(|| self.inner.watch(options))
+            .map_err(|e| to_py(py, e))?;
+        Ok(Watch {
+            inner: Mutex::new(inner),
+        })
+    }
+}
+
+/// One change seen by a watch.
+#[pyclass(frozen, module = "kvstash")]
+pub struct Event {
+    /// The version of the commit that made it.
+    #[pyo3(get)]
+    version: u64,
+    #[pyo3(get)]
+    key: String,
+    /// `"set"`, `"delete"` or `"expire"`.
+    #[pyo3(get)]
+    kind: &'static str,
+    /// The new value (for `"set"`), else None.
+    #[pyo3(get)]
+    value: Py<PyAny>,
+}
+
+#[pymethods]
+impl Event {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Event(version={}, key={:?}, kind={:?}, value={})",
+            self.version,
+            self.key,
+            self.kind,
+            self.value.bind(py).repr()?
+        ))
+    }
+}
+
+/// A bucket's changes: iterate it, or call `next_event(timeout)`.
+#[pyclass(frozen, module = "kvstash")]
+pub struct Watch {
+    inner: Mutex<BlockingWatch>,
+}
+
+impl Watch {
+    /// Waits up to `timeout` for the next event: `Ok(None)` if none came.
+    fn wait(&self, py: Python<'_>, timeout: Duration) -> PyResult<Option<Event>> {
+        let next = py.detach(|| {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.next_within(timeout)
+        });
+        match next {
+            None => Ok(None),
+            Some(None) => Err(StorageError::new_err("the watch ended")),
+            Some(Some(Err(e))) => Err(to_py(py, e)),
+            Some(Some(Ok(event))) => Ok(Some(Event {
+                version: event.version,
+                key: event.key,
+                kind: match event.kind {
+                    EventKind::Set => "set",
+                    EventKind::Delete => "delete",
+                    EventKind::Expire => "expire",
+                },
+                value: match &event.value {
+                    Some(v) => object_of(py, v)?,
+                    None => py.None(),
+                },
+            })),
+        }
+    }
+}
+
+#[pymethods]
+impl Watch {
+    /// The next event, waiting at most `timeout` seconds (None: no limit);
+    /// None if none came in time. Nothing is lost by a timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
+        match seconds("timeout", timeout)? {
+            Some(limit) => self.wait(py, limit),
+            None => loop {
+                if let Some(event) = self.wait(py, Duration::from_millis(100))? {
+                    return Ok(Some(event));
+                }
+                // Ctrl-C and other signals reach a waiting thread.
+                py.check_signals()?;
+            },
+        }
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Event>> {
+        self.next_event(py, None)
+    }
 }
 
 /// Opens a store: `config` is the JSON configuration (text or a dict),
@@ -350,6 +466,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add_class::<Bucket>()?;
     m.add_class::<Entry>()?;
+    m.add_class::<Event>()?;
+    m.add_class::<Watch>()?;
     m.add("KvstashError", py.get_type::<KvstashError>())?;
     m.add("InvalidError", py.get_type::<InvalidError>())?;
     m.add("ConflictError", py.get_type::<ConflictError>())?;

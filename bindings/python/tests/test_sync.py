@@ -134,3 +134,21 @@ def test_readme_example(tmp_path):
     except kvstash.ConflictError as e:
         print("someone else wrote it first; it is at version", e.current)
     assert aliases.get("environment_sensor_1").value == [1, 5, 42]
+
+
+def test_watch_in_order_and_resumable(store):
+    b = store.bucket("w")
+    watch = b.watch(since=0)
+    v1 = b.set("a", 1)
+    b.delete("a")
+    first = watch.next_event(5)
+    assert (first.version, first.key, first.kind, first.value) == (v1, "a", "set", 1)
+    second = next(watch)
+    assert (second.key, second.kind, second.value) == ("a", "delete", None)
+    assert second.version > v1
+    assert watch.next_event(0.05) is None, "a timeout loses nothing"
+    b.set("b", 2)
+    assert next(watch).key == "b"
+    # Resuming after an event sees what came after it.
+    again = b.watch(since=first.version)
+    assert next(again).version == second.version

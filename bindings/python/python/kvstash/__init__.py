@@ -15,7 +15,8 @@ from ._native import (
     CompactedError,
     ConflictError,
     ContentionError,
-    Entry,
+        Entry,
+    Event,
     InvalidError,
         KvstashError,
     LeaseLostError,
@@ -23,7 +24,8 @@ from ._native import (
     NotFoundError,
     ReadOnlyError,
     StorageError,
-    Store,
+        Store,
+    Watch,
     open,
 )
 
@@ -32,7 +34,8 @@ __all__ = [
     "CompactedError",
     "ConflictError",
     "ContentionError",
-    "Entry",
+        "Entry",
+    "Event",
     "InvalidError",
         "KvstashError",
     "LeaseLostError",
@@ -40,6 +43,7 @@ __all__ = [
     "NotFoundError",
     "ReadOnlyError",
     "StorageError",
-    "Store",
+        "Store",
+    "Watch",
     "open",
 ]

@@ -1,0 +1,74 @@
+"""The asyncio API (`kvstash.aio`), run with `asyncio.run` (no plugin)."""
+
+import asyncio
+
+import pytest
+
+import kvstash
+import kvstash.aio
+
+
+def test_coroutines(tmp_path):
+    async def main():
+        store = await kvstash.aio.open({"type": "file", "path": str(tmp_path / "a.redb")})
+        devices = store.bucket("devices")
+        version = await devices.set("sensor-1", {"name": "backyard shed sensor"})
+        entry = await devices.get("sensor-1")
+        assert (entry.value, entry.version) == ({"name": "backyard shed sensor"}, version)
+        assert await devices.get("missing") is None
+        with pytest.raises(kvstash.ConflictError):
+            await devices.set("sensor-1", 1, if_absent=True)
+        # Concurrent calls from one loop: every increment counts.
+        await asyncio.gather(*(devices.increment("n") for _ in range(100)))
+        assert (await devices.get("n")).value == 100
+        items, cursor = await devices.list(prefix="sensor-")
+        assert [k for k, _ in items] == ["sensor-1"] and cursor is None
+        assert await store.buckets() == ["devices"]
+
+    asyncio.run(main())
+
+
+def test_watch_does_not_block_the_loop_and_loses_nothing_when_cancelled(tmp_path):
+    async def main():
+        store = await kvstash.aio.open({"type": "file", "path": str(tmp_path / "w.redb")})
+        b = store.bucket("b")
+        events = b.watch(since=0)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        # Nothing is written: the wait times out (and is cancelled) while
+        # the loop keeps running the ticker.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(events.__anext__(), 0.5)
+        task.cancel()
+        assert ticks >= 50, f"the loop was blocked: {ticks} ticks in 0.5 s"
+        version = await b.set("k", 1)
+        event = await asyncio.wait_for(events.__anext__(), 5)
+        assert (event.key, event.value, event.version) == ("k", 1, version)
+
+    asyncio.run(main())
+
+
+def test_readme_async_example(tmp_path, capsys):
+    # The README's asyncio example, as written there.
+    import os
+    os.chdir(tmp_path)
+    import asyncio, kvstash.aio
+
+    async def main():
+        store = await kvstash.aio.open({"type": "file", "path": "devices.redb"})
+        devices = store.bucket("devices")
+        await devices.set("sensor-1", {"name": "backyard shed sensor"})
+        entry = await devices.get("sensor-1")                 # or None
+        async for event in devices.watch(since=0):            # set, delete, expire
+            print(event.version, event.key, event.kind, event.value)
+            break
+
+    asyncio.run(main())
+    assert "sensor-1 set {'name': 'backyard shed sensor'}" in capsys.readouterr().out
