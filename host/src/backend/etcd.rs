@@ -42,7 +42,9 @@ use etcd_client::{
 };
 use serde::Deserialize;
 
-use super::remote::{Deadline, last_write_wins, maybe_applied, prefix_end, with_causes, within};
+use super::remote::{
+    Deadline, advance, last_write_wins, maybe_applied, prefix_end, with_causes, within,
+};
 use super::{
     Backend, BackendError, Change, Check, Entry, MAX_SCAN, Scan, Write, take_changes,
     validate_commit, validate_get_many, validate_key, validate_scan,
@@ -425,13 +427,7 @@ impl EtcdBackend {
     }
 
     fn committed(&self, version: u64) {
-        self.commits.send_if_modified(|seen| {
-            let newer = version > *seen;
-            if newer {
-                *seen = version;
-            }
-            newer
-        });
+        advance(&self.commits, version);
     }
 
     /// Refuses a commit etcd would refuse, before sending it.
@@ -472,15 +468,6 @@ impl EtcdBackend {
 /// Follows the head key, so watchers here wake on other hosts' commits;
 /// watches again after an error, until the backend is dropped.
 async fn follow(client: Client, head: Vec<u8>, commits: Weak<tokio::sync::watch::Sender<u64>>) {
-    let note = |sender: &tokio::sync::watch::Sender<u64>, version: u64| {
-        sender.send_if_modified(|seen| {
-            let newer = version > *seen;
-            if newer {
-                *seen = version;
-            }
-            newer
-        });
-    };
     loop {
         // From the head as it is now (not from the last version seen, which
         // the cluster may have compacted away since).
@@ -492,7 +479,7 @@ async fn follow(client: Client, head: Vec<u8>, commits: Weak<tokio::sync::watch:
             };
             let at = response.header().map_or(0, |h| revision(h.revision()));
             if let Some(kv) = response.kvs().first() {
-                note(&sender, revision(kv.mod_revision()));
+                advance(&sender, revision(kv.mod_revision()));
             }
             drop(sender);
             let mut watch_client = client.watch_client();
@@ -507,7 +494,7 @@ async fn follow(client: Client, head: Vec<u8>, commits: Weak<tokio::sync::watch:
                         Ok(Ok(Some(response))) if !response.canceled() => {
                             for event in response.events() {
                                 if let Some(kv) = event.kv() {
-                                    note(&sender, revision(kv.mod_revision()));
+                                    advance(&sender, revision(kv.mod_revision()));
                                 }
                             }
                         }

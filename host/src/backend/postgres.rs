@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::remote::{Deadline, last_write_wins, maybe_applied, with_causes, within};
+use super::remote::{Deadline, advance, last_write_wins, maybe_applied, with_causes, within};
 use super::{
     Backend, BackendError, Change, Check, DEFAULT_RETENTION, Entry, MAX_SCAN, Scan, Write,
     take_changes, validate_commit, validate_get_many, validate_key, validate_scan,
@@ -358,13 +358,7 @@ impl PostgresBackend {
     }
 
     fn committed(&self, version: u64) {
-        self.commits.send_if_modified(|seen| {
-            let newer = version > *seen;
-            if newer {
-                *seen = version;
-            }
-            newer
-        });
+        advance(&self.commits, version);
     }
 }
 
@@ -412,11 +406,7 @@ async fn listen(
                         match message {
                             Ok(Some(Ok(tokio_postgres::AsyncMessage::Notification(n)))) => {
                                 if let Ok(version) = n.payload().parse::<u64>() {
-                                    sender.send_if_modified(|seen| {
-                                        let newer = version > *seen;
-                                        if newer { *seen = version; }
-                                        newer
-                                    });
+                                    advance(&sender, version);
                                 }
                             }
                             Ok(Some(Ok(_))) | Err(_) => {}

@@ -40,7 +40,7 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
-use super::remote::{Deadline, last_write_wins, maybe_applied, within};
+use super::remote::{Deadline, advance, last_write_wins, maybe_applied, within};
 use super::{
     Backend, BackendError, Change, Check, DEFAULT_RETENTION, Entry, Scan, Write, take_changes,
     validate_commit, validate_get_many, validate_key, validate_scan,
@@ -317,13 +317,7 @@ impl RedisBackend {
 
     /// Notes a commit for watchers in this process (versions only grow).
     fn committed(&self, version: u64) {
-        self.commits.send_if_modified(|seen| {
-            let newer = version > *seen;
-            if newer {
-                *seen = version;
-            }
-            newer
-        });
+        advance(&self.commits, version);
     }
 
     fn entries(keys: Vec<Value>, values: Vec<Value>) -> Result<Vec<Entry>, BackendError> {
@@ -364,13 +358,7 @@ async fn listen(
                             .ok()
                             .and_then(|v| v.parse().ok());
                         if let Some(version) = version {
-                            sender.send_if_modified(|seen| {
-                                let newer = version > *seen;
-                                if newer {
-                                    *seen = version;
-                                }
-                                newer
-                            });
+                            advance(&sender, version);
                         }
                     }
                     Ok(None) => break,

@@ -70,6 +70,19 @@ pub async fn within<T, E: std::error::Error>(
     }
 }
 
+/// Tells watchers of `commits` about `version`, if it is newer than the
+/// one they know (commits of this process and of other hosts arrive in
+/// any order; versions only grow).
+pub fn advance(commits: &tokio::sync::watch::Sender<u64>, version: u64) {
+    commits.send_if_modified(|seen| {
+        let newer = version > *seen;
+        if newer {
+            *seen = version;
+        }
+        newer
+    });
+}
+
 /// A commit that failed with `unavailable` may still have reached the
 /// server and applied; the error says so.
 pub fn maybe_applied(e: BackendError) -> BackendError {
