@@ -610,6 +610,12 @@ impl Check {
         ))
     }
 
+    /// The key is live and holds exactly this value (JSON compared as JSON,
+    /// bytes as bytes).
+    pub fn equals(bucket: &str, key: &str, value: Value) -> Self {
+        Self::new(bucket, key, wit::Condition::ValueEquals(value.into_wit()))
+    }
+
     /// The lock `name` is held with this fencing token: a write fenced by
     /// it fails once the lease has expired or the lock was taken since.
     pub fn lease(name: &str, token: u64) -> Self {

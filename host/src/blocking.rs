@@ -181,6 +181,10 @@ impl BlockingBucket {
     pub fn redo(&self) -> Result<u64, Error> {
         self.runtime.block_on(self.bucket.redo())
     }
+    /// How many changes can be undone and redone.
+    pub fn history(&self) -> Result<(u64, u64), Error> {
+        self.runtime.block_on(self.bucket.history())
+    }
     /// The bucket's changes as a blocking iterator (see [`Bucket::watch`]).
     pub fn watch(&self, options: WatchOptions) -> Result<BlockingWatch, Error> {
         let stream = self.runtime.block_on(self.bucket.watch(options))?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use kvstash::{
-    BlockingBucket, BlockingStore, BlockingWatch, Error, EventKind, ListOptions, Value,
+    BlockingBucket, BlockingStore, BlockingWatch, Check, Error, EventKind, ListOptions, Value,
     WatchOptions, WriteOptions,
 };
 use pyo3::exceptions::PyException;
@@ -141,6 +141,28 @@ fn value_of(value: &Bound<'_, PyAny>) -> PyResult<Value> {
     Ok(Value::Json(text))
 }
 
+/// A Python object as a JSON document (for paths and schemas, which hold
+/// only JSON).
+fn json_of(value: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    let json = value.py().import("json")?;
+    let text: String = json
+        .call_method1("dumps", (value,))
+        .map_err(|e| InvalidError::new_err(format!("not JSON: {e}")))?
+        .extract()?;
+    serde_json::from_str(&text).map_err(|e| InvalidError::new_err(format!("not JSON: {e}")))
+}
+
+fn object_of_json(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> {
+    object_of(py, &Value::Json(value.to_string()))
+}
+
+/// A point in time as seconds since the epoch.
+fn epoch_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn object_of(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
     match value {
         Value::Json(text) => Ok(py
@@ -217,6 +239,63 @@ impl Store {
     /// The names of the buckets that hold keys.
     fn buckets(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         py.detach(|| self.inner.buckets()).map_err(|e| to_py(py, e))
+    }
+
+    /// A new transaction: add checks and writes, then `commit()`.
+    fn transaction(&self) -> Transaction {
+        Transaction {
+            store: self.inner.clone(),
+            inner: Mutex::new(Some(self.inner.as_async().transaction())),
+        }
+    }
+
+    /// Takes the lock `name` for `ttl` seconds and returns its `Lease`;
+    /// waits up to `wait` seconds for another holder to let go, then raises
+    /// `LockedError`. Use it as a context manager to release it on exit.
+    #[pyo3(signature = (name, ttl, *, owner=None, wait=0.0))]
+    fn lock(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        ttl: f64,
+        owner: Option<String>,
+        wait: f64,
+    ) -> PyResult<Lease> {
+        let ttl = seconds("ttl", Some(ttl))?.unwrap_or_default();
+        let wait = seconds("wait", Some(wait))?.unwrap_or_default();
+        let lease = py
+            .detach(|| {
+                if wait.is_zero() {
+                    self.inner.acquire(name, ttl, owner.as_deref())
+                } else {
+                    self.inner.lock(name, ttl, owner.as_deref(), wait)
+                }
+            })
+            .map_err(|e| to_py(py, e))?;
+        Ok(Lease {
+            store: self.inner.clone(),
+            inner: Mutex::new(lease),
+        })
+    }
+
+    /// Who holds the lock `name` (`.token`, `.expires_at`, `.owner`), or None.
+    fn lock_status(&self, py: Python<'_>, name: &str) -> PyResult<Option<LockHolder>> {
+        let holder = py
+            .detach(|| self.inner.lock_status(name))
+            .map_err(|e| to_py(py, e))?;
+        Ok(holder.map(|h| LockHolder {
+            token: h.token,
+            expires_at: epoch_seconds(h.expires_at),
+            owner: h.owner,
+        }))
+    }
+
+    /// Removes up to `limit` expired keys now (reads never show them
+    /// anyway); how many it removed.
+    #[pyo3(signature = (limit=1000))]
+    fn sweep(&self, py: Python<'_>, limit: u32) -> PyResult<u32> {
+        py.detach(|| self.inner.sweep(limit))
+            .map_err(|e| to_py(py, e))
     }
 
     fn __repr__(&self) -> String {
@@ -325,6 +404,111 @@ impl Bucket {
         Ok((items, page.cursor))
     }
 
+    /// Whether `key` holds a live value.
+    fn exists(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        py.detach(|| self.inner.exists(key))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// The JSON at `path` (an RFC 6901 pointer such as `/wifi/ssid`; `""`
+    /// is the whole document) as an `Entry` whose version is the
+    /// document's; None if the key is absent, `NotFoundError` if the path is.
+    fn get_path(&self, py: Python<'_>, key: &str, path: &str) -> PyResult<Option<Entry>> {
+        let found = py
+            .detach(|| self.inner.get_path_json::<serde_json::Value>(key, path))
+            .map_err(|e| to_py(py, e))?;
+        found
+            .map(|(value, version)| {
+                Ok(Entry {
+                    value: object_of_json(py, &value)?,
+                    version,
+                    expires_at: None,
+                })
+            })
+            .transpose()
+    }
+
+    /// Sets the JSON at `path` inside the document at `key`, atomically
+    /// (the parent must exist; `/list/-` appends); the new version.
+    fn set_path(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        path: &str,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let value = json_of(value)?;
+        py.detach(|| self.inner.set_path_json(key, path, &value))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Removes the value at `path`; the new version.
+    fn delete_path(&self, py: Python<'_>, key: &str, path: &str) -> PyResult<u64> {
+        py.detach(|| self.inner.delete_path(key, path))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Appends `value` to the array at `path`; the new version.
+    fn append_path(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        path: &str,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let value = json_of(value)?;
+        py.detach(|| self.inner.append_path_json(key, path, &value))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Makes the bucket typed: every value written from now on must match
+    /// the JSON Schema `schema` (None: untyped again). Existing values are
+    /// checked first unless `force`; the version of the change.
+    #[pyo3(signature = (schema, *, force=false))]
+    fn set_schema(
+        &self,
+        py: Python<'_>,
+        schema: Option<&Bound<'_, PyAny>>,
+        force: bool,
+    ) -> PyResult<u64> {
+        let schema = schema.map(json_of).transpose()?;
+        py.detach(|| self.inner.set_schema(schema.as_ref(), force))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// The bucket's schema and its version, or None if it is untyped.
+    fn schema(&self, py: Python<'_>) -> PyResult<Option<(Py<PyAny>, u64)>> {
+        let found = py
+            .detach(|| self.inner.schema())
+            .map_err(|e| to_py(py, e))?;
+        found
+            .map(|(schema, version)| Ok((object_of_json(py, &schema)?, version)))
+            .transpose()
+    }
+
+    /// Keeps the last `keep` changes of this bucket for `undo`/`redo`
+    /// (0: history off, and what was kept is dropped).
+    fn set_history(&self, py: Python<'_>, keep: u32) -> PyResult<()> {
+        py.detach(|| self.inner.set_history(keep))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Undoes the bucket's last change, as a new version (returned);
+    /// `NotFoundError` if there is nothing to undo.
+    fn undo(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.undo()).map_err(|e| to_py(py, e))
+    }
+
+    /// Redoes the last undone change; the new version.
+    fn redo(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.redo()).map_err(|e| to_py(py, e))
+    }
+
+    /// `(undoable, redoable)`: how many changes `undo` and `redo` can take back.
+    fn history(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        py.detach(|| self.inner.history()).map_err(|e| to_py(py, e))
+    }
+
     #[getter]
     fn name(&self) -> String {
         self.name.clone()
@@ -348,6 +532,252 @@ impl Bucket {
             inner: Mutex::new(inner),
         })
     }
+}
+
+/// Checks and writes committed together: build it with the methods below
+/// (each returns the transaction, so calls chain), then `commit()`. Either
+/// every check holds and every write lands at one version, or nothing is
+/// written and `commit` raises (`ConflictError` with `.index` of the failed
+/// check). A transaction commits once.
+#[pyclass(frozen, module = "kvstash")]
+pub struct Transaction {
+    store: BlockingStore,
+    inner: Mutex<Option<kvstash::Transaction>>,
+}
+
+impl Transaction {
+    fn add<'py>(
+        slf: Bound<'py, Self>,
+        step: impl FnOnce(kvstash::Transaction) -> Result<kvstash::Transaction, Error>,
+    ) -> PyResult<Bound<'py, Self>> {
+        {
+            let mut inner = slf.get().inner.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = inner.take().ok_or_else(committed)?;
+            *inner = Some(step(tx).map_err(|e| to_py(slf.py(), e))?);
+        }
+        Ok(slf)
+    }
+}
+
+fn committed() -> PyErr {
+    InvalidError::new_err("the transaction was already committed")
+}
+
+#[pymethods]
+impl Transaction {
+    /// Only if `key` is live at exactly `version`.
+    fn check_version<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+        version: u64,
+    ) -> PyResult<Bound<'py, Self>> {
+        let check = Check::version(bucket, key, version);
+        Self::add(slf, |tx| Ok(tx.check(check)))
+    }
+
+    /// Only if `key` is absent (or expired).
+    fn check_absent<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+    ) -> PyResult<Bound<'py, Self>> {
+        let check = Check::absent(bucket, key);
+        Self::add(slf, |tx| Ok(tx.check(check)))
+    }
+
+    /// Only if `key` is live.
+    fn check_exists<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+    ) -> PyResult<Bound<'py, Self>> {
+        let check = Check::exists(bucket, key);
+        Self::add(slf, |tx| Ok(tx.check(check)))
+    }
+
+    /// Only if `key` holds `value` (JSON compared as JSON, bytes as bytes).
+    fn check_equals<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let check = Check::equals(bucket, key, value_of(value)?);
+        Self::add(slf, |tx| Ok(tx.check(check)))
+    }
+
+    /// Only while `lease` still holds its lock (fencing).
+    fn check_lease<'py>(
+        slf: Bound<'py, Self>,
+        lease: &Bound<'py, Lease>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let check = {
+            let held = lease.get().held();
+            Check::lease(&held.name, held.token)
+        };
+        Self::add(slf, |tx| Ok(tx.check(check)))
+    }
+
+    /// Stores `value` (JSON-able, or `bytes`); `ttl`: seconds to live.
+    #[pyo3(signature = (bucket, key, value, *, ttl=None))]
+    fn set<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+        value: &Bound<'py, PyAny>,
+        ttl: Option<f64>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let value = value_of(value)?;
+        let ttl = seconds("ttl", ttl)?;
+        Self::add(slf, |tx| Ok(with_ttl(tx.set(bucket, key, value), ttl)))
+    }
+
+    fn delete<'py>(slf: Bound<'py, Self>, bucket: &str, key: &str) -> PyResult<Bound<'py, Self>> {
+        Self::add(slf, |tx| Ok(tx.delete(bucket, key)))
+    }
+
+    /// Adds `delta` to the integer at `key` (absent: 0).
+    #[pyo3(signature = (bucket, key, delta=1))]
+    fn increment<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+        delta: i64,
+    ) -> PyResult<Bound<'py, Self>> {
+        Self::add(slf, |tx| Ok(tx.increment(bucket, key, delta)))
+    }
+
+    /// Sets the JSON at `path` inside the document at `key`.
+    fn set_path<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+        path: &str,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let value = json_of(value)?;
+        Self::add(slf, |tx| tx.set_path_json(bucket, key, path, &value))
+    }
+
+    fn delete_path<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+        path: &str,
+    ) -> PyResult<Bound<'py, Self>> {
+        Self::add(slf, |tx| Ok(tx.delete_path(bucket, key, path)))
+    }
+
+    /// Appends `value` to the array at `path`.
+    fn append_path<'py>(
+        slf: Bound<'py, Self>,
+        bucket: &str,
+        key: &str,
+        path: &str,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, Self>> {
+        let value = json_of(value)?;
+        Self::add(slf, |tx| tx.append_path_json(bucket, key, path, &value))
+    }
+
+    /// Commits: the transaction's version.
+    fn commit(&self, py: Python<'_>) -> PyResult<u64> {
+        let tx = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(committed)?;
+        py.detach(|| self.store.commit(tx))
+            .map_err(|e| to_py(py, e))
+    }
+}
+
+fn with_ttl(tx: kvstash::Transaction, ttl: Option<Duration>) -> kvstash::Transaction {
+    match ttl {
+        Some(ttl) => tx.ttl(ttl),
+        None => tx,
+    }
+}
+
+/// A held lock: `.name`, `.token` (the fencing token) and `.expires_at`.
+/// `with store.lock(...) as lease:` releases it on exit.
+#[pyclass(frozen, module = "kvstash")]
+pub struct Lease {
+    store: BlockingStore,
+    inner: Mutex<kvstash::Lease>,
+}
+
+impl Lease {
+    fn held(&self) -> kvstash::Lease {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[pymethods]
+impl Lease {
+    #[getter]
+    fn name(&self) -> String {
+        self.held().name
+    }
+
+    #[getter]
+    fn token(&self) -> u64 {
+        self.held().token
+    }
+
+    /// Seconds since the epoch when the lease runs out unless renewed.
+    #[getter]
+    fn expires_at(&self) -> f64 {
+        epoch_seconds(self.held().expires_at)
+    }
+
+    /// Extends the lease to `ttl` seconds from now; `LeaseLostError` if it
+    /// no longer holds the lock.
+    fn renew(&self, py: Python<'_>, ttl: f64) -> PyResult<()> {
+        let ttl = seconds("ttl", Some(ttl))?.unwrap_or_default();
+        let held = self.held();
+        let renewed = py
+            .detach(|| self.store.renew(&held, ttl))
+            .map_err(|e| to_py(py, e))?;
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
+        Ok(())
+    }
+
+    /// Lets go of the lock; whether this lease still held it.
+    fn release(&self, py: Python<'_>) -> PyResult<bool> {
+        let held = self.held();
+        py.detach(|| self.store.release(&held))
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.release(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let held = self.held();
+        format!("Lease(name={:?}, token={})", held.name, held.token)
+    }
+}
+
+/// Who holds a lock, from `Store.lock_status`.
+#[pyclass(frozen, module = "kvstash")]
+pub struct LockHolder {
+    #[pyo3(get)]
+    token: u64,
+    /// Seconds since the epoch.
+    #[pyo3(get)]
+    expires_at: f64,
+    #[pyo3(get)]
+    owner: Option<String>,
 }
 
 /// One change seen by a watch.
@@ -468,6 +898,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Entry>()?;
     m.add_class::<Event>()?;
     m.add_class::<Watch>()?;
+    m.add_class::<Transaction>()?;
+    m.add_class::<Lease>()?;
+    m.add_class::<LockHolder>()?;
     m.add("KvstashError", py.get_type::<KvstashError>())?;
     m.add("InvalidError", py.get_type::<InvalidError>())?;
     m.add("ConflictError", py.get_type::<ConflictError>())?;

@@ -72,3 +72,24 @@ def test_readme_async_example(tmp_path, capsys):
 
     asyncio.run(main())
     assert "sensor-1 set {'name': 'backyard shed sensor'}" in capsys.readouterr().out
+
+
+def test_aio_transactions_paths_and_locks(tmp_path):
+    async def main():
+        store = await kvstash.aio.open({"type": "file", "path": str(tmp_path / "a.redb")})
+        d = store.bucket("docs")
+        v = await d.set("cfg", {"tags": []})
+        await d.append_path("cfg", "/tags", "x")
+        assert (await d.get_path("cfg", "/tags/0")).value == "x"
+        async with store.lock("job", ttl=10) as lease:
+            with pytest.raises(kvstash.LockedError):
+                await store.lock("job", ttl=10)
+            v2 = await (
+                store.transaction().check_lease(lease).check_exists("docs", "cfg").set("docs", "n", 1).commit()
+            )
+        assert v2 > v
+        assert await store.lock_status("job") is None
+        lease = await store.lock("job", ttl=10)
+        assert await lease.release() is True
+
+    asyncio.run(main())

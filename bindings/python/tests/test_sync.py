@@ -152,3 +152,91 @@ def test_watch_in_order_and_resumable(store):
     # Resuming after an event sees what came after it.
     again = b.watch(since=first.version)
     assert next(again).version == second.version
+
+
+def test_transactions(store):
+    a, b = store.bucket("a"), store.bucket("b")
+    va = a.set("x", {"n": 1})
+    v = (
+        store.transaction()
+        .check_version("a", "x", va)
+        .check_absent("b", "y")
+        .set("b", "y", b"raw", ttl=60)
+        .increment("a", "count", 5)
+        .set_path("a", "x", "/n", 2)
+        .commit()
+    )
+    assert v > va
+    assert a.get("x").value == {"n": 2} and a.get("x").version == v
+    assert b.get("y").value == b"raw" and b.get("y").expires_at is not None
+    assert a.get("count").value == 5
+    # A failed check: nothing written, the index and the key's version told.
+    tx = store.transaction().check_exists("a", "x").check_equals("a", "x", {"n": 1}).delete("a", "x")
+    with pytest.raises(kvstash.ConflictError) as raised:
+        tx.commit()
+    assert raised.value.index == 1 and raised.value.current == v
+    assert a.get("x").value == {"n": 2}
+    # A transaction commits once.
+    with pytest.raises(kvstash.InvalidError):
+        tx.commit()
+    with pytest.raises(kvstash.InvalidError):
+        tx.delete("a", "x")
+    # A bad mutation fails the whole transaction.
+    with pytest.raises(kvstash.InvalidError):
+        store.transaction().delete("a", "x").set_path("a", "x", "no-slash", 1).commit()
+    assert a.get("x").value == {"n": 2}
+
+
+def test_document_paths(store):
+    d = store.bucket("docs")
+    d.set("cfg", {"wifi": {"ssid": "home"}, "tags": []})
+    assert d.get_path("cfg", "/wifi/ssid").value == "home"
+    assert d.get_path("cfg", "").value == {"wifi": {"ssid": "home"}, "tags": []}
+    assert d.get_path("missing", "/a") is None
+    with pytest.raises(kvstash.NotFoundError):
+        d.get_path("cfg", "/wifi/password")
+    v = d.set_path("cfg", "/wifi/ssid", "shed")
+    assert d.get_path("cfg", "/wifi/ssid").version == v
+    d.append_path("cfg", "/tags", {"t": 1})
+    d.delete_path("cfg", "/wifi")
+    assert d.get("cfg").value == {"tags": [{"t": 1}]}
+    with pytest.raises(kvstash.InvalidError):
+        d.set_path("cfg", "/tags/x", float("nan"))
+    assert d.get("cfg").value == {"tags": [{"t": 1}]}
+    assert d.exists("cfg") and not d.exists("nope")
+
+
+def test_locks_fence_writes(store):
+    with store.lock("leader", ttl=30, owner="me") as lease:
+        assert lease.name == "leader" and lease.token > 0
+        holder = store.lock_status("leader")
+        assert holder.token == lease.token and holder.owner == "me"
+        with pytest.raises(kvstash.LockedError):
+            store.lock("leader", ttl=30)
+        store.transaction().check_lease(lease).set("a", "k", 1).commit()
+        lease.renew(60)
+        assert lease.expires_at > holder.expires_at
+    assert store.lock_status("leader") is None
+    # A stale lease no longer fences a write in.
+    with pytest.raises(kvstash.ConflictError):
+        store.transaction().check_lease(lease).set("a", "k", 2).commit()
+    with pytest.raises(kvstash.LeaseLostError):
+        lease.renew(10)
+    assert store.bucket("a").get("k").value == 1
+
+
+def test_history_and_schema(store):
+    b = store.bucket("typed")
+    b.set_history(10)
+    b.set("k", 1)
+    b.set("k", 2)
+    assert b.history() == (2, 0)
+    b.undo()
+    assert b.get("k").value == 1 and b.history() == (1, 1)
+    b.redo()
+    assert b.get("k").value == 2
+    b.set_schema({"type": "integer"})
+    assert b.schema()[0] == {"type": "integer"}
+    with pytest.raises(kvstash.InvalidError):
+        b.set("k", "text")
+    assert b.get("k").value == 2

@@ -52,6 +52,94 @@ class Store:
     async def buckets(self) -> list:
         return await _run(self._store.buckets)
 
+    def transaction(self) -> "Transaction":
+        """A transaction: chain checks and writes, then `await tx.commit()`."""
+        return Transaction(self._store.transaction())
+
+    def lock(self, name: str, ttl: float, **options) -> "_Locking":
+        """`lease = await store.lock(...)`, or `async with store.lock(...) as lease:`
+        (released on exit). Waiting for the lock (`wait=`) is off the loop."""
+        return _Locking(self._store, name, ttl, options)
+
+    async def lock_status(self, name: str):
+        return await _run(self._store.lock_status, name)
+
+    async def sweep(self, limit: int = 1000) -> int:
+        return await _run(self._store.sweep, limit)
+
+
+class Transaction:
+    """`kvstash.Transaction` whose `commit` is a coroutine. Adding checks and
+    writes does no I/O, so those methods are plain calls that chain."""
+
+    def __init__(self, tx: "_native.Transaction"):
+        self._tx = tx
+
+    def __getattr__(self, name):
+        method = getattr(self._tx, name)
+
+        def add(*args, **kwargs):
+            if name == "check_lease" and isinstance(args[0], Lease):
+                args = (args[0].sync,) + args[1:]
+            method(*args, **kwargs)
+            return self
+
+        return add
+
+    async def commit(self) -> int:
+        return await _run(self._tx.commit)
+
+
+class Lease:
+    """A held lock (see `kvstash.Lease`) with coroutine `renew`/`release`."""
+
+    def __init__(self, lease: "_native.Lease"):
+        self._lease = lease
+
+    @property
+    def sync(self) -> "_native.Lease":
+        return self._lease
+
+    name = property(lambda self: self._lease.name)
+    token = property(lambda self: self._lease.token)
+    expires_at = property(lambda self: self._lease.expires_at)
+
+    async def renew(self, ttl: float) -> None:
+        await _run(self._lease.renew, ttl)
+
+    async def release(self) -> bool:
+        return await _run(self._lease.release)
+
+    async def __aenter__(self) -> "Lease":
+        return self
+
+    async def __aexit__(self, *exc) -> bool:
+        await self.release()
+        return False
+
+
+class _Locking:
+    """What `Store.lock` returns: await it, or use it with `async with`."""
+
+    def __init__(self, store, name, ttl, options):
+        self._call = (store, name, ttl, options)
+        self._lease = None
+
+    async def _acquire(self) -> Lease:
+        store, name, ttl, options = self._call
+        return Lease(await _run(store.lock, name, ttl, **options))
+
+    def __await__(self):
+        return self._acquire().__await__()
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._acquire()
+        return self._lease
+
+    async def __aexit__(self, *exc) -> bool:
+        await self._lease.release()
+        return False
+
 
 class Bucket:
     """A bucket whose methods are coroutines; see `kvstash.Bucket`."""
@@ -77,6 +165,39 @@ class Bucket:
 
     async def list(self, **options):
         return await _run(self._bucket.list, **options)
+
+    async def exists(self, key: str) -> bool:
+        return await _run(self._bucket.exists, key)
+
+    async def get_path(self, key: str, path: str) -> Optional["_native.Entry"]:
+        return await _run(self._bucket.get_path, key, path)
+
+    async def set_path(self, key: str, path: str, value: Any) -> int:
+        return await _run(self._bucket.set_path, key, path, value)
+
+    async def delete_path(self, key: str, path: str) -> int:
+        return await _run(self._bucket.delete_path, key, path)
+
+    async def append_path(self, key: str, path: str, value: Any) -> int:
+        return await _run(self._bucket.append_path, key, path, value)
+
+    async def set_schema(self, schema, *, force: bool = False) -> int:
+        return await _run(self._bucket.set_schema, schema, force=force)
+
+    async def schema(self):
+        return await _run(self._bucket.schema)
+
+    async def set_history(self, keep: int) -> None:
+        await _run(self._bucket.set_history, keep)
+
+    async def undo(self) -> int:
+        return await _run(self._bucket.undo)
+
+    async def redo(self) -> int:
+        return await _run(self._bucket.redo)
+
+    async def history(self) -> tuple:
+        return await _run(self._bucket.history)
 
     def watch(self, *, since: Optional[int] = None, prefix: Optional[str] = None) -> "Watch":
         """The bucket's changes as an async iterator of `kvstash.Event`."""
