@@ -85,7 +85,7 @@ fn the_javascript_package_packs_passes_its_tests_and_runs_the_readme_example() {
         .filter(|p| p.to_string_lossy().ends_with(".test.js"))
         .collect();
     tests.sort();
-    assert!(tests.len() >= 2, "{tests:?}");
+    assert!(tests.len() >= 3, "{tests:?}");
     run(Command::new("node")
         .current_dir(&package)
         .arg("--test")

@@ -83,10 +83,46 @@ pyo3::create_exception!(
 /// One page of a listing: `(key, entry)` pairs and the next page's cursor.
 type Page = (Vec<(String, Entry)>, Option<String>);
 
+/// `e` as its Python exception, where no `Python` token is at hand.
+fn raise(e: Error) -> PyErr {
+    Python::attach(|py| to_py(py, e))
+}
+
+/// The error's kind as the JS package and the WIT interface name it
+/// (`"invalid-key"`, `"conflict"`, `"check-failed"`, …): `.code`.
+fn code(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidKey(_) => "invalid-key",
+        Error::InvalidBucket(_) => "invalid-bucket",
+        Error::InvalidValue(_) | Error::Serde(_) => "invalid-value",
+        Error::InvalidCursor => "invalid-cursor",
+        Error::InvalidConfig(_) => "invalid-config",
+        Error::InvalidArgument(_) => "invalid-argument",
+        Error::Conflict { .. } => "conflict",
+        Error::CheckFailed { .. } => "check-failed",
+        Error::NotFound(_) => "not-found",
+        Error::InvalidPath(_) => "invalid-path",
+        Error::PathNotFound(_) => "path-not-found",
+        Error::PathTypeMismatch(_) => "path-type-mismatch",
+        Error::SchemaViolation(_) => "schema-violation",
+        Error::NotJson => "not-json",
+        Error::ReadOnly => "read-only",
+        Error::Contention => "contention",
+        Error::Locked { .. } => "locked",
+        Error::LeaseLost(_) => "lease-lost",
+        Error::Compacted { .. } => "compacted",
+        Error::Storage(_) => "storage",
+        Error::Trap(_) => "trap",
+        Error::Runtime(_) => "runtime",
+        _ => "other",
+    }
+}
+
 /// The Python exception for a kvstash error, with its details as
 /// attributes (`current`, `index`, `oldest`).
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let message = e.to_string();
+    let code = code(&e);
     let (err, attrs): (PyErr, Vec<(&str, Option<u64>)>) = match e {
         Error::Conflict { current } => {
             (ConflictError::new_err(message), vec![("current", current)])
@@ -122,6 +158,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         _ => (KvstashError::new_err(message), vec![]),
     };
     let value = err.value(py);
+    let _ = value.setattr("code", code);
     for (name, v) in attrs {
         // Setting an attribute on a fresh exception object cannot fail in
         // practice; if it did, the exception is still raised.
@@ -147,9 +184,9 @@ fn json_of(value: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
     let json = value.py().import("json")?;
     let text: String = json
         .call_method1("dumps", (value,))
-        .map_err(|e| InvalidError::new_err(format!("not JSON: {e}")))?
+        .map_err(|e| raise(Error::InvalidValue(format!("not JSON: {e}"))))?
         .extract()?;
-    serde_json::from_str(&text).map_err(|e| InvalidError::new_err(format!("not JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| raise(Error::InvalidValue(format!("not JSON: {e}"))))
 }
 
 fn object_of_json(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> {
@@ -178,9 +215,9 @@ fn seconds(what: &str, seconds: Option<f64>) -> PyResult<Option<Duration>> {
     seconds
         .map(|s| {
             Duration::try_from_secs_f64(s).map_err(|_| {
-                InvalidError::new_err(format!(
+                raise(Error::InvalidArgument(format!(
                     "{what} must be a positive number of seconds, not {s}"
-                ))
+                )))
             })
         })
         .transpose()
@@ -560,7 +597,9 @@ impl Transaction {
 }
 
 fn committed() -> PyErr {
-    InvalidError::new_err("the transaction was already committed")
+    raise(Error::InvalidArgument(
+        "the transaction was already committed".into(),
+    ))
 }
 
 #[pymethods]
@@ -824,7 +863,7 @@ impl Watch {
         });
         match next {
             None => Ok(None),
-            Some(None) => Err(StorageError::new_err("the watch ended")),
+            Some(None) => Err(to_py(py, Error::Storage("the watch ended".into()))),
             Some(Some(Err(e))) => Err(to_py(py, e)),
             Some(Some(Ok(event))) => Ok(Some(Event {
                 version: event.version,
@@ -881,7 +920,10 @@ fn open(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Store> {
             .call_method1("dumps", (config,))?
             .extract()?
     } else {
-        return Err(InvalidError::new_err("config must be JSON text or a dict"));
+        return Err(to_py(
+            py,
+            Error::InvalidConfig("config must be JSON text or a dict".into()),
+        ));
     };
     let inner = py
         .detach(|| BlockingStore::open(&config))

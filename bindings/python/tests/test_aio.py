@@ -7,6 +7,8 @@ import pytest
 import kvstash
 import kvstash.aio
 
+from readme import readme_python_blocks
+
 
 def test_coroutines(tmp_path):
     async def main():
@@ -55,22 +57,11 @@ def test_watch_does_not_block_the_loop_and_loses_nothing_when_cancelled(tmp_path
     asyncio.run(main())
 
 
-def test_readme_async_example(tmp_path, capsys):
+def test_readme_async_example(tmp_path, monkeypatch, capsys):
     # The README's asyncio example, as written there.
-    import os
-    os.chdir(tmp_path)
-    import asyncio, kvstash.aio
-
-    async def main():
-        store = await kvstash.aio.open({"type": "file", "path": "devices.redb"})
-        devices = store.bucket("devices")
-        await devices.set("sensor-1", {"name": "backyard shed sensor"})
-        entry = await devices.get("sensor-1")                 # or None
-        async for event in devices.watch(since=0):            # set, delete, expire
-            print(event.version, event.key, event.kind, event.value)
-            break
-
-    asyncio.run(main())
+    monkeypatch.chdir(tmp_path)
+    _, aio = readme_python_blocks()
+    exec(compile(aio, "README.md", "exec"), {"__name__": "__main__"})
     assert "sensor-1 set {'name': 'backyard shed sensor'}" in capsys.readouterr().out
 
 

@@ -6,6 +6,8 @@ import pytest
 
 import kvstash
 
+from readme import readme_python_blocks
+
 
 @pytest.fixture(params=["memory", "file"])
 def store(request, tmp_path):
@@ -119,21 +121,15 @@ def test_every_error_is_a_kvstash_error():
     assert issubclass(kvstash.KvstashError, Exception)
 
 
-def test_readme_example(tmp_path):
+def test_readme_example(tmp_path, monkeypatch, capsys):
     # The README's "Use it from Python", as written there.
-    import os
-    os.chdir(tmp_path)
-    import kvstash
-    store = kvstash.open({"type": "file", "path": "devices.redb"})
-    aliases = store.bucket("aliases")
-    version = aliases.set("environment_sensor_1", [1, 5, 42])
-    entry = aliases.get("environment_sensor_1")
-    assert (entry.value, entry.version) == ([1, 5, 42], version)
-    try:
-        aliases.set("environment_sensor_1", [1, 5, 43], if_version=version - 1)
-    except kvstash.ConflictError as e:
-        print("someone else wrote it first; it is at version", e.current)
-    assert aliases.get("environment_sensor_1").value == [1, 5, 42]
+    monkeypatch.chdir(tmp_path)
+    sync, _ = readme_python_blocks()
+    scope = {}
+    exec(compile(sync, "README.md", "exec"), scope)
+    assert scope["entry"].value == [1, 5, 42]
+    assert scope["aliases"].get("environment_sensor_1").value == [1, 5, 42]
+    assert "someone else wrote it first; it is at version 1" in capsys.readouterr().out
 
 
 def test_watch_in_order_and_resumable(store):

@@ -2,7 +2,10 @@ from typing import Any, Optional, Union
 
 JSON = Any
 
-class KvstashError(Exception): ...
+class KvstashError(Exception):
+    # The error's kind, as the WIT interface and the JS package name it:
+    # "invalid-key", "conflict", "check-failed", "path-not-found", "storage", …
+    code: str
 class InvalidError(KvstashError): ...
 class ConflictError(KvstashError):
     current: Optional[int]
