@@ -26,7 +26,7 @@ lint:
     cargo fmt --all --check
     cargo fmt --manifest-path tests/apps/Cargo.toml --check
     cargo fmt --manifest-path examples/spin/Cargo.toml --check
-        cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p kvstash --no-default-features --all-targets -- -D warnings
     cargo clippy -p kvstash-guest -p kvstash-floor -p kvstash-keyvalue-adapter -p kvstash-memory-adapter --target wasm32-wasip2 -- -D warnings
     cargo clippy --manifest-path tests/apps/Cargo.toml --target wasm32-wasip2 --target-dir target/apps -- -D warnings
@@ -58,8 +58,18 @@ ci:
 bench SIZES="1000,10000,100000,1000000" ROUNDS="3":
     python3 -m venv target/bench-venv || { apt-get install -y python3-venv && python3 -m venv target/bench-venv; }
     target/bench-venv/bin/pip install --quiet --disable-pip-version-check tinydb==4.9.0 jk_keyvaluestore==0.2019.9.17.1
-        cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
+    cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
     just bench-remote
+    just bench-bindings
+
+# The Python and JavaScript packages against the Rust API, TinyDB with
+# aiotinydb (the seed's choice) and sqlite3, in one run (~3 min):
+# bench/results/bindings.md.
+bench-bindings ROUNDS="3":
+    python3 -m venv target/bench-bindings-venv || { apt-get install -y python3-venv && python3 -m venv target/bench-bindings-venv; }
+    CARGO_TARGET_DIR={{justfile_directory()}}/target/python target/bench-bindings-venv/bin/pip install --quiet --disable-pip-version-check ./bindings/python tinydb==4.9.0 aiotinydb==2.0.0
+    cd bindings/js && npm ci --no-audit --no-fund --loglevel=error && npm run build
+    cargo run --release -p kvstash-bench --bin kvstash-bench-bindings -- --python target/bench-bindings-venv/bin/python --rounds {{ROUNDS}}
 
 # The remote backends against their raw clients on the same servers (etcd,
 # Redis, PostgreSQL, started on loopback), contended increments per backend,

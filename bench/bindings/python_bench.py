@@ -34,6 +34,10 @@ import sqlite3
 import sys
 import time
 
+# The workload's keys, values and picks: the same as the peers' driver's.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "peers"))
+from peer import key, random_indices, value  # noqa: E402
+
 SUBJECTS = ["kvstash-file", "kvstash-memory", "kvstash-aio-file", "tinydb-aiotinydb", "tinydb", "sqlite3"]
 
 # Whether an acknowledged put has been fsynced.
@@ -61,25 +65,6 @@ PUT_SEED = 0x2545F4914F6CDD1D
 
 def log(message):
     print(message, file=sys.stderr, flush=True)
-
-
-def key(i):
-    return f"sensor_{i:06d}"
-
-
-def value(i):
-    return {"alias": [1, 5, i % 256], "name": "backyard shed sensor", "n": i}
-
-
-def random_indices(n, count, seed):
-    # The same xorshift as bench/peers/peer.py and kvstash::bench::random_indices.
-    state, n, out, mask = seed | 1, max(n, 1), [], (1 << 64) - 1
-    for _ in range(count):
-        state ^= (state << 13) & mask
-        state ^= state >> 7
-        state ^= (state << 17) & mask
-        out.append(state % n)
-    return out
 
 
 class Workload:

@@ -99,6 +99,40 @@ pub enum Error {
     Runtime(String),
 }
 
+impl Error {
+    /// The error's kind as the WIT `error` variant names its case
+    /// (`"invalid-key"`, `"conflict"`, `"check-failed"`, `"storage"`, …);
+    /// the host's own kinds are `"invalid-value"` for [`Error::Serde`],
+    /// `"trap"` and `"runtime"`. The Python and JS packages expose it as
+    /// `code`, and the conformance cases name errors by it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidKey(_) => "invalid-key",
+            Error::InvalidBucket(_) => "invalid-bucket",
+            Error::InvalidValue(_) | Error::Serde(_) => "invalid-value",
+            Error::InvalidCursor => "invalid-cursor",
+            Error::InvalidConfig(_) => "invalid-config",
+            Error::InvalidArgument(_) => "invalid-argument",
+            Error::Conflict { .. } => "conflict",
+            Error::CheckFailed { .. } => "check-failed",
+            Error::NotFound(_) => "not-found",
+            Error::InvalidPath(_) => "invalid-path",
+            Error::PathNotFound(_) => "path-not-found",
+            Error::PathTypeMismatch(_) => "path-type-mismatch",
+            Error::SchemaViolation(_) => "schema-violation",
+            Error::NotJson => "not-json",
+            Error::ReadOnly => "read-only",
+            Error::Contention => "contention",
+            Error::Locked { .. } => "locked",
+            Error::LeaseLost(_) => "lease-lost",
+            Error::Compacted { .. } => "compacted",
+            Error::Storage(_) => "storage",
+            Error::Trap(_) => "trap",
+            Error::Runtime(_) => "runtime",
+        }
+    }
+}
+
 fn describe_version(current: Option<u64>) -> String {
     match current {
         Some(version) => format!("at version {version}"),

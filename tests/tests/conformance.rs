@@ -12,35 +12,6 @@ use std::time::Duration;
 use kvstash::{Check, Error, ListOptions, Store, Transaction, Value, WriteOptions};
 use serde_json::{Value as Json, json};
 
-/// The error's code: its case in the WIT `error` variant.
-fn code(e: &Error) -> &'static str {
-    match e {
-        Error::InvalidKey(_) => "invalid-key",
-        Error::InvalidBucket(_) => "invalid-bucket",
-        Error::InvalidValue(_) | Error::Serde(_) => "invalid-value",
-        Error::InvalidCursor => "invalid-cursor",
-        Error::InvalidConfig(_) => "invalid-config",
-        Error::InvalidArgument(_) => "invalid-argument",
-        Error::Conflict { .. } => "conflict",
-        Error::CheckFailed { .. } => "check-failed",
-        Error::NotFound(_) => "not-found",
-        Error::InvalidPath(_) => "invalid-path",
-        Error::PathNotFound(_) => "path-not-found",
-        Error::PathTypeMismatch(_) => "path-type-mismatch",
-        Error::SchemaViolation(_) => "schema-violation",
-        Error::NotJson => "not-json",
-        Error::ReadOnly => "read-only",
-        Error::Contention => "contention",
-        Error::Locked { .. } => "locked",
-        Error::LeaseLost(_) => "lease-lost",
-        Error::Compacted { .. } => "compacted",
-        Error::Storage(_) => "storage",
-        Error::Trap(_) => "trap",
-        Error::Runtime(_) => "runtime",
-        _ => "other",
-    }
-}
-
 struct Runner {
     store: Store,
     vars: HashMap<String, Json>,
@@ -216,7 +187,7 @@ impl Runner {
         let expect = &step["expect"];
         let result = match (outcome, expect.get("error")) {
             (Err(e), Some(want)) => {
-                assert_eq!(code(&e), want.as_str().unwrap(), "{at}: {e}");
+                assert_eq!(e.code(), want.as_str().unwrap(), "{at}: {e}");
                 if let Some(current) = expect.get("current") {
                     let (Error::Conflict { current: got }
                     | Error::CheckFailed { current: got, .. }) = &e
@@ -233,7 +204,7 @@ impl Runner {
                 }
                 return;
             }
-            (Err(e), None) => panic!("{at}: unexpected error {e} ({})", code(&e)),
+            (Err(e), None) => panic!("{at}: unexpected error {e} ({})", e.code()),
             (Ok(r), Some(want)) => panic!("{at}: expected error {want}, got {r}"),
             (Ok(r), None) => r,
         };

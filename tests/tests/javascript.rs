@@ -1,6 +1,6 @@
 //! The JavaScript package (`bindings/js`), as a user gets it: `npm ci`,
 //! `npm pack` (which transpiles this build's guest component with jco),
-//! the package's own `node --test` suite, then a fresh app that installs
+//! the package's own `npm test` (its types through `tsc`, then `node --test`), then a fresh app that installs
 //! the packed tarball from npm's point of view and runs the README's
 //! "Use it from JavaScript" example exactly as written there.
 //!
@@ -79,17 +79,19 @@ fn the_javascript_package_packs_passes_its_tests_and_runs_the_readme_example() {
     );
     assert!(tarball.exists(), "{}", tarball.display());
 
-    let mut tests: Vec<PathBuf> = fs::read_dir(package.join("test"))
+    // The types (`tsc` over test/types.ts), then every test/*.test.js.
+    let tests = fs::read_dir(package.join("test"))
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".test.js"))
-        .collect();
-    tests.sort();
-    assert!(tests.len() >= 3, "{tests:?}");
-    run(Command::new("node")
-        .current_dir(&package)
-        .arg("--test")
-        .args(&tests));
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".test.js")
+        })
+        .count();
+    assert!(tests >= 3, "{tests} test files");
+    run(&mut npm(&package, &["test"]));
 
     // A user's app: a new directory, the packed package installed into it.
     let app = tempfile::tempdir().unwrap();

@@ -88,41 +88,11 @@ fn raise(e: Error) -> PyErr {
     Python::attach(|py| to_py(py, e))
 }
 
-/// The error's kind as the JS package and the WIT interface name it
-/// (`"invalid-key"`, `"conflict"`, `"check-failed"`, …): `.code`.
-fn code(e: &Error) -> &'static str {
-    match e {
-        Error::InvalidKey(_) => "invalid-key",
-        Error::InvalidBucket(_) => "invalid-bucket",
-        Error::InvalidValue(_) | Error::Serde(_) => "invalid-value",
-        Error::InvalidCursor => "invalid-cursor",
-        Error::InvalidConfig(_) => "invalid-config",
-        Error::InvalidArgument(_) => "invalid-argument",
-        Error::Conflict { .. } => "conflict",
-        Error::CheckFailed { .. } => "check-failed",
-        Error::NotFound(_) => "not-found",
-        Error::InvalidPath(_) => "invalid-path",
-        Error::PathNotFound(_) => "path-not-found",
-        Error::PathTypeMismatch(_) => "path-type-mismatch",
-        Error::SchemaViolation(_) => "schema-violation",
-        Error::NotJson => "not-json",
-        Error::ReadOnly => "read-only",
-        Error::Contention => "contention",
-        Error::Locked { .. } => "locked",
-        Error::LeaseLost(_) => "lease-lost",
-        Error::Compacted { .. } => "compacted",
-        Error::Storage(_) => "storage",
-        Error::Trap(_) => "trap",
-        Error::Runtime(_) => "runtime",
-        _ => "other",
-    }
-}
-
 /// The Python exception for a kvstash error, with its details as
 /// attributes (`current`, `index`, `oldest`).
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let message = e.to_string();
-    let code = code(&e);
+    let code = e.code();
     let (err, attrs): (PyErr, Vec<(&str, Option<u64>)>) = match e {
         Error::Conflict { current } => {
             (ConflictError::new_err(message), vec![("current", current)])
