@@ -9,11 +9,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kvstash::{Check, Error, ListOptions, Store, Transaction, Value, WriteOptions};
+use futures::StreamExt;
+use kvstash::{
+    Check, Error, EventKind, ListOptions, Store, Transaction, Value, WatchOptions, WriteOptions,
+};
 use serde_json::{Value as Json, json};
 
 struct Runner {
     store: Store,
+    config: Json,
     vars: HashMap<String, Json>,
 }
 
@@ -72,6 +76,12 @@ impl Runner {
         }
         if op == "transaction" {
             return self.transaction(step).await.map(|v| json!(v));
+        }
+        if op == "reopen" {
+            if self.config["type"] != "memory" {
+                self.store = Store::open(&self.config.to_string()).await?;
+            }
+            return Ok(Json::Null);
         }
         let bucket = self.store.bucket(&self.str(step, "bucket"));
         let key = || self.str(step, "key");
@@ -139,6 +149,28 @@ impl Runner {
                     .collect();
                 let keys: Vec<&str> = page.items.iter().map(|i| i.key.as_str()).collect();
                 json!({"keys": keys, "values": values, "cursor": page.cursor})
+            }
+            "watch" => {
+                let options = WatchOptions {
+                    prefix: self.opt_str(step, "prefix"),
+                    since: Some(self.u64(&step["since"])),
+                    ..WatchOptions::default()
+                };
+                let mut stream = Box::pin(bucket.watch(options).await?);
+                let mut events = Vec::new();
+                for _ in 0..step["count"].as_u64().unwrap() {
+                    let next = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+                    let Ok(Some(event)) = next else { break };
+                    let event = event?;
+                    let kind = match event.kind {
+                        EventKind::Set => "set",
+                        EventKind::Delete => "delete",
+                        EventKind::Expire => "expire",
+                    };
+                    let value = event.value.as_ref().map_or(Json::Null, value_json);
+                    events.push(json!([kind, event.key, value]));
+                }
+                json!({"events": events})
             }
             other => panic!("unknown op {other}"),
         })
@@ -218,7 +250,7 @@ impl Runner {
                     "{at}: {result} is not newer than {want}"
                 ),
                 "more" => assert_eq!(!result["cursor"].is_null(), want.as_bool().unwrap(), "{at}"),
-                "value" | "bytes" | "version" | "expires" | "keys" | "values" => {
+                "value" | "bytes" | "version" | "expires" | "keys" | "values" | "events" => {
                     assert_eq!(result[field.as_str()], want, "{at}: {field} of {result}");
                 }
                 other => panic!("{at}: unknown expectation {other}"),
@@ -277,6 +309,7 @@ async fn every_case_holds_on_memory_and_file_storage() {
         ] {
             let mut runner = Runner {
                 store: Store::open(&config.to_string()).await.unwrap(),
+                config: config.clone(),
                 vars: HashMap::new(),
             };
             for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {

@@ -95,7 +95,7 @@ export function fromWit(e) {
     case 'lease-lost':
       return new LeaseLostError(`lease lost: ${val}`, tag);
     case 'storage':
-      return new StorageError(`storage failed: ${val}`, tag);
+      return new StorageError(`storage failed: ${String(val).replace(/^(storage failed: )+/, '')}`, tag);
     default:
       return new KvstashError(`${tag}: ${JSON.stringify(val)}`, tag);
   }

@@ -7,11 +7,25 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 /** What a key holds: JSON (as JS values) or bytes. */
 export type Value = Json | Uint8Array;
 
+/** kvstash's options of any store (docs/semantics.md). */
+export interface StoreOptions {
+  /** Keep this store's keys under a prefix of the storage. */
+  prefix?: string;
+  /** Refuse every write with ReadOnlyError. */
+  read_only?: boolean;
+  /** How long a write retries races it lost before ContentionError (ms). */
+  retry_deadline_ms?: number;
+  /** Store names apps may open (wasi:keyvalue, Spin) and their buckets. */
+  stores?: { [name: string]: string };
+  /** How many commits the change feed keeps (default 10000). */
+  retention?: number;
+}
+
 /** Storage configuration: an object or its JSON text. */
 export type Config =
   | string
-  | { type: 'memory'; retention?: number; prefix?: string; read_only?: boolean }
-  | { type: 'file'; path: string; retention?: number; prefix?: string; read_only?: boolean };
+  | ({ type: 'memory' } & StoreOptions)
+  | ({ type: 'file'; path: string } & StoreOptions);
 
 export interface OpenOptions {
   /** Milliseconds between background sweeps of expired keys (default 60000; 0: never). */
@@ -107,7 +121,10 @@ export class Bucket {
   /** Whether the key existed. */
   delete(key: string): Promise<boolean>;
   exists(key: string): Promise<boolean>;
-  /** Adds `delta` (default 1) to the integer at `key` (absent: 0); the new value. */
+  /**
+   * Adds `delta` (default 1) to the integer at `key` (absent: 0); the new
+   * value. Integers beyond 2^53 lose precision as JS numbers.
+   */
   increment(key: string, delta?: number): Promise<number>;
   list<V = Value>(options?: ListOptions): Promise<Page<V>>;
   /** Every item, following cursors. */
@@ -165,7 +182,11 @@ export class Lease {
 }
 
 export class KvstashError extends Error {
-  /** The error's kind, e.g. 'invalid-key', 'conflict', 'check-failed', 'storage'. */
+  /**
+   * The error's kind, as the WIT interface names it: 'invalid-key',
+   * 'conflict', 'check-failed', 'path-not-found', 'storage', …; 'trap'
+   * when the component failed (the store replaces its instance).
+   */
   readonly code: string;
 }
 /** Bad input: a key, bucket, value, path, cursor, argument, schema or configuration. */

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { cli, clocks, io } from '@bytecodealliance/preview2-shim';
 import { instantiate } from '../gen/kvstash.js';
 import { backendClass, release } from './storage.js';
-import { InvalidError, LockedError, StorageError, fromWit } from './errors.js';
+import { InvalidError, KvstashError, LockedError, StorageError, fromWit } from './errors.js';
 
 export * from './errors.js';
 
@@ -53,6 +53,12 @@ const toBig = (what, n) => {
   if (!Number.isSafeInteger(n)) throw new InvalidError(`${what} must be an integer, not ${n}`, 'invalid-argument');
   return BigInt(n);
 };
+const toU32 = (what, n) => {
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) {
+    throw new InvalidError(`${what} must be an integer from 0 to 2^32-1, not ${n}`, 'invalid-argument');
+  }
+  return n;
+};
 const toMs = (what, ms) => {
   if (ms === undefined || ms === null) return undefined;
   if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) {
@@ -60,6 +66,12 @@ const toMs = (what, ms) => {
   }
   return BigInt(Math.ceil(ms));
 };
+/** `v`, which must be a string (a key, bucket, path, name or cursor). */
+const text = (what, v) => {
+  if (typeof v !== 'string') throw new InvalidError(`${what} must be a string, not ${typeof v}`, 'invalid-argument');
+  return v;
+};
+const optText = (what, v) => (v === undefined || v === null ? undefined : text(what, v));
 const num = (v) => (v === undefined ? null : Number(v));
 const date = (ms) => (ms === undefined ? null : new Date(Number(ms)));
 
@@ -113,7 +125,10 @@ export class Store {
   #config;
   #instance = null;
   #buckets = new Map();
-  #engines = [];
+  /** Configuration text → the engine it opened; kept across restarts. */
+  #engines = new Map();
+  /** Why the last re-instantiation failed, if it did. */
+  #broken = null;
   #closed = false;
   #sweeper;
   #options;
@@ -147,23 +162,47 @@ export class Store {
     this.#buckets.clear();
   }
 
-  /** Runs `fn(storeApi)` on the component, mapping its errors. */
+  /**
+   * Runs `fn(storeApi)` on the component, mapping its errors: the
+   * component's own as KvstashErrors; a value jco cannot pass (a TypeError
+   * or RangeError while lowering arguments) as InvalidError; a trap as
+   * StorageError, after which the instance is replaced.
+   */
   _call(fn) {
     if (this.#closed) throw new InvalidError('the store is closed', 'invalid-argument');
-    if (this.#instance === null) throw new StorageError('the store is restarting after a failure', 'trap');
+    if (this.#instance === null) {
+      if (this.#broken !== null) this.#restart();
+      throw new StorageError(
+        `the store is restarting after a failure${this.#broken ? ` (${this.#broken.message})` : ''}`,
+        'trap',
+      );
+    }
     try {
       return fn(this.#instance[STORE]);
     } catch (e) {
-      if (!(e && typeof e.tag === 'string')) this.#restart();
+      if (e && typeof e.tag === 'string') throw fromWit(e);
+      // Checked here before the component was called.
+      if (e instanceof KvstashError) throw e;
+      if (e instanceof TypeError || e instanceof RangeError) {
+        throw new InvalidError(`invalid argument: ${e.message}`, 'invalid-argument');
+      }
+      this.#restart();
       throw fromWit(e);
     }
   }
 
-  /** After a trap the instance is unusable: drop it and make a new one. */
+  /**
+   * After a trap the instance is unusable: make a new one. The engines
+   * stay: commits are atomic in them, so nothing a trap interrupted is
+   * half there, and a memory store keeps its data.
+   */
   #restart() {
     this.#instance = null;
-    for (const engine of this.#engines.splice(0)) release(engine);
-    this.#instantiate().catch(() => {});
+    this.#broken = null;
+    this.#buckets.clear();
+    this.#instantiate().catch((e) => {
+      this.#broken = e instanceof Error ? e : new Error(String(e));
+    });
   }
 
   /** The guest's handle for bucket `name`, opened once. */
@@ -178,7 +217,7 @@ export class Store {
 
   /** A bucket: keys to values. Buckets need no creating. */
   bucket(name) {
-    return new Bucket(this, name);
+    return new Bucket(this, text('bucket name', name));
   }
 
   /** The names of the buckets that hold keys. */
@@ -201,7 +240,7 @@ export class Store {
     const deadline = Date.now() + (toMs('wait', wait) === undefined ? 0 : wait);
     for (;;) {
       try {
-        const lease = this._call((api) => api.acquire(name, ttlMs, owner ?? undefined));
+        const lease = this._call((api) => api.acquire(text('lock name', name), ttlMs, optText('owner', owner)));
         return new Lease(this, lease);
       } catch (e) {
         if (!(e instanceof LockedError) || Date.now() >= deadline) throw e;
@@ -213,13 +252,13 @@ export class Store {
 
   /** Who holds the lock `name` ({token, expiresAt, owner}), or null. */
   async lockStatus(name) {
-    const h = this._call((api) => api.lockStatus(name));
+    const h = this._call((api) => api.lockStatus(text('lock name', name)));
     return h === undefined ? null : { token: Number(h.token), expiresAt: date(h.expiresAt), owner: h.owner ?? null };
   }
 
   /** Removes up to `limit` expired keys now; how many it removed. */
   async sweep(limit = 1000) {
-    return this._call((api) => api.sweep(limit));
+    return this._call((api) => api.sweep(toU32('limit', limit)));
   }
 
   /** Closes the store: its files are released; later calls throw. */
@@ -229,7 +268,8 @@ export class Store {
     this.#closed = true;
     this.#instance = null;
     this.#buckets.clear();
-    for (const engine of this.#engines.splice(0)) release(engine);
+    for (const engine of this.#engines.values()) release(engine);
+    this.#engines.clear();
   }
 
   async [Symbol.asyncDispose]() {
@@ -238,7 +278,7 @@ export class Store {
 
   /** @internal engines this store opened, for watch wake-ups. */
   get _engines() {
-    return this.#engines;
+    return [...this.#engines.values()];
   }
 }
 
@@ -257,7 +297,7 @@ export class Bucket {
 
   /** The entry at `key` ({value, version, expiresAt}), or null. */
   async get(key) {
-    const e = this.#call((b) => b.get(key));
+    const e = this.#call((b) => b.get(text('key', key)));
     return e === undefined ? null : entryOf(e);
   }
 
@@ -274,23 +314,23 @@ export class Bucket {
       ttlMs: toMs('ttl', ttl),
     };
     const v = toValue(value);
-    return Number(this.#call((b) => b.setWith(key, v, options)));
+    return Number(this.#call((b) => b.setWith(text('key', key), v, options)));
   }
 
   /** Deletes `key`; whether it existed. */
   async delete(key) {
-    return this.#call((b) => b.delete(key));
+    return this.#call((b) => b.delete(text('key', key)));
   }
 
   /** Whether `key` holds a live value. */
   async exists(key) {
-    return this.#call((b) => b.exists(key));
+    return this.#call((b) => b.exists(text('key', key)));
   }
 
   /** Adds `delta` to the integer at `key` (absent: 0), atomically; the new value. */
   async increment(key, delta = 1) {
     const d = toBig('delta', delta);
-    return Number(this.#call((b) => b.increment(key, d)));
+    return Number(this.#call((b) => b.increment(text('key', key), d)));
   }
 
   /**
@@ -301,11 +341,11 @@ export class Bucket {
   async list({ prefix, start, end, limit, cursor, reverse = false, keysOnly = false } = {}) {
     const page = this.#call((b) =>
       b.list({
-        prefix: prefix ?? undefined,
-        start: start ?? undefined,
-        end: end ?? undefined,
-        limit: limit ?? undefined,
-        cursor: cursor ?? undefined,
+        prefix: optText('prefix', prefix),
+        start: optText('start', start),
+        end: optText('end', end),
+        limit: limit === undefined || limit === null ? undefined : toU32('limit', limit),
+        cursor: optText('cursor', cursor),
         reverse: Boolean(reverse),
         keysOnly: Boolean(keysOnly),
       }),
@@ -337,25 +377,25 @@ export class Bucket {
    * NotFoundError if the path is.
    */
   async getPath(key, path) {
-    const pv = this.#call((b) => b.getPath(key, path));
+    const pv = this.#call((b) => b.getPath(text('key', key), text('path', path)));
     return pv === undefined ? null : { value: JSON.parse(pv.json), version: Number(pv.version) };
   }
 
   /** Sets the JSON at `path` inside the document at `key`; the new version. */
   async setPath(key, path, value) {
     const json = toJson('a path value', value);
-    return Number(this.#call((b) => b.setPath(key, path, json)));
+    return Number(this.#call((b) => b.setPath(text('key', key), text('path', path), json)));
   }
 
   /** Removes the value at `path`; the new version. */
   async deletePath(key, path) {
-    return Number(this.#call((b) => b.deletePath(key, path)));
+    return Number(this.#call((b) => b.deletePath(text('key', key), text('path', path))));
   }
 
   /** Appends `value` to the array at `path`; the new version. */
   async appendPath(key, path, value) {
     const json = toJson('a path value', value);
-    return Number(this.#call((b) => b.appendPath(key, path, json)));
+    return Number(this.#call((b) => b.appendPath(text('key', key), text('path', path), json)));
   }
 
   /** Makes the bucket typed by a JSON Schema (null: untyped again); the version. */
@@ -372,7 +412,7 @@ export class Bucket {
 
   /** Keeps the last `keep` changes for undo/redo (0: off). */
   async setHistory(keep) {
-    this.#call((b) => b.setHistory(keep));
+    this.#call((b) => b.setHistory(toU32('keep', keep)));
   }
 
   /** Undoes the last change, as a new version (returned). */
@@ -571,6 +611,7 @@ export class Lease {
   /** Extends the lease to `ttl` ms from now; LeaseLostError if it lost the lock. */
   async renew(ttl) {
     const ttlMs = toMs('ttl', ttl);
+    if (ttlMs === undefined) throw new InvalidError('renew needs a ttl (ms)', 'invalid-argument');
     const lease = this.#store._call((api) => api.renew(this.name, BigInt(this.token), ttlMs));
     this.#set(lease);
   }

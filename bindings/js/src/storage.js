@@ -9,22 +9,25 @@
 // Keys are byte strings; here they are held as latin1 strings, one char
 // per byte, whose `<` order is the bytes' order.
 
+import { randomBytes } from 'node:crypto';
 import {
   closeSync,
   existsSync,
   fdatasyncSync,
   fsyncSync,
   ftruncateSync,
+  linkSync,
+  mkdirSync,
   openSync,
   readFileSync,
-  readSync,
+  realpathSync,
   renameSync,
+  statSync,
   unlinkSync,
   writeFileSync,
   writeSync,
-  fstatSync,
 } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import * as zlib from 'node:zlib';
 
 /** The limits every backend enforces (host/src/backend/mod.rs). */
@@ -132,6 +135,9 @@ class Table {
   }
 }
 
+/** What one retained change costs a snapshot, roughly. */
+const changeBytes = (c) => 16 + c.key.length + (c.value?.length ?? 0);
+
 /**
  * The engine both backends share: records, the version counter, the
  * retained change feed and the commit rule. `persist(version, writes)` is
@@ -145,6 +151,10 @@ class Engine {
     this.retention = BigInt(retention);
     /** @type {{version: bigint, key: string, value: Uint8Array | undefined}[]} */
     this.log = [];
+    /** Where the retained changes start in `log`. */
+    this.logStart = 0;
+    /** Bytes of the retained changes (keys, values, overhead). */
+    this.logBytes = 0;
     /** Versions up to this one are not in `log` (a compacted file's start). */
     this.floor = 0n;
     /** @type {Set<() => void>} */
@@ -198,13 +208,20 @@ class Engine {
       if (write.value === undefined) this.table.remove(key);
       else this.table.put(key, write.value, version);
       this.log.push({ version, key, value: write.value });
+      this.logBytes += changeBytes(this.log.at(-1));
     }
     this.version = version;
+    // Changes past the retention are dead from `logStart` on; they are
+    // spliced off in batches, one splice per thousand.
     const cut = version - this.retention;
-    let drop = 0;
-    while (drop < this.log.length && this.log[drop].version <= cut) drop++;
-    // Trim in batches: one splice per thousand dropped changes.
-    if (drop >= 1000 || (drop > 0 && drop === this.log.length)) this.log.splice(0, drop);
+    while (this.logStart < this.log.length && this.log[this.logStart].version <= cut) {
+      this.logBytes -= changeBytes(this.log[this.logStart]);
+      this.logStart++;
+    }
+    if (this.logStart >= 1000 || (this.logStart > 0 && this.logStart === this.log.length)) {
+      this.log.splice(0, this.logStart);
+      this.logStart = 0;
+    }
   }
 
   currentVersion() {
@@ -218,8 +235,9 @@ class Engine {
     if (since + 1n < oldest) throw { tag: 'compacted', val: oldest };
     const max = Math.min(limit, MAX_SCAN);
     const out = [];
+    if (max === 0) return out;
     // The log is in version order: find the first change after `since`.
-    let lo = 0;
+    let lo = this.logStart;
     let hi = this.log.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
@@ -244,22 +262,27 @@ class Engine {
 //   u32 LE length | u32 LE crc32(payload) | u32 LE crc32(the 8 bytes before) | payload
 // payload: u8 kind, then
 //   kind 1, a commit:   u64 version, u32 n, n × (u32 klen, key, u8 has, [u32 vlen, value])
-//   kind 2, a snapshot: u64 version, u32 n, n × (u32 klen, key, u64 version, u32 vlen, value)
-// A snapshot holds every record as of its version; it is the first record
-// of a compacted file. On open, the first record that is short or fails
-// a check ends the log if no sound record follows it anywhere in the file:
-// that is a torn last append (a crash before its fsync returned, so its
-// commit was never acknowledged), and it is cut off. If a sound record
-// does follow, the file is damaged: opening refuses and touches nothing,
-// rather than dropping the commits after the damage. The header's own
-// checksum is what makes "a sound record" mean something: a damaged
-// length cannot pass for one.
+//   kind 2, a snapshot: u64 version, u32 n, n × (u32 klen, key, u64 version, u32 vlen, value),
+//                       u64 floor, u32 m, m × (u64 version, u32 klen, key, u8 has, [u32 vlen, value])
+// A snapshot holds every record as of its version and the change feed it
+// still retains (the changes after `floor`); it is the first record of a
+// compacted file, so a reopened store answers `changes` as before.
+// On open, a record that ends past the end of the file under a sound
+// header, or any bad record with no sound record after it, is the torn
+// last append (a crash before its fsync returned, so its commit was never
+// acknowledged): its bytes are copied to PATH.torn and cut off. A bad
+// record with a sound record after it means damage: opening refuses and
+// touches nothing, rather than drop the commits after the damage. The
+// header's own checksum is what makes "a sound record" mean something: a
+// damaged length cannot pass for one.
 
 const MAGIC = Buffer.from('KVSTJS01', 'latin1');
 const COMMIT = 1;
 const SNAPSHOT = 2;
 /** Record header: length, payload checksum, header checksum. */
 const HEADER = 12;
+/** The largest log `load` reads at once (Node's Buffer limit is 2 GiB). */
+const MAX_LOG_BYTES = 2 ** 31 - 1;
 /** Compact when the log exceeds this and twice the live data. */
 const COMPACT_MIN_BYTES = 8 * 1024 * 1024;
 
@@ -356,6 +379,12 @@ class Reader {
   }
 }
 
+/** Writes all of `buf` at `position`. */
+function writeAll(fd, buf, position) {
+  let done = 0;
+  while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done, position + done);
+}
+
 function soundHeader(data, at) {
   return crc32(data.subarray(at, at + 8)) === data.readUInt32LE(at + 8);
 }
@@ -370,14 +399,34 @@ function soundRecordAfter(data, from) {
   return false;
 }
 
-/** Whether process `pid` is alive (a lock file's owner). */
-function alive(pid) {
+/** When process `pid` started (clock ticks since boot; Linux), or ''. */
+function startTime(pid) {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return e.code === 'EPERM';
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // Field 22; the command name (field 2) may hold spaces: count from ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
+  } catch {
+    return '';
   }
+}
+
+/** This process, as its lock files name it: pid and start time. */
+const SELF = `${process.pid} ${startTime(process.pid)}`;
+
+/** Whether the process a lock file names is still the one that wrote it. */
+function alive(owner) {
+  const [pid, started] = owner.trim().split(' ');
+  const n = Number.parseInt(pid, 10);
+  if (!Number.isInteger(n) || n <= 0) return false;
+  try {
+    process.kill(n, 0);
+  } catch (e) {
+    if (e.code !== 'EPERM') return false;
+  }
+  // A live pid that started at another time is a reused pid (a container's
+  // pid 1 after a restart): the writer is gone.
+  const now = started ? startTime(n) : '';
+  return !now || now === started;
 }
 
 class FileEngine extends Engine {
@@ -394,29 +443,76 @@ class FileEngine extends Engine {
     }
   }
 
-  /** One process at a time: a lock file holding the owner's pid. */
+  /**
+   * One opener at a time: PATH.lock names the holder (pid and start
+   * time). It is written whole beside, then linked into place, so it is
+   * never seen empty and only one link can win. A lock whose holder is
+   * gone is moved aside, and taken over only if what moved is the very
+   * file judged stale (another opener may have replaced it meanwhile).
+   * A worker thread of this process finds the lock held by its process.
+   */
   takeLock() {
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        writeFileSync(this.lockPath, String(process.pid), { flag: 'wx' });
-        return;
-      } catch (e) {
-        if (e.code !== 'EEXIST') throw unavailable(`cannot lock ${this.path}: ${e.message}`);
-      }
-      const owner = Number.parseInt(readFileSync(this.lockPath, 'latin1'), 10);
-      if (Number.isInteger(owner) && owner !== process.pid && alive(owner)) {
-        throw unavailable(`${this.path} is in use by process ${owner}`);
-      }
-      // Left behind by a process that died (or by this one, before a
-      // crash-restart reused its pid): take it over.
-      unlinkSync(this.lockPath);
+    const tag = `${process.pid}.${randomBytes(6).toString('hex')}`;
+    const mine = `${this.lockPath}.${tag}`;
+    try {
+      writeFileSync(mine, `${SELF}\n`, { flag: 'wx' });
+      this.lockIno = statSync(mine).ino;
+    } catch (e) {
+      throw unavailable(`cannot lock ${this.path}: ${e.message}`);
     }
-    throw unavailable(`cannot lock ${this.path}`);
+    try {
+      for (let attempt = 0; attempt < 8; attempt++) {
+        try {
+          linkSync(mine, this.lockPath);
+          return;
+        } catch (e) {
+          if (e.code !== 'EEXIST') throw unavailable(`cannot lock ${this.path}: ${e.message}`);
+        }
+        let judged;
+        let owner;
+        try {
+          judged = statSync(this.lockPath);
+          owner = readFileSync(this.lockPath, 'latin1');
+        } catch (e) {
+          if (e.code === 'ENOENT') continue;
+          throw unavailable(`cannot read ${this.lockPath}: ${e.message}`);
+        }
+        if (alive(owner)) {
+          const pid = owner.trim().split(' ')[0];
+          const who =
+            pid === String(process.pid)
+              ? 'this process (another worker thread, or another path to the file)'
+              : `process ${pid}`;
+          throw unavailable(`${this.path} is in use by ${who}`);
+        }
+        const aside = `${this.lockPath}.stale.${tag}`;
+        try {
+          renameSync(this.lockPath, aside);
+        } catch (e) {
+          if (e.code === 'ENOENT') continue;
+          throw unavailable(`cannot take over ${this.lockPath}: ${e.message}`);
+        }
+        const moved = statSync(aside);
+        if (moved.ino !== judged.ino || moved.dev !== judged.dev) {
+          // Another opener's fresh lock: put it back.
+          try {
+            linkSync(aside, this.lockPath);
+          } catch {
+            // A third opener got in first; it holds the lock now.
+          }
+        }
+        unlinkSync(aside);
+      }
+      throw unavailable(`cannot lock ${this.path}: its lock file keeps changing`);
+    } finally {
+      unlinkSync(mine);
+    }
   }
 
   dropLock() {
     try {
-      unlinkSync(this.lockPath);
+      // Only our own lock: never one another opener took over.
+      if (statSync(this.lockPath).ino === this.lockIno) unlinkSync(this.lockPath);
     } catch {
       // Already gone.
     }
@@ -425,6 +521,9 @@ class FileEngine extends Engine {
   load() {
     let data;
     try {
+      if (existsSync(this.path) && statSync(this.path).size > MAX_LOG_BYTES) {
+        throw new Error(`the log is over ${MAX_LOG_BYTES} bytes, more than this package reads`);
+      }
       data = existsSync(this.path) ? readFileSync(this.path) : Buffer.alloc(0);
     } catch (e) {
       throw unavailable(`cannot read ${this.path}: ${e.message}`);
@@ -448,7 +547,10 @@ class FileEngine extends Engine {
     }
     this.fd = openSync(this.path, 'r+');
     if (at < data.length) {
-      // A torn last record: the commit it held never returned.
+      // A torn last record: the commit it held never returned. Keep its
+      // bytes (unless they are only zeros) for whoever wants to look.
+      const cut = data.subarray(at);
+      if (cut.some((b) => b !== 0)) writeFileSync(`${this.path}.torn`, cut);
       ftruncateSync(this.fd, at);
       fsyncSync(this.fd);
     }
@@ -457,21 +559,25 @@ class FileEngine extends Engine {
     const cut = this.version - this.retention;
     const keep = this.log.findIndex((c) => c.version > cut);
     this.log = keep < 0 ? [] : this.log.slice(keep);
+    this.logStart = 0;
+    this.logBytes = this.log.reduce((n, c) => n + changeBytes(c), 0);
   }
 
   /** Applies the record at `at`; its end, or undefined if it is the torn tail. */
   replay(data, at) {
     const damaged = (what) => unavailable(`${this.path} is damaged at byte ${at} (${what}); nothing was changed`);
-    const bad = (what) => {
-      if (soundRecordAfter(data, at + 1)) throw damaged(what);
+    // Bad at `at`: the torn tail, unless a sound record follows `from`.
+    const bad = (from, what) => {
+      if (soundRecordAfter(data, from)) throw damaged(what);
       return undefined;
     };
-    if (at + HEADER > data.length) return bad('short record header');
-    if (!soundHeader(data, at)) return bad('bad record header');
+    if (at + HEADER > data.length) return undefined;
+    if (!soundHeader(data, at)) return bad(at + 1, 'bad record header');
     const end = at + HEADER + data.readUInt32LE(at);
-    if (end > data.length) return bad('short record');
+    // A sound header whose record runs past the end: cut short by a crash.
+    if (end > data.length) return undefined;
     const payload = data.subarray(at + HEADER, end);
-    if (crc32(payload) !== data.readUInt32LE(at + 4)) return bad('bad checksum');
+    if (crc32(payload) !== data.readUInt32LE(at + 4)) return bad(end, 'bad checksum');
     try {
       const r = new Reader(payload);
       const kind = r.u8();
@@ -487,13 +593,23 @@ class FileEngine extends Engine {
       } else if (kind === SNAPSHOT) {
         this.table = new Table();
         this.log = [];
+        this.logStart = 0;
+        this.logBytes = 0;
         for (let i = 0; i < n; i++) {
           const key = str(r.bytes());
           const v = r.u64();
           this.table.put(key, r.bytes(), v);
         }
         this.version = version;
-        this.floor = version;
+        this.floor = r.u64();
+        const m = r.u32();
+        for (let i = 0; i < m; i++) {
+          const v = r.u64();
+          const key = str(r.bytes());
+          const value = r.u8() ? r.bytes() : undefined;
+          this.log.push({ version: v, key, value });
+          this.logBytes += changeBytes(this.log.at(-1));
+        }
       } else {
         throw new Error(`unknown record kind ${kind}`);
       }
@@ -523,15 +639,18 @@ class FileEngine extends Engine {
     }
     const record = out.record();
     try {
-      let done = 0;
-      while (done < record.length) {
-        done += writeSync(this.fd, record, done, record.length - done, this.size + done);
-      }
+      writeAll(this.fd, record, this.size);
       fdatasyncSync(this.fd);
     } catch (e) {
-      // Part of the record may be on disk: refuse further writes until a
-      // reopen cuts the torn tail.
-      this.broken = true;
+      // The commit fails, so no part of it may stay: cut the log back to
+      // its last acknowledged record. If even that fails, refuse further
+      // writes; the next open cuts the torn tail.
+      try {
+        ftruncateSync(this.fd, this.size);
+        fdatasyncSync(this.fd);
+      } catch {
+        this.broken = true;
+      }
       throw unavailable(`writing ${this.path}: ${e.message}`);
     }
     this.size += record.length;
@@ -539,46 +658,70 @@ class FileEngine extends Engine {
 
   commit(checks, writes) {
     const version = super.commit(checks, writes);
-    if (this.size > COMPACT_MIN_BYTES && this.size > 2 * (this.table.bytes + 1024 * this.table.keys.length / 16)) {
-      this.compact();
-    }
+    // A snapshot holds the records and the retained feed: compact when
+    // the log is twice that (and past a floor), so a snapshot always
+    // leaves room before the next one.
+    const snapshot = this.table.bytes + 24 * this.table.keys.length + this.logBytes;
+    if (this.size > COMPACT_MIN_BYTES && this.size > 2 * snapshot) this.compact();
     return version;
   }
 
-  /** Rewrites the log as one snapshot: written aside, synced, renamed over. */
+  /**
+   * Rewrites the log as one snapshot: written aside, synced, renamed over
+   * the log, the directory synced. The aside file's descriptor becomes the
+   * log's, so nothing is opened after the rename. On any failure before
+   * the rename the old log stays as it was; compaction is tried again at
+   * a later commit.
+   */
   compact() {
-    const out = new Writer(this.table.bytes + 24 * this.table.keys.length + 32);
-    out.u8(SNAPSHOT);
-    out.u64(this.version);
-    out.u32(this.table.keys.length);
-    for (const key of this.table.keys) {
-      const r = this.table.records.get(key);
-      out.bytes(bytes(key));
-      out.u64(r.version);
-      out.bytes(r.value);
-    }
-    const record = out.record();
     const aside = `${this.path}.compact`;
+    let fd;
+    let size;
     try {
-      const fd = openSync(aside, 'w');
-      try {
-        writeSync(fd, MAGIC);
-        let done = 0;
-        while (done < record.length) done += writeSync(fd, record, done, record.length - done);
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
+      const cut = this.version - this.retention;
+      const floor = cut > this.floor ? cut : this.floor;
+      const feed = this.log.slice(this.logStart).filter((c) => c.version > floor);
+      const out = new Writer(this.table.bytes + 24 * this.table.keys.length + this.logBytes + 64);
+      out.u8(SNAPSHOT);
+      out.u64(this.version);
+      out.u32(this.table.keys.length);
+      for (const key of this.table.keys) {
+        const r = this.table.records.get(key);
+        out.bytes(bytes(key));
+        out.u64(r.version);
+        out.bytes(r.value);
       }
+      out.u64(floor);
+      out.u32(feed.length);
+      for (const c of feed) {
+        out.u64(c.version);
+        out.bytes(bytes(c.key));
+        if (c.value === undefined) out.u8(0);
+        else {
+          out.u8(1);
+          out.bytes(c.value);
+        }
+      }
+      const record = out.record();
+      fd = openSync(aside, 'w+');
+      writeAll(fd, MAGIC, 0);
+      writeAll(fd, record, MAGIC.length);
+      fsyncSync(fd);
+      size = MAGIC.length + record.length;
       renameSync(aside, this.path);
-      this.syncDirectory();
     } catch {
-      // Compaction is an optimisation: the log is intact; try next time.
+      if (fd !== undefined) closeSync(fd);
+      try {
+        unlinkSync(aside);
+      } catch {
+        // Never made.
+      }
       return;
     }
     closeSync(this.fd);
-    this.fd = openSync(this.path, 'r+');
-    this.size = fstatSync(this.fd).size;
-    // The feed in memory is unaffected; after a reopen it starts here.
+    this.fd = fd;
+    this.size = size;
+    this.syncDirectory();
   }
 
   syncDirectory() {
@@ -600,18 +743,6 @@ class FileEngine extends Engine {
       this.fd = undefined;
     }
     this.dropLock();
-  }
-}
-
-/** Reads the whole of a small file region; used by tests to damage logs. */
-export function readAt(path, position, length) {
-  const fd = openSync(path, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    readSync(fd, buf, 0, length, position);
-    return buf;
-  } finally {
-    closeSync(fd);
   }
 }
 
@@ -642,8 +773,8 @@ function parseConfig(text) {
     if (!fields.includes(field)) throw invalid(`${config.type} backend configuration: unknown field \`${field}\``);
   }
   const retention = config.retention ?? DEFAULT_RETENTION;
-  if (!Number.isSafeInteger(retention) || retention < 1) {
-    throw invalid(`retention must be a positive integer, not ${JSON.stringify(config.retention)}`);
+  if (!Number.isSafeInteger(retention) || retention < 0) {
+    throw invalid(`retention must be an integer >= 0, not ${JSON.stringify(config.retention)}`);
   }
   if (config.type === 'file' && (typeof config.path !== 'string' || config.path === '')) {
     throw invalid('file backend configuration: `path` must be a non-empty string');
@@ -658,7 +789,16 @@ function parseConfig(text) {
 export function openEngine(text) {
   const config = parseConfig(text);
   if (config.type === 'memory') return new Engine(config.retention);
-  const path = resolve(config.path);
+  // One engine per file, however it is named: the real path of its
+  // directory (made if missing, as the Rust file backend does).
+  let path;
+  try {
+    const given = resolve(config.path);
+    mkdirSync(dirname(given), { recursive: true });
+    path = existsSync(given) ? realpathSync(given) : join(realpathSync(dirname(given)), basename(given));
+  } catch (e) {
+    throw unavailable(`cannot open ${config.path}: ${e.message}`);
+  }
   let open = files.get(path);
   if (open === undefined) {
     let engine;
@@ -686,11 +826,14 @@ export function release(engine) {
 }
 
 /**
- * The `backend` resource class for one store's instance. Every method
- * answers with a value or throws a `storage-error` variant; any other
- * failure (a bug here) becomes `unavailable`, never a trap.
+ * The `backend` resource class for one store's instance. `engines` maps
+ * each configuration the store opened to its engine, and outlives the
+ * instance: a store restarted after a trap finds its memory data and
+ * keeps its file open. Every method answers with a value or throws a
+ * `storage-error` variant; any other failure (a bug here) becomes
+ * `unavailable`, never a trap.
  */
-export function backendClass(opened) {
+export function backendClass(engines) {
   const guard = (fn) =>
     function (...args) {
       try {
@@ -706,8 +849,11 @@ export function backendClass(opened) {
     }
   }
   Backend.open = guard((config) => {
-    const engine = openEngine(config);
-    opened.push(engine);
+    let engine = engines.get(config);
+    if (engine === undefined) {
+      engine = openEngine(config);
+      engines.set(config, engine);
+    }
     return new Backend(engine);
   });
   Object.assign(Backend.prototype, {

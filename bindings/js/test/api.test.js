@@ -304,7 +304,7 @@ test('bad configurations are rejected at open', async () => {
     ['{nope', /not valid JSON/],
     [{ type: 'floppy' }, /unknown backend type/],
     [{ type: 'file' }, /path/],
-    [{ type: 'memory', retention: 0 }, /retention/],
+    [{ type: 'memory', retention: -1 }, /retention/],
     [{ type: 'memory', bogus: 1 }, /bogus/],
   ]) {
     await assert.rejects(kvstash.open(config), (e) => {
@@ -314,6 +314,46 @@ test('bad configurations are rejected at open', async () => {
       return true;
     });
   }
+});
+
+test('a value jco cannot pass is InvalidError, and the store keeps its data', async (t) => {
+  const store = await closing(t, kvstash.open({ type: 'memory' }, { sweepInterval: 0 }));
+  const b = store.bucket('b');
+  await b.set('k', 'kept');
+  await assert.rejects(b.get(123), { name: 'InvalidError', code: 'invalid-argument' });
+  await assert.rejects(b.list({ prefix: 5 }), kvstash.InvalidError);
+  await assert.rejects(b.list({ limit: -1 }), kvstash.InvalidError);
+  await assert.rejects(() => Promise.resolve().then(() => store.bucket(null)), kvstash.InvalidError);
+  await assert.rejects(store.sweep(2 ** 40), kvstash.InvalidError);
+  const lease = await store.lock('l', { ttl: 1000 });
+  await assert.rejects(lease.renew(), kvstash.InvalidError);
+  // Everything is still there, at its version: nothing was restarted.
+  assert.deepEqual((await b.get('k')).value, 'kept');
+  assert.equal((await b.set('k2', 1)) > 2, true);
+});
+
+test('after a trap the store replaces its instance and keeps its data', async (t) => {
+  const store = await closing(t, kvstash.open({ type: 'memory' }, { sweepInterval: 0 }));
+  const b = store.bucket('b');
+  const v = await b.set('k', 'kept');
+  // What a trap looks like to the package: jco rethrows the engine's error.
+  assert.throws(
+    () => store._call(() => {
+      throw new WebAssembly.RuntimeError('unreachable executed');
+    }),
+    (e) => e instanceof kvstash.StorageError && e.code === 'trap' && /unreachable/.test(e.message),
+  );
+  let entry;
+  for (let i = 0; entry === undefined; i++) {
+    try {
+      entry = await b.get('k');
+    } catch (e) {
+      assert.ok(i < 200 && e.code === 'trap', String(e));
+      await sleep(5);
+    }
+  }
+  assert.deepEqual(entry, { value: 'kept', version: v, expiresAt: null });
+  assert.equal(await b.set('k2', 1), v + 1);
 });
 
 test('layers from the configuration: read_only and prefix', async (t) => {

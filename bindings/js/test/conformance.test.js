@@ -15,8 +15,9 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 class Runner {
-  constructor(store) {
+  constructor(store, config) {
     this.store = store;
+    this.config = config;
     this.vars = new Map();
   }
 
@@ -46,6 +47,13 @@ class Runner {
     const s = (field) => this.str(step[field]);
     if (step.op === 'sleep') return sleep(step.ms).then(() => null);
     if (step.op === 'transaction') return this.transaction(step);
+    if (step.op === 'reopen') {
+      if (this.config.type !== 'memory') {
+        await this.store.close();
+        this.store = await kvstash.open(this.config, { sweepInterval: 0 });
+      }
+      return null;
+    }
     const b = this.store.bucket(s('bucket'));
     switch (step.op) {
       case 'get':
@@ -88,6 +96,17 @@ class Runner {
           values: page.items.map((i) => (i.value instanceof Uint8Array ? [...i.value] : i.value)),
           cursor: page.cursor,
         };
+      }
+      case 'watch': {
+        const events = [];
+        if (step.count > 0) {
+          const signal = AbortSignal.timeout(5000);
+          for await (const e of b.watch({ since: this.resolve(step.since), prefix: this.opt(step.prefix), signal })) {
+            events.push([e.kind, e.key, e.value]);
+            if (events.length === step.count) break;
+          }
+        }
+        return { events };
       }
       default:
         throw new Error(`unknown op ${step.op}`);
@@ -140,7 +159,7 @@ class Runner {
       else if (field === 'absent') assert.equal(result === null, want, `${at}: ${JSON.stringify(result)}`);
       else if (field === 'newer_than') assert.ok(result > want, `${at}: ${result} is not newer than ${want}`);
       else if (field === 'more') assert.equal(result.cursor !== null, want, at);
-      else if (['value', 'bytes', 'version', 'expires', 'keys', 'values'].includes(field)) {
+      else if (['value', 'bytes', 'version', 'expires', 'keys', 'values', 'events'].includes(field)) {
         assert.ok(result !== null, `${at}: absent`);
         assert.deepEqual(result[field], want, `${at}: ${field}`);
       } else throw new Error(`${at}: unknown expectation ${field}`);
@@ -165,9 +184,8 @@ for (const backend of ['memory', 'file']) {
     for (const c of cases) {
       test(c.name, async () => {
         const config = backend === 'memory' ? { type: 'memory' } : { type: 'file', path: join(dir, `case-${n++}.kvlog`) };
-        const store = await kvstash.open(config, { sweepInterval: 0 });
+        const runner = new Runner(await kvstash.open(config, { sweepInterval: 0 }), config);
         try {
-          const runner = new Runner(store);
           for (const [i, step] of c.steps.entries()) {
             let outcome;
             try {
@@ -178,7 +196,7 @@ for (const backend of ['memory', 'file']) {
             runner.check(step, outcome, `${c.name} (step ${i}, ${step.op}) on ${backend}`);
           }
         } finally {
-          await store.close();
+          await runner.store.close();
         }
       });
     }

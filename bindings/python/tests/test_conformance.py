@@ -24,8 +24,9 @@ def seconds(ms):
 
 
 class Runner:
-    def __init__(self, store):
-        self.store = store
+    def __init__(self, config):
+        self.config = config
+        self.store = kvstash.open(config)
         self.vars = {}
 
     def resolve(self, v):
@@ -55,6 +56,11 @@ class Runner:
             return None
         if op == "transaction":
             return self.transaction(step)
+        if op == "reopen":
+            if self.config["type"] != "memory":
+                del self.store
+                self.store = kvstash.open(self.config)
+            return None
         b = self.store.bucket(self.str(step["bucket"]))
         key = lambda: self.str(step["key"])  # noqa: E731
         path = lambda: self.str(step["path"])  # noqa: E731
@@ -100,6 +106,15 @@ class Runner:
                 "values": [list(e.value) if isinstance(e.value, bytes) else e.value for _, e in items],
                 "cursor": cursor,
             }
+        if op == "watch":
+            watch = b.watch(since=self.resolve(step["since"]), prefix=self.opt(step.get("prefix")))
+            events = []
+            for _ in range(step["count"]):
+                event = watch.next_event(5)
+                if event is None:
+                    break
+                events.append([event.kind, event.key, event.value])
+            return {"events": events}
         raise AssertionError(f"unknown op {op}")
 
     def transaction(self, step):
@@ -160,7 +175,7 @@ class Runner:
                 assert result > want, f"{at}: {result} is not newer than {want}"
             elif field == "more":
                 assert (result["cursor"] is not None) == want, at
-            elif field in ("value", "bytes", "version", "expires", "keys", "values"):
+            elif field in ("value", "bytes", "version", "expires", "keys", "values", "events"):
                 assert result is not None, f"{at}: absent"
                 assert result.get(field) == want, f"{at}: {field} of {result!r}"
             else:
@@ -184,7 +199,7 @@ def entry(e):
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_case(case, backend, tmp_path):
     config = {"type": "memory"} if backend == "memory" else {"type": "file", "path": str(tmp_path / "s.redb")}
-    runner = Runner(kvstash.open(config))
+    runner = Runner(config)
     for i, step in enumerate(case["steps"]):
         at = f"{case['name']} (step {i}, {step['op']}) on {backend}"
         try:
