@@ -23,7 +23,11 @@ export class ContentionError extends KvstashError {}
 export class ReadOnlyError extends KvstashError {}
 /** Versions older than `oldest` are no longer retained. */
 export class CompactedError extends KvstashError {}
-/** The storage failed or is unavailable; nothing is known to have been written. */
+/**
+ * The storage failed or is unavailable, or the component trapped (code
+ * 'trap'). Whether the call's write happened is unknown: read before
+ * retrying a write that is not idempotent.
+ */
 export class StorageError extends KvstashError {}
 /** The lock is held by another lease (`holder`). */
 export class LockedError extends KvstashError {}

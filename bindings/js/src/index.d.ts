@@ -205,7 +205,12 @@ export class CompactedError extends KvstashError {
   /** The oldest version still retained. */
   readonly oldest: number;
 }
-/** The storage failed or is unavailable (also: the file is in use by another process). */
+/**
+ * The storage failed or is unavailable (the file in use by another
+ * process, an I/O error), or the component trapped (code 'trap'). Whether
+ * the call's write happened is unknown: read before retrying a write that
+ * is not idempotent.
+ */
 export class StorageError extends KvstashError {}
 export class LockedError extends KvstashError {
   readonly holder: { token: number; expiresAt: Date; owner: string | null };

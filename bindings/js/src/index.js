@@ -164,9 +164,10 @@ export class Store {
 
   /**
    * Runs `fn(storeApi)` on the component, mapping its errors: the
-   * component's own as KvstashErrors; a value jco cannot pass (a TypeError
-   * or RangeError while lowering arguments) as InvalidError; a trap as
-   * StorageError, after which the instance is replaced.
+   * component's own as KvstashErrors, and anything else thrown inside it
+   * (a trap; a stack overflow is a RangeError) as StorageError, after
+   * which the instance is replaced. Arguments are checked in JS before
+   * the call, so nothing jco cannot pass reaches it.
    */
   _call(fn) {
     if (this.#closed) throw new InvalidError('the store is closed', 'invalid-argument');
@@ -183,9 +184,6 @@ export class Store {
       if (e && typeof e.tag === 'string') throw fromWit(e);
       // Checked here before the component was called.
       if (e instanceof KvstashError) throw e;
-      if (e instanceof TypeError || e instanceof RangeError) {
-        throw new InvalidError(`invalid argument: ${e.message}`, 'invalid-argument');
-      }
       this.#restart();
       throw fromWit(e);
     }
@@ -474,7 +472,7 @@ class Watch {
   constructor(store, bucket, since, prefix, signal) {
     this.#store = store;
     this.#bucket = bucket;
-    this.#prefix = prefix ?? undefined;
+    this.#prefix = optText('prefix', prefix);
     this.#signal = signal;
     if (since === undefined || since === null) {
       // Fix "now" before returning, so no later write is missed.
@@ -524,12 +522,12 @@ export class Transaction {
   }
 
   #key(bucket, key, condition) {
-    this.#checks.push({ tag: 'key', val: { bucket, key, condition } });
+    this.#checks.push({ tag: 'key', val: { bucket: text('bucket name', bucket), key: text('key', key), condition } });
     return this;
   }
 
   #op(bucket, key, op, ttl) {
-    this.#mutations.push({ bucket, key, op, ttlMs: toMs('ttl', ttl) });
+    this.#mutations.push({ bucket: text('bucket name', bucket), key: text('key', key), op, ttlMs: toMs('ttl', ttl) });
     return this;
   }
 
@@ -555,6 +553,7 @@ export class Transaction {
 
   /** Only while `lease` still holds its lock (fencing). */
   checkLease(lease) {
+    if (!(lease instanceof Lease)) throw new InvalidError('checkLease needs a Lease from store.lock()', 'invalid-argument');
     this.#checks.push({ tag: 'lease', val: { name: lease.name, token: BigInt(lease.token) } });
     return this;
   }
@@ -574,15 +573,15 @@ export class Transaction {
   }
 
   setPath(bucket, key, path, value) {
-    return this.#op(bucket, key, { tag: 'set-path', val: { path, value: toJson('a path value', value) } });
+    return this.#op(bucket, key, { tag: 'set-path', val: { path: text('path', path), value: toJson('a path value', value) } });
   }
 
   deletePath(bucket, key, path) {
-    return this.#op(bucket, key, { tag: 'delete-path', val: path });
+    return this.#op(bucket, key, { tag: 'delete-path', val: text('path', path) });
   }
 
   appendPath(bucket, key, path, value) {
-    return this.#op(bucket, key, { tag: 'append-path', val: { path, value: toJson('a path value', value) } });
+    return this.#op(bucket, key, { tag: 'append-path', val: { path: text('path', path), value: toJson('a path value', value) } });
   }
 
   /** Commits; the transaction's version. */

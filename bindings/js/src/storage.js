@@ -14,16 +14,19 @@ import {
   closeSync,
   existsSync,
   fdatasyncSync,
+  fstatSync,
   fsyncSync,
   ftruncateSync,
   linkSync,
   mkdirSync,
   openSync,
   readFileSync,
+  readlinkSync,
   realpathSync,
   renameSync,
   statSync,
   unlinkSync,
+  utimesSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
@@ -410,23 +413,91 @@ function startTime(pid) {
   }
 }
 
-/** This process, as its lock files name it: pid and start time. */
-const SELF = `${process.pid} ${startTime(process.pid)}`;
+/** This process's pid namespace (Linux), or ''. */
+function pidNamespace() {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return '';
+  }
+}
 
-/** Whether the process a lock file names is still the one that wrote it. */
-function alive(owner) {
-  const [pid, started] = owner.trim().split(' ');
+/**
+ * This process, as its lock files name it: pid, start time and pid
+ * namespace (a container's pid 1 is not the host's).
+ */
+const SELF = `${process.pid} ${startTime(process.pid)} ${pidNamespace()}`;
+
+/** A holder refreshes its lock file's mtime this often... */
+const HEARTBEAT_MS = 5_000;
+/** ...and a lock from another pid namespace unrefreshed this long is stale. */
+const STALE_MS = 30_000;
+
+/**
+ * Whether the holder a lock file names (`owner`, its text; `mtimeMs`, its
+ * last refresh) may still be using it. In this pid namespace: while that
+ * pid is alive and started when the lock says (a reused pid is a new
+ * process). From another namespace, whose pids mean nothing here: while
+ * its holder keeps the file fresh.
+ */
+function alive(owner, mtimeMs) {
+  const [pid, started, ns] = owner.trim().split(' ');
+  if (ns && ns !== pidNamespace()) return Date.now() - mtimeMs < STALE_MS;
   const n = Number.parseInt(pid, 10);
-  if (!Number.isInteger(n) || n <= 0) return false;
+  if (!Number.isInteger(n) || n <= 0) {
+    // Empty: being written by an opener on a filesystem without hard links.
+    return owner === '' && Date.now() - mtimeMs < STALE_MS;
+  }
   try {
     process.kill(n, 0);
   } catch (e) {
     if (e.code !== 'EPERM') return false;
   }
-  // A live pid that started at another time is a reused pid (a container's
-  // pid 1 after a restart): the writer is gone.
   const now = started ? startTime(n) : '';
   return !now || now === started;
+}
+
+/** Blocks this thread for `ms` (lock takeover back-off only). */
+function sleepSync(ms) {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Filesystems that cannot make hard links answer link() with these. */
+const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
+/**
+ * Puts a file holding `content` at `path` only if none is there: written
+ * whole beside (`scratch`) and linked into place, so no reader sees it
+ * half written and only one of several racing creators wins. Returns the
+ * new file's inode, or null if `path` exists. Where hard links are not
+ * supported, creates `path` exclusively and writes it (readers may see it
+ * empty for a moment; `alive` counts an empty lock as held).
+ */
+function createExclusive(path, scratch, content) {
+  writeFileSync(scratch, content, { flag: 'wx' });
+  try {
+    linkSync(scratch, path);
+    return statSync(scratch).ino;
+  } catch (e) {
+    if (e.code === 'EEXIST') return null;
+    if (!NO_LINKS.has(e.code)) throw e;
+  } finally {
+    unlinkSync(scratch);
+  }
+  let fd;
+  try {
+    fd = openSync(path, 'wx');
+  } catch (e) {
+    if (e.code === 'EEXIST') return null;
+    throw e;
+  }
+  try {
+    writeSync(fd, content);
+    fsyncSync(fd);
+    return fstatSync(fd).ino;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 class FileEngine extends Engine {
@@ -434,6 +505,8 @@ class FileEngine extends Engine {
     super(retention);
     this.path = path;
     this.lockPath = `${path}.lock`;
+    /** Compaction waits until the log passes this (after a failed one). */
+    this.compactAt = 0;
     this.takeLock();
     try {
       this.load();
@@ -444,72 +517,97 @@ class FileEngine extends Engine {
   }
 
   /**
-   * One opener at a time: PATH.lock names the holder (pid and start
-   * time). It is written whole beside, then linked into place, so it is
-   * never seen empty and only one link can win. A lock whose holder is
-   * gone is moved aside, and taken over only if what moved is the very
-   * file judged stale (another opener may have replaced it meanwhile).
-   * A worker thread of this process finds the lock held by its process.
+   * One opener at a time. PATH.lock names the holder (see `alive`); it is
+   * created only where none exists (`createExclusive`), so of racing
+   * openers one wins. A lock whose holder is gone is removed only under
+   * PATH.lock.takeover, a second lock made the same way, after checking
+   * again that it is the same file, still stale: no two openers can take
+   * over at once, and none can remove a lock that is in use. A worker
+   * thread of this process finds the lock held by its process.
    */
   takeLock() {
-    const tag = `${process.pid}.${randomBytes(6).toString('hex')}`;
-    const mine = `${this.lockPath}.${tag}`;
-    try {
-      writeFileSync(mine, `${SELF}\n`, { flag: 'wx' });
-      this.lockIno = statSync(mine).ino;
-    } catch (e) {
-      throw unavailable(`cannot lock ${this.path}: ${e.message}`);
-    }
-    try {
-      for (let attempt = 0; attempt < 8; attempt++) {
-        try {
-          linkSync(mine, this.lockPath);
-          return;
-        } catch (e) {
-          if (e.code !== 'EEXIST') throw unavailable(`cannot lock ${this.path}: ${e.message}`);
-        }
-        let judged;
-        let owner;
-        try {
-          judged = statSync(this.lockPath);
-          owner = readFileSync(this.lockPath, 'latin1');
-        } catch (e) {
-          if (e.code === 'ENOENT') continue;
-          throw unavailable(`cannot read ${this.lockPath}: ${e.message}`);
-        }
-        if (alive(owner)) {
-          const pid = owner.trim().split(' ')[0];
-          const who =
-            pid === String(process.pid)
-              ? 'this process (another worker thread, or another path to the file)'
-              : `process ${pid}`;
-          throw unavailable(`${this.path} is in use by ${who}`);
-        }
-        const aside = `${this.lockPath}.stale.${tag}`;
-        try {
-          renameSync(this.lockPath, aside);
-        } catch (e) {
-          if (e.code === 'ENOENT') continue;
-          throw unavailable(`cannot take over ${this.lockPath}: ${e.message}`);
-        }
-        const moved = statSync(aside);
-        if (moved.ino !== judged.ino || moved.dev !== judged.dev) {
-          // Another opener's fresh lock: put it back.
-          try {
-            linkSync(aside, this.lockPath);
-          } catch {
-            // A third opener got in first; it holds the lock now.
-          }
-        }
-        unlinkSync(aside);
+    const scratch = `${this.lockPath}.${process.pid}.${randomBytes(6).toString('hex')}`;
+    const fail = (e) => unavailable(`cannot lock ${this.path}: ${e.message}`);
+    for (let attempt = 0; attempt < 50; attempt++) {
+      let ino;
+      try {
+        ino = createExclusive(this.lockPath, scratch, `${SELF}\n`);
+      } catch (e) {
+        throw fail(e);
       }
-      throw unavailable(`cannot lock ${this.path}: its lock file keeps changing`);
-    } finally {
-      unlinkSync(mine);
+      if (ino !== null) {
+        this.lockIno = ino;
+        this.heartbeat = setInterval(() => {
+          try {
+            const now = new Date();
+            utimesSync(this.lockPath, now, now);
+          } catch {
+            // The next beat tries again.
+          }
+        }, HEARTBEAT_MS);
+        this.heartbeat.unref();
+        return;
+      }
+      const held = this.lockHolder();
+      if (held === undefined) continue;
+      if (alive(held.owner, held.mtimeMs)) {
+        const pid = held.owner.trim().split(' ')[0];
+        const who =
+          pid === String(process.pid) && held.owner.trim() === SELF.trim()
+            ? 'this process (another worker thread, or another path to the file)'
+            : `process ${pid || '(being written)'}`;
+        throw unavailable(`${this.path} is in use by ${who}`);
+      }
+      // Stale: remove it, under the takeover lock.
+      const takeover = `${this.lockPath}.takeover`;
+      let mine;
+      try {
+        mine = createExclusive(takeover, scratch, `${SELF}\n`);
+      } catch (e) {
+        throw fail(e);
+      }
+      if (mine === null) {
+        // Another opener is taking over, or one died doing it.
+        try {
+          const t = statSync(takeover);
+          if (!alive(readFileSync(takeover, 'latin1'), t.mtimeMs) && statSync(takeover).ino === t.ino) {
+            unlinkSync(takeover);
+          }
+        } catch {
+          // Gone already.
+        }
+        sleepSync(5);
+        continue;
+      }
+      try {
+        const again = this.lockHolder();
+        if (again !== undefined && again.ino === held.ino && !alive(again.owner, again.mtimeMs)) {
+          unlinkSync(this.lockPath);
+        }
+      } finally {
+        try {
+          if (statSync(takeover).ino === mine) unlinkSync(takeover);
+        } catch {
+          // Gone already.
+        }
+      }
+    }
+    throw unavailable(`cannot lock ${this.path}: its lock file keeps changing`);
+  }
+
+  /** The lock file's holder text, inode and last refresh; undefined if none. */
+  lockHolder() {
+    try {
+      const st = statSync(this.lockPath);
+      return { owner: readFileSync(this.lockPath, 'latin1'), ino: st.ino, mtimeMs: st.mtimeMs };
+    } catch (e) {
+      if (e.code === 'ENOENT') return undefined;
+      throw unavailable(`cannot read ${this.lockPath}: ${e.message}`);
     }
   }
 
   dropLock() {
+    clearInterval(this.heartbeat);
     try {
       // Only our own lock: never one another opener took over.
       if (statSync(this.lockPath).ino === this.lockIno) unlinkSync(this.lockPath);
@@ -550,7 +648,13 @@ class FileEngine extends Engine {
       // A torn last record: the commit it held never returned. Keep its
       // bytes (unless they are only zeros) for whoever wants to look.
       const cut = data.subarray(at);
-      if (cut.some((b) => b !== 0)) writeFileSync(`${this.path}.torn`, cut);
+      if (cut.some((b) => b !== 0)) {
+        try {
+          writeFileSync(`${this.path}.torn-${Date.now()}`, cut, { flag: 'wx' });
+        } catch {
+          // Evidence only: the log is right without it.
+        }
+      }
       ftruncateSync(this.fd, at);
       fsyncSync(this.fd);
     }
@@ -638,6 +742,9 @@ class FileEngine extends Engine {
       }
     }
     const record = out.record();
+    if (this.size + record.length > MAX_LOG_BYTES && !(this.compact() && this.size + record.length <= MAX_LOG_BYTES)) {
+      throw unavailable(`${this.path}: the log would pass ${MAX_LOG_BYTES} bytes, more than this package can reopen`);
+    }
     try {
       writeAll(this.fd, record, this.size);
       fdatasyncSync(this.fd);
@@ -662,7 +769,10 @@ class FileEngine extends Engine {
     // the log is twice that (and past a floor), so a snapshot always
     // leaves room before the next one.
     const snapshot = this.table.bytes + 24 * this.table.keys.length + this.logBytes;
-    if (this.size > COMPACT_MIN_BYTES && this.size > 2 * snapshot) this.compact();
+    if (this.size > COMPACT_MIN_BYTES && this.size > 2 * snapshot && this.size > this.compactAt) {
+      // After a failure, wait for the log to grow by another snapshot.
+      if (!this.compact()) this.compactAt = this.size + snapshot;
+    }
     return version;
   }
 
@@ -670,8 +780,9 @@ class FileEngine extends Engine {
    * Rewrites the log as one snapshot: written aside, synced, renamed over
    * the log, the directory synced. The aside file's descriptor becomes the
    * log's, so nothing is opened after the rename. On any failure before
-   * the rename the old log stays as it was; compaction is tried again at
-   * a later commit.
+   * the rename the old log stays as it was, and compaction is tried
+   * again once the log has grown by another snapshot. Whether it
+   * compacted.
    */
   compact() {
     const aside = `${this.path}.compact`;
@@ -716,12 +827,20 @@ class FileEngine extends Engine {
       } catch {
         // Never made.
       }
-      return;
+      return false;
     }
-    closeSync(this.fd);
+    // The snapshot is the log now, whatever closing the old one says.
+    const old = this.fd;
     this.fd = fd;
     this.size = size;
+    this.compactAt = 0;
+    try {
+      closeSync(old);
+    } catch {
+      // Its data was superseded by the snapshot.
+    }
     this.syncDirectory();
+    return true;
   }
 
   syncDirectory() {
@@ -795,7 +914,9 @@ export function openEngine(text) {
   try {
     const given = resolve(config.path);
     mkdirSync(dirname(given), { recursive: true });
-    path = existsSync(given) ? realpathSync(given) : join(realpathSync(dirname(given)), basename(given));
+    // Made first, so a symlink to a file not there yet names its target.
+    closeSync(openSync(given, 'a'));
+    path = realpathSync(given);
   } catch (e) {
     throw unavailable(`cannot open ${config.path}: ${e.message}`);
   }

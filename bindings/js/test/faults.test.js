@@ -13,13 +13,18 @@ after(() => fs.rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 const open = (path, more = {}) => kvstash.open({ type: 'file', path, ...more }, { sweepInterval: 0 });
 
-/** Makes `fs[name]` throw EIO for the next `times` calls that `when` picks. */
+/**
+ * Makes `fs[name]` throw EIO for the next `times` calls that `when`
+ * picks; the returned function undoes it and says how many it failed.
+ */
 function failing(name, times, when = () => true) {
   const real = fs[name];
   let left = times;
+  let failed = 0;
   fs[name] = (...args) => {
     if (left > 0 && when(...args)) {
       left--;
+      failed++;
       throw Object.assign(new Error(`EIO: i/o error, ${name}`), { code: 'EIO' });
     }
     return real(...args);
@@ -28,6 +33,7 @@ function failing(name, times, when = () => true) {
   return () => {
     fs[name] = real;
     syncBuiltinESMExports();
+    return failed;
   };
 }
 
@@ -84,13 +90,16 @@ test('a compaction that fails leaves the log as it was, and a later one succeeds
   const big = 'v'.repeat(256 * 1024);
   const restore = failing('renameSync', Infinity, (from) => String(from).endsWith('.compact'));
   let failedOnce;
+  let attempts;
   try {
     for (let i = 0; i < 40; i++) await b.set(`k${i % 4}`, { i, big });
     failedOnce = fs.statSync(path).size > 8 * 1024 * 1024;
   } finally {
-    restore();
+    attempts = restore();
   }
   assert.ok(failedOnce, 'the log grew past the compaction point while renames failed');
+  // Not one attempt per commit: the next waits for another snapshot's worth.
+  assert.ok(attempts >= 1 && attempts <= 3, `${attempts} compaction attempts`);
   assert.ok(!fs.existsSync(`${path}.compact`), 'the aside file is cleaned up');
   for (let i = 40; i < 80; i++) await b.set(`k${i % 4}`, { i, big });
   assert.ok(fs.statSync(path).size < 8 * 1024 * 1024, `compacted to ${fs.statSync(path).size}`);
