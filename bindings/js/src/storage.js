@@ -20,6 +20,7 @@ import {
   linkSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   readlinkSync,
   realpathSync,
@@ -526,6 +527,7 @@ class FileEngine extends Engine {
    * thread of this process finds the lock held by its process.
    */
   takeLock() {
+    this.sweepScratch();
     const scratch = `${this.lockPath}.${process.pid}.${randomBytes(6).toString('hex')}`;
     const fail = (e) => unavailable(`cannot lock ${this.path}: ${e.message}`);
     for (let attempt = 0; attempt < 50; attempt++) {
@@ -593,6 +595,30 @@ class FileEngine extends Engine {
       }
     }
     throw unavailable(`cannot lock ${this.path}: its lock file keeps changing`);
+  }
+
+  /**
+   * Removes scratch files openers left beside the lock when they died
+   * mid-open (`PATH.lock.PID.HEX`): a minute old, their pid gone.
+   */
+  sweepScratch() {
+    const prefix = `${basename(this.lockPath)}.`;
+    let names;
+    try {
+      names = readdirSync(dirname(this.lockPath));
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const m = name.startsWith(prefix) ? /^(\d+)\.[0-9a-f]{12}$/.exec(name.slice(prefix.length)) : null;
+      if (m === null) continue;
+      const file = join(dirname(this.lockPath), name);
+      try {
+        if (Date.now() - statSync(file).mtimeMs > 60_000 && !alive(m[1], Date.now())) unlinkSync(file);
+      } catch {
+        // Gone already, or not ours to judge.
+      }
+    }
   }
 
   /** The lock file's holder text, inode and last refresh; undefined if none. */

@@ -116,6 +116,20 @@ test('locks from another pid namespace, or half written, are held while fresh', 
   }
 });
 
+test('scratch files of openers that died are swept; fresh ones stay', async () => {
+  const path = fresh();
+  const dead = `${path}.lock.4194305.0123456789ab`;
+  const young = `${path}.lock.4194305.ba9876543210`;
+  writeFileSync(dead, '4194305 1\n');
+  writeFileSync(young, '4194305 1\n');
+  const old = new Date(Date.now() - 120_000);
+  utimesSync(dead, old, old);
+  const store = await open(path);
+  await store.close();
+  assert.ok(!existsSync(dead), 'an old scratch file of a dead pid is removed');
+  assert.ok(existsSync(young), 'a recent one may be an opener at work: kept');
+});
+
 test('a symlink to a file not made yet names its target', async () => {
   const { symlinkSync } = await import('node:fs');
   const target = fresh();
