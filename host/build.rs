@@ -1,8 +1,17 @@
 //! Builds the guest component and the storage adapters (wasi:keyvalue,
 //! memory) with a nested cargo, so a plain `cargo build` or `cargo test` works on a fresh
 //! clone.
+//!
+//! Also:
+//! - `KVSTASH_GUEST_SHA256`: the guest's SHA-256, so a start does not hash it;
+//! - with `KVSTASH_PRECOMPILED=FILE.cwasm` (what `kvstash precompile` wrote,
+//!   beside `FILE.cwasm.guest-sha256`), the compiled guest for the target is
+//!   embedded too (`cfg(kvstash_precompiled)`): the binary then never
+//!   compiles it. `just cross` does this for each device target.
 
 use std::path::PathBuf;
+
+use sha2::Digest as _;
 
 #[path = "build_support.rs"]
 mod build_support;
@@ -17,12 +26,54 @@ const COMPONENTS: [(&str, &str); 3] = [
 ];
 
 fn main() {
-    if let Err(e) = build_guest() {
+    println!("cargo::rustc-check-cfg=cfg(kvstash_precompiled)");
+    if let Err(e) = build_guest().and_then(|guest| embed_precompiled(&guest)) {
         println!("cargo::error={e}");
     }
 }
 
-fn build_guest() -> Result<(), String> {
+/// Names the precompiled guest for `cfg(kvstash_precompiled)` builds, after
+/// checking it was compiled from `guest` (this build's guest component).
+fn embed_precompiled(guest: &std::path::Path) -> Result<(), String> {
+    println!("cargo::rerun-if-env-changed=KVSTASH_PRECOMPILED");
+    let bytes = std::fs::read(guest).map_err(|e| format!("reading {}: {e}", guest.display()))?;
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo::rustc-env=KVSTASH_GUEST_SHA256={digest}");
+    let Some(cwasm) = std::env::var_os("KVSTASH_PRECOMPILED").filter(|v| !v.is_empty()) else {
+        return Ok(());
+    };
+    let cwasm = PathBuf::from(cwasm);
+    let mut stamp = cwasm.clone().into_os_string();
+    stamp.push(".guest-sha256");
+    let stamp = PathBuf::from(stamp);
+    println!("cargo::rerun-if-changed={}", cwasm.display());
+    println!("cargo::rerun-if-changed={}", stamp.display());
+    let made_from = std::fs::read_to_string(&stamp)
+        .map_err(|e| format!("KVSTASH_PRECOMPILED: reading {}: {e}", stamp.display()))?;
+    if made_from.trim() != digest {
+        return Err(format!(
+            "KVSTASH_PRECOMPILED: {} was compiled from another guest build \
+             (made from {}, this build's guest is {digest}); precompile it again",
+            cwasm.display(),
+            made_from.trim()
+        ));
+    }
+    let cwasm = cwasm
+        .canonicalize()
+        .map_err(|e| format!("KVSTASH_PRECOMPILED: {}: {e}", cwasm.display()))?;
+    println!(
+        "cargo::rustc-env=KVSTASH_PRECOMPILED_CWASM={}",
+        cwasm.display()
+    );
+    println!("cargo::rustc-cfg=kvstash_precompiled");
+    Ok(())
+}
+
+/// Builds the components; returns the guest's path.
+fn build_guest() -> Result<PathBuf, String> {
     let manifest_dir = PathBuf::from(
         std::env::var("CARGO_MANIFEST_DIR").map_err(|_| "CARGO_MANIFEST_DIR is not set")?,
     );
@@ -54,7 +105,7 @@ fn build_guest() -> Result<(), String> {
             let wasm = PathBuf::from(&dir).join(format!("{name}.wasm"));
             println!("cargo::rustc-env={var}={}", wasm.display());
         }
-        return Ok(());
+        return Ok(PathBuf::from(&dir).join(format!("{}.wasm", COMPONENTS[0].0)));
     }
 
     build_support::ensure_target_installed(TARGET)?;
@@ -77,5 +128,8 @@ fn build_guest() -> Result<(), String> {
         }
         println!("cargo::rustc-env={var}={}", wasm.display());
     }
-    Ok(())
+    Ok(target_dir
+        .join(TARGET)
+        .join("guest")
+        .join(format!("{}.wasm", COMPONENTS[0].0)))
 }

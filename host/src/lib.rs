@@ -28,6 +28,7 @@ pub mod bench;
 mod bindings;
 mod blocking;
 pub mod cli;
+#[cfg(feature = "apps")]
 pub mod run;
 mod runtime;
 
@@ -37,9 +38,11 @@ pub use api::{
 };
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore, BlockingWatch};
-pub use runtime::{
-    GUEST_WASM, KEYVALUE_ADAPTER_WASM, MEMORY_ADAPTER_WASM, StoreOptions, component_interfaces,
-};
+#[cfg(feature = "compiler")]
+pub use runtime::GUEST_WASM;
+#[cfg(feature = "apps")]
+pub use runtime::{KEYVALUE_ADAPTER_WASM, MEMORY_ADAPTER_WASM};
+pub use runtime::{Loaded, StoreOptions, component_interfaces, component_source};
 
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

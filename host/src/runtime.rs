@@ -1,7 +1,9 @@
 //! Loading and running the guest component.
 //!
 //! - One wasmtime [`Engine`] and one pre-linked component per process
-//!   ([`Runtime`]). The compiled component is cached on disk keyed by the
+//!   ([`Runtime`]). A device build embeds the component precompiled for its
+//!   target (`just cross`, `cfg(kvstash_precompiled)`) and never compiles.
+//!   Otherwise the compiled component is cached on disk keyed by the
 //!   component's hash and the engine's compatibility hash, so only the first
 //!   start on a machine compiles (~35 ms release, seconds in a debug build).
 //! - A wasmtime `Store` runs one call at a time, so each [`Pool`] keeps idle
@@ -13,15 +15,18 @@
 //!   instance.
 
 use std::collections::HashMap;
+#[cfg(feature = "compiler")]
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+#[cfg(feature = "compiler")]
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, Linker, Resource, ResourceAny, ResourceTable};
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+#[cfg(feature = "apps")]
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::api::Error;
@@ -31,14 +36,25 @@ use crate::bindings::kvstash::store::storage;
 use crate::bindings::{Kvstash, KvstashPre};
 
 /// The guest component this build embeds (built by `build.rs`).
+#[cfg(feature = "compiler")]
 pub const GUEST_WASM: &[u8] = include_bytes!(env!("KVSTASH_GUEST_WASM"));
+
+/// [`GUEST_WASM`]'s SHA-256 (hex), computed at build time.
+#[cfg(feature = "compiler")]
+const GUEST_SHA256: &str = env!("KVSTASH_GUEST_SHA256");
+
+/// The guest compiled for this build's target at build time (`just cross`).
+#[cfg(kvstash_precompiled)]
+static PRECOMPILED: &[u8] = include_bytes!(env!("KVSTASH_PRECOMPILED_CWASM"));
 
 /// The storage adapter this build embeds (`adapters/keyvalue`): exports
 /// `kvstash:store/storage` over an imported `wasi:keyvalue@0.2.0-draft2`.
+#[cfg(feature = "apps")]
 pub const KEYVALUE_ADAPTER_WASM: &[u8] = include_bytes!(env!("KVSTASH_ADAPTER_WASM"));
 
 /// The in-memory storage adapter this build embeds (`adapters/memory`):
 /// exports `kvstash:store/storage`, imports nothing, keeps nothing.
+#[cfg(feature = "apps")]
 pub const MEMORY_ADAPTER_WASM: &[u8] = include_bytes!(env!("KVSTASH_MEMORY_ADAPTER_WASM"));
 
 /// How a [`crate::Store`] runs its component.
@@ -87,6 +103,35 @@ pub(crate) struct Runtime {
     pub(crate) engine: Engine,
     component: Component,
     pre: KvstashPre<KvCtx>,
+    loaded: Loaded,
+}
+
+/// Where the process's compiled guest came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Loaded {
+    /// Precompiled at build time and embedded in the binary.
+    Embedded,
+    /// From the on-disk cache of an earlier start.
+    Cache,
+    /// Compiled by this process.
+    Compiled,
+}
+
+impl Loaded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loaded::Embedded => "embedded",
+            Loaded::Cache => "cache",
+            Loaded::Compiled => "compiled",
+        }
+    }
+}
+
+/// The engine settings every kvstash engine uses, here and in
+/// `kvstash precompile`: an artifact is valid only for the same settings.
+pub(crate) fn engine_config() -> wasmtime::Config {
+    wasmtime::Config::new()
 }
 
 static RUNTIME: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
@@ -106,8 +151,8 @@ impl Runtime {
     }
 
     fn load(cache_dir: Option<&Path>) -> wasmtime::Result<Runtime> {
-        let engine = Engine::new(&wasmtime::Config::new())?;
-        let component = load_component(&engine, cache_dir)?;
+        let engine = Engine::new(&engine_config())?;
+        let (component, loaded) = load_component(&engine, cache_dir)?;
         let mut linker = Linker::<KvCtx>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Kvstash::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |ctx| ctx)?;
@@ -116,8 +161,53 @@ impl Runtime {
             engine,
             component,
             pre,
+            loaded,
         })
     }
+}
+
+/// The guest compiled for `target` (a Rust target triple, or `pulley32` /
+/// `pulley64`), as a build for that target would run it; and the guest's
+/// SHA-256. Targets without a Cranelift backend in wasmtime (32-bit ARM,
+/// i686, …) run the component on Pulley, wasmtime's interpreter.
+#[cfg(feature = "compiler")]
+pub(crate) fn precompile(target: &str) -> Result<(Vec<u8>, &'static str), Error> {
+    let arch = target.split('-').next().unwrap_or_default();
+    let native = ["x86_64", "aarch64", "s390x", "riscv64gc", "riscv64"];
+    let pulley32 = [
+        "armv7",
+        "armv7a",
+        "arm",
+        "armv6",
+        "thumbv7neon",
+        "i686",
+        "i586",
+        "riscv32gc",
+    ];
+    let triple = if native.contains(&arch) || target.starts_with("pulley") {
+        target
+    } else if pulley32.contains(&arch) {
+        "pulley32"
+    } else {
+        return Err(Error::Runtime(format!(
+            "cannot precompile for `{target}`: not a target wasmtime runs on"
+        )));
+    };
+    let mut config = engine_config();
+    config
+        .target(triple)
+        .map_err(|e| Error::Runtime(format!("target `{target}`: {e:#}")))?;
+    let engine =
+        Engine::new(&config).map_err(|e| Error::Runtime(format!("target `{target}`: {e:#}")))?;
+    let cwasm = engine
+        .precompile_component(GUEST_WASM)
+        .map_err(|e| Error::Runtime(format!("compiling for `{target}`: {e:#}")))?;
+    Ok((cwasm, GUEST_SHA256))
+}
+
+/// How this process got its compiled guest (loading it if not yet loaded).
+pub fn component_source() -> Result<Loaded, Error> {
+    Ok(Runtime::get(default_cache_dir().as_deref())?.loaded)
 }
 
 /// The interfaces the embedded component imports and exports, by name
@@ -136,25 +226,56 @@ pub fn component_interfaces() -> Result<(Vec<String>, Vec<String>), Error> {
     Ok((imports, exports))
 }
 
-/// The embedded component, compiled or from the cache.
-fn load_component(engine: &Engine, cache_dir: Option<&Path>) -> wasmtime::Result<Component> {
-    load_cached(engine, GUEST_WASM, "kvstash", cache_dir)
-}
-
-/// A compiled component: from the cache if a valid entry is there, else
-/// compiled and (best effort) cached as `NAME-HASH.cwasm`.
-pub(crate) fn load_cached(
+/// The guest: embedded precompiled, else from the cache, else compiled.
+#[allow(unused_variables, reason = "cache_dir is for builds with a compiler")]
+fn load_component(
     engine: &Engine,
-    wasm: &[u8],
-    name: &str,
     cache_dir: Option<&Path>,
-) -> wasmtime::Result<Component> {
-    load_cached_from(engine, &[wasm], name, cache_dir, || Ok(wasm.to_vec()))
+) -> wasmtime::Result<(Component, Loaded)> {
+    #[cfg(kvstash_precompiled)]
+    match deserialize_embedded(engine) {
+        Ok(component) => return Ok((component, Loaded::Embedded)),
+        #[cfg(not(feature = "compiler"))]
+        Err(e) => {
+            return Err(
+                e.context("the component precompiled into this build does not suit this machine")
+            );
+        }
+        // A build that can compile falls back to compiling.
+        #[cfg(feature = "compiler")]
+        Err(_) => {}
+    }
+    #[cfg(feature = "compiler")]
+    {
+        load_cached_keyed(
+            engine,
+            &[GUEST_SHA256.as_bytes()],
+            "kvstash",
+            cache_dir,
+            || Ok(GUEST_WASM.to_vec()),
+        )
+    }
+    #[cfg(not(any(feature = "compiler", kvstash_precompiled)))]
+    Err(wasmtime::format_err!(
+        "this build has no compiler and no precompiled component; build it with \
+         `just cross` (which sets KVSTASH_PRECOMPILED) or with the `compiler` feature"
+    ))
 }
 
-/// Like [`load_cached`] for a component that `make` produces from `inputs`
-/// (an app and what is plugged into it): the cache is keyed by the inputs,
-/// so a hit skips `make` as well as compiling.
+#[cfg(kvstash_precompiled)]
+#[allow(unsafe_code)]
+fn deserialize_embedded(engine: &Engine) -> wasmtime::Result<Component> {
+    // SAFETY: the bytes are what `kvstash precompile` (Component::serialize)
+    // wrote for this build's guest; build.rs checked the guest's SHA-256
+    // beside it, and wasmtime checks the header and the engine's settings.
+    unsafe { Component::deserialize(engine, PRECOMPILED) }
+}
+
+/// A compiled component that `make` produces from `inputs` (an app and
+/// what is plugged into it): from the cache if a valid entry is there, else
+/// made, compiled and (best effort) cached as `NAME-HASH.cwasm`. The cache
+/// is keyed by the inputs, so a hit skips `make` as well as compiling.
+#[cfg(feature = "apps")]
 pub(crate) fn load_cached_from(
     engine: &Engine,
     inputs: &[&[u8]],
@@ -162,13 +283,27 @@ pub(crate) fn load_cached_from(
     cache_dir: Option<&Path>,
     make: impl FnOnce() -> wasmtime::Result<Vec<u8>>,
 ) -> wasmtime::Result<Component> {
+    let digests: Vec<[u8; 32]> = inputs.iter().map(|i| Sha256::digest(i).into()).collect();
+    let digests: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
+    load_cached_keyed(engine, &digests, name, cache_dir, make).map(|(c, _)| c)
+}
+
+/// [`load_cached_from`] with the inputs' digests already computed.
+#[cfg(feature = "compiler")]
+fn load_cached_keyed(
+    engine: &Engine,
+    digests: &[&[u8]],
+    name: &str,
+    cache_dir: Option<&Path>,
+    make: impl FnOnce() -> wasmtime::Result<Vec<u8>>,
+) -> wasmtime::Result<(Component, Loaded)> {
     let Some(dir) = cache_dir else {
-        return Component::new(engine, make()?);
+        return Ok((Component::new(engine, make()?)?, Loaded::Compiled));
     };
-    let path = dir.join(format!("{name}-{}.cwasm", cache_key(engine, inputs)));
+    let path = dir.join(format!("{name}-{}.cwasm", cache_key(engine, digests)));
     if path.is_file() {
         if let Ok(component) = deserialize_cached(engine, &path) {
-            return Ok(component);
+            return Ok((component, Loaded::Cache));
         }
         // Damaged or stale: compile afresh and replace it.
         let _ = std::fs::remove_file(&path);
@@ -187,9 +322,10 @@ pub(crate) fn load_cached_from(
             let _ = std::fs::remove_file(&tmp);
         }
     }
-    Ok(component)
+    Ok((component, Loaded::Compiled))
 }
 
+#[cfg(feature = "compiler")]
 #[allow(unsafe_code)]
 fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     // SAFETY: the file is one this function's caller wrote with
@@ -199,14 +335,15 @@ fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Componen
     unsafe { Component::deserialize_file(engine, path) }
 }
 
-fn cache_key(engine: &Engine, inputs: &[&[u8]]) -> String {
+#[cfg(feature = "compiler")]
+fn cache_key(engine: &Engine, digests: &[&[u8]]) -> String {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
     let mut sha = Sha256::new();
-    for input in inputs {
-        sha.update(Sha256::digest(input));
+    for digest in digests {
+        sha.update(digest);
     }
     sha.update(engine_hash.finish().to_le_bytes());
     sha.update(env!("CARGO_PKG_VERSION"));
@@ -259,6 +396,7 @@ impl Shared {
     }
 
     /// The store configuration the guest reads.
+    #[cfg(feature = "apps")]
     pub(crate) fn config(&self) -> &str {
         &self.config
     }
@@ -296,7 +434,9 @@ pub struct KvCtx {
     table: ResourceTable,
     limits: StoreLimits,
     shared: Arc<Shared>,
+    #[cfg(feature = "apps")]
     http: WasiHttpCtx,
+    #[cfg(feature = "apps")]
     http_hooks: NoOutgoingHttp,
 }
 
@@ -308,7 +448,9 @@ impl KvCtx {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(),
             shared,
+            #[cfg(feature = "apps")]
             http: WasiHttpCtx::new(),
+            #[cfg(feature = "apps")]
             http_hooks: NoOutgoingHttp,
         }
     }
@@ -321,6 +463,7 @@ impl KvCtx {
     }
 }
 
+#[cfg(feature = "apps")]
 impl WasiHttpView for KvCtx {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
@@ -333,8 +476,10 @@ impl WasiHttpView for KvCtx {
 
 /// Apps may serve HTTP but not send it: outgoing requests are denied, like
 /// every other network use `kvstash run` was not asked to allow.
+#[cfg(feature = "apps")]
 struct NoOutgoingHttp;
 
+#[cfg(feature = "apps")]
 impl WasiHttpHooks for NoOutgoingHttp {
     fn send_request(
         &mut self,

@@ -645,3 +645,107 @@ fn bench_measures_every_built_in_subject_and_leaves_the_store_alone() {
     assert!(!zero.status.success());
     assert!(stderr(&zero).contains("--sizes: give key counts of at least 1"));
 }
+
+#[test]
+fn read_commands_leave_the_file_byte_for_byte_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "alias", "[1,5,42]"]));
+    ok(kvstash(
+        dir.path(),
+        &["--bucket", "names", "set", "alias", "\"shed\""],
+    ));
+    let file = dir.path().join("kvstash.redb");
+    let before = std::fs::read(&file).unwrap();
+    for args in [
+        &["get", "alias"][..],
+        &["get", "alias", "--meta"],
+        &["get", "alias", "--path", "/1"],
+        &["path", "get", "alias", "/2"],
+        &["list"],
+        &["export"],
+        &["schema", "get"],
+        &["lock", "status", "deploy"],
+    ] {
+        ok(kvstash(dir.path(), args));
+        assert!(
+            std::fs::read(&file).unwrap() == before,
+            "`kvstash {}` changed the file",
+            args.join(" ")
+        );
+    }
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "alias"]))),
+        "[1,5,42]\n"
+    );
+    // A write after the reads still works, and a missing store reads as empty.
+    ok(kvstash(dir.path(), &["set", "alias", "[2]"]));
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "alias"]))), "[2]\n");
+    let empty = tempfile::tempdir().unwrap();
+    let missing = kvstash(empty.path(), &["get", "alias"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
+    );
+    assert_eq!(stdout(&ok(kvstash(empty.path(), &["list"]))), "");
+}
+
+#[test]
+fn info_names_the_build_and_where_its_component_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(kvstash(dir.path(), &["info"])))).unwrap();
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    let backends = info["backends"].as_array().unwrap();
+    assert!(backends.contains(&"file".into()) && backends.contains(&"memory".into()));
+    // This (default) build compiles, or reuses the cache of an earlier start.
+    let component = info["component"].as_str().unwrap();
+    assert!(["compiled", "cache"].contains(&component), "{info}");
+    assert!(
+        info["features"]
+            .as_array()
+            .unwrap()
+            .contains(&"compiler".into())
+    );
+}
+
+#[test]
+fn precompile_writes_an_artifact_and_the_guest_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    for target in ["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"] {
+        let out = dir.path().join(format!("{target}.cwasm"));
+        ok(kvstash(
+            dir.path(),
+            &[
+                "precompile",
+                "--target",
+                target,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        ));
+        let cwasm = std::fs::read(&out).unwrap();
+        assert_eq!(&cwasm[..4], b"\x7fELF", "{target}: not a wasmtime artifact");
+        let stamp =
+            std::fs::read_to_string(dir.path().join(format!("{target}.cwasm.guest-sha256")))
+                .unwrap();
+        assert_eq!(stamp.trim().len(), 64, "{stamp}");
+    }
+    let bad = kvstash(
+        dir.path(),
+        &[
+            "precompile",
+            "--target",
+            "mips-unknown-linux-gnu",
+            "-o",
+            "x.cwasm",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("cannot precompile for `mips-unknown-linux-gnu`"),
+        "{}",
+        stderr(&bad)
+    );
+}

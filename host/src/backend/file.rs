@@ -53,6 +53,15 @@ pub struct FileConfig {
     /// Commits whose changes the change feed keeps.
     #[serde(default = "default_retention")]
     pub retention: u64,
+    /// Most memory redb's page cache may use, in MiB (default: redb's
+    /// 1024, filled only as pages are read). A small device caps it.
+    #[serde(default)]
+    pub cache_mb: Option<u32>,
+    /// Open the file for reading only (not from JSON: the CLI's read
+    /// commands ask for it). Nothing is written, not even on open and
+    /// close, and other read-only openers may share the file.
+    #[serde(skip)]
+    pub read_only: bool,
 }
 
 fn default_retention() -> u64 {
@@ -65,17 +74,42 @@ impl FileConfig {
             r#type: None,
             path: path.into(),
             retention: DEFAULT_RETENTION,
+            cache_mb: None,
+            read_only: false,
         }
     }
 
     pub fn from_json(config: serde_json::Value) -> Result<Self, BackendError> {
+        if let Some(mb) = config.get("cache_mb")
+            && !mb
+                .as_u64()
+                .is_some_and(|mb| (1..=u64::from(u32::MAX)).contains(&mb))
+        {
+            return Err(BackendError::Invalid(format!(
+                "file backend configuration: `cache_mb` must be a whole number of MiB, at least 1 (got {mb})"
+            )));
+        }
         serde_json::from_value(config)
             .map_err(|e| BackendError::Invalid(format!("file backend configuration: {e}")))
+    }
+
+    fn builder(&self) -> redb::Builder {
+        let mut builder = Database::builder();
+        if let Some(mb) = self.cache_mb {
+            builder.set_cache_size(
+                usize::try_from(mb)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(1 << 20),
+            );
+        }
+        builder
     }
 }
 
 pub struct FileBackend {
-    db: Arc<Database>,
+    /// The database, for reading (writes go through the committer).
+    db: Arc<dyn ReadableDatabase + Send + Sync>,
+    read_only: bool,
     path: PathBuf,
     /// The newest committed version, for watchers. Every handle on this
     /// file in this process shares this backend, so it sees every commit.
@@ -103,7 +137,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn table(&self, db: &Database) -> Result<Arc<DataTable>, BackendError> {
+    fn table(&self, db: &dyn ReadableDatabase) -> Result<Arc<DataTable>, BackendError> {
         let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, table)) = cached.as_ref()
@@ -184,55 +218,79 @@ static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<FileBackend>>>> =
 impl FileBackend {
     /// Opens (creating if needed) the database at `config.path`, or returns
     /// the handle this process already has on it.
+    ///
+    /// A read-only open of a file that is missing, or was not closed
+    /// cleanly (redb must repair it, which writes), opens it for writing.
     pub fn open_shared(config: &FileConfig) -> Result<Arc<Self>, BackendError> {
         let path = canonical(&config.path)?;
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|_, weak| weak.strong_count() > 0);
         if let Some(backend) = open.get(&path).and_then(Weak::upgrade) {
+            if backend.read_only && !config.read_only {
+                return Err(BackendError::Unavailable(format!(
+                    "{} is open read-only in this process",
+                    path.display()
+                )));
+            }
             return Ok(backend);
         }
-        let backend = Arc::new(Self::open(&path, config.retention)?);
+        let backend = match config.read_only {
+            true => Self::open_read_only(&path, config)?,
+            false => None,
+        };
+        let backend = match backend {
+            Some(backend) => Arc::new(backend),
+            None => Arc::new(Self::open(&path, config)?),
+        };
         open.insert(path, Arc::downgrade(&backend));
         Ok(backend)
     }
 
-    fn open(path: &Path, retention: u64) -> Result<Self, BackendError> {
-        let db = Database::create(path).map_err(|e| {
-            if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
-                BackendError::Unavailable(format!(
-                    "{} is in use by another process",
-                    path.display()
-                ))
-            } else {
-                BackendError::Unavailable(format!("cannot open {}: {e}", path.display()))
-            }
-        })?;
-        let txn = db.begin_write().map_err(unavailable)?;
-        {
-            let mut meta = txn.open_table(META).map_err(unavailable)?;
-            let format = meta.get("format").map_err(unavailable)?.map(|g| g.value());
-            match format {
-                None => {
-                    meta.insert("format", FORMAT).map_err(unavailable)?;
-                }
-                Some(FORMAT) => {}
-                Some(other) => {
-                    return Err(BackendError::Invalid(format!(
-                        "{} has kvstash file format {other}; this build reads format {FORMAT}",
-                        path.display()
-                    )));
-                }
-            }
-            txn.open_table(DATA).map_err(unavailable)?;
-            txn.open_table(LOG).map_err(unavailable)?;
+    /// `None` when the file must be opened for writing first.
+    fn open_read_only(path: &Path, config: &FileConfig) -> Result<Option<Self>, BackendError> {
+        if !path.is_file() {
+            return Ok(None);
         }
-        let version = {
-            let meta = txn.open_table(META).map_err(unavailable)?;
-            meta.get("version")
-                .map_err(unavailable)?
-                .map_or(0, |g| g.value())
+        let db = match config.builder().open_read_only(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+            Err(e) => return Err(open_error(path, e)),
         };
-        txn.commit().map_err(unavailable)?;
+        let version = {
+            let txn = db.begin_read().map_err(unavailable)?;
+            match read_format(&txn, path)? {
+                Some(version) => version,
+                None => return Ok(None),
+            }
+        };
+        Ok(Some(Self {
+            db: Arc::new(db),
+            read_only: true,
+            path: path.to_path_buf(),
+            commits: Arc::new(tokio::sync::watch::Sender::new(version)),
+            queue: None,
+            committer: None,
+            counters: Arc::new(Counters::default()),
+            snapshot: Arc::new(Snapshot::default()),
+        }))
+    }
+
+    fn open(path: &Path, config: &FileConfig) -> Result<Self, BackendError> {
+        let retention = config.retention;
+        let db = config
+            .builder()
+            .create(path)
+            .map_err(|e| open_error(path, e))?;
+        // A file kvstash made already has its tables: opening it writes
+        // nothing more than redb itself does.
+        let ready = {
+            let txn = db.begin_read().map_err(unavailable)?;
+            read_format(&txn, path)?
+        };
+        let version = match ready {
+            Some(version) => version,
+            None => init_tables(&db, path)?,
+        };
         let db = Arc::new(db);
         let commits = Arc::new(tokio::sync::watch::Sender::new(version));
         let counters = Arc::new(Counters::default());
@@ -252,6 +310,7 @@ impl FileBackend {
         };
         Ok(Self {
             db,
+            read_only: false,
             path: path.to_path_buf(),
             commits,
             queue: Some(queue),
@@ -261,6 +320,88 @@ impl FileBackend {
         })
     }
 
+    /// Whether this handle only reads (see [`FileConfig::read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> BackendError {
+    if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
+        BackendError::Unavailable(format!("{} is in use by another process", path.display()))
+    } else {
+        BackendError::Unavailable(format!("cannot open {}: {e}", path.display()))
+    }
+}
+
+/// The newest version of a file whose tables kvstash made, `None` for a
+/// file without them (new); an error for another format.
+fn read_format(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<u64>, BackendError> {
+    let table = |e: redb::TableError| {
+        if matches!(e, redb::TableError::TableDoesNotExist(_)) {
+            Ok(None)
+        } else {
+            Err(unavailable(e))
+        }
+    };
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(e) => return table(e),
+    };
+    match meta.get("format").map_err(unavailable)?.map(|g| g.value()) {
+        None => return Ok(None),
+        Some(FORMAT) => {}
+        Some(other) => return Err(wrong_format(path, other)),
+    }
+    for exists in [
+        txn.open_table(DATA).map(drop),
+        txn.open_table(LOG).map(drop),
+    ] {
+        if let Err(e) = exists {
+            return table(e);
+        }
+    }
+    Ok(Some(
+        meta.get("version")
+            .map_err(unavailable)?
+            .map_or(0, |g| g.value()),
+    ))
+}
+
+fn wrong_format(path: &Path, format: u64) -> BackendError {
+    BackendError::Invalid(format!(
+        "{} has kvstash file format {format}; this build reads format {FORMAT}",
+        path.display()
+    ))
+}
+
+/// Makes kvstash's tables in a new file; returns its version.
+fn init_tables(db: &Database, path: &Path) -> Result<u64, BackendError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        let format = meta.get("format").map_err(unavailable)?.map(|g| g.value());
+        match format {
+            None => {
+                meta.insert("format", FORMAT).map_err(unavailable)?;
+            }
+            Some(FORMAT) => {}
+            Some(other) => return Err(wrong_format(path, other)),
+        }
+        txn.open_table(DATA).map_err(unavailable)?;
+        txn.open_table(LOG).map_err(unavailable)?;
+    }
+    let version = {
+        let meta = txn.open_table(META).map_err(unavailable)?;
+        meta.get("version")
+            .map_err(unavailable)?
+            .map_or(0, |g| g.value())
+    };
+    txn.commit().map_err(unavailable)?;
+    Ok(version)
+}
+
+impl FileBackend {
     /// Commits acknowledged and fsyncs taken so far.
     pub fn sync_stats(&self) -> SyncStats {
         use std::sync::atomic::Ordering::Relaxed;
@@ -438,7 +579,7 @@ impl Backend for FileBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
         validate_key(key)?;
-        let data = self.snapshot.table(&self.db)?;
+        let data = self.snapshot.table(self.db.as_ref())?;
         Ok(data.get(key).map_err(unavailable)?.map(|g| {
             let (version, value) = g.value();
             Entry {
@@ -451,7 +592,7 @@ impl Backend for FileBackend {
 
     async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError> {
         validate_get_many(keys)?;
-        let data = self.snapshot.table(&self.db)?;
+        let data = self.snapshot.table(self.db.as_ref())?;
         keys.iter()
             .map(|key| {
                 Ok(data.get(key.as_slice()).map_err(unavailable)?.map(|g| {
@@ -471,7 +612,7 @@ impl Backend for FileBackend {
         if scan.is_empty() {
             return Ok(Vec::new());
         }
-        let data = self.snapshot.table(&self.db)?;
+        let data = self.snapshot.table(self.db.as_ref())?;
         let upper = scan
             .end
             .as_deref()
@@ -501,6 +642,9 @@ impl Backend for FileBackend {
 
     async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
         validate_commit(&checks, &writes)?;
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
         let stopped = || BackendError::Unavailable("the file backend's committer stopped".into());
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.queue
@@ -566,5 +710,97 @@ impl Backend for FileBackend {
 
     fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.commits.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn write(key: &str, value: &str) -> Write {
+        Write {
+            key: key.as_bytes().to_vec(),
+            value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_only_open_reads_everything_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+            backend
+                .commit(vec![], vec![write("a", "1"), write("b", "2")])
+                .await
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let mut config = FileConfig::new(&path);
+        config.read_only = true;
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert!(backend.is_read_only());
+        assert_eq!(backend.get(b"a").await.unwrap().unwrap().value, b"1");
+        assert_eq!(backend.current_version().await.unwrap(), 1);
+        assert_eq!(backend.changes(0, 10).await.unwrap().len(), 2);
+        let scan = Scan {
+            start: vec![],
+            end: None,
+            limit: 10,
+            reverse: false,
+        };
+        assert_eq!(backend.scan(&scan).await.unwrap().len(), 2);
+        assert!(matches!(
+            backend.commit(vec![], vec![write("a", "3")]).await,
+            Err(BackendError::ReadOnly)
+        ));
+        // A read-write open in the same process is refused, not mixed up.
+        assert!(FileBackend::open_shared(&FileConfig::new(&path)).is_err());
+        drop(backend);
+        assert!(std::fs::read(&path).unwrap() == before, "the file changed");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_open_of_a_missing_file_makes_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = FileConfig::new(dir.path().join("new.redb"));
+        config.read_only = true;
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert!(!backend.is_read_only());
+        assert_eq!(backend.get(b"a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reopening_writes_nothing_but_redbs_own_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(FileBackend::open_shared(&FileConfig::new(&path)).unwrap());
+        let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        // The open made no commit of its own: the next commit is version 1.
+        assert_eq!(
+            backend.commit(vec![], vec![write("a", "1")]).await.unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn cache_mb_is_a_positive_whole_number() {
+        let ok = FileConfig::from_json(serde_json::json!({"type":"file","path":"x","cache_mb":8}))
+            .unwrap();
+        assert_eq!(ok.cache_mb, Some(8));
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-1),
+            serde_json::json!("8"),
+        ] {
+            let e =
+                FileConfig::from_json(serde_json::json!({"path":"x","cache_mb":bad})).unwrap_err();
+            assert!(format!("{e}").contains("cache_mb"), "{e}");
+        }
+        let e =
+            FileConfig::from_json(serde_json::json!({"path":"x","read_only":true})).unwrap_err();
+        assert!(format!("{e}").contains("read_only"), "{e}");
     }
 }

@@ -317,6 +317,11 @@ impl Registry {
         }
     }
 
+    /// The backend types this registry opens.
+    pub fn types(&self) -> Vec<String> {
+        self.factories.keys().cloned().collect()
+    }
+
     /// Adds (or replaces) the factory for `kind`: a function that opens
     /// without waiting.
     pub fn register(

@@ -94,6 +94,7 @@ pub(super) async fn bench(
             rate / single
         )?;
     }
+    #[cfg(feature = "compiler")]
     writeln!(
         out,
         "guest component: {} KiB",

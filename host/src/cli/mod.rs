@@ -13,12 +13,14 @@
 //! # Layout
 //! - this file: the options, `main`, and the commands on an open store
 //! - `app` — `run`, `compose`, `component`: other people's Wasm apps
+//!   (feature `apps`)
 //! - `txn` — a transaction read as JSON
 //! - `transfer` — export and import records (JSON Lines)
 //! - `bench` — `kvstash bench`
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -27,6 +29,7 @@ use serde_json::json;
 
 use crate::api::{Bucket, Error, Item, ListOptions, Store, Value, WriteOptions};
 
+#[cfg(feature = "apps")]
 mod app;
 mod bench;
 mod transfer;
@@ -215,6 +218,22 @@ enum Command {
         #[arg(long, hide = true)]
         one: Option<String>,
     },
+    /// Print what this build is as JSON: version, target, features, the
+    /// backends it has, and where its compiled component comes from
+    /// ("embedded": precompiled into the binary, "cache", "compiled").
+    Info,
+    /// Compile the kvstash component ahead of time for TARGET, as a device
+    /// build embeds it (see `just cross`): writes FILE and
+    /// FILE.guest-sha256 (the guest it was compiled from).
+    #[cfg(feature = "compiler")]
+    Precompile {
+        /// A Rust target triple (aarch64-unknown-linux-gnu,
+        /// armv7-unknown-linux-gnueabihf, …) or pulley32 / pulley64.
+        #[arg(long)]
+        target: String,
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Run a Wasm app with kvstash as the store behind its key/value imports
     /// (wasi:keyvalue 0.2.0-draft and -draft2, fermyon:spin/key-value,
     /// kvstash:store/store). A command (wasi:cli/run) runs once and exits
@@ -223,15 +242,18 @@ enum Command {
     /// wasm32-wasip1 builds) is adapted first. The app sees its arguments,
     /// --env variables, stdio, clocks and randomness; no files or network
     /// unless --dir / --net grant them.
+    #[cfg(feature = "apps")]
     Run(app::RunArgs),
     /// Write APP with kvstash plugged into its key/value imports: the result
     /// imports only kvstash:store/storage and WASI (or, with --storage, what
     /// the storage adapter imports), and runs on any host that provides them.
+    #[cfg(feature = "apps")]
     Compose(app::ComposeArgs),
     /// Write the kvstash component, for hosts other than this one (jco,
     /// wasmtime, a Spin component dependency). `--storage wasi-keyvalue`
     /// plugs in the adapter that stores through wasi:keyvalue 0.2.0-draft2:
     /// what a Spin app lists under [component.NAME.dependencies].
+    #[cfg(feature = "apps")]
     Component(app::ComponentArgs),
 }
 
@@ -406,16 +428,102 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Commands that only read: they open a file store read-only, so they
+/// write nothing (redb writes on a read-write open and close) and run
+/// beside other readers.
+fn reads_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Get { .. }
+            | Command::List { .. }
+            | Command::Export { .. }
+            | Command::Path {
+                op: PathCommand::Get { .. }
+            }
+            | Command::Schema {
+                op: SchemaCommand::Get
+            }
+            | Command::Lock {
+                op: LockCommand::Status { .. }
+            }
+    )
+}
+
+/// The store `command` works on: read-only for [`reads_only`] commands
+/// (the guest refuses writes, the file backend opens the file read-only).
+async fn open_store(config: &str, command: &Command) -> anyhow::Result<Store> {
+    if !reads_only(command) {
+        return Ok(Store::open(config).await?);
+    }
+    let mut tree: serde_json::Value =
+        serde_json::from_str(config).context("the store configuration is not valid JSON")?;
+    if let Some(fields) = tree.as_object_mut() {
+        fields.insert("read_only".into(), json!(true));
+    }
+    let mut registry = crate::Registry::default();
+    registry.register("file", |config| {
+        let mut config = crate::backend::FileConfig::from_json(config)?;
+        config.read_only = true;
+        crate::backend::FileBackend::open_shared(&config).map(|b| b as Arc<dyn crate::Backend>)
+    });
+    let options = crate::StoreOptions {
+        registry,
+        sweep_interval: None,
+        ..crate::StoreOptions::default()
+    };
+    Ok(Store::open_with(&tree.to_string(), options).await?)
+}
+
+/// `kvstash info`.
+fn info() -> anyhow::Result<serde_json::Value> {
+    let features: Vec<&str> = [
+        ("compiler", cfg!(feature = "compiler")),
+        ("apps", cfg!(feature = "apps")),
+        ("etcd", cfg!(feature = "etcd")),
+        ("redis", cfg!(feature = "redis")),
+        ("postgres", cfg!(feature = "postgres")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let mut backends = crate::Registry::default().types();
+    backends.sort();
+    Ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "target": format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        "features": features,
+        "backends": backends,
+        "component": crate::component_source()?.as_str(),
+    }))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    #[cfg(feature = "apps")]
     if let Command::Run(args) = cli.command {
         return app::run(args, cli.config, cli.data).await;
     }
+    #[cfg(feature = "apps")]
     if let Command::Compose(args) = &cli.command {
         app::compose(args)?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    #[cfg(feature = "apps")]
     if let Command::Component(args) = &cli.command {
         app::component(args)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Command::Info = &cli.command {
+        println!("{}", info()?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    #[cfg(feature = "compiler")]
+    if let Command::Precompile { target, output } = &cli.command {
+        let (cwasm, guest_sha256) = crate::runtime::precompile(target)?;
+        std::fs::write(output, cwasm).with_context(|| format!("writing {}", output.display()))?;
+        let mut stamp = output.clone().into_os_string();
+        stamp.push(".guest-sha256");
+        std::fs::write(&stamp, format!("{guest_sha256}\n"))
+            .with_context(|| format!("writing {}", PathBuf::from(&stamp).display()))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Command::Bench {
@@ -435,7 +543,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let config = resolve_config(cli.config.as_deref(), cli.data)?;
-    let store = Store::open(&config).await?;
+    let store = open_store(&config, &cli.command).await?;
     let bucket = store.bucket(&cli.bucket);
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -781,7 +889,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             eprintln!("imported {count} records");
         }
-        Command::Bench { .. } => bail!("`bench` does not run on a store"),
+        Command::Bench { .. } | Command::Info => bail!("this command does not run on a store"),
+        #[cfg(feature = "compiler")]
+        Command::Precompile { .. } => bail!("this command does not run on a store"),
+        #[cfg(feature = "apps")]
         Command::Run(_) | Command::Compose(_) | Command::Component(_) => {
             bail!("apps are not run on an open store")
         }
