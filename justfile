@@ -21,6 +21,14 @@ build-guest:
 test:
     cargo test --workspace
 
+# Device builds of the CLI (memory + file backends, the component
+# precompiled for the target and embedded, no compiler): writes
+# target/cross/TARGET/kvstash. Installs the Rust targets, Debian's cross
+# linkers and qemu-user if missing; `cargo run --target TARGET` then runs
+# under qemu (.cargo/config.toml). x86_64-unknown-linux-gnu works too.
+cross *TARGETS:
+    bash scripts/cross {{TARGETS}}
+
 # Formatting and lints; warnings are errors.
 lint:
     cargo fmt --all --check

@@ -749,3 +749,220 @@ fn precompile_writes_an_artifact_and_the_guest_it_came_from() {
         stderr(&bad)
     );
 }
+
+/// A Python with TinyDB and jk_keyvaluestore (the stores the seeds moved
+/// off), installed on first use into `target/migrate-venv`.
+fn python_with_peers() -> std::path::PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/migrate-venv");
+    let python = venv.join("bin").join("python");
+    let probe = || {
+        Command::new(&python)
+            .args(["-c", "import tinydb, jk_keyvaluestore"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !probe() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 is needed to write files with the real TinyDB");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["tinydb==4.9.0", "jk_keyvaluestore==0.2019.9.17.1"])
+            .status()
+            .unwrap();
+        assert!(
+            installed.success(),
+            "pip install tinydb jk_keyvaluestore failed"
+        );
+        assert!(probe());
+    }
+    python
+}
+
+fn python(py: &Path, script: &str, args: &[&Path]) -> String {
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Every table of a TinyDB file as TinyDB itself reads it: {table: {id: doc}}.
+const TINYDB_DUMP: &str = r#"
+import json, sys
+from tinydb import TinyDB
+db = TinyDB(sys.argv[1])
+print(json.dumps({t: {str(d.doc_id): dict(d) for d in db.table(t).all()} for t in sorted(db.tables())}, sort_keys=True))
+"#;
+
+#[test]
+fn a_tinydb_file_moves_into_kvstash_and_back() {
+    let py = python_with_peers();
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("connector.json");
+    // The seed's device connector: aliases and display names, written by
+    // TinyDB itself (with a removed document, so ids have a gap).
+    python(
+        &py,
+        r#"
+import sys
+from tinydb import TinyDB, Query
+db = TinyDB(sys.argv[1])
+db.insert({"alias": "environment_sensor_1", "id": [1, 5, 42]})
+db.insert({"alias": "old", "id": [9]})
+db.insert({"alias": "door", "id": [2, 7]})
+db.remove(Query().alias == "old")
+names = db.table("names")
+names.insert({"alias": "environment_sensor_1", "name": "backyard shed sensor"})
+names.insert({"alias": "door", "name": "Front door \u00e9"})
+db.close()
+"#,
+        &[&original],
+    );
+    let data = dir.path().join("store");
+    let imported = ok(kvstash(
+        &data,
+        &["import", "--from", "tinydb", original.to_str().unwrap()],
+    ));
+    assert!(
+        stderr(&imported).contains("imported 4 records"),
+        "{}",
+        stderr(&imported)
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(&data, &["get", "1"]))),
+        "{\"alias\":\"environment_sensor_1\",\"id\":[1,5,42]}\n"
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(
+            &data,
+            &["--bucket", "names", "get", "1", "--path", "/name"]
+        ))),
+        "\"backyard shed sensor\"\n"
+    );
+    assert!(
+        !kvstash(&data, &["get", "2"]).status.success(),
+        "removed documents stay removed"
+    );
+    // And back: TinyDB reads the export as it read the original.
+    let back = dir.path().join("back.json");
+    ok(kvstash(
+        &data,
+        &["export", "--format", "tinydb", "-o", back.to_str().unwrap()],
+    ));
+    let want = python(&py, TINYDB_DUMP, &[&original]);
+    assert_eq!(python(&py, TINYDB_DUMP, &[&back]), want);
+    assert!(want.contains("backyard shed sensor"), "{want}");
+    // TinyDB keeps inserting after the largest id it finds.
+    let next = python(
+        &py,
+        "import sys\nfrom tinydb import TinyDB\nprint(TinyDB(sys.argv[1]).insert({'alias': 'new'}))",
+        &[&back],
+    );
+    assert_eq!(next.trim(), "4");
+}
+
+#[test]
+fn what_tinydb_cannot_hold_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"_default":{"1":{"a":1},"x":{"b":2}}}"#).unwrap();
+    let refused = kvstash(
+        &data,
+        &["import", "--from", "tinydb", bad.to_str().unwrap()],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("`x` is not a TinyDB document id"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        stdout(&ok(kvstash(&data, &["list"]))),
+        "",
+        "nothing was written"
+    );
+    ok(kvstash(&data, &["set", "greeting", "{\"hello\":1}"]));
+    let out = dir.path().join("out.json");
+    let refused = kvstash(
+        &data,
+        &["export", "--format", "tinydb", "-o", out.to_str().unwrap()],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("key `greeting` in bucket `default` is not a TinyDB document id"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn a_jk_keyvaluestore_directory_moves_into_a_bucket() {
+    let py = python_with_peers();
+    let dir = tempfile::tempdir().unwrap();
+    let jk = dir.path().join("jk");
+    std::fs::create_dir(&jk).unwrap();
+    // Two writer instances on one directory, as the library intends.
+    python(
+        &py,
+        r#"
+import sys, time
+from jk_keyvaluestore import DirBasedKeyValueStore as S
+a = S(sys.argv[1], "a")
+b = S(sys.argv[1], "b")
+a.put("environment_sensor_1", [1, 5, 42])
+a.put("display", {"environment_sensor_1": "backyard shed sensor"})
+a.put("gone", "soon")
+time.sleep(0.01)
+b.synchronize()
+b.put("display", {"environment_sensor_1": "garden shed"})
+b.remove("gone")
+b.put("count", 3)
+"#,
+        &[&jk],
+    );
+    let data = dir.path().join("store");
+    ok(kvstash(
+        &data,
+        &[
+            "--bucket",
+            "devices",
+            "import",
+            "--from",
+            "jk-dir",
+            jk.to_str().unwrap(),
+        ],
+    ));
+    let listed = stdout(&ok(kvstash(&data, &["--bucket", "devices", "list"])));
+    let got: std::collections::BTreeMap<String, serde_json::Value> = listed
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["key"].as_str().unwrap().to_string(), v["value"].clone())
+        })
+        .collect();
+    // What the library itself reads from the directory.
+    let want = python(
+        &py,
+        "import sys, json\nfrom jk_keyvaluestore import DirBasedKeyValueStore as S\ns = S(sys.argv[1])\nprint(json.dumps({k: s.get(k) for k in s.keys()}))",
+        &[&jk],
+    );
+    let want: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&want).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(want["display"]["environment_sensor_1"], "garden shed");
+    assert!(!want.contains_key("gone"));
+}

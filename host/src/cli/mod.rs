@@ -182,19 +182,32 @@ enum Command {
     /// Remove expired keys now (a running store also does this every minute).
     Sweep,
     /// Write every bucket (or only --bucket, with --only-bucket) as JSON Lines:
-    /// {"bucket","key","value"} or {"bucket","key","bytes":base64}.
+    /// {"bucket","key","value"} or {"bucket","key","bytes":base64}; or, with
+    /// `--format tinydb`, as a TinyDB JSON file (each bucket a table, bucket
+    /// `default` the table `_default`; keys must be document ids, values
+    /// JSON objects).
     Export {
         /// Export only the bucket given by --bucket.
         #[arg(long)]
         only_bucket: bool,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
         /// Write here instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Read JSON Lines as `export` writes them (from FILE or standard input).
-    /// Every record is checked (syntax, keys, values, the buckets' schemas)
-    /// before anything is written.
-    Import { file: Option<PathBuf> },
+    /// Read records (from FILE or standard input): JSON Lines as `export`
+    /// writes them; a TinyDB JSON file (`--from tinydb`: each table becomes
+    /// a bucket, `_default` the bucket `default`, each document a key named
+    /// by its id); or a jk_keyvaluestore directory (`--from jk-dir DIR`:
+    /// each key's newest value, into --bucket). Every record is checked
+    /// (syntax, keys, values, the buckets' schemas) before anything is
+    /// written.
+    Import {
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ImportFormat::Jsonl)]
+        from: ImportFormat,
+    },
     /// Measure kvstash on this machine (memory and file backends, against a
     /// HashMap, the disk's fsync rate and concurrent writers) in a scratch
     /// directory, and print a Markdown table. Your store is not touched.
@@ -255,6 +268,24 @@ enum Command {
     /// what a Spin app lists under [component.NAME.dependencies].
     #[cfg(feature = "apps")]
     Component(app::ComponentArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// JSON Lines, one record per line.
+    Jsonl,
+    /// A TinyDB JSON file.
+    Tinydb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ImportFormat {
+    /// JSON Lines as `export` writes them.
+    Jsonl,
+    /// A TinyDB JSON file.
+    Tinydb,
+    /// A jk_keyvaluestore directory.
+    JkDir,
 }
 
 #[derive(Debug, Subcommand)]
@@ -819,6 +850,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Export {
             only_bucket,
+            format,
             output,
         } => {
             let names = if only_bucket {
@@ -834,6 +866,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 None => Box::new(std::io::BufWriter::new(out)),
             };
             let mut count = 0usize;
+            let mut tinydb = transfer::TinyDbWriter::default();
             for name in names {
                 let mut left = usize::MAX;
                 for_each_item(
@@ -841,25 +874,52 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     ListOptions::default(),
                     &mut left,
                     |item| {
-                        let mut line = item_json(&item);
-                        line["bucket"] = json!(name);
-                        writeln!(sink, "{line}")?;
+                        match format {
+                            ExportFormat::Jsonl => {
+                                let mut line = item_json(&item);
+                                line["bucket"] = json!(name);
+                                writeln!(sink, "{line}")?;
+                            }
+                            ExportFormat::Tinydb => {
+                                let value = item
+                                    .value
+                                    .as_ref()
+                                    .context("an item came without its value")?;
+                                tinydb
+                                    .add(&name, &item.key, value)
+                                    .context("cannot export as TinyDB")?;
+                            }
+                        }
                         count += 1;
                         Ok(())
                     },
                 )
                 .await?;
             }
+            if format == ExportFormat::Tinydb {
+                sink.write_all(tinydb.finish().as_bytes())?;
+            }
             sink.flush()?;
             eprintln!("exported {count} records");
         }
-        Command::Import { file } => {
-            let records = match &file {
-                Some(path) => read_records(std::io::BufReader::new(
+        Command::Import { file, from } => {
+            let records = match (from, &file) {
+                (ImportFormat::Jsonl, Some(path)) => read_records(std::io::BufReader::new(
                     std::fs::File::open(path)
                         .with_context(|| format!("opening {}", path.display()))?,
                 )),
-                None => read_records(std::io::stdin().lock()),
+                (ImportFormat::Jsonl, None) => read_records(std::io::stdin().lock()),
+                (ImportFormat::Tinydb, file) => {
+                    let text = match file {
+                        Some(path) => std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                        None => std::io::read_to_string(std::io::stdin())
+                            .context("reading standard input")?,
+                    };
+                    transfer::read_tinydb(&text)
+                }
+                (ImportFormat::JkDir, Some(dir)) => transfer::read_jk_dir(dir, &cli.bucket),
+                (ImportFormat::JkDir, None) => bail!("`--from jk-dir` needs the directory"),
             }?;
             let count = records.len();
             // A dry run first, through the same engine: a scratch memory
