@@ -24,8 +24,8 @@ test:
 # Device builds of the CLI (memory + file backends, the component
 # precompiled for the target and embedded, no compiler): writes
 # target/cross/TARGET/kvstash. Installs the Rust targets, Debian's cross
-# linkers and qemu-user if missing; `cargo run --target TARGET` then runs
-# under qemu (.cargo/config.toml). x86_64-unknown-linux-gnu works too.
+# linkers and qemu-user if missing (qemu-user runs the ARM binaries here).
+# x86_64-unknown-linux-gnu works too.
 cross *TARGETS:
     bash scripts/cross {{TARGETS}}
 
@@ -69,6 +69,16 @@ bench SIZES="1000,10000,100000,1000000" ROUNDS="3":
     cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
     just bench-remote
     just bench-bindings
+    just bench-device
+
+# The device builds (`just cross`) natively and under qemu-user for aarch64
+# and ARMv7: size, first open with the embedded component against compiling,
+# one process per value against the sqlite3 CLI, get/put rates, a 100k-key
+# store's RSS; writes bench/results/device.md (~15 min, most of it building).
+bench-device ROUNDS="3":
+    KVSTASH_CROSS_COMPILER=1 bash scripts/cross aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-gnu
+    cargo build --release -p kvstash --bin kvstash
+    cargo run --release -p kvstash-bench --bin kvstash-bench-device -- --rounds {{ROUNDS}}
 
 # The Python and JavaScript packages against the Rust API, TinyDB with
 # aiotinydb (the seed's choice) and sqlite3, in one run (~3 min):

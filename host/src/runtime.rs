@@ -166,33 +166,36 @@ impl Runtime {
     }
 }
 
+/// What wasmtime runs a Rust target as: native code where this build's
+/// Cranelift has the backend (x86_64, little-endian aarch64), Pulley where
+/// wasmtime itself picks it (its build script: targets without a Cranelift
+/// backend). `None` for targets this build cannot serve: other native
+/// backends (riscv64, s390x) and big-endian ARM.
+#[cfg(feature = "compiler")]
+fn wasmtime_target(target: &str) -> Option<&str> {
+    let arch = target.split('-').next().unwrap_or_default();
+    if target.starts_with("pulley") || arch == "x86_64" || arch == "aarch64" {
+        return Some(target);
+    }
+    let little_endian_32 = (arch.starts_with("arm") && !arch.starts_with("armeb"))
+        || (arch.starts_with("thumb") && !arch.starts_with("thumbeb"))
+        || ["i586", "i686"].contains(&arch);
+    little_endian_32.then_some("pulley32")
+}
+
 /// The guest compiled for `target` (a Rust target triple, or `pulley32` /
 /// `pulley64`), as a build for that target would run it; and the guest's
 /// SHA-256. Targets without a Cranelift backend in wasmtime (32-bit ARM,
 /// i686, …) run the component on Pulley, wasmtime's interpreter.
 #[cfg(feature = "compiler")]
 pub(crate) fn precompile(target: &str) -> Result<(Vec<u8>, &'static str), Error> {
-    let arch = target.split('-').next().unwrap_or_default();
-    let native = ["x86_64", "aarch64", "s390x", "riscv64gc", "riscv64"];
-    let pulley32 = [
-        "armv7",
-        "armv7a",
-        "arm",
-        "armv6",
-        "thumbv7neon",
-        "i686",
-        "i586",
-        "riscv32gc",
-    ];
-    let triple = if native.contains(&arch) || target.starts_with("pulley") {
-        target
-    } else if pulley32.contains(&arch) {
-        "pulley32"
-    } else {
-        return Err(Error::Runtime(format!(
-            "cannot precompile for `{target}`: not a target wasmtime runs on"
-        )));
-    };
+    let triple = wasmtime_target(target).ok_or_else(|| {
+        Error::Runtime(format!(
+            "cannot precompile for `{target}`: this build compiles native code for x86_64 and \
+             aarch64 only, and Pulley bytecode for 32-bit ARM and x86 (i686); give one of \
+             those, or pulley32 / pulley64"
+        ))
+    })?;
     let mut config = engine_config();
     config
         .target(triple)
@@ -203,6 +206,17 @@ pub(crate) fn precompile(target: &str) -> Result<(Vec<u8>, &'static str), Error>
         .precompile_component(GUEST_WASM)
         .map_err(|e| Error::Runtime(format!("compiling for `{target}`: {e:#}")))?;
     Ok((cwasm, GUEST_SHA256))
+}
+
+/// What the engine runs the component as: `native` code, or `pulley`
+/// bytecode (wasmtime's interpreter, on targets without a Cranelift backend).
+pub(crate) fn engine_target() -> Result<&'static str, Error> {
+    let runtime = Runtime::get(default_cache_dir().as_deref())?;
+    Ok(if runtime.engine.is_pulley() {
+        "pulley"
+    } else {
+        "native"
+    })
 }
 
 /// How this process got its compiled guest (loading it if not yet loaded).

@@ -119,6 +119,14 @@ fn aliases_and_display_names(device: &Device) {
 
     let info: serde_json::Value = serde_json::from_str(&device.stdout(data, &["info"])).unwrap();
     assert_eq!(info["component"], "embedded", "{info}");
+    assert_eq!(info["target"], device.target, "{info}");
+    // 32-bit ARM has no Cranelift backend: wasmtime runs Pulley bytecode.
+    let engine = if device.target.starts_with("armv7") {
+        "pulley"
+    } else {
+        "native"
+    };
+    assert_eq!(info["engine_target"], engine, "{info}");
     assert_eq!(info["features"], serde_json::json!([]), "{info}");
     assert_eq!(
         info["backends"],

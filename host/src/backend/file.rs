@@ -80,7 +80,7 @@ impl FileConfig {
     }
 
     pub fn from_json(config: serde_json::Value) -> Result<Self, BackendError> {
-        if let Some(mb) = config.get("cache_mb")
+        if let Some(mb) = config.get("cache_mb").filter(|mb| !mb.is_null())
             && !mb
                 .as_u64()
                 .is_some_and(|mb| (1..=u64::from(u32::MAX)).contains(&mb))

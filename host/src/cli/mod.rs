@@ -183,9 +183,9 @@ enum Command {
     Sweep,
     /// Write every bucket (or only --bucket, with --only-bucket) as JSON Lines:
     /// {"bucket","key","value"} or {"bucket","key","bytes":base64}; or, with
-    /// `--format tinydb`, as a TinyDB JSON file (each bucket a table, bucket
-    /// `default` the table `_default`; keys must be document ids, values
-    /// JSON objects).
+    /// `--format tinydb`, as a TinyDB JSON file (each bucket the table of
+    /// the same name; keys must be document ids, values JSON objects). With
+    /// -o the file is replaced only once the export is complete.
     Export {
         /// Export only the bucket given by --bucket.
         #[arg(long)]
@@ -198,8 +198,9 @@ enum Command {
     },
     /// Read records (from FILE or standard input): JSON Lines as `export`
     /// writes them; a TinyDB JSON file (`--from tinydb`: each table becomes
-    /// a bucket, `_default` the bucket `default`, each document a key named
-    /// by its id); or a jk_keyvaluestore directory (`--from jk-dir DIR`:
+    /// the bucket of the same name, TinyDB's default table `_default`, each
+    /// document a key named by its id); or a jk_keyvaluestore directory
+    /// (`--from jk-dir DIR`:
     /// each key's newest value, into --bucket). Every record is checked
     /// (syntax, keys, values, the buckets' schemas) before anything is
     /// written.
@@ -236,8 +237,8 @@ enum Command {
     /// ("embedded": precompiled into the binary, "cache", "compiled").
     Info,
     /// Compile the kvstash component ahead of time for TARGET, as a device
-    /// build embeds it (see `just cross`): writes FILE and
-    /// FILE.guest-sha256 (the guest it was compiled from).
+    /// build embeds it (see `just cross`): writes FILE and FILE.stamp (the
+    /// guest, target and version it was made for).
     #[cfg(feature = "compiler")]
     Precompile {
         /// A Rust target triple (aarch64-unknown-linux-gnu,
@@ -521,7 +522,8 @@ fn info() -> anyhow::Result<serde_json::Value> {
     backends.sort();
     Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "target": format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        "target": env!("KVSTASH_TARGET"),
+        "engine_target": crate::runtime::engine_target()?,
         "features": features,
         "backends": backends,
         "component": crate::component_source()?.as_str(),
@@ -551,10 +553,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     if let Command::Precompile { target, output } = &cli.command {
         let (cwasm, guest_sha256) = crate::runtime::precompile(target)?;
         std::fs::write(output, cwasm).with_context(|| format!("writing {}", output.display()))?;
+        // What host/build.rs checks before it embeds the artifact.
         let mut stamp = output.clone().into_os_string();
-        stamp.push(".guest-sha256");
-        std::fs::write(&stamp, format!("{guest_sha256}\n"))
-            .with_context(|| format!("writing {}", PathBuf::from(&stamp).display()))?;
+        stamp.push(".stamp");
+        let version = env!("CARGO_PKG_VERSION");
+        std::fs::write(
+            &stamp,
+            format!("guest={guest_sha256}\ntarget={target}\nkvstash={version}\n"),
+        )
+        .with_context(|| format!("writing {}", PathBuf::from(&stamp).display()))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Command::Bench {
@@ -858,11 +865,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 store.buckets().await?
             };
-            let mut sink: Box<dyn std::io::Write> = match &output {
-                Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("creating {}", path.display()))?,
-                )),
+            // A file output is written aside and renamed into place once
+            // complete: a failed export never leaves a truncated file where
+            // the old one was (`-o connector.json` may be the app's data).
+            let aside = output.as_deref().map(transfer::Aside::create).transpose()?;
+            let mut sink: Box<dyn std::io::Write> = match &aside {
+                Some(aside) => Box::new(std::io::BufWriter::new(aside.file()?)),
                 None => Box::new(std::io::BufWriter::new(out)),
             };
             let mut count = 0usize;
@@ -900,6 +908,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 sink.write_all(tinydb.finish().as_bytes())?;
             }
             sink.flush()?;
+            drop(sink);
+            if let Some(aside) = aside {
+                aside.commit()?;
+            }
             eprintln!("exported {count} records");
         }
         Command::Import { file, from } => {

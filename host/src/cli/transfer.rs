@@ -61,122 +61,185 @@ pub(super) fn parse_record(line: &str) -> anyhow::Result<Record> {
     Ok(Record { bucket, key, value })
 }
 
-/// TinyDB's default table, and the kvstash bucket it becomes.
-const TINYDB_DEFAULT_TABLE: &str = "_default";
-const DEFAULT_BUCKET: &str = "default";
+/// An output file written beside its destination and renamed over it when
+/// complete ([`Aside::commit`]); dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub(super) struct Aside {
+    path: std::path::PathBuf,
+    temp: std::path::PathBuf,
+    file: std::fs::File,
+    committed: bool,
+}
 
-/// The bucket a TinyDB table becomes, and back.
-fn table_to_bucket(table: &str) -> &str {
-    if table == TINYDB_DEFAULT_TABLE {
-        DEFAULT_BUCKET
-    } else {
-        table
+impl Aside {
+    pub(super) fn create(path: &Path) -> anyhow::Result<Self> {
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} is not a file path", path.display()))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".kvstash-{}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let file =
+            std::fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            temp,
+            file,
+            committed: false,
+        })
+    }
+
+    /// Another handle on the file being written.
+    pub(super) fn file(&self) -> anyhow::Result<std::fs::File> {
+        Ok(self.file.try_clone()?)
+    }
+
+    /// Makes the file durable and puts it in place.
+    pub(super) fn commit(mut self) -> anyhow::Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("writing {}", self.temp.display()))?;
+        std::fs::rename(&self.temp, &self.path).with_context(|| {
+            format!(
+                "renaming {} to {}",
+                self.temp.display(),
+                self.path.display()
+            )
+        })?;
+        self.committed = true;
+        Ok(())
     }
 }
 
-fn bucket_to_table(bucket: &str) -> &str {
-    if bucket == DEFAULT_BUCKET {
-        TINYDB_DEFAULT_TABLE
-    } else {
-        bucket
+impl Drop for Aside {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
     }
 }
 
 /// TinyDB's document ids are whole numbers, stored as their decimal text.
-fn is_document_id(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 19
+fn document_id(key: &str) -> Option<u64> {
+    let canonical = !key.is_empty()
         && key.bytes().all(|b| b.is_ascii_digit())
-        && (key == "0" || !key.starts_with('0'))
+        && (key == "0" || !key.starts_with('0'));
+    canonical.then(|| key.parse().ok()).flatten()
+}
+
+fn is_object(json: &str) -> bool {
+    json.trim_start().starts_with('{')
 }
 
 /// A TinyDB JSON file (`{"table": {"1": {document}, …}, …}`): each table
-/// becomes a bucket (`_default` the bucket `default`), each document a key
-/// (its id) holding the document.
+/// becomes the bucket of the same name (TinyDB's default table is
+/// `_default`), each document a key (its id) holding the document's text
+/// as TinyDB wrote it.
 pub(super) fn read_tinydb(text: &str) -> anyhow::Result<Vec<Record>> {
+    use serde_json::value::RawValue;
     // TinyDB reads an empty file as an empty database.
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let tables: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-        .context("not a TinyDB file: it is not a JSON object of tables")?;
-    if tables.contains_key(TINYDB_DEFAULT_TABLE) && tables.contains_key(DEFAULT_BUCKET) {
-        bail!(
-            "tables `{TINYDB_DEFAULT_TABLE}` and `{DEFAULT_BUCKET}` would both become bucket `{DEFAULT_BUCKET}`"
-        );
-    }
+    let tables: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(text).context("not a TinyDB file")?;
     let mut records = Vec::new();
     for (table, documents) in tables {
-        let serde_json::Value::Object(documents) = documents else {
+        if !is_object(documents.get()) {
             bail!("table `{table}` is not a JSON object of documents");
-        };
+        }
+        let documents: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(documents.get()).with_context(|| format!("table `{table}`"))?;
         for (id, document) in documents {
-            if !is_document_id(&id) {
+            if document_id(&id).is_none() {
                 bail!("table `{table}`: `{id}` is not a TinyDB document id (a whole number)");
             }
-            if !document.is_object() {
+            if !is_object(document.get()) {
                 bail!("table `{table}`: document {id} is not a JSON object");
             }
             records.push(Record {
-                bucket: table_to_bucket(&table).to_string(),
+                bucket: table.clone(),
                 key: id,
-                value: Value::Json(document.to_string()),
+                value: Value::Json(document.get().to_string()),
             });
         }
     }
     Ok(records)
 }
 
-/// Builds a TinyDB file from records: each bucket a table, each key a
-/// document id, each value a document. Anything TinyDB could not read back
-/// (a key that is not a whole number, a value that is not a JSON object,
-/// bytes) is refused, naming it.
+/// Builds a TinyDB file from records: each bucket the table of the same
+/// name, each key a document id, each value a document. Anything TinyDB
+/// could not read back (a key that is not a whole number, a value that is
+/// not a JSON object, bytes) is refused, naming it.
 #[derive(Debug, Default)]
 pub(super) struct TinyDbWriter {
-    tables: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// Table → id → the document's JSON text.
+    tables: BTreeMap<String, BTreeMap<u64, String>>,
 }
 
 impl TinyDbWriter {
     pub(super) fn add(&mut self, bucket: &str, key: &str, value: &Value) -> anyhow::Result<()> {
-        let table = bucket_to_table(bucket);
-        if bucket == TINYDB_DEFAULT_TABLE {
-            bail!(
-                "bucket `{TINYDB_DEFAULT_TABLE}` would become TinyDB's default table, which holds bucket `{DEFAULT_BUCKET}`"
-            );
-        }
         let where_ = || format!("key `{key}` in bucket `{bucket}`");
-        if !is_document_id(key) {
+        let Some(id) = document_id(key) else {
             bail!("{} is not a TinyDB document id (a whole number)", where_());
-        }
-        let document: serde_json::Value = match value {
-            Value::Json(text) => {
-                serde_json::from_str(text).context("a stored value is not JSON")?
-            }
+        };
+        let text = match value {
+            Value::Json(text) => text,
             Value::Bytes(_) => bail!("{} holds bytes, not a JSON document", where_()),
         };
-        if !document.is_object() {
+        if !is_object(text) {
             bail!(
                 "{} is not a JSON object (TinyDB documents are objects)",
                 where_()
             );
         }
         self.tables
-            .entry(table.to_string())
+            .entry(bucket.to_string())
             .or_default()
-            .insert(key.to_string(), document);
+            .insert(id, text.clone());
         Ok(())
     }
 
-    /// The file, as TinyDB's JSONStorage writes it (one line of JSON).
+    /// The file: tables by name, documents by id, each document's text as
+    /// stored, non-ASCII escaped as Python's `json.dumps` does (TinyDB reads
+    /// the file in the locale's encoding).
     pub(super) fn finish(self) -> String {
-        serde_json::Value::Object(
-            self.tables
-                .into_iter()
-                .map(|(table, documents)| (table, serde_json::Value::Object(documents)))
-                .collect(),
-        )
-        .to_string()
+        let mut out = String::from("{");
+        for (t, (table, documents)) in self.tables.iter().enumerate() {
+            if t > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&serde_json::Value::from(table.as_str()).to_string());
+            out.push_str(": {");
+            for (d, (id, document)) in documents.iter().enumerate() {
+                if d > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&format!("\"{id}\": {document}"));
+            }
+            out.push('}');
+        }
+        out.push('}');
+        ascii_only(&out)
     }
+}
+
+/// JSON text with every non-ASCII character as a `\uXXXX` escape (outside
+/// strings JSON has no non-ASCII, so this only touches string contents).
+fn ascii_only(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// A jk_keyvaluestore directory: `DIR/d/TIMESTAMP` files holding
@@ -204,8 +267,13 @@ pub(super) fn read_jk_dir(dir: &Path, bucket: &str) -> anyhow::Result<Vec<Record
                 file()
             )
         })?;
-        let text =
-            std::fs::read_to_string(entry.path()).with_context(|| format!("reading {}", file()))?;
+        // The library deletes superseded records as it writes: one listed
+        // a moment ago may be gone, and then a newer one holds its key.
+        let text = match std::fs::read_to_string(entry.path()) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file())),
+        };
         let mut record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a JSON object", file()))?;
         let Some(serde_json::Value::String(key)) = record.remove("key") else {
@@ -267,34 +335,40 @@ mod tests {
 
     #[test]
     fn tinydb_tables_become_buckets_and_back() {
-        let file = r#"{"_default":{"1":{"alias":"environment_sensor_1","id":[1,5,42]}},"names":{"2":{"n":"x"},"10":{"n":"y"}}}"#;
+        let file = r#"{"_default": {"1": {"alias": "environment_sensor_1", "id": [1, 5, 42]}}, "names": {"2": {"n": "x\u00e9"}, "10": {"n": "y", "big": 123456789012345678901234567890}}}"#;
         let records = read_tinydb(file).unwrap();
         let seen: Vec<(&str, &str)> = records
             .iter()
             .map(|r| (r.bucket.as_str(), r.key.as_str()))
             .collect();
-        assert_eq!(seen, [("default", "1"), ("names", "10"), ("names", "2")]);
+        assert_eq!(seen, [("_default", "1"), ("names", "10"), ("names", "2")]);
+        // Documents keep TinyDB's text: field order, big numbers, escapes.
+        assert_eq!(
+            records[1].value,
+            Value::Json(r#"{"n": "y", "big": 123456789012345678901234567890}"#.into())
+        );
         let mut writer = TinyDbWriter::default();
         for r in &records {
             writer.add(&r.bucket, &r.key, &r.value).unwrap();
         }
-        let back: serde_json::Value = serde_json::from_str(&writer.finish()).unwrap();
-        assert_eq!(
-            back,
-            serde_json::from_str::<serde_json::Value>(file).unwrap()
-        );
+        // Ids in numeric order, as TinyDB lists them: the file comes back.
+        assert_eq!(writer.finish(), file);
         assert!(read_tinydb("  \n").unwrap().is_empty());
+        let mut w = TinyDbWriter::default();
+        w.add("t", "1", &Value::Json("{\"s\":\"é😀\"}".into()))
+            .unwrap();
+        assert_eq!(w.finish(), r#"{"t": {"1": {"s":"\u00e9\ud83d\ude00"}}}"#);
     }
 
     #[test]
     fn tinydb_files_and_values_it_cannot_hold_are_named() {
         for (file, needle) in [
-            ("[]", "JSON object of tables"),
-            (r#"{"t":[1]}"#, "table `t`"),
+            ("[]", "not a TinyDB file"),
+            (r#"{"t": {"1": {"x": NaN}}}"#, "not a TinyDB file"),
+            (r#"{"t":[1]}"#, "table `t` is not a JSON object"),
             (r#"{"t":{"x":{}}}"#, "`x` is not a TinyDB document id"),
             (r#"{"t":{"01":{}}}"#, "`01`"),
-            (r#"{"t":{"1":[1]}}"#, "document 1 in table"),
-            (r#"{"_default":{},"default":{}}"#, "both become"),
+            (r#"{"t":{"1":[1]}}"#, "document 1 is not a JSON object"),
         ] {
             let e = read_tinydb(file).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{file}: {e:#}");
@@ -309,7 +383,6 @@ mod tests {
             ),
             ("b", "1", Value::Json("[1]".into()), "not a JSON object"),
             ("b", "1", Value::Bytes(vec![1]), "holds bytes"),
-            ("_default", "1", Value::Json("{}".into()), "default table"),
         ] {
             let e = w.add(bucket, key, &value).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{bucket}/{key}: {e:#}");
