@@ -43,9 +43,29 @@ pub const GUEST_WASM: &[u8] = include_bytes!(env!("KVSTASH_GUEST_WASM"));
 #[cfg(feature = "compiler")]
 const GUEST_SHA256: &str = env!("KVSTASH_GUEST_SHA256");
 
-/// The guest compiled for this build's target at build time (`just cross`).
+/// The guest compiled for this build's target at build time (`just cross`),
+/// run where it lies ([`deserialize_embedded`]). Page-aligned, like the
+/// sections inside it; native code goes in the binary's `.text`, which the
+/// loader maps executable, so loading it copies nothing and maps nothing:
+/// the pages a call touches fault in from the page cache.
 #[cfg(kvstash_precompiled)]
-static PRECOMPILED: &[u8] = include_bytes!(env!("KVSTASH_PRECOMPILED_CWASM"));
+// A named section is `unsafe` because two items in one section with
+// clashing flags would break the link; this one is kvstash's alone.
+#[allow(unsafe_code)]
+#[cfg_attr(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    unsafe(link_section = ".text.kvstash_precompiled")
+)]
+static PRECOMPILED: PageAligned<[u8; PRECOMPILED_LEN]> =
+    PageAligned(*include_bytes!(env!("KVSTASH_PRECOMPILED_CWASM")));
+
+#[cfg(kvstash_precompiled)]
+const PRECOMPILED_LEN: usize = include_bytes!(env!("KVSTASH_PRECOMPILED_CWASM")).len();
+
+/// 4 KiB, the alignment of the sections inside a compiled component.
+#[cfg(kvstash_precompiled)]
+#[repr(C, align(4096))]
+struct PageAligned<T>(T);
 
 /// The storage adapter this build embeds (`adapters/keyvalue`): exports
 /// `kvstash:store/storage` over an imported `wasi:keyvalue@0.2.0-draft2`.
@@ -137,6 +157,10 @@ pub(crate) fn engine_config() -> wasmtime::Config {
     // handling do not use it); without it the artifact is 53 KiB smaller and
     // loads ~8% faster (no unwind-table registration).
     config.native_unwind_info(false);
+    // Instantiating copies the guest's 44 KiB of data segments instead of
+    // writing them to a memfd and mapping that copy-on-write: as fast for
+    // one instance (a one-shot CLI makes one) and four syscalls fewer.
+    config.memory_init_cow(false);
     config
 }
 
@@ -157,10 +181,14 @@ impl Runtime {
     }
 
     fn load(cache_dir: Option<&Path>) -> wasmtime::Result<Runtime> {
-        let engine = Engine::new(&engine_config())?;
+        #[allow(unused_mut, reason = "changed only where the component runs in place")]
+        let mut config = engine_config();
+        #[cfg(all(kvstash_precompiled, not(feature = "compiler")))]
+        config.with_custom_code_memory(Some(Arc::new(InPlace)));
+        let engine = Engine::new(&config)?;
         let (component, loaded) = load_component(&engine, cache_dir)?;
         let mut linker = Linker::<KvCtx>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        add_guest_wasi_to_linker(&mut linker)?;
         Kvstash::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |ctx| ctx)?;
         let pre = KvstashPre::new(linker.instantiate_pre(&component)?)?;
         Ok(Runtime {
@@ -170,6 +198,41 @@ impl Runtime {
             loaded,
         })
     }
+}
+
+/// The WASI interfaces the guest imports, as `wasm32-wasip2`'s std needs
+/// them: clocks (TTL), stdio and its streams, environment and exit. The
+/// guest has no filesystem, sockets or randomness, so they are not linked:
+/// a one-shot CLI pays for every function a linker defines (about 0.1 ms
+/// for the rest of WASI), and the guest is held to what it declares (a
+/// guest that imported more would fail to link, loudly, in every test).
+fn add_guest_wasi_to_linker(linker: &mut Linker<KvCtx>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, io};
+
+    /// The streams and pollables live in the store's resource table.
+    struct Io;
+    impl wasmtime::component::HasData for Io {
+        type Data<'a> = &'a mut ResourceTable;
+    }
+    let l = linker;
+    io::error::add_to_linker::<_, Io>(l, |ctx| &mut ctx.table)?;
+    io::poll::add_to_linker::<_, Io>(l, |ctx| &mut ctx.table)?;
+    io::streams::add_to_linker::<_, Io>(l, |ctx| &mut ctx.table)?;
+    clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, KvCtx::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, KvCtx::clocks)?;
+    cli::exit::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::environment::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::stdout::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::stderr::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, KvCtx::cli)?;
+    Ok(())
 }
 
 /// What wasmtime runs a Rust target as: native code where this build's
@@ -282,13 +345,60 @@ fn load_component(
     ))
 }
 
+/// A build without a compiler runs the embedded component in place
+/// ([`InPlace`]); one with a compiler copies it, since its engine must also
+/// publish code it compiles.
 #[cfg(kvstash_precompiled)]
 #[allow(unsafe_code)]
 fn deserialize_embedded(engine: &Engine) -> wasmtime::Result<Component> {
-    // SAFETY: the bytes are what `kvstash precompile` (Component::serialize)
-    // wrote for this build's guest; build.rs checked the guest's SHA-256
-    // beside it, and wasmtime checks the header and the engine's settings.
-    unsafe { Component::deserialize(engine, PRECOMPILED) }
+    // SAFETY (both): the bytes are what `kvstash precompile`
+    // (Component::serialize) wrote for this build's guest; build.rs checked
+    // the guest's SHA-256 beside it, and wasmtime checks the header and the
+    // engine's settings. In place, the memory is an immutable static: it
+    // lives as long as the process and nothing writes to it.
+    #[cfg(not(feature = "compiler"))]
+    unsafe {
+        Component::deserialize_raw(engine, std::ptr::NonNull::from(&PRECOMPILED.0[..]))
+    }
+    #[cfg(feature = "compiler")]
+    unsafe {
+        Component::deserialize(engine, PRECOMPILED.0)
+    }
+}
+
+/// wasmtime's code publisher for the embedded component: its code already
+/// lies in the binary's executable `.text` (see [`PRECOMPILED`]), so
+/// publishing checks that and changes nothing. On Pulley the code is
+/// bytecode and never published. Nothing else can be published: a build
+/// without a compiler runs no other code.
+#[cfg(all(kvstash_precompiled, not(feature = "compiler")))]
+struct InPlace;
+
+#[cfg(all(kvstash_precompiled, not(feature = "compiler")))]
+impl wasmtime::CustomCodeMemory for InPlace {
+    fn required_alignment(&self) -> usize {
+        std::mem::align_of::<PageAligned<()>>()
+    }
+
+    fn publish_executable(&self, ptr: *const u8, len: usize) -> wasmtime::Result<()> {
+        let embedded = PRECOMPILED.0.as_ptr_range();
+        let start = ptr as usize;
+        let inside = start >= embedded.start as usize
+            && start
+                .checked_add(len)
+                .is_some_and(|end| end <= embedded.end as usize);
+        if inside && cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            Ok(())
+        } else {
+            Err(wasmtime::format_err!(
+                "this build runs only its embedded component (code at {ptr:p} is not in it)"
+            ))
+        }
+    }
+
+    fn unpublish_executable(&self, _ptr: *const u8, _len: usize) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
 /// A compiled component that `make` produces from `inputs` (an app and

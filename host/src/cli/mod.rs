@@ -381,11 +381,18 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 /// Runs the command line; returns the process exit status.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // A command on a store is one caller: it runs on this thread, as the
+    // one-shot CLI that scripts call once per value should (worker threads
+    // cost their start and make every later mmap/munmap a cross-CPU TLB
+    // flush). Serving apps and benchmarking use worker threads.
+    let mut builder = if serves_or_measures(&cli.command) {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::anyhow!("starting the async runtime: {e}")),
     };
@@ -398,6 +405,16 @@ pub fn main() -> std::process::ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// Commands that run concurrent work: `run` (an app, perhaps serving HTTP)
+/// and `bench` (concurrent writers).
+fn serves_or_measures(command: &Command) -> bool {
+    #[cfg(feature = "apps")]
+    if matches!(command, Command::Run(_)) {
+        return true;
+    }
+    matches!(command, Command::Bench { .. })
 }
 
 /// A condition that did not hold: not a failure of the tool.
