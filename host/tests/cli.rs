@@ -754,39 +754,10 @@ fn precompile_writes_an_artifact_and_what_it_was_made_for() {
 /// A Python with TinyDB and jk_keyvaluestore (the stores the seeds moved
 /// off), installed on first use into `target/migrate-venv`.
 fn python_with_peers() -> std::path::PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/migrate-venv");
-    let python = venv.join("bin").join("python");
-    let probe = || {
-        Command::new(&python)
-            .args(["-c", "import tinydb, jk_keyvaluestore"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !probe() {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 is needed to write files with the real TinyDB");
-        assert!(made.success(), "python3 -m venv failed");
-        let installed = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["tinydb==4.9.0", "jk_keyvaluestore==0.2019.9.17.1"])
-            .status()
-            .unwrap();
-        assert!(
-            installed.success(),
-            "pip install tinydb jk_keyvaluestore failed"
-        );
-        assert!(probe());
-    }
-    python
+    kvstash_test_servers::python_venv(
+        "migrate-venv",
+        &["tinydb==4.9.0", "jk_keyvaluestore==0.2019.9.17.1"],
+    )
 }
 
 fn python(py: &Path, script: &str, args: &[&Path]) -> String {

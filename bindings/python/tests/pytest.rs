@@ -21,27 +21,21 @@ fn run(command: &mut Command) {
 fn the_python_package_installs_and_passes_its_tests() {
     let package = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = package.join("../../target");
-    let venv = target.join("py-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-    }
-    let pip = |args: &[&str]| {
-        let mut command = Command::new(&python);
-        command
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(args)
-            .env("CARGO_TARGET_DIR", target.join("python"));
-        command
-    };
-    run(&mut pip(&["pytest==9.2.0"]));
-    run(pip(&["--force-reinstall", "--no-deps"]).arg(package));
+    let python = kvstash_test_servers::python_venv("py-venv", &["pytest==9.2.0"]);
+    let mut install = Command::new(&python);
+    install
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--force-reinstall",
+            "--no-deps",
+        ])
+        .arg(package)
+        .env("CARGO_TARGET_DIR", target.join("python"));
+    run(&mut install);
     run(Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(package.join("tests")));

@@ -18,12 +18,23 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and one this process has
+/// not handed out before: the kernel may give a port just released to the
+/// next `bind(0)`, so two calls could otherwise name one port (an etcd
+/// member's client and peer ports, say) and the server would fail to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn have(binary: &str, package: &str) -> bool {
@@ -42,14 +53,24 @@ fn have(binary: &str, package: &str) -> bool {
 
 /// Waits for `child` to listen on `port`; kills it and fails if it does not.
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    if let Err(status) = listens(port, child, what) {
+        panic!("{what} exited at start ({status})");
+    }
+}
+
+/// Waits for `child` to listen on `port`: `Err` if it exited first (a port
+/// taken by another process between [`free_port`] and the server's bind is
+/// one reason: the caller may retry on other ports); fails if it neither
+/// listens nor exits within 30 s.
+fn listens(port: u16, child: &mut Child, what: &str) -> Result<(), std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited at start ({status})");
+            return Err(status);
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -277,10 +298,31 @@ impl Etcd {
         Self::cluster_with(1, &[], Some(certificates))
     }
 
+    /// Starts the members; if one exits at start (seen once in CI: a port
+    /// raced away between probing and binding), starts afresh on new ports,
+    /// up to three times.
     fn cluster_with(size: usize, args: &[&str], tls: Option<Certificates>) -> Option<Etcd> {
         if !have("/usr/bin/etcd", "etcd-server") {
             return None;
         }
+        let mut attempt = 1;
+        loop {
+            match Self::try_cluster(size, args, tls.clone()) {
+                Ok(etcd) => return Some(etcd),
+                Err(status) if attempt < 3 => {
+                    eprintln!("etcd exited at start ({status}); retrying on other ports");
+                    attempt += 1;
+                }
+                Err(status) => panic!("etcd exited at start ({status}), three times"),
+            }
+        }
+    }
+
+    fn try_cluster(
+        size: usize,
+        args: &[&str],
+        tls: Option<Certificates>,
+    ) -> Result<Etcd, std::process::ExitStatus> {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -306,9 +348,16 @@ impl Etcd {
         for i in 0..size {
             etcd.spawn(i);
         }
+        let mut exited = None;
         for member in &mut etcd.members {
             let port = member.client_port;
-            wait_for_port(port, member.child.as_mut().unwrap(), "etcd");
+            if let Err(status) = listens(port, member.child.as_mut().unwrap(), "etcd") {
+                exited = Some(status);
+            }
+        }
+        if let Some(status) = exited {
+            // Dropping `etcd` stops the members that did start.
+            return Err(status);
         }
         // Serving needs a leader: wait for the election.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -316,7 +365,7 @@ impl Etcd {
             assert!(Instant::now() < deadline, "etcd elected no leader in 30 s");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(etcd)
+        Ok(etcd)
     }
 
     fn spawn(&mut self, i: usize) {
@@ -600,4 +649,46 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The Python of a virtualenv at `target/NAME` holding `requirements`
+/// (pinned PyPI packages: the real peers some tests check against, or the
+/// tools they run), made on first use; installed again when the list
+/// changes (it is recorded in the venv).
+pub fn python_venv(name: &str, requirements: &[&str]) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target")
+        .join(name);
+    let python = venv.join("bin").join("python");
+    let record = venv.join("kvstash-requirements.txt");
+    let wanted = requirements.join("\n");
+    if std::fs::read_to_string(&record).is_ok_and(|had| had == wanted) && python.is_file() {
+        return python;
+    }
+    if !python.is_file() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 (with venv) is needed");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+    }
+    let installed = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(requirements)
+        .status()
+        .expect("pip runs");
+    assert!(
+        installed.success(),
+        "pip install {} failed",
+        requirements.join(" ")
+    );
+    std::fs::write(&record, wanted).expect("the venv is writable");
+    python
 }
