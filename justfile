@@ -21,11 +21,13 @@ build-guest:
 test:
     cargo test --workspace
 
-# Device builds of the CLI (memory + file backends, the component
-# precompiled for the target and embedded, no compiler): writes
-# target/cross/TARGET/kvstash. Installs the Rust targets, Debian's cross
-# linkers and qemu-user if missing (qemu-user runs the ARM binaries here).
-# x86_64-unknown-linux-gnu works too.
+# Device builds of the CLI and the Python package (memory + file backends,
+# the component precompiled for the target and embedded, no compiler):
+# writes target/cross/TARGET/kvstash (statically linked) and
+# target/cross/TARGET/python/kvstash-*.whl. Installs the Rust targets,
+# Debian's cross linkers and qemu-user if missing (qemu-user runs the ARM
+# binaries here), and maturin into target/cross-venv.
+# x86_64-unknown-linux-gnu works too; KVSTASH_CROSS_PARTS=cli skips the wheel.
 cross *TARGETS:
     bash scripts/cross {{TARGETS}}
 
@@ -76,7 +78,7 @@ bench SIZES="1000,10000,100000,1000000" ROUNDS="3":
 # one process per value against the sqlite3 CLI, get/put rates, a 100k-key
 # store's RSS; writes bench/results/device.md (~15 min, most of it building).
 bench-device ROUNDS="3":
-    KVSTASH_CROSS_COMPILER=1 bash scripts/cross aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-gnu
+    KVSTASH_CROSS_COMPILER=1 KVSTASH_CROSS_PARTS=cli bash scripts/cross aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-gnu
     cargo build --release -p kvstash --bin kvstash
     cargo run --release -p kvstash-bench --bin kvstash-bench-device -- --rounds {{ROUNDS}}
 

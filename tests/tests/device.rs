@@ -2,7 +2,9 @@
 //! aarch64 and 32-bit ARMv7 by `scripts/cross` (what `just cross` runs: no
 //! compiler, the component precompiled and embedded), run under qemu-user.
 //! The seed's device connector sets aliases and display names in one
-//! process and reads them in another, on the file backend.
+//! process and reads them in another, on the file backend; and the Python
+//! package's device example does the same under qemu-aarch64 with Debian's
+//! arm64 CPython.
 
 // Test code: a broken assumption should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -47,6 +49,7 @@ fn cross_built() {
         let status = cross
             .arg(root().join("scripts/cross"))
             .args([AARCH64.target, ARMV7.target])
+            .env("KVSTASH_CROSS_PARTS", "cli")
             .current_dir(root())
             .status()
             .map_err(|e| format!("cannot run scripts/cross: {e}"))?;
@@ -216,4 +219,109 @@ fn aliases_and_display_names_on_aarch64() {
 #[test]
 fn aliases_and_display_names_on_armv7() {
     aliases_and_display_names(&ARMV7);
+}
+
+/// Runs `command`, panicking with its output if it fails.
+fn run(command: &mut Command) -> Output {
+    let shown = format!("{command:?}");
+    let out = command.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The Python package's device example (`bindings/python/examples/device.py`,
+/// asyncio) on the aarch64 wheel `just cross` builds, run by Debian's arm64
+/// CPython 3.11 under qemu-aarch64 (`scripts/python-sysroot` unpacks it; no
+/// pip on the device: the wheel is unpacked onto `PYTHONPATH`). One process
+/// sets an alias both ways and its display name; another reads them back,
+/// and so does the device CLI.
+#[test]
+fn python_device_example_on_aarch64() {
+    cross_built();
+    let mut cross = Command::new("bash");
+    let precompiler = root().join("target/debug/kvstash");
+    if precompiler.is_file() {
+        cross.env("KVSTASH_PRECOMPILER", precompiler);
+    }
+    run(cross
+        .arg(root().join("scripts/cross"))
+        .arg(AARCH64.target)
+        .env("KVSTASH_CROSS_PARTS", "python")
+        .current_dir(root()));
+    let sysroot = root().join("target/py-aarch64-sysroot");
+    run(Command::new("bash")
+        .arg(root().join("scripts/python-sysroot"))
+        .arg(&sysroot));
+
+    let dir = tempfile::tempdir().unwrap();
+    let wheels = root()
+        .join("target/cross")
+        .join(AARCH64.target)
+        .join("python");
+    let wheel = std::fs::read_dir(&wheels)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "whl"))
+        .unwrap_or_else(|| panic!("no wheel in {}", wheels.display()));
+    assert!(
+        wheel.to_string_lossy().contains("aarch64"),
+        "{}",
+        wheel.display()
+    );
+    let site = dir.path().join("site");
+    run(Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&site));
+
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let store = data.join("kvstash.redb");
+    let example = |args: &[&str]| {
+        let out = run(Command::new(AARCH64.qemu)
+            .arg("-L")
+            .arg(&sysroot)
+            .arg(sysroot.join("usr/bin/python3.11"))
+            .arg(root().join("bindings/python/examples/device.py"))
+            .arg(&store)
+            .args(args)
+            .env("PYTHONPATH", &site)
+            .env("HOME", dir.path())
+            .env_remove("PYTHONHOME")
+            .env_remove("KVSTASH_CACHE_DIR")
+            .env_remove("XDG_CACHE_HOME"));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    example(&[
+        "set",
+        "environment_sensor_1",
+        "[1, 5, 42]",
+        "backyard shed sensor",
+    ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&example(&["show", "environment_sensor_1"])).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "alias": "environment_sensor_1",
+            "hardware_id": [1, 5, 42],
+            "alias_of_hardware_id": "environment_sensor_1",
+            "name": "backyard shed sensor",
+        })
+    );
+    // The device CLI reads what the Python package wrote.
+    assert_eq!(
+        AARCH64.stdout(&data, &["--bucket", "names", "get", "environment_sensor_1"]),
+        "\"backyard shed sensor\"\n"
+    );
+    assert_eq!(
+        AARCH64.stdout(&data, &["--bucket", "hardware", "get", "[1,5,42]"]),
+        "\"environment_sensor_1\"\n"
+    );
 }
