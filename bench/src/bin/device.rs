@@ -174,35 +174,28 @@ fn first_open(t: &Target, rounds: usize) -> anyhow::Result<Value> {
     let device = t.binary("kvstash");
     let compiler = t.binary("kvstash-compiler");
     let (mut embedded, mut compiled, mut cached) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let home = scratch(&format!("open-{}-{round}", t.triple))?;
-        let mut cmd = t.command(&device, &home);
+    // `kvstash info` with `binary`: how long it took, checking where its
+    // component came from.
+    let open = |binary: &Path, home: &Path, expected: &str| -> anyhow::Result<f64> {
+        let mut cmd = t.command(binary, home);
         cmd.arg("info");
         let (info, ms) = timed(cmd)?;
         let info: Value = serde_json::from_str(&info)?;
-        if info["component"] != "embedded" {
+        if info["component"] != expected {
             bail!(
-                "{}: the device build did not use its embedded component: {info}",
-                t.triple
+                "{}: {} loaded its component as {}, expected {expected}: {info}",
+                t.triple,
+                binary.display(),
+                info["component"]
             );
         }
-        embedded.push(ms);
-        let mut cmd = t.command(&compiler, &home);
-        cmd.arg("info");
-        let (info, ms) = timed(cmd)?;
-        let info: Value = serde_json::from_str(&info)?;
-        if info["component"] != "compiled" {
-            bail!("{}: expected a compile: {info}", t.triple);
-        }
-        compiled.push(ms);
-        let mut cmd = t.command(&compiler, &home);
-        cmd.arg("info");
-        let (info, ms) = timed(cmd)?;
-        let info: Value = serde_json::from_str(&info)?;
-        if info["component"] != "cache" {
-            bail!("{}: expected the cache: {info}", t.triple);
-        }
-        cached.push(ms);
+        Ok(ms)
+    };
+    for round in 0..rounds {
+        let home = scratch(&format!("open-{}-{round}", t.triple))?;
+        embedded.push(open(&device, &home, "embedded")?);
+        compiled.push(open(&compiler, &home, "compiled")?);
+        cached.push(open(&compiler, &home, "cache")?);
         let _ = std::fs::remove_dir_all(&home);
     }
     Ok(json!({
