@@ -22,17 +22,9 @@ fn the_python_package_installs_and_passes_its_tests() {
     let package = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = package.join("../../target");
     let python = kvstash_test_servers::python_venv("py-venv", &["pytest==9.2.0"]);
-    let mut install = Command::new(&python);
+    let mut install = kvstash_test_servers::pip_install(&python);
     install
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--force-reinstall",
-            "--no-deps",
-        ])
+        .args(["--force-reinstall", "--no-deps"])
         .arg(package)
         .env("CARGO_TARGET_DIR", target.join("python"));
     run(&mut install);

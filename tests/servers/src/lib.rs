@@ -673,14 +673,7 @@ pub fn python_venv(name: &str, requirements: &[&str]) -> PathBuf {
             .expect("python3 (with venv) is needed");
         assert!(made.success(), "python3 -m venv {} failed", venv.display());
     }
-    let installed = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
+    let installed = pip_install(&python)
         .args(requirements)
         .status()
         .expect("pip runs");
@@ -691,4 +684,17 @@ pub fn python_venv(name: &str, requirements: &[&str]) -> PathBuf {
     );
     std::fs::write(&record, wanted).expect("the venv is writable");
     python
+}
+
+/// `python -m pip install`, quietly: add what to install.
+pub fn pip_install(python: &Path) -> Command {
+    let mut pip = Command::new(python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    pip
 }
