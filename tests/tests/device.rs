@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use kvstash_test_servers::run;
+
 struct Device {
     target: &'static str,
     qemu: &'static str,
@@ -219,20 +221,6 @@ fn aliases_and_display_names_on_aarch64() {
 #[test]
 fn aliases_and_display_names_on_armv7() {
     aliases_and_display_names(&ARMV7);
-}
-
-/// Runs `command`, panicking with its output if it fails.
-fn run(command: &mut Command) -> Output {
-    let shown = format!("{command:?}");
-    let out = command.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// The Python package's device example (`bindings/python/examples/device.py`,

@@ -11,20 +11,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn run(command: &mut Command) -> Output {
-    let shown = format!("{command:?}");
-    let output = command.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    assert!(
-        output.status.success(),
-        "{shown} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    output
-}
+use kvstash_test_servers::run;
 
 fn npm(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new("npm");

@@ -698,3 +698,18 @@ pub fn pip_install(python: &Path) -> Command {
     ]);
     pip
 }
+
+/// Runs `command` to completion; fails, showing its output, unless it
+/// succeeds.
+pub fn run(command: &mut Command) -> std::process::Output {
+    let shown = format!("{command:?}");
+    let output = command.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    assert!(
+        output.status.success(),
+        "{shown} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    output
+}
