@@ -850,7 +850,8 @@ async fn file_commits_share_fsyncs_under_concurrency() {
         b.sync_stats(),
         kvstash::backend::SyncStats {
             acknowledged: 20,
-            syncs: 20
+            syncs: 20,
+            checkpoints: 0
         }
     );
     // 64 concurrent writers: commits queue up while an fsync runs, and the

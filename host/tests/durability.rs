@@ -1,6 +1,8 @@
 //! Crash safety of the file backend through the whole stack: a child
 //! process writes keys and is killed with SIGKILL mid-stream; on reopen,
 //! every key whose `set` had returned is there and the store opens cleanly.
+//! Some rounds checkpoint every 1-2 KiB of log, so the kills land at every
+//! point of the log / checkpoint / log reset cycle.
 //!
 //! The child is this test binary itself, re-run with `CHILD_ENV` set so that
 //! only `durability_child` does anything.
@@ -16,8 +18,8 @@ use serde_json::json;
 
 const CHILD_ENV: &str = "KVSTASH_DURABILITY_CHILD";
 
-fn config(path: &std::path::Path) -> String {
-    json!({"type": "file", "path": path}).to_string()
+fn config(path: &std::path::Path, checkpoint_kb: Option<u32>) -> String {
+    json!({"type": "file", "path": path, "checkpoint_kb": checkpoint_kb}).to_string()
 }
 
 fn value(round: u32, i: u64) -> serde_json::Value {
@@ -30,9 +32,11 @@ fn durability_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (round, path) = spec.split_once(':').unwrap();
-    let round: u32 = round.parse().unwrap();
-    let store = BlockingStore::open(&config(std::path::Path::new(path))).unwrap();
+    let mut parts = spec.splitn(3, ':');
+    let round: u32 = parts.next().unwrap().parse().unwrap();
+    let checkpoint_kb = parts.next().unwrap().parse().ok();
+    let path = parts.next().unwrap();
+    let store = BlockingStore::open(&config(std::path::Path::new(path), checkpoint_kb)).unwrap();
     let bucket = store.bucket("crash");
     for i in 0.. {
         bucket
@@ -48,7 +52,16 @@ fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crash.redb");
     let mut expected = 0usize;
-    for (round, kill_after) in [(0u32, 40u64), (1, 7), (2, 150)] {
+    let rounds = [
+        (0u32, 40u64, None),
+        (1, 7, None),
+        (2, 150, None),
+        (3, 61, Some(1)),
+        (4, 200, Some(1)),
+        (5, 333, Some(2)),
+        (6, 5, Some(1)),
+    ];
+    for (round, kill_after, checkpoint_kb) in rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -56,7 +69,14 @@ fn acknowledged_writes_survive_sigkill() {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, format!("{round}:{}", path.display()))
+            .env(
+                CHILD_ENV,
+                format!(
+                    "{round}:{}:{}",
+                    checkpoint_kb.map_or(String::new(), |kb: u32| kb.to_string()),
+                    path.display()
+                ),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -84,7 +104,8 @@ fn acknowledged_writes_survive_sigkill() {
             "round {round}: child died early"
         );
 
-        let store = BlockingStore::open(&config(&path)).expect("the store reopens cleanly");
+        let store =
+            BlockingStore::open(&config(&path, checkpoint_kb)).expect("the store reopens cleanly");
         let bucket = store.bucket("crash");
         for &i in &acked {
             let got = bucket

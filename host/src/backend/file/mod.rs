@@ -1,0 +1,1402 @@
+//! The file backend: a commit log in front of one redb database file.
+//!
+//! **Commits** are appended to the log (`PATH-wal`, [`wal`]) and made
+//! durable with one `fdatasync` there; only then are they acknowledged. The
+//! log is sequential and reused in place, so that fsync writes little: a
+//! one-shot `kvstash set` costs one, where redb's own read-write open,
+//! commit and close cost seven. Concurrent commits queue for one committer
+//! thread per database, which plans the waiting ones in order (each
+//! commit's checks see the earlier ones' writes; each gets its own version)
+//! and logs them with one fsync, so writers share fsyncs, and an fsync
+//! never stalls the async executor.
+//!
+//! **Reads** see every acknowledged commit at once: a commit goes into an
+//! in-memory overlay (the newest value of each key the log holds, and its
+//! changes) before it is acknowledged, and reads look there first, then in
+//! redb.
+//!
+//! **Checkpoints** move the overlay into redb in one durable transaction
+//! and start the log again: once the log holds [`CHECKPOINT_BYTES`], and on
+//! close once it holds [`CLOSE_CHECKPOINT_BYTES`]. redb is opened read-only
+//! until the first checkpoint needs it writable. Opening replays the log
+//! after redb's version; a crash at any point leaves redb at its last
+//! checkpoint and the log holding every acknowledged commit after it.
+//! redb's tables:
+//!
+//! - `data`: storage key → (version, value)
+//! - `log`: (version, write index) → (key, value or none): the change feed
+//! - `meta`: `format` (2; 1 before the commit log), `version` (newest
+//!   checkpointed commit), `trimmed` (newest version whose changes were
+//!   dropped from `log`)
+//!
+//! One process opens each file once: every handle on the same path in one
+//! process shares one [`FileBackend`] (`open_shared`). Another process is
+//! kept out by the log's lock (exclusive for a writer, shared for readers).
+
+mod wal;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Deserialize;
+
+use super::{
+    Backend, BackendError, Change, Check, DEFAULT_RETENTION, Entry, Scan, Write, take_changes,
+    validate_commit, validate_get_many, validate_key, validate_scan,
+};
+
+const DATA: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("data");
+/// A change-feed entry: the key and its new value (`None`: deleted).
+type LogValue<'a> = (&'a [u8], Option<&'a [u8]>);
+const LOG: TableDefinition<'_, (u64, u32), LogValue<'_>> = TableDefinition::new("log");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// The file format: 2 has the commit log beside it. A format-1 file (no
+/// log) is read as it is and raised to 2 by its first writer.
+const FORMAT: u64 = 2;
+const FORMAT_WITHOUT_LOG: u64 = 1;
+
+use wal::{Record, Wal};
+
+/// The `file` backend's configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default, skip_serializing)]
+    #[allow(dead_code)] // checked by the registry; named here so it is not "unknown"
+    r#type: Option<String>,
+    /// The database file; its directory is created if missing.
+    pub path: PathBuf,
+    /// Commits whose changes the change feed keeps.
+    #[serde(default = "default_retention")]
+    pub retention: u64,
+    /// Most memory redb's page cache may use, in MiB (default: redb's
+    /// 1024, filled only as pages are read). A small device caps it.
+    #[serde(default)]
+    pub cache_mb: Option<u32>,
+    /// A checkpoint moves the commit log into the database once the log
+    /// holds this many KiB (default 4096). The commits since the last
+    /// checkpoint are also held in memory, so this bounds that too.
+    #[serde(default)]
+    pub checkpoint_kb: Option<u32>,
+    /// Open the file for reading only (not from JSON: the CLI's read
+    /// commands ask for it). Nothing is written, not even on open and
+    /// close, and other read-only openers may share the file.
+    #[serde(skip)]
+    pub read_only: bool,
+}
+
+fn default_retention() -> u64 {
+    DEFAULT_RETENTION
+}
+
+impl FileConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            r#type: None,
+            path: path.into(),
+            retention: DEFAULT_RETENTION,
+            cache_mb: None,
+            checkpoint_kb: None,
+            read_only: false,
+        }
+    }
+
+    pub fn from_json(config: serde_json::Value) -> Result<Self, BackendError> {
+        if let Some(mb) = config.get("cache_mb").filter(|mb| !mb.is_null())
+            && !mb
+                .as_u64()
+                .is_some_and(|mb| (1..=u64::from(u32::MAX)).contains(&mb))
+        {
+            return Err(BackendError::Invalid(format!(
+                "file backend configuration: `cache_mb` must be a whole number of MiB, at least 1 (got {mb})"
+            )));
+        }
+        if let Some(kb) = config.get("checkpoint_kb").filter(|kb| !kb.is_null())
+            && !kb
+                .as_u64()
+                .is_some_and(|kb| (1..=u64::from(u32::MAX)).contains(&kb))
+        {
+            return Err(BackendError::Invalid(format!(
+                "file backend configuration: `checkpoint_kb` must be a whole number of KiB, at least 1 (got {kb})"
+            )));
+        }
+        serde_json::from_value(config)
+            .map_err(|e| BackendError::Invalid(format!("file backend configuration: {e}")))
+    }
+
+    /// Log bytes that make a checkpoint run.
+    fn checkpoint_bytes(&self) -> u64 {
+        self.checkpoint_kb
+            .map_or(CHECKPOINT_BYTES, |kb| u64::from(kb) << 10)
+    }
+
+    fn builder(&self) -> redb::Builder {
+        let mut builder = Database::builder();
+        if let Some(mb) = self.cache_mb {
+            builder.set_cache_size(
+                usize::try_from(mb)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(1 << 20),
+            );
+        }
+        builder
+    }
+}
+
+pub struct FileBackend {
+    /// What reads see: redb and the commits not yet checkpointed into it.
+    state: Arc<RwLock<State>>,
+    read_only: bool,
+    path: PathBuf,
+    /// The newest committed version, for watchers. Every handle on this
+    /// file in this process shares this backend, so it sees every commit.
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where commits queue for the committer; `None` once dropping.
+    queue: Option<std::sync::mpsc::Sender<Request>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    counters: Arc<Counters>,
+    /// A reader's shared lock on the store, held while it is open.
+    _read_lock: Option<wal::ReadLock>,
+}
+
+/// The data table as of some checkpoint.
+type DataTable = redb::ReadOnlyTable<&'static [u8], (u64, &'static [u8])>;
+/// One record of a range of it.
+type StoredItem<'a> = (
+    redb::AccessGuard<'a, &'static [u8]>,
+    redb::AccessGuard<'a, (u64, &'static [u8])>,
+);
+
+/// The redb database: opened read-only while nothing needs writing to it
+/// (opening and closing it read-write costs four fsyncs), read-write from
+/// the first checkpoint on.
+enum Db {
+    Reading(redb::ReadOnlyDatabase),
+    Writing(Database),
+    /// A checkpoint could open neither.
+    Closed(String),
+}
+
+impl Db {
+    fn readable(&self) -> Result<&dyn ReadableDatabase, BackendError> {
+        match self {
+            Db::Reading(db) => Ok(db),
+            Db::Writing(db) => Ok(db),
+            Db::Closed(why) => Err(BackendError::Unavailable(why.clone())),
+        }
+    }
+}
+
+/// A stored value in the overlay: `None` is a delete.
+type Slot = Option<(u64, Vec<u8>)>;
+
+/// Everything a read looks at, under one lock, so that a read never mixes
+/// redb from after a checkpoint with an overlay from before it.
+struct State {
+    db: Db,
+    /// One read transaction's data table, shared by reads until the next
+    /// checkpoint changes redb (a read transaction and its table cost about
+    /// as much as the get).
+    table: Mutex<Option<Arc<DataTable>>>,
+    /// The commits in the log that redb does not have yet: the newest
+    /// value of each key they wrote. Reads look here first.
+    overlay: BTreeMap<Vec<u8>, Slot>,
+    /// Their changes in order, for the change feed (all after `base`).
+    changes: Vec<Change>,
+    /// The version redb holds (of the last checkpoint).
+    base: u64,
+    /// The newest committed version.
+    version: u64,
+    /// The newest version whose changes were dropped from redb's feed.
+    trimmed: u64,
+    /// Commits the feed keeps: it answers as if it had trimmed to them
+    /// after every commit, though redb's is trimmed at checkpoints.
+    retention: u64,
+}
+
+/// What `meta` holds.
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    format: u64,
+    version: u64,
+    trimmed: u64,
+}
+
+impl State {
+    /// The state after replaying `records` (the log) over redb at `meta`.
+    fn new(
+        db: Db,
+        meta: Meta,
+        records: Vec<Record>,
+        config: &FileConfig,
+        path: &Path,
+    ) -> Result<Self, BackendError> {
+        let mut state = State {
+            db,
+            table: Mutex::new(None),
+            overlay: BTreeMap::new(),
+            changes: Vec::new(),
+            base: meta.version,
+            version: meta.version,
+            trimmed: meta.trimmed,
+            retention: config.retention,
+        };
+        for record in records {
+            // Records up to redb's version were checkpointed already (a
+            // crash between the checkpoint and the log's reset).
+            if record.version <= state.version {
+                continue;
+            }
+            if record.version != state.version + 1 {
+                return Err(BackendError::Unavailable(format!(
+                    "the commit log {} is damaged: after version {} it holds version {}; nothing was changed",
+                    wal::path_of(path).display(),
+                    state.version,
+                    record.version
+                )));
+            }
+            state.apply(record.version, record.writes);
+        }
+        Ok(state)
+    }
+
+    fn apply(&mut self, version: u64, writes: Vec<Write>) {
+        for write in writes {
+            let slot = write.value.as_ref().map(|value| (version, value.clone()));
+            self.overlay.insert(write.key.clone(), slot);
+            self.changes.push(Change {
+                version,
+                key: write.key,
+                value: write.value,
+            });
+        }
+        self.version = version;
+    }
+
+    fn table(&self) -> Result<Arc<DataTable>, BackendError> {
+        let mut cached = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(table) = cached.as_ref() {
+            return Ok(table.clone());
+        }
+        let txn = self.db.readable()?.begin_read().map_err(unavailable)?;
+        let table = Arc::new(txn.open_table(DATA).map_err(unavailable)?);
+        *cached = Some(table.clone());
+        Ok(table)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
+        if let Some(slot) = self.overlay.get(key) {
+            return Ok(slot.as_ref().map(|(version, value)| Entry {
+                key: key.to_vec(),
+                value: value.clone(),
+                version: *version,
+            }));
+        }
+        let table = self.table()?;
+        let found = table.get(key).map_err(unavailable)?;
+        Ok(found.map(|g| {
+            let (version, value) = g.value();
+            Entry {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                version,
+            }
+        }))
+    }
+
+    /// The version of `key`, `None` if absent.
+    fn version_of(&self, key: &[u8]) -> Result<Option<u64>, BackendError> {
+        if let Some(slot) = self.overlay.get(key) {
+            return Ok(slot.as_ref().map(|(version, _)| *version));
+        }
+        let table = self.table()?;
+        let found = table.get(key).map_err(unavailable)?;
+        Ok(found.map(|g| g.value().0))
+    }
+
+    fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
+        let table = self.table()?;
+        let upper = scan
+            .end
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let range = (Bound::Included(scan.start.as_slice()), upper);
+        let stored = table.range::<&[u8]>(range).map_err(unavailable)?;
+        let to_entry = |item: Result<_, redb::StorageError>| {
+            let (k, v): StoredItem<'_> = item.map_err(unavailable)?;
+            let (version, value) = v.value();
+            Ok(Entry {
+                key: k.value().to_vec(),
+                value: value.to_vec(),
+                version,
+            })
+        };
+        let newer = self.overlay.range::<[u8], _>(range);
+        let limit = scan.clamped_limit();
+        if scan.reverse {
+            merge(stored.rev().map(to_entry), newer.rev(), true, limit)
+        } else {
+            merge(stored.map(to_entry), newer, false, limit)
+        }
+    }
+
+    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError> {
+        let trimmed = self
+            .trimmed
+            .max(self.version.saturating_sub(self.retention));
+        if since < trimmed {
+            return Err(BackendError::Compacted {
+                oldest: trimmed + 1,
+            });
+        }
+        let newer = || {
+            let from = self.changes.partition_point(|c| c.version <= since);
+            self.changes[from..].iter().cloned()
+        };
+        if since >= self.base {
+            return Ok(take_changes(newer(), limit));
+        }
+        let txn = self.db.readable()?.begin_read().map_err(unavailable)?;
+        let log = txn.open_table(LOG).map_err(unavailable)?;
+        let start = since.saturating_add(1);
+        let mut failure = None;
+        let stored = log
+            .range((start, 0)..)
+            .map_err(unavailable)?
+            .map_while(|item| match item {
+                Ok((k, v)) => {
+                    let (version, _) = k.value();
+                    let (key, value) = v.value();
+                    Some(Change {
+                        version,
+                        key: key.to_vec(),
+                        value: value.map(<[u8]>::to_vec),
+                    })
+                }
+                Err(e) => {
+                    failure = Some(unavailable(e));
+                    None
+                }
+            });
+        let changes = take_changes(stored.chain(newer()), limit);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(changes),
+        }
+    }
+}
+
+/// Up to `limit` entries of redb's range overlaid with the overlay's (both
+/// in scan order): an overlay entry replaces the stored one, a delete hides it.
+fn merge<'a>(
+    mut stored: impl Iterator<Item = Result<Entry, BackendError>>,
+    mut newer: impl Iterator<Item = (&'a Vec<u8>, &'a Slot)>,
+    reverse: bool,
+    limit: usize,
+) -> Result<Vec<Entry>, BackendError> {
+    let mut out = Vec::new();
+    let mut next_stored = stored.next().transpose()?;
+    let mut next_newer = newer.next();
+    while out.len() < limit {
+        let from_newer = match (&next_stored, next_newer) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(entry), Some((key, _))) => {
+                let order = key.as_slice().cmp(entry.key.as_slice());
+                match if reverse { order.reverse() } else { order } {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => {
+                        next_stored = stored.next().transpose()?;
+                        true
+                    }
+                    std::cmp::Ordering::Greater => false,
+                }
+            }
+        };
+        if from_newer {
+            if let Some((key, Some((version, value)))) = next_newer {
+                out.push(Entry {
+                    key: key.clone(),
+                    value: value.clone(),
+                    version: *version,
+                });
+            }
+            next_newer = newer.next();
+        } else if let Some(entry) = next_stored.take() {
+            out.push(entry);
+            next_stored = stored.next().transpose()?;
+        }
+    }
+    Ok(out)
+}
+
+impl std::fmt::Debug for FileBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBackend")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FileBackend {
+    /// Closes the queue and waits for the committer to finish what it has,
+    /// so the file is free to reopen as soon as this returns.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+/// One commit waiting for the committer.
+struct Request {
+    checks: Vec<Check>,
+    writes: Vec<Write>,
+    reply: tokio::sync::oneshot::Sender<Result<u64, BackendError>>,
+}
+
+/// Most checks and writes one group commit gathers.
+const MAX_GROUP_OPS: usize = 50_000;
+/// A checkpoint runs once the log holds this many bytes of records (unless
+/// configured: `checkpoint_kb`). With checkpoints failing, commits are
+/// refused once it holds four times as much, so memory stays bounded.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+/// ... and on close, once it holds this many, so that the next open (a
+/// one-shot CLI call, say) has little to replay. Below it, closing leaves
+/// the log as it is: a process that wrote one value exits after one fsync.
+const CLOSE_CHECKPOINT_BYTES: u64 = 64 << 10;
+
+#[derive(Debug, Default)]
+struct Counters {
+    acknowledged: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+    checkpoints: std::sync::atomic::AtomicU64,
+}
+
+/// How many commits a file backend acknowledged, how many durable appends
+/// (fsyncs of its log) they took (with concurrent writers, fewer), and how
+/// many checkpoints moved the log into the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncStats {
+    pub acknowledged: u64,
+    pub syncs: u64,
+    pub checkpoints: u64,
+}
+
+fn unavailable(e: impl Into<redb::Error>) -> BackendError {
+    BackendError::Unavailable(format!("file backend: {}", e.into()))
+}
+
+/// Open databases by canonical path, so one process opens each file once.
+static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<FileBackend>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+impl FileBackend {
+    /// Opens (creating if needed) the database at `config.path`, or returns
+    /// the handle this process already has on it.
+    ///
+    /// A read-only open of a file that is missing, or was not closed
+    /// cleanly (redb must repair it, which writes), opens it for writing.
+    pub fn open_shared(config: &FileConfig) -> Result<Arc<Self>, BackendError> {
+        let path = canonical(&config.path)?;
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(backend) = open.get(&path).and_then(Weak::upgrade) {
+            if backend.read_only && !config.read_only {
+                return Err(BackendError::Unavailable(format!(
+                    "{} is open read-only in this process",
+                    path.display()
+                )));
+            }
+            return Ok(backend);
+        }
+        let backend = match config.read_only {
+            true => Self::open_read_only(&path, config)?,
+            false => None,
+        };
+        let backend = match backend {
+            Some(backend) => Arc::new(backend),
+            None => Arc::new(Self::open(&path, config)?),
+        };
+        open.insert(path, Arc::downgrade(&backend));
+        Ok(backend)
+    }
+
+    /// `None` when the file must be opened for writing first.
+    fn open_read_only(path: &Path, config: &FileConfig) -> Result<Option<Self>, BackendError> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let (lock, records) = match wal::ReadLock::open(path)? {
+            Some((lock, records)) => (Some(lock), records),
+            None => (None, Vec::new()),
+        };
+        let db = match config.builder().open_read_only(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+            Err(e) => return Err(open_error(path, e)),
+        };
+        let meta = {
+            let txn = db.begin_read().map_err(unavailable)?;
+            match read_meta(&txn, path)? {
+                Some(meta) => meta,
+                None => return Ok(None),
+            }
+        };
+        let state = State::new(Db::Reading(db), meta, records, config, path)?;
+        Ok(Some(Self {
+            commits: Arc::new(tokio::sync::watch::Sender::new(state.version)),
+            state: Arc::new(RwLock::new(state)),
+            read_only: true,
+            path: path.to_path_buf(),
+            queue: None,
+            committer: None,
+            counters: Arc::new(Counters::default()),
+            _read_lock: lock,
+        }))
+    }
+
+    fn open(path: &Path, config: &FileConfig) -> Result<Self, BackendError> {
+        // The log first: it holds the store's lock.
+        let (wal, records) = Wal::open(path)?;
+        let (db, meta) = match open_db(path, config) {
+            Ok(opened) => opened,
+            Err(e) => {
+                wal.discard_if_new();
+                return Err(e);
+            }
+        };
+        let state = State::new(db, meta, records, config, path)?;
+        let commits = Arc::new(tokio::sync::watch::Sender::new(state.version));
+        let counters = Arc::new(Counters::default());
+        let state = Arc::new(RwLock::new(state));
+        let (queue, requests) = std::sync::mpsc::channel();
+        let committer = Committer {
+            state: state.clone(),
+            wal,
+            path: path.to_path_buf(),
+            config: config.clone(),
+            commits: commits.clone(),
+            counters: counters.clone(),
+            checkpoint_failed: None,
+        };
+        let committer = std::thread::Builder::new()
+            .name("kvstash-commit".into())
+            .spawn(move || committer.run(&requests))
+            .map_err(|e| BackendError::Unavailable(format!("cannot start the committer: {e}")))?;
+        Ok(Self {
+            state,
+            read_only: false,
+            path: path.to_path_buf(),
+            commits,
+            queue: Some(queue),
+            committer: Some(committer),
+            counters,
+            _read_lock: None,
+        })
+    }
+
+    /// Whether this handle only reads (see [`FileConfig::read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// redb at `path` for a writer: read-only when it is a kvstash file of the
+/// current format that was closed cleanly, else read-write (creating it,
+/// making its tables, or raising its format).
+fn open_db(path: &Path, config: &FileConfig) -> Result<(Db, Meta), BackendError> {
+    if path.is_file() {
+        match config.builder().open_read_only(path) {
+            Ok(db) => {
+                let meta = {
+                    let txn = db.begin_read().map_err(unavailable)?;
+                    read_meta(&txn, path)?
+                };
+                if let Some(meta) = meta.filter(|m| m.format == FORMAT) {
+                    return Ok((Db::Reading(db), meta));
+                }
+            }
+            Err(redb::DatabaseError::RepairAborted) => {}
+            Err(e) => return Err(open_error(path, e)),
+        }
+    }
+    let db = config
+        .builder()
+        .create(path)
+        .map_err(|e| open_error(path, e))?;
+    let meta = init_tables(&db, path)?;
+    Ok((Db::Writing(db), meta))
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> BackendError {
+    if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
+        BackendError::Unavailable(format!("{} is in use by another process", path.display()))
+    } else {
+        BackendError::Unavailable(format!("cannot open {}: {e}", path.display()))
+    }
+}
+
+/// The `meta` of a file whose tables kvstash made, `None` for a file
+/// without them (new); an error for a format this build does not read.
+fn read_meta(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<Meta>, BackendError> {
+    let table = |e: redb::TableError| {
+        if matches!(e, redb::TableError::TableDoesNotExist(_)) {
+            Ok(None)
+        } else {
+            Err(unavailable(e))
+        }
+    };
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(e) => return table(e),
+    };
+    let field = |name: &str| -> Result<Option<u64>, BackendError> {
+        Ok(meta.get(name).map_err(unavailable)?.map(|g| g.value()))
+    };
+    let format = match field("format")? {
+        None => return Ok(None),
+        Some(format @ (FORMAT_WITHOUT_LOG | FORMAT)) => format,
+        Some(other) => return Err(wrong_format(path, other)),
+    };
+    for exists in [
+        txn.open_table(DATA).map(drop),
+        txn.open_table(LOG).map(drop),
+    ] {
+        if let Err(e) = exists {
+            return table(e);
+        }
+    }
+    Ok(Some(Meta {
+        format,
+        version: field("version")?.unwrap_or(0),
+        trimmed: field("trimmed")?.unwrap_or(0),
+    }))
+}
+
+fn wrong_format(path: &Path, format: u64) -> BackendError {
+    BackendError::Invalid(format!(
+        "{} has kvstash file format {format}; this build reads formats {FORMAT_WITHOUT_LOG} and {FORMAT}",
+        path.display()
+    ))
+}
+
+/// Makes kvstash's tables in a new file, or raises a format-1 file to the
+/// current format (so a build that does not know the log refuses the file
+/// instead of missing the commits in it); returns its `meta`.
+fn init_tables(db: &Database, path: &Path) -> Result<Meta, BackendError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    let meta = {
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        let format = meta.get("format").map_err(unavailable)?.map(|g| g.value());
+        match format {
+            None | Some(FORMAT_WITHOUT_LOG) => {
+                meta.insert("format", FORMAT).map_err(unavailable)?;
+            }
+            Some(FORMAT) => {}
+            Some(other) => return Err(wrong_format(path, other)),
+        }
+        txn.open_table(DATA).map_err(unavailable)?;
+        txn.open_table(LOG).map_err(unavailable)?;
+        let field = |name: &str| -> Result<u64, BackendError> {
+            Ok(meta
+                .get(name)
+                .map_err(unavailable)?
+                .map_or(0, |g| g.value()))
+        };
+        Meta {
+            format: FORMAT,
+            version: field("version")?,
+            trimmed: field("trimmed")?,
+        }
+    };
+    txn.commit().map_err(unavailable)?;
+    Ok(meta)
+}
+
+impl FileBackend {
+    /// Commits acknowledged, log fsyncs and checkpoints taken so far.
+    pub fn sync_stats(&self) -> SyncStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SyncStats {
+            acknowledged: self.counters.acknowledged.load(Relaxed),
+            syncs: self.counters.syncs.load(Relaxed),
+            checkpoints: self.counters.checkpoints.load(Relaxed),
+        }
+    }
+}
+
+/// The committer thread: owns the log.
+struct Committer {
+    state: Arc<RwLock<State>>,
+    wal: Wal,
+    path: PathBuf,
+    config: FileConfig,
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
+    counters: Arc<Counters>,
+    /// Why the last checkpoint failed (it is retried after each group).
+    checkpoint_failed: Option<BackendError>,
+}
+
+impl Committer {
+    /// Takes the first waiting commit, gathers the others that are waiting,
+    /// logs them all with one fsync, answers each; checkpoints when the log
+    /// has grown.
+    fn run(mut self, requests: &std::sync::mpsc::Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut ops = first.checks.len() + first.writes.len();
+            let mut batch = vec![first];
+            while ops < MAX_GROUP_OPS {
+                match requests.try_recv() {
+                    Ok(next) => {
+                        ops += next.checks.len() + next.writes.len();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(batch);
+            if self.wal.used() >= self.config.checkpoint_bytes() {
+                self.checkpoint();
+            }
+        }
+        let on_close = CLOSE_CHECKPOINT_BYTES.min(self.config.checkpoint_bytes());
+        if self.wal.used() >= on_close {
+            self.checkpoint();
+        }
+    }
+
+    fn commit_group(&mut self, batch: Vec<Request>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut results = match &self.checkpoint_failed {
+            Some(e) if self.wal.used() >= 4 * self.config.checkpoint_bytes() => {
+                let e = BackendError::Unavailable(format!(
+                    "the file backend cannot move its log into {} ({e}); commits are refused until it can",
+                    self.path.display()
+                ));
+                Err(e)
+            }
+            _ => plan(&read(&self.state), &batch),
+        };
+        if let Ok(planned) = &mut results {
+            let records: Vec<(u64, &[Write])> = batch
+                .iter()
+                .zip(planned.iter())
+                .filter_map(|(request, result)| {
+                    result
+                        .as_ref()
+                        .ok()
+                        .map(|version| (*version, request.writes.as_slice()))
+                })
+                .collect();
+            if !records.is_empty() {
+                match self.wal.append(&records) {
+                    Ok(()) => {
+                        self.counters.syncs.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => results = Err(e),
+                }
+            }
+        }
+        let results = match results {
+            Ok(results) => results,
+            Err(e) => {
+                for request in batch {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        // Durable: into the overlay, so reads see them before anyone is told.
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut newest = None;
+        {
+            let mut state = write(&self.state);
+            for (request, result) in batch.into_iter().zip(results) {
+                if let Ok(version) = result {
+                    state.apply(version, request.writes);
+                    newest = Some(version);
+                    self.counters.acknowledged.fetch_add(1, Relaxed);
+                }
+                replies.push((request.reply, result));
+            }
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+        if let Some(newest) = newest {
+            self.commits.send_if_modified(|seen| {
+                let newer = newest > *seen;
+                if newer {
+                    *seen = newest;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Moves the log into redb (one durable transaction), then starts the
+    /// log again. A failure leaves both as they were; it is retried later.
+    fn checkpoint(&mut self) {
+        let result = checkpoint(&self.state, &self.path, &self.config, self.config.retention)
+            .and_then(|()| self.wal.reset());
+        match result {
+            Ok(()) => {
+                self.checkpoint_failed = None;
+                self.counters
+                    .checkpoints
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => self.checkpoint_failed = Some(e),
+        }
+    }
+}
+
+fn read(state: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
+    state.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(state: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
+    state.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Each commit's outcome, in order: its version, or why it is refused. Each
+/// commit's checks see the writes of those before it in the group.
+fn plan(state: &State, batch: &[Request]) -> Result<Vec<Result<u64, BackendError>>, BackendError> {
+    let mut written: HashMap<&[u8], Option<u64>> = HashMap::new();
+    let mut version = state.version;
+    let mut results = Vec::with_capacity(batch.len());
+    'commits: for request in batch {
+        if wal::record_len(&request.writes) > wal::MAX_RECORD {
+            results.push(Err(BackendError::Invalid(format!(
+                "a commit's writes may hold at most {} MiB",
+                wal::MAX_RECORD >> 20
+            ))));
+            continue;
+        }
+        for (index, check) in request.checks.iter().enumerate() {
+            let current = match written.get(check.key()) {
+                Some(current) => *current,
+                None => state.version_of(check.key())?,
+            };
+            if current != check.expected() {
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                results.push(Err(BackendError::Conflict { index, current }));
+                continue 'commits;
+            }
+        }
+        version += 1;
+        for write in &request.writes {
+            written.insert(&write.key, write.value.as_ref().map(|_| version));
+        }
+        results.push(Ok(version));
+    }
+    Ok(results)
+}
+
+/// Writes the overlay into redb in one durable transaction (opening redb
+/// read-write if it is not yet), trims the change feed to `retention`
+/// commits, and empties the overlay. Reads wait for it.
+fn checkpoint(
+    state: &RwLock<State>,
+    path: &Path,
+    config: &FileConfig,
+    retention: u64,
+) -> Result<(), BackendError> {
+    let mut state = write(state);
+    let state = &mut *state;
+    if state.version == state.base {
+        return Ok(());
+    }
+    if !matches!(state.db, Db::Writing(_)) {
+        // Nothing else holds the read-only database: reads hold this lock
+        // while they use it, and its cached table goes first.
+        *state.table.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        state.db = Db::Closed(format!("{} is being reopened", path.display()));
+        state.db = match config.builder().create(path) {
+            Ok(db) => Db::Writing(db),
+            Err(e) => {
+                let e = open_error(path, e);
+                state.db = match config.builder().open_read_only(path) {
+                    Ok(db) => Db::Reading(db),
+                    Err(again) => Db::Closed(format!(
+                        "the file backend could not reopen {}: {again}",
+                        path.display()
+                    )),
+                };
+                return Err(e);
+            }
+        };
+    }
+    let Db::Writing(db) = &state.db else {
+        return Err(BackendError::Unavailable("redb is not writable".into()));
+    };
+    let txn = db.begin_write().map_err(unavailable)?;
+    let trimmed = {
+        let mut data = txn.open_table(DATA).map_err(unavailable)?;
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        let mut log = txn.open_table(LOG).map_err(unavailable)?;
+        for (key, slot) in &state.overlay {
+            match slot {
+                Some((version, value)) => {
+                    data.insert(key.as_slice(), (*version, value.as_slice()))
+                        .map_err(unavailable)?;
+                }
+                None => {
+                    data.remove(key.as_slice()).map_err(unavailable)?;
+                }
+            }
+        }
+        let mut index = 0u32;
+        let mut last = 0;
+        for change in &state.changes {
+            if change.version != last {
+                (last, index) = (change.version, 0);
+            }
+            log.insert(
+                (change.version, index),
+                (change.key.as_slice(), change.value.as_deref()),
+            )
+            .map_err(unavailable)?;
+            index = index.saturating_add(1);
+        }
+        meta.insert("version", state.version).map_err(unavailable)?;
+        let cut = state.version.saturating_sub(retention);
+        if cut > state.trimmed {
+            log.retain_in(..(cut + 1, 0), |_, _| false)
+                .map_err(unavailable)?;
+            meta.insert("trimmed", cut).map_err(unavailable)?;
+            cut
+        } else {
+            state.trimmed
+        }
+    };
+    txn.commit().map_err(unavailable)?;
+    *state.table.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+    state.overlay.clear();
+    state.changes.clear();
+    state.base = state.version;
+    state.trimmed = trimmed;
+    Ok(())
+}
+
+/// The absolute path of `path`, creating its directory.
+fn canonical(path: &Path) -> Result<PathBuf, BackendError> {
+    let io = |what: &str, e: std::io::Error| {
+        BackendError::Unavailable(format!("{what} {}: {e}", path.display()))
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| BackendError::Invalid(format!("`{}` is not a file path", path.display())))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| io("cannot create the directory of", e))?;
+    let parent = parent
+        .canonicalize()
+        .map_err(|e| io("cannot resolve the directory of", e))?;
+    Ok(parent.join(name))
+}
+
+#[async_trait]
+impl Backend for FileBackend {
+    fn summary(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
+        validate_key(key)?;
+        self.state().get(key)
+    }
+
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError> {
+        validate_get_many(keys)?;
+        let state = self.state();
+        keys.iter().map(|key| state.get(key)).collect()
+    }
+
+    async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
+        validate_scan(scan)?;
+        if scan.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.state().scan(scan)
+    }
+
+    async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
+        validate_commit(&checks, &writes)?;
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        let stopped = || BackendError::Unavailable("the file backend's committer stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Request {
+                checks,
+                writes,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn current_version(&self) -> Result<u64, BackendError> {
+        Ok(self.state().version)
+    }
+
+    async fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError> {
+        self.state().changes(since, limit)
+    }
+
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.commits.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn write(key: &str, value: &str) -> Write {
+        Write {
+            key: key.as_bytes().to_vec(),
+            value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_only_open_reads_everything_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+            backend
+                .commit(vec![], vec![write("a", "1"), write("b", "2")])
+                .await
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let mut config = FileConfig::new(&path);
+        config.read_only = true;
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert!(backend.is_read_only());
+        assert_eq!(backend.get(b"a").await.unwrap().unwrap().value, b"1");
+        assert_eq!(backend.current_version().await.unwrap(), 1);
+        assert_eq!(backend.changes(0, 10).await.unwrap().len(), 2);
+        let scan = Scan {
+            start: vec![],
+            end: None,
+            limit: 10,
+            reverse: false,
+        };
+        assert_eq!(backend.scan(&scan).await.unwrap().len(), 2);
+        assert!(matches!(
+            backend.commit(vec![], vec![write("a", "3")]).await,
+            Err(BackendError::ReadOnly)
+        ));
+        // A read-write open in the same process is refused, not mixed up.
+        assert!(FileBackend::open_shared(&FileConfig::new(&path)).is_err());
+        drop(backend);
+        assert!(std::fs::read(&path).unwrap() == before, "the file changed");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_open_of_a_missing_file_makes_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = FileConfig::new(dir.path().join("new.redb"));
+        config.read_only = true;
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert!(!backend.is_read_only());
+        assert_eq!(backend.get(b"a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reopening_writes_nothing_but_redbs_own_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(FileBackend::open_shared(&FileConfig::new(&path)).unwrap());
+        let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        // The open made no commit of its own: the next commit is version 1.
+        assert_eq!(
+            backend.commit(vec![], vec![write("a", "1")]).await.unwrap(),
+            1
+        );
+    }
+
+    fn all() -> Scan {
+        Scan {
+            start: vec![],
+            end: None,
+            limit: 10_000,
+            reverse: false,
+        }
+    }
+
+    /// A small model of the store: the newest value per key and every change.
+    #[derive(Default)]
+    struct Model {
+        data: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
+        changes: Vec<Change>,
+    }
+
+    async fn agrees(backend: &FileBackend, model: &Model, at: &str) {
+        let expected: Vec<Entry> = model
+            .data
+            .iter()
+            .map(|(key, (version, value))| Entry {
+                key: key.clone(),
+                value: value.clone(),
+                version: *version,
+            })
+            .collect();
+        assert_eq!(backend.scan(&all()).await.unwrap(), expected, "{at}: scan");
+        for (start, limit, reverse) in [(&b"k1"[..], 3, false), (b"k2", 4, true), (b"", 1, true)] {
+            let scan = Scan {
+                start: start.to_vec(),
+                end: Some(b"k4".to_vec()),
+                limit,
+                reverse,
+            };
+            let mut want: Vec<Entry> = expected
+                .iter()
+                .filter(|e| e.key.as_slice() >= start && e.key.as_slice() < &b"k4"[..])
+                .cloned()
+                .collect();
+            if reverse {
+                want.reverse();
+            }
+            want.truncate(limit as usize);
+            assert_eq!(backend.scan(&scan).await.unwrap(), want, "{at}: {scan:?}");
+        }
+        for key in ["k0", "k17", "k33", "absent"] {
+            let want = model
+                .data
+                .get(key.as_bytes())
+                .map(|(version, value)| Entry {
+                    key: key.as_bytes().to_vec(),
+                    value: value.clone(),
+                    version: *version,
+                });
+            assert_eq!(
+                backend.get(key.as_bytes()).await.unwrap(),
+                want,
+                "{at}: {key}"
+            );
+        }
+        let newest = model.changes.last().map_or(0, |c| c.version);
+        assert_eq!(backend.current_version().await.unwrap(), newest, "{at}");
+        // The feed from the middle on, across checkpointed and logged commits.
+        let since = newest / 2;
+        let want: Vec<Change> = model
+            .changes
+            .iter()
+            .filter(|c| c.version > since)
+            .take(10_000)
+            .cloned()
+            .collect();
+        let mut got = Vec::new();
+        let mut from = since;
+        loop {
+            let page = backend.changes(from, 37).await.unwrap();
+            let Some(last) = page.last() else { break };
+            from = last.version;
+            got.extend(page);
+        }
+        assert_eq!(got, want, "{at}: changes since {since}");
+    }
+
+    /// Commits through the log, the overlay and many checkpoints (a 1 KiB
+    /// threshold), and reopens: every read agrees with a model throughout.
+    #[tokio::test]
+    async fn the_log_overlay_and_checkpoints_agree_with_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let mut config = FileConfig::new(&path);
+        config.checkpoint_kb = Some(1);
+        let mut model = Model::default();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut checkpoints = 0;
+        for reopen in 0..4 {
+            let backend = FileBackend::open_shared(&config).unwrap();
+            agrees(&backend, &model, &format!("reopen {reopen}")).await;
+            for step in 0..150 {
+                let writes: Vec<Write> = (0..1 + next(3))
+                    .map(|_| {
+                        let key = format!("k{}", next(40)).into_bytes();
+                        let value = (next(4) != 0).then(|| vec![b'v'; next(60) as usize]);
+                        Write { key, value }
+                    })
+                    .collect();
+                let version = backend.commit(vec![], writes.clone()).await.unwrap();
+                for write in writes {
+                    match &write.value {
+                        Some(value) => model
+                            .data
+                            .insert(write.key.clone(), (version, value.clone())),
+                        None => model.data.remove(&write.key),
+                    };
+                    model.changes.push(Change {
+                        version,
+                        key: write.key,
+                        value: write.value,
+                    });
+                }
+                if step % 25 == 0 {
+                    agrees(&backend, &model, &format!("reopen {reopen} step {step}")).await;
+                }
+            }
+            agrees(&backend, &model, &format!("reopen {reopen} end")).await;
+            checkpoints += backend.sync_stats().checkpoints;
+        }
+        assert!(checkpoints > 10, "{checkpoints} checkpoints");
+        let mut read_only = config.clone();
+        read_only.read_only = true;
+        let backend = FileBackend::open_shared(&read_only).unwrap();
+        assert!(backend.is_read_only());
+        agrees(&backend, &model, "read-only").await;
+    }
+
+    /// A process that writes one value and exits takes one fsync and
+    /// leaves the database file as it was: the commit is in the log.
+    #[tokio::test]
+    async fn one_commit_touches_only_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        drop(FileBackend::open_shared(&FileConfig::new(&path)).unwrap());
+        let before = std::fs::read(&path).unwrap();
+        {
+            let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+            backend.commit(vec![], vec![write("a", "1")]).await.unwrap();
+            let stats = backend.sync_stats();
+            assert_eq!((stats.syncs, stats.checkpoints), (1, 0));
+        }
+        assert!(std::fs::read(&path).unwrap() == before, "redb was written");
+        let mut config = FileConfig::new(&path);
+        config.read_only = true;
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert_eq!(backend.get(b"a").await.unwrap().unwrap().value, b"1");
+        assert_eq!(backend.changes(0, 10).await.unwrap().len(), 1);
+    }
+
+    /// A store from before the commit log (format 1) opens as it is, and its
+    /// first writer raises it to format 2, which older builds refuse.
+    #[tokio::test]
+    async fn a_format_1_store_is_read_and_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("format", 1).unwrap();
+                meta.insert("version", 7).unwrap();
+                let mut data = txn.open_table(DATA).unwrap();
+                data.insert(&b"a"[..], (7, &b"old"[..])).unwrap();
+                let mut log = txn.open_table(LOG).unwrap();
+                log.insert((7, 0), (&b"a"[..], Some(&b"old"[..]))).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let mut config = FileConfig::new(&path);
+        config.read_only = true;
+        {
+            let backend = FileBackend::open_shared(&config).unwrap();
+            assert!(backend.is_read_only());
+            assert_eq!(backend.get(b"a").await.unwrap().unwrap().version, 7);
+        }
+        assert!(!wal::path_of(&path).exists(), "a reader makes no log");
+        {
+            let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+            assert_eq!(
+                backend.commit(vec![], vec![write("b", "2")]).await.unwrap(),
+                8
+            );
+        }
+        let db = redb::ReadOnlyDatabase::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = read_meta(&txn, &path).unwrap().unwrap();
+        assert_eq!((meta.format, meta.version), (FORMAT, 7));
+    }
+
+    /// A log whose versions skip (damage, or a log from another store) is
+    /// refused, and nothing is written.
+    #[tokio::test]
+    async fn a_log_that_skips_versions_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let other = dir.path().join("other.redb");
+        {
+            let backend = FileBackend::open_shared(&FileConfig::new(&other)).unwrap();
+            for i in 0..3 {
+                backend
+                    .commit(vec![], vec![write("x", &i.to_string())])
+                    .await
+                    .unwrap();
+            }
+        }
+        drop(FileBackend::open_shared(&FileConfig::new(&path)).unwrap());
+        let mut bytes = std::fs::read(wal::path_of(&other)).unwrap();
+        // Keep the header, lose the first record: versions 2 and 3 remain.
+        let (mut wal, records) = Wal::open(&other).unwrap();
+        assert_eq!(records.len(), 3);
+        wal.reset().unwrap();
+        wal.append(&[(2, &[write("x", "1")][..]), (3, &[write("x", "2")][..])])
+            .unwrap();
+        drop(wal);
+        bytes.clone_from(&std::fs::read(wal::path_of(&other)).unwrap());
+        std::fs::write(wal::path_of(&path), &bytes).unwrap();
+        let redb_before = std::fs::read(&path).unwrap();
+        let err = FileBackend::open_shared(&FileConfig::new(&path)).unwrap_err();
+        assert!(
+            format!("{err}").contains("after version 0 it holds version 2"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(wal::path_of(&path)).unwrap(), bytes);
+        assert!(std::fs::read(&path).unwrap() == redb_before);
+    }
+
+    #[test]
+    fn cache_mb_is_a_positive_whole_number() {
+        let ok = FileConfig::from_json(serde_json::json!({"type":"file","path":"x","cache_mb":8}))
+            .unwrap();
+        assert_eq!(ok.cache_mb, Some(8));
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-1),
+            serde_json::json!("8"),
+        ] {
+            let e =
+                FileConfig::from_json(serde_json::json!({"path":"x","cache_mb":bad})).unwrap_err();
+            assert!(format!("{e}").contains("cache_mb"), "{e}");
+        }
+        let e =
+            FileConfig::from_json(serde_json::json!({"path":"x","checkpoint_kb":0})).unwrap_err();
+        assert!(format!("{e}").contains("checkpoint_kb"), "{e}");
+        let e =
+            FileConfig::from_json(serde_json::json!({"path":"x","read_only":true})).unwrap_err();
+        assert!(format!("{e}").contains("read_only"), "{e}");
+    }
+}

@@ -1,0 +1,591 @@
+//! The commit log in front of the redb file (`PATH-wal`, `docs/format.md`).
+//!
+//! A commit is acknowledged once its record is written and `fdatasync`ed
+//! here; redb only takes the log's records in batches at a checkpoint
+//! (`super::checkpoint`), after which the log starts again from its header.
+//!
+//! The file is never shortened on the way: a checkpoint writes a new header
+//! with a new salt and later records overwrite the old ones in place, so an
+//! append changes no file metadata and its `fdatasync` writes only data
+//! (SQLite reuses its `-wal` file the same way). Growth is zero-filled ahead
+//! in [`GROW`] steps for the same reason. Each record's checksum covers the
+//! salt, so a record left from before the last checkpoint never passes for
+//! a current one.
+//!
+//! Replay stops at the first record that is cut short or fails its
+//! checksum when nothing sound follows it: an append torn by a crash, never
+//! acknowledged. A bad record followed by a sound one is damage, and the
+//! open is refused rather than dropping acknowledged commits.
+//!
+//! The file also carries the store's lock: a writer holds it exclusively,
+//! a reader shared, for as long as it has the store open.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::backend::{BackendError, Write};
+
+const MAGIC: &[u8; 8] = b"KVSTWAL1";
+/// The header: magic, format (u32), zero (u32), salt (u64), crc32 of the
+/// 24 bytes before (u32), zero (u32); all little-endian.
+pub(super) const HEADER_LEN: u64 = 32;
+const FORMAT: u32 = 1;
+/// A record: u32 body length, u32 crc32 of (salt, length, body), body.
+const RECORD_HEADER: usize = 8;
+/// The longest record body; a commit that would not fit is refused.
+pub(super) const MAX_RECORD: usize = 1 << 30;
+/// Zero-filled growth step.
+const GROW: u64 = 256 << 10;
+
+/// One commit as the log holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Record {
+    pub version: u64,
+    pub writes: Vec<Write>,
+}
+
+/// The path of the log of the database at `db`.
+pub(super) fn path_of(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// The log, open for appending, and the store's exclusive lock.
+#[derive(Debug)]
+pub(super) struct Wal {
+    file: File,
+    path: PathBuf,
+    salt: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// Bytes allocated (zero-filled or written) from the start.
+    allocated: u64,
+    /// Set after a failed write or sync: what is on disk is unknown, so
+    /// nothing more is appended (close and reopen: replay decides).
+    failed: Option<String>,
+    /// Whether this open made the file.
+    created: bool,
+}
+
+/// A reader's hold on the log: its shared lock, for as long as the store is
+/// open, so no writer changes the store under the reader.
+#[derive(Debug)]
+pub(super) struct ReadLock {
+    _file: File,
+}
+
+fn io_error(path: &Path, what: &str, e: &std::io::Error) -> BackendError {
+    BackendError::Unavailable(format!("{what} {}: {e}", path.display()))
+}
+
+fn in_use(db: &Path) -> BackendError {
+    BackendError::Unavailable(format!("{} is in use by another process", db.display()))
+}
+
+fn damaged(path: &Path, why: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!(
+        "the commit log {} is damaged: {why}; nothing was changed (move it aside to open the store without the commits it holds)",
+        path.display()
+    ))
+}
+
+impl Wal {
+    /// Opens (creating) the log of the database `db` for writing, takes the
+    /// store's exclusive lock, and returns the records it holds.
+    pub(super) fn open(db: &Path) -> Result<(Self, Vec<Record>), BackendError> {
+        let path = path_of(db);
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_error(&path, "cannot open the commit log", &e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(db)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_error(&path, "cannot lock", &e));
+            }
+        }
+        if !existed {
+            sync_parent(&path)?;
+        }
+        let bytes = read_all(&mut file, &path)?;
+        let allocated = bytes.len() as u64;
+        let Some(salt) = parse_header(&bytes, &path)? else {
+            // New, or created by a crash before its first header: empty.
+            let mut wal = Self {
+                file,
+                path,
+                salt: initial_salt(),
+                end: HEADER_LEN,
+                allocated,
+                failed: None,
+                created: !existed,
+            };
+            wal.write_header()?;
+            return Ok((wal, Vec::new()));
+        };
+        let (records, end) = parse_records(&bytes, salt, &path)?;
+        Ok((
+            Self {
+                file,
+                path,
+                salt,
+                end,
+                allocated,
+                failed: None,
+                created: false,
+            },
+            records,
+        ))
+    }
+
+    /// When the store could not be opened after all: removes the log if
+    /// this open made it, so a failed open leaves nothing behind.
+    pub(super) fn discard_if_new(self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// Bytes of records since the last checkpoint.
+    pub(super) fn used(&self) -> u64 {
+        self.end - HEADER_LEN
+    }
+
+    /// Appends `records` and makes them durable with one `fdatasync`.
+    pub(super) fn append(&mut self, records: &[(u64, &[Write])]) -> Result<(), BackendError> {
+        if let Some(why) = &self.failed {
+            return Err(BackendError::Unavailable(why.clone()));
+        }
+        let mut buf = Vec::new();
+        for (version, writes) in records {
+            encode(&mut buf, self.salt, *version, writes);
+        }
+        let result = self.write_durably(&buf);
+        if let Err(e) = &result {
+            self.failed = Some(format!(
+                "the commit log {} failed ({e}); close and reopen the store",
+                self.path.display()
+            ));
+        }
+        result
+    }
+
+    fn write_durably(&mut self, buf: &[u8]) -> Result<(), BackendError> {
+        let io = |what, e: std::io::Error| io_error(&self.path, what, &e);
+        let needed = self.end + buf.len() as u64;
+        if needed > self.allocated {
+            // Zero-fill ahead, so the appends that follow change no metadata.
+            let target = needed.div_ceil(GROW) * GROW;
+            let zeros = vec![0u8; usize::try_from(target - self.allocated).unwrap_or(0)];
+            self.file
+                .write_all_at(&zeros, self.allocated)
+                .map_err(|e| io("cannot grow the commit log", e))?;
+            self.allocated = target;
+        }
+        self.file
+            .write_all_at(buf, self.end)
+            .map_err(|e| io("cannot write the commit log", e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| io("cannot sync the commit log", e))?;
+        self.end = needed;
+        Ok(())
+    }
+
+    /// After a checkpoint made everything durable in redb: start the log
+    /// again (a new salt, so the old records no longer count).
+    pub(super) fn reset(&mut self) -> Result<(), BackendError> {
+        if let Some(why) = &self.failed {
+            return Err(BackendError::Unavailable(why.clone()));
+        }
+        self.salt = self.salt.wrapping_add(1);
+        self.end = HEADER_LEN;
+        let result = self.write_header();
+        if let Err(e) = &result {
+            self.failed = Some(format!(
+                "the commit log {} failed ({e}); close and reopen the store",
+                self.path.display()
+            ));
+        }
+        result
+    }
+
+    fn write_header(&mut self) -> Result<(), BackendError> {
+        let header = header(self.salt);
+        self.file
+            .write_all_at(&header, 0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io_error(&self.path, "cannot write the commit log header of", &e))?;
+        self.allocated = self.allocated.max(HEADER_LEN);
+        Ok(())
+    }
+}
+
+impl ReadLock {
+    /// Takes the store's shared lock and returns the records the log holds;
+    /// `None` if the store has no log. Writes nothing.
+    pub(super) fn open(db: &Path) -> Result<Option<(Self, Vec<Record>)>, BackendError> {
+        let path = path_of(db);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&path, "cannot open the commit log", &e)),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(db)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_error(&path, "cannot lock", &e));
+            }
+        }
+        let bytes = read_all(&mut file, &path)?;
+        let records = match parse_header(&bytes, &path)? {
+            Some(salt) => parse_records(&bytes, salt, &path)?.0,
+            None => Vec::new(),
+        };
+        Ok(Some((Self { _file: file }, records)))
+    }
+}
+
+fn read_all(file: &mut File, path: &Path) -> Result<Vec<u8>, BackendError> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, "cannot read the commit log", &e))?;
+    Ok(bytes)
+}
+
+fn sync_parent(path: &Path) -> Result<(), BackendError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io_error(parent, "cannot sync the directory", &e))
+}
+
+fn initial_salt() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (now as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+fn header(salt: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    h[16..24].copy_from_slice(&salt.to_le_bytes());
+    let crc = crc32fast::hash(&h[..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The salt of a sound header; `None` for a file that never got one (empty
+/// or all zeros: created by a crash before its first header was written).
+fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<u64>, BackendError> {
+    let head = &bytes[..bytes.len().min(HEADER_LEN as usize)];
+    if head.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    if head.len() < HEADER_LEN as usize || &head[..8] != MAGIC {
+        return Err(BackendError::Invalid(format!(
+            "{} is not a kvstash commit log",
+            path.display()
+        )));
+    }
+    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    if word(24) != crc32fast::hash(&head[..24]) {
+        return Err(damaged(path, "its header fails its checksum"));
+    }
+    if word(8) != FORMAT {
+        return Err(BackendError::Invalid(format!(
+            "{} has commit log format {}; this build reads format {FORMAT}",
+            path.display(),
+            word(8)
+        )));
+    }
+    let mut salt = [0u8; 8];
+    salt.copy_from_slice(&head[16..24]);
+    Ok(Some(u64::from_le_bytes(salt)))
+}
+
+fn encode(buf: &mut Vec<u8>, salt: u64, version: u64, writes: &[Write]) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER]);
+    buf.extend_from_slice(&version.to_le_bytes());
+    buf.extend_from_slice(
+        &u32::try_from(writes.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for write in writes {
+        let put = |buf: &mut Vec<u8>, bytes: &[u8]| {
+            buf.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+            buf.extend_from_slice(bytes);
+        };
+        match &write.value {
+            Some(value) => {
+                buf.push(1);
+                put(buf, &write.key);
+                put(buf, value);
+            }
+            None => {
+                buf.push(0);
+                put(buf, &write.key);
+            }
+        }
+    }
+    let len = u32::try_from(buf.len() - start - RECORD_HEADER).unwrap_or(u32::MAX);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    let crc = record_crc(salt, len, &buf[start + RECORD_HEADER..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The size of the record `writes` makes, to refuse what the log cannot hold.
+pub(super) fn record_len(writes: &[Write]) -> usize {
+    12 + writes
+        .iter()
+        .map(|w| 5 + w.key.len() + w.value.as_ref().map_or(0, |v| 4 + v.len()))
+        .sum::<usize>()
+}
+
+fn record_crc(salt: u64, len: u32, body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&salt.to_le_bytes());
+    hasher.update(&len.to_le_bytes());
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// A sound record at `at`: its body and the offset after it.
+fn sound_record(bytes: &[u8], at: usize, salt: u64) -> Option<(&[u8], usize)> {
+    let head = bytes.get(at..at.checked_add(RECORD_HEADER)?)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len == 0 || len as usize > MAX_RECORD {
+        return None;
+    }
+    let body_at = at + RECORD_HEADER;
+    let body = bytes.get(body_at..body_at.checked_add(len as usize)?)?;
+    (record_crc(salt, len, body) == crc).then_some((body, body_at + len as usize))
+}
+
+/// The records from the header on, and the offset after the last sound one.
+fn parse_records(bytes: &[u8], salt: u64, path: &Path) -> Result<(Vec<Record>, u64), BackendError> {
+    let mut records = Vec::new();
+    let mut at = HEADER_LEN as usize;
+    while let Some((body, next)) = sound_record(bytes, at, salt) {
+        let record = decode(body).ok_or_else(|| {
+            damaged(
+                path,
+                format_args!("the record at offset {at} passes its checksum but cannot be read"),
+            )
+        })?;
+        records.push(record);
+        at = next;
+    }
+    // Not sound at `at`. A torn append if nothing sound follows; the length
+    // field may itself be torn, so look at where it says the next record is.
+    if let Some(head) = bytes.get(at..at + RECORD_HEADER) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len != 0 && sound_record(bytes, at + RECORD_HEADER + len, salt).is_some() {
+            return Err(damaged(
+                path,
+                format_args!("the record at offset {at} is bad and a sound one follows it"),
+            ));
+        }
+    }
+    Ok((records, at as u64))
+}
+
+fn decode(body: &[u8]) -> Option<Record> {
+    let mut rest = body;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    let version = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let mut writes = Vec::with_capacity(count.min(1024) as usize);
+    for _ in 0..count {
+        let has = take(1)?[0];
+        let klen = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let key = take(klen)?.to_vec();
+        let value = match has {
+            0 => None,
+            1 => {
+                let vlen = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+                Some(take(vlen)?.to_vec())
+            }
+            _ => return None,
+        };
+        writes.push(Write { key, value });
+    }
+    rest.is_empty().then_some(Record { version, writes })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Write {
+        Write {
+            key: key.as_bytes().to_vec(),
+            value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
+    fn del(key: &str) -> Write {
+        Write {
+            key: key.as_bytes().to_vec(),
+            value: None,
+        }
+    }
+
+    fn three(db: &Path) {
+        let (mut wal, records) = Wal::open(db).unwrap();
+        assert!(records.is_empty());
+        wal.append(&[(1, &[put("a", "1"), put("b", "")][..])])
+            .unwrap();
+        wal.append(&[(2, &[del("a")][..]), (3, &[put("c", "3")][..])])
+            .unwrap();
+    }
+
+    #[test]
+    fn records_come_back_in_order_and_a_reset_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        three(&db);
+        let (mut wal, records) = Wal::open(&db).unwrap();
+        let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
+        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(records[0].writes, [put("a", "1"), put("b", "")]);
+        assert_eq!(records[1].writes, [del("a")]);
+        let used = wal.used();
+        assert!(used > 0);
+        wal.reset().unwrap();
+        assert_eq!(wal.used(), 0);
+        // The old records are still in the file, under the old salt.
+        wal.append(&[(4, &[put("d", "4")][..])]).unwrap();
+        drop(wal);
+        let (_, records) = Wal::open(&db).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].version, 4);
+    }
+
+    #[test]
+    fn a_reader_sees_the_records_and_excludes_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        assert!(
+            ReadLock::open(&db).unwrap().is_none(),
+            "no log, no file made"
+        );
+        assert!(!path_of(&db).exists());
+        three(&db);
+        let (lock, records) = ReadLock::open(&db).unwrap().unwrap();
+        assert_eq!(records.len(), 3);
+        let err = Wal::open(&db).unwrap_err();
+        assert!(
+            format!("{err}").contains("in use by another process"),
+            "{err}"
+        );
+        assert!(ReadLock::open(&db).unwrap().is_some(), "readers share");
+        drop(lock);
+        let (_wal, _) = Wal::open(&db).unwrap();
+        assert!(ReadLock::open(&db).is_err(), "a writer excludes readers");
+    }
+
+    /// Every cut of the appends after the first record, as a crash in the
+    /// middle of them would leave the file: the records before the cut
+    /// always come back, a torn one never, and never in part.
+    #[test]
+    fn a_torn_append_is_dropped_at_every_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        three(&db);
+        let full = std::fs::read(path_of(&db)).unwrap();
+        let salt = parse_header(&full, &db).unwrap().unwrap();
+        let mut ends = vec![HEADER_LEN as usize];
+        while let Some((_, next)) = sound_record(&full, *ends.last().unwrap(), salt) {
+            ends.push(next);
+        }
+        assert_eq!(ends.len(), 4, "three records");
+        for cut in ends[1]..ends[3] {
+            let mut torn = full.clone();
+            // What was not written yet reads as the zero-filled growth.
+            torn[cut..ends[3]].fill(0);
+            std::fs::write(path_of(&db), &torn).unwrap();
+            let (wal, records) = Wal::open(&db).unwrap();
+            let whole = ends.iter().filter(|&&end| end <= cut).count() - 1;
+            assert_eq!(records.len(), whole, "cut at {cut}");
+            assert_eq!(wal.used() as usize, ends[whole] - HEADER_LEN as usize);
+        }
+    }
+
+    #[test]
+    fn damage_before_a_sound_record_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        three(&db);
+        let mut bytes = std::fs::read(path_of(&db)).unwrap();
+        // A flipped bit in the first record's body: two sound records follow.
+        bytes[HEADER_LEN as usize + RECORD_HEADER + 2] ^= 0x10;
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let err = Wal::open(&db).unwrap_err();
+        assert!(format!("{err}").contains("damaged"), "{err}");
+        assert_eq!(std::fs::read(path_of(&db)).unwrap(), bytes, "untouched");
+        let err = ReadLock::open(&db).unwrap_err();
+        assert!(format!("{err}").contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_or_damaged_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        std::fs::write(path_of(&db), b"some other file, not a log at all").unwrap();
+        assert!(matches!(Wal::open(&db), Err(BackendError::Invalid(_))));
+        three(&dir.path().join("t.redb"));
+        let mut bytes = std::fs::read(path_of(&dir.path().join("t.redb"))).unwrap();
+        bytes[17] ^= 1;
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let err = Wal::open(&db).unwrap_err();
+        assert!(format!("{err}").contains("header"), "{err}");
+    }
+
+    #[test]
+    fn an_all_zero_log_is_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        std::fs::write(path_of(&db), [0u8; 10]).unwrap();
+        let (mut wal, records) = Wal::open(&db).unwrap();
+        assert!(records.is_empty());
+        wal.append(&[(1, &[put("a", "1")][..])]).unwrap();
+        drop(wal);
+        assert_eq!(Wal::open(&db).unwrap().1.len(), 1);
+    }
+
+    #[test]
+    fn the_size_estimate_is_the_encoded_size() {
+        let writes = [put("key", "value"), del("gone"), put("", "")];
+        let mut buf = Vec::new();
+        encode(&mut buf, 7, 1, &writes);
+        assert_eq!(buf.len(), RECORD_HEADER + record_len(&writes));
+        assert_eq!(
+            decode(&buf[RECORD_HEADER..]).unwrap(),
+            Record {
+                version: 1,
+                writes: writes.to_vec()
+            }
+        );
+    }
+}
