@@ -21,7 +21,6 @@
 //! a reader shared, for as long as it has the store open.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -98,7 +97,7 @@ impl Wal {
     pub(super) fn open(db: &Path) -> Result<(Self, Vec<Record>), BackendError> {
         let path = path_of(db);
         let existed = path.exists();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -115,9 +114,13 @@ impl Wal {
         if !existed {
             sync_parent(&path)?;
         }
-        let bytes = read_all(&mut file, &path)?;
-        let allocated = bytes.len() as u64;
-        let Some(salt) = parse_header(&bytes, &path)? else {
+        let allocated = file
+            .metadata()
+            .map_err(|e| io_error(&path, "cannot read the commit log", &e))?
+            .len();
+        let mut bytes = Bytes::new(&file, &path);
+        bytes.fill(HEADER_LEN as usize)?;
+        let Some(salt) = parse_header(&bytes.buf, &path)? else {
             // New, or created by a crash before its first header: empty.
             let mut wal = Self {
                 file,
@@ -131,7 +134,7 @@ impl Wal {
             wal.write_header()?;
             return Ok((wal, Vec::new()));
         };
-        let (records, end) = parse_records(&bytes, salt, &path)?;
+        let (records, end) = parse_records(&mut bytes, salt, &path)?;
         Ok((
             Self {
                 file,
@@ -234,7 +237,7 @@ impl ReadLock {
     /// `None` if the store has no log. Writes nothing.
     pub(super) fn open(db: &Path) -> Result<Option<(Self, Vec<Record>)>, BackendError> {
         let path = path_of(db);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&path, "cannot open the commit log", &e)),
@@ -246,20 +249,77 @@ impl ReadLock {
                 return Err(io_error(&path, "cannot lock", &e));
             }
         }
-        let bytes = read_all(&mut file, &path)?;
-        let records = match parse_header(&bytes, &path)? {
-            Some(salt) => parse_records(&bytes, salt, &path)?.0,
+        let mut bytes = Bytes::new(&file, &path);
+        bytes.fill(HEADER_LEN as usize)?;
+        let records = match parse_header(&bytes.buf, &path)? {
+            Some(salt) => parse_records(&mut bytes, salt, &path)?.0,
             None => Vec::new(),
         };
         Ok(Some((Self { _file: file }, records)))
     }
 }
 
-fn read_all(file: &mut File, path: &Path) -> Result<Vec<u8>, BackendError> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| io_error(path, "cannot read the commit log", &e))?;
-    Ok(bytes)
+/// The start of the log, read as far as parsing needs: the file is
+/// usually mostly zero-filled growth, or records from before the last
+/// checkpoint, which a one-shot open should not pay to read.
+struct Bytes<'f> {
+    file: &'f File,
+    path: &'f Path,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+/// Reads go in steps of at least this much.
+const READ_STEP: usize = 16 << 10;
+
+impl<'f> Bytes<'f> {
+    fn new(file: &'f File, path: &'f Path) -> Self {
+        Self {
+            file,
+            path,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// Makes `buf` hold the first `upto` bytes, or the whole file if shorter.
+    fn fill(&mut self, upto: usize) -> Result<(), BackendError> {
+        while self.buf.len() < upto && !self.eof {
+            let old = self.buf.len();
+            self.buf.resize(old + (upto - old).max(READ_STEP), 0);
+            let read = self
+                .file
+                .read_at(&mut self.buf[old..], old as u64)
+                .map_err(|e| io_error(self.path, "cannot read the commit log", &e));
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            };
+            self.buf.truncate(old + n);
+            self.eof = n == 0;
+        }
+        Ok(())
+    }
+
+    /// [`sound_record`] at `at`, reading what it needs: the body's range
+    /// and the offset after it.
+    fn sound_at(
+        &mut self,
+        at: usize,
+        salt: u64,
+    ) -> Result<Option<(std::ops::Range<usize>, usize)>, BackendError> {
+        self.fill(at.saturating_add(RECORD_HEADER))?;
+        if let Some(head) = self.buf.get(at..at + RECORD_HEADER) {
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if len <= MAX_RECORD {
+                self.fill(at + RECORD_HEADER + len)?;
+            }
+        }
+        Ok(sound_record(&self.buf, at, salt).map(|(body, next)| (next - body.len()..next, next)))
+    }
 }
 
 fn sync_parent(path: &Path) -> Result<(), BackendError> {
@@ -377,11 +437,15 @@ fn sound_record(bytes: &[u8], at: usize, salt: u64) -> Option<(&[u8], usize)> {
 }
 
 /// The records from the header on, and the offset after the last sound one.
-fn parse_records(bytes: &[u8], salt: u64, path: &Path) -> Result<(Vec<Record>, u64), BackendError> {
+fn parse_records(
+    bytes: &mut Bytes<'_>,
+    salt: u64,
+    path: &Path,
+) -> Result<(Vec<Record>, u64), BackendError> {
     let mut records = Vec::new();
     let mut at = HEADER_LEN as usize;
-    while let Some((body, next)) = sound_record(bytes, at, salt) {
-        let record = decode(body).ok_or_else(|| {
+    while let Some((body, next)) = bytes.sound_at(at, salt)? {
+        let record = decode(&bytes.buf[body]).ok_or_else(|| {
             damaged(
                 path,
                 format_args!("the record at offset {at} passes its checksum but cannot be read"),
@@ -392,9 +456,12 @@ fn parse_records(bytes: &[u8], salt: u64, path: &Path) -> Result<(Vec<Record>, u
     }
     // Not sound at `at`. A torn append if nothing sound follows; the length
     // field may itself be torn, so look at where it says the next record is.
-    if let Some(head) = bytes.get(at..at + RECORD_HEADER) {
+    if let Some(head) = bytes.buf.get(at..at + RECORD_HEADER) {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if len != 0 && sound_record(bytes, at + RECORD_HEADER + len, salt).is_some() {
+        if len != 0
+            && len <= MAX_RECORD
+            && bytes.sound_at(at + RECORD_HEADER + len, salt)?.is_some()
+        {
             return Err(damaged(
                 path,
                 format_args!("the record at offset {at} is bad and a sound one follows it"),
@@ -530,6 +597,40 @@ mod tests {
             assert_eq!(records.len(), whole, "cut at {cut}");
             assert_eq!(wal.used() as usize, ends[whole] - HEADER_LEN as usize);
         }
+    }
+
+    /// Replay reads the file in steps: records of every size across the
+    /// step boundaries come back whole, and so does damage far in.
+    #[test]
+    fn long_logs_are_read_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        let (mut wal, _) = Wal::open(&db).unwrap();
+        let sizes = [10usize, 40_000, 3, 16_000, 16_400, 100_000, 7];
+        for (i, size) in sizes.iter().enumerate() {
+            let value = "x".repeat(*size);
+            wal.append(&[(i as u64 + 1, &[put("k", &value)][..])])
+                .unwrap();
+        }
+        let used = wal.used();
+        drop(wal);
+        let (wal, records) = Wal::open(&db).unwrap();
+        assert_eq!(wal.used(), used);
+        let got: Vec<usize> = records
+            .iter()
+            .map(|r| r.writes[0].value.as_ref().unwrap().len())
+            .collect();
+        assert_eq!(got, sizes);
+        drop(wal);
+        let (_, read) = ReadLock::open(&db).unwrap().unwrap();
+        assert_eq!(read, records);
+        // A flip in the 100 KB record, with a sound one after it.
+        let mut bytes = std::fs::read(path_of(&db)).unwrap();
+        let at = usize::try_from(HEADER_LEN + used).unwrap() - 200;
+        bytes[at] ^= 1;
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let err = Wal::open(&db).unwrap_err();
+        assert!(format!("{err}").contains("damaged"), "{err}");
     }
 
     #[test]
