@@ -107,23 +107,16 @@ impl FileConfig {
     }
 
     pub fn from_json(config: serde_json::Value) -> Result<Self, BackendError> {
-        if let Some(mb) = config.get("cache_mb").filter(|mb| !mb.is_null())
-            && !mb
-                .as_u64()
-                .is_some_and(|mb| (1..=u64::from(u32::MAX)).contains(&mb))
-        {
-            return Err(BackendError::Invalid(format!(
-                "file backend configuration: `cache_mb` must be a whole number of MiB, at least 1 (got {mb})"
-            )));
-        }
-        if let Some(kb) = config.get("checkpoint_kb").filter(|kb| !kb.is_null())
-            && !kb
-                .as_u64()
-                .is_some_and(|kb| (1..=u64::from(u32::MAX)).contains(&kb))
-        {
-            return Err(BackendError::Invalid(format!(
-                "file backend configuration: `checkpoint_kb` must be a whole number of KiB, at least 1 (got {kb})"
-            )));
+        for (field, unit) in [("cache_mb", "MiB"), ("checkpoint_kb", "KiB")] {
+            if let Some(n) = config.get(field).filter(|n| !n.is_null())
+                && !n
+                    .as_u64()
+                    .is_some_and(|n| (1..=u64::from(u32::MAX)).contains(&n))
+            {
+                return Err(BackendError::Invalid(format!(
+                    "file backend configuration: `{field}` must be a whole number of {unit}, at least 1 (got {n})"
+                )));
+            }
         }
         serde_json::from_value(config)
             .map_err(|e| BackendError::Invalid(format!("file backend configuration: {e}")))
@@ -632,10 +625,16 @@ fn open_db(path: &Path, config: &FileConfig) -> Result<(Db, Meta), BackendError>
             Err(e) => return Err(open_error(path, e)),
         }
     }
+    let existed = path.is_file();
     let db = config
         .builder()
         .create(path)
         .map_err(|e| open_error(path, e))?;
+    if !existed {
+        // redb does not sync the directory: without this, a power cut
+        // could lose the new file's name after a checkpoint reset the log.
+        wal::sync_parent(path)?;
+    }
     let meta = init_tables(&db, path)?;
     Ok((Db::Writing(db), meta))
 }

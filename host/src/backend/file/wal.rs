@@ -267,6 +267,9 @@ struct Bytes<'f> {
     path: &'f Path,
     buf: Vec<u8>,
     eof: bool,
+    /// The file's length at open: reads never ask for more, so a garbage
+    /// length field cannot make one allocate up to `MAX_RECORD`.
+    len: usize,
 }
 
 /// Reads go in steps of at least this much.
@@ -274,19 +277,27 @@ const READ_STEP: usize = 16 << 10;
 
 impl<'f> Bytes<'f> {
     fn new(file: &'f File, path: &'f Path) -> Self {
+        let len = file.metadata().map_or(usize::MAX, |m| {
+            usize::try_from(m.len()).unwrap_or(usize::MAX)
+        });
         Self {
             file,
             path,
             buf: Vec::new(),
             eof: false,
+            len,
         }
     }
 
     /// Makes `buf` hold the first `upto` bytes, or the whole file if shorter.
     fn fill(&mut self, upto: usize) -> Result<(), BackendError> {
+        let upto = upto.min(self.len);
         while self.buf.len() < upto && !self.eof {
             let old = self.buf.len();
-            self.buf.resize(old + (upto - old).max(READ_STEP), 0);
+            let step = (upto - old)
+                .max(READ_STEP)
+                .min(self.len.saturating_sub(old).max(1));
+            self.buf.resize(old + step, 0);
             let read = self
                 .file
                 .read_at(&mut self.buf[old..], old as u64)
@@ -322,7 +333,7 @@ impl<'f> Bytes<'f> {
     }
 }
 
-fn sync_parent(path: &Path) -> Result<(), BackendError> {
+pub(super) fn sync_parent(path: &Path) -> Result<(), BackendError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     File::open(parent)
         .and_then(|dir| dir.sync_all())
