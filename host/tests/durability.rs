@@ -84,7 +84,7 @@ fn acknowledged_writes_survive_sigkill() {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut acked: Vec<u64> = Vec::new();
         for line in lines.by_ref() {
-            if let Some(i) = line.unwrap().strip_prefix("ack ") {
+            if let Some(i) = line.unwrap().split_once("ack ").map(|(_, i)| i.to_string()) {
                 acked.push(i.parse().unwrap());
                 if acked.len() as u64 == kill_after {
                     child.kill().unwrap(); // SIGKILL, mid-stream
@@ -94,7 +94,7 @@ fn acknowledged_writes_survive_sigkill() {
         }
         // Acknowledgements already in the pipe count too.
         for line in lines {
-            if let Some(i) = line.unwrap().strip_prefix("ack ") {
+            if let Some(i) = line.unwrap().split_once("ack ").map(|(_, i)| i.to_string()) {
                 acked.push(i.parse().unwrap());
             }
         }
