@@ -82,6 +82,13 @@ bench-device ROUNDS="3":
     cargo build --release -p kvstash --bin kvstash
     cargo run --release -p kvstash-bench --bin kvstash-bench-device -- --rounds {{ROUNDS}}
 
+# Only the one-shot CLI against sqlite3 (x86_64), keeping the other figures
+# of bench/results/device.json; rewrites device.md (~5 min, most of it building).
+bench-one-shot ROUNDS="60":
+    KVSTASH_CROSS_PARTS=cli bash scripts/cross x86_64-unknown-linux-gnu
+    cargo build --release -p kvstash --bin kvstash
+    cargo run --release -p kvstash-bench --bin kvstash-bench-device -- --one-shot-only --cli-rounds {{ROUNDS}}
+
 # The Python and JavaScript packages against the Rust API, TinyDB with
 # aiotinydb (the seed's choice) and sqlite3, in one run (~3 min):
 # bench/results/bindings.md.

@@ -83,7 +83,8 @@ pub enum Error {
     /// from `oldest` (some changes were missed: re-read what you track).
     #[error("changes before version {oldest} are no longer retained")]
     Compacted { oldest: u64 },
-    /// The backend failed; nothing is known to have been written.
+    /// The backend failed. A read wrote nothing; a write may or may not
+    /// have been made (a failed sync, a lost reply): read back to find out.
     #[error("storage failed: {0}")]
     Storage(String),
     /// A value did not (de)serialize as the requested Rust type.

@@ -56,6 +56,9 @@ struct Args {
     rounds: usize,
     cli_rounds: usize,
     rss_keys: usize,
+    /// Re-measure only the one-shot CLI against sqlite3 (x86_64), keeping
+    /// the rest of `bench/results/device.json` (`just bench-one-shot`).
+    one_shot_only: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -63,6 +66,7 @@ fn args() -> anyhow::Result<Args> {
         rounds: 3,
         cli_rounds: 40,
         rss_keys: 100_000,
+        one_shot_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,7 +75,10 @@ fn args() -> anyhow::Result<Args> {
             "--rounds" => args.rounds = next()?.parse()?,
             "--cli-rounds" => args.cli_rounds = next()?.parse()?,
             "--rss-keys" => args.rss_keys = next()?.parse()?,
-            other => bail!("unknown option {other} (--rounds, --cli-rounds, --rss-keys)"),
+            "--one-shot-only" => args.one_shot_only = true,
+            other => bail!(
+                "unknown option {other} (--rounds, --cli-rounds, --rss-keys, --one-shot-only)"
+            ),
         }
     }
     Ok(args)
@@ -378,7 +385,45 @@ fn one_shot(rounds: usize) -> anyhow::Result<Value> {
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
+    let out = root().join("bench/results");
     let mut results = serde_json::Map::new();
+    if args.one_shot_only {
+        let text = std::fs::read_to_string(out.join("device.json"))
+            .context("--one-shot-only keeps the other figures of bench/results/device.json: run `just bench-device` first")?;
+        let Value::Object(previous) = serde_json::from_str(&text)? else {
+            bail!("bench/results/device.json is not an object");
+        };
+        results = previous;
+    } else {
+        for t in &TARGETS {
+            eprintln!("kvstash-bench-device: {}", t.label);
+            let size = std::fs::metadata(t.binary("kvstash"))
+                .with_context(|| format!("{}: run `just cross {}` first", t.triple, t.triple))?
+                .len();
+            let open = first_open(t, args.rounds)?;
+            let rates = rates(t, args.rounds)?;
+            let footprint = footprint(t, args.rss_keys)?;
+            results.insert(
+                t.triple.into(),
+                json!({"label": t.label, "binary_bytes": size, "first_open": open, "rates": rates, "footprint": footprint, "rss_keys": args.rss_keys}),
+            );
+        }
+    }
+    eprintln!("kvstash-bench-device: one-shot CLI against sqlite3");
+    results.insert("one_shot_cli".into(), one_shot(args.cli_rounds)?);
+    let md = render(&results)?;
+    print!("{md}");
+    std::fs::write(out.join("device.md"), &md)?;
+    std::fs::write(
+        out.join("device.json"),
+        serde_json::to_string_pretty(&Value::Object(results))?,
+    )?;
+    eprintln!("wrote bench/results/device.md and device.json");
+    Ok(())
+}
+
+/// `bench/results/device.md` from the figures of `device.json`.
+fn render(results: &serde_json::Map<String, Value>) -> anyhow::Result<String> {
     let mut md = String::from(
         "# Device builds (`just bench-device`)\n\n\
          `just cross` builds: memory + file backends, the component precompiled for the target \
@@ -386,22 +431,11 @@ fn main() -> anyhow::Result<()> {
          machine): they show the relative cost of each step, not a device's speed. RSS under \
          qemu is the emulator process's.\n\n",
     );
+    let missing = |triple: &str| format!("bench/results/device.json has no figures for {triple}");
     for t in &TARGETS {
-        eprintln!("kvstash-bench-device: {}", t.label);
-        let size = std::fs::metadata(t.binary("kvstash"))
-            .with_context(|| format!("{}: run `just cross {}` first", t.triple, t.triple))?
-            .len();
-        let open = first_open(t, args.rounds)?;
-        let rates = rates(t, args.rounds)?;
-        let footprint = footprint(t, args.rss_keys)?;
-        results.insert(
-            t.triple.into(),
-            json!({"label": t.label, "binary_bytes": size, "first_open": open, "rates": rates, "footprint": footprint}),
-        );
+        results.get(t.triple).with_context(|| missing(t.triple))?;
     }
-    eprintln!("kvstash-bench-device: one-shot CLI against sqlite3");
-    let cli = one_shot(args.cli_rounds)?;
-
+    let cli = results.get("one_shot_cli").context("no one-shot figures")?;
     writeln!(md, "## Binary, first open, rates\n")?;
     writeln!(
         md,
@@ -429,7 +463,9 @@ fn main() -> anyhow::Result<()> {
     writeln!(
         md,
         "\n## A store of {} keys\n\nLoad time and file size of `kvstash bench --one kvstash-file` (load, then gets, overwrites, transactions, a reopen) and that process's peak RSS; then the peak RSS of a one-shot `list --keys` over the store.\n\n| target | load | file | peak RSS, bench process | `list --keys`, default cache | with `cache_mb: 4` |\n|---|---:|---:|---:|---:|---:|",
-        args.rss_keys
+        results[TARGETS[0].triple]["rss_keys"]
+            .as_u64()
+            .unwrap_or(100_000)
     )?;
     for t in &TARGETS {
         let p = &results[t.triple]["footprint"];
@@ -465,14 +501,5 @@ fn main() -> anyhow::Result<()> {
         f(&cli["set_ratio_device"]),
         f(&cli["set_ratio_full"]),
     )?;
-    results.insert("one_shot_cli".into(), cli);
-    print!("{md}");
-    let out = root().join("bench/results");
-    std::fs::write(out.join("device.md"), &md)?;
-    std::fs::write(
-        out.join("device.json"),
-        serde_json::to_string_pretty(&Value::Object(results))?,
-    )?;
-    eprintln!("wrote bench/results/device.md and device.json");
-    Ok(())
+    Ok(md)
 }

@@ -64,7 +64,7 @@ pyo3::create_exception!(
     kvstash,
     StorageError,
     KvstashError,
-    "The backend failed or is unavailable; nothing is known to have been written."
+    "The backend failed or is unavailable. A read wrote nothing; a write may or may not have been made: read back to find out."
 );
 
 pyo3::create_exception!(

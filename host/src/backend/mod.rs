@@ -137,7 +137,8 @@ pub enum BackendError {
     /// A bad configuration or request: fix the input.
     #[error("{0}")]
     Invalid(String),
-    /// The backend failed; nothing is known to have been written. For the
+    /// The backend failed. A commit that gets this may or may not have been
+    /// written (a failed sync, a lost reply): read back to find out. For the
     /// file backend: check the disk, then close and reopen the store.
     #[error("{0}")]
     Unavailable(String),

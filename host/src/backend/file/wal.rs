@@ -13,9 +13,13 @@
 //! a current one.
 //!
 //! Replay stops at the first record that is cut short or fails its
-//! checksum when nothing sound follows it: an append torn by a crash, never
-//! acknowledged. A bad record followed by a sound one is damage, and the
-//! open is refused rather than dropping acknowledged commits.
+//! checksum, when that is an append torn by a crash (never acknowledged).
+//! One append writes a group of records with one `fdatasync`, and a power
+//! cut may keep any of its pages: so each record says whether it continues
+//! a group, and a bad record is torn unless a record that starts a later
+//! group follows it. That later group was only written after the bad
+//! record's group was synced, so the bad record is damage, and the open is
+//! refused rather than dropping acknowledged commits.
 //!
 //! The file also carries the store's lock: a writer holds it exclusively,
 //! a reader shared, for as long as it has the store open.
@@ -30,9 +34,15 @@ const MAGIC: &[u8; 8] = b"KVSTWAL1";
 /// The header: magic, format (u32), zero (u32), salt (u64), crc32 of the
 /// 24 bytes before (u32), zero (u32); all little-endian.
 pub(super) const HEADER_LEN: u64 = 32;
-const FORMAT: u32 = 1;
-/// A record: u32 body length, u32 crc32 of (salt, length, body), body.
+const FORMAT: u32 = 2;
+/// Format 1 had no group flag (every record started its own group); it is
+/// read, and its header raised to 2 before anything is appended.
+const FORMAT_WITHOUT_GROUPS: u32 = 1;
+/// A record: u32 length word, u32 crc32 of (salt, length word, body), body.
+/// The length word is the body's length, with [`CONTINUES`] set on every
+/// record of a group but its first.
 const RECORD_HEADER: usize = 8;
+const CONTINUES: u32 = 1 << 31;
 /// The longest record body; a commit that would not fit is refused.
 pub(super) const MAX_RECORD: usize = 1 << 30;
 /// Zero-filled growth step.
@@ -120,7 +130,7 @@ impl Wal {
             .len();
         let mut bytes = Bytes::new(&file, &path);
         bytes.fill(HEADER_LEN as usize)?;
-        let Some(salt) = parse_header(&bytes.buf, &path)? else {
+        let Some((salt, format)) = parse_header(&bytes.buf, &path)? else {
             // New, or created by a crash before its first header: empty.
             let mut wal = Self {
                 file,
@@ -135,18 +145,22 @@ impl Wal {
             return Ok((wal, Vec::new()));
         };
         let (records, end) = parse_records(&mut bytes, salt, &path)?;
-        Ok((
-            Self {
-                file,
-                path,
-                salt,
-                end,
-                allocated,
-                failed: None,
-                created: false,
-            },
-            records,
-        ))
+        let mut wal = Self {
+            file,
+            path,
+            salt,
+            end,
+            allocated,
+            failed: None,
+            created: false,
+        };
+        if format != FORMAT {
+            // Same salt: the records stay valid under the new header, and
+            // a build that reads only format 1 refuses the file instead of
+            // taking a continued record for a torn one.
+            wal.write_header()?;
+        }
+        Ok((wal, records))
     }
 
     /// When the store could not be opened after all: removes the log if
@@ -162,43 +176,48 @@ impl Wal {
         self.end - HEADER_LEN
     }
 
-    /// Appends `records` and makes them durable with one `fdatasync`.
+    /// Appends `records` as one group and makes them durable with one
+    /// `fdatasync`. After an error the group's outcome is unknown (a failed
+    /// sync may still have written it): replay on the next open decides.
     pub(super) fn append(&mut self, records: &[(u64, &[Write])]) -> Result<(), BackendError> {
         if let Some(why) = &self.failed {
             return Err(BackendError::Unavailable(why.clone()));
         }
         let mut buf = Vec::new();
-        for (version, writes) in records {
-            encode(&mut buf, self.salt, *version, writes);
+        for (i, (version, writes)) in records.iter().enumerate() {
+            encode(&mut buf, self.salt, *version, writes, i > 0);
         }
-        let result = self.write_durably(&buf);
+        let result = self.write_durably(buf);
         if let Err(e) = &result {
             self.failed = Some(format!(
-                "the commit log {} failed ({e}); close and reopen the store",
+                "the commit log {} failed earlier ({e}); close and reopen the store",
                 self.path.display()
             ));
         }
         result
     }
 
-    fn write_durably(&mut self, buf: &[u8]) -> Result<(), BackendError> {
-        let io = |what, e: std::io::Error| io_error(&self.path, what, &e);
+    fn write_durably(&mut self, mut buf: Vec<u8>) -> Result<(), BackendError> {
         let needed = self.end + buf.len() as u64;
+        let grown = needed.div_ceil(GROW) * GROW;
         if needed > self.allocated {
-            // Zero-fill ahead, so the appends that follow change no metadata.
-            let target = needed.div_ceil(GROW) * GROW;
-            let zeros = vec![0u8; usize::try_from(target - self.allocated).unwrap_or(0)];
-            self.file
-                .write_all_at(&zeros, self.allocated)
-                .map_err(|e| io("cannot grow the commit log", e))?;
-            self.allocated = target;
+            // Zero-fill ahead in the same write, so the appends that follow
+            // change no metadata.
+            buf.resize(usize::try_from(grown - self.end).unwrap_or(buf.len()), 0);
         }
-        self.file
-            .write_all_at(buf, self.end)
-            .map_err(|e| io("cannot write the commit log", e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| io("cannot sync the commit log", e))?;
+        self.file.write_all_at(&buf, self.end).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "cannot write the commit log {} ({e}); the commits being written are not acknowledged and may or may not be kept",
+                self.path.display()
+            ))
+        })?;
+        self.allocated = self.allocated.max(self.end + buf.len() as u64);
+        self.file.sync_data().map_err(|e| {
+            BackendError::Unavailable(format!(
+                "cannot sync the commit log {} ({e}); the commits being written are not acknowledged and may or may not be kept: reopen the store and read them back",
+                self.path.display()
+            ))
+        })?;
         self.end = needed;
         Ok(())
     }
@@ -252,7 +271,7 @@ impl ReadLock {
         let mut bytes = Bytes::new(&file, &path);
         bytes.fill(HEADER_LEN as usize)?;
         let records = match parse_header(&bytes.buf, &path)? {
-            Some(salt) => parse_records(&mut bytes, salt, &path)?.0,
+            Some((salt, _)) => parse_records(&mut bytes, salt, &path)?.0,
             None => Vec::new(),
         };
         Ok(Some((Self { _file: file }, records)))
@@ -317,20 +336,36 @@ impl<'f> Bytes<'f> {
 
     /// [`sound_record`] at `at`, reading what it needs: the body's range
     /// and the offset after it.
-    fn sound_at(
-        &mut self,
-        at: usize,
-        salt: u64,
-    ) -> Result<Option<(std::ops::Range<usize>, usize)>, BackendError> {
+    fn sound_at(&mut self, at: usize, salt: u64) -> Result<Option<Sound>, BackendError> {
         self.fill(at.saturating_add(RECORD_HEADER))?;
-        if let Some(head) = self.buf.get(at..at + RECORD_HEADER) {
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            if len <= MAX_RECORD {
-                self.fill(at + RECORD_HEADER + len)?;
-            }
+        if let Some(len) = self.body_len_at(at) {
+            self.fill(at + RECORD_HEADER + len)?;
         }
-        Ok(sound_record(&self.buf, at, salt).map(|(body, next)| (next - body.len()..next, next)))
+        Ok(
+            sound_record(&self.buf, at, salt).map(|(body, next, continues)| Sound {
+                body: next - body.len()..next,
+                next,
+                continues,
+            }),
+        )
     }
+
+    /// The body length the (read) record header at `at` gives, if it is
+    /// one a record can have.
+    fn body_len_at(&self, at: usize) -> Option<usize> {
+        let head = self.buf.get(at..at.checked_add(RECORD_HEADER)?)?;
+        let len = (u32::from_le_bytes([head[0], head[1], head[2], head[3]]) & !CONTINUES) as usize;
+        (len != 0 && len <= MAX_RECORD).then_some(len)
+    }
+}
+
+/// A sound record in [`Bytes`].
+struct Sound {
+    body: std::ops::Range<usize>,
+    /// The offset after it.
+    next: usize,
+    /// Whether it continues the group of the record before it.
+    continues: bool,
 }
 
 pub(super) fn sync_parent(path: &Path) -> Result<(), BackendError> {
@@ -348,18 +383,22 @@ fn initial_salt() -> u64 {
 }
 
 fn header(salt: u64) -> [u8; HEADER_LEN as usize] {
+    header_of_format(salt, FORMAT)
+}
+
+fn header_of_format(salt: u64, format: u32) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    h[8..12].copy_from_slice(&format.to_le_bytes());
     h[16..24].copy_from_slice(&salt.to_le_bytes());
     let crc = crc32fast::hash(&h[..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// The salt of a sound header; `None` for a file that never got one (empty
-/// or all zeros: created by a crash before its first header was written).
-fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<u64>, BackendError> {
+/// The salt and format of a sound header; `None` for a file that never got
+/// one (empty or all zeros: created by a crash before its first header).
+fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<(u64, u32)>, BackendError> {
     let head = &bytes[..bytes.len().min(HEADER_LEN as usize)];
     if head.iter().all(|&b| b == 0) {
         return Ok(None);
@@ -374,19 +413,19 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<u64>, BackendError> 
     if word(24) != crc32fast::hash(&head[..24]) {
         return Err(damaged(path, "its header fails its checksum"));
     }
-    if word(8) != FORMAT {
+    let format = word(8);
+    if format != FORMAT && format != FORMAT_WITHOUT_GROUPS {
         return Err(BackendError::Invalid(format!(
-            "{} has commit log format {}; this build reads format {FORMAT}",
+            "{} has commit log format {format}; this build reads formats {FORMAT_WITHOUT_GROUPS} and {FORMAT}",
             path.display(),
-            word(8)
         )));
     }
     let mut salt = [0u8; 8];
     salt.copy_from_slice(&head[16..24]);
-    Ok(Some(u64::from_le_bytes(salt)))
+    Ok(Some((u64::from_le_bytes(salt), format)))
 }
 
-fn encode(buf: &mut Vec<u8>, salt: u64, version: u64, writes: &[Write]) {
+fn encode(buf: &mut Vec<u8>, salt: u64, version: u64, writes: &[Write], continues: bool) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER]);
     buf.extend_from_slice(&version.to_le_bytes());
@@ -413,6 +452,7 @@ fn encode(buf: &mut Vec<u8>, salt: u64, version: u64, writes: &[Write]) {
         }
     }
     let len = u32::try_from(buf.len() - start - RECORD_HEADER).unwrap_or(u32::MAX);
+    let len = if continues { len | CONTINUES } else { len };
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     let crc = record_crc(salt, len, &buf[start + RECORD_HEADER..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -434,17 +474,19 @@ fn record_crc(salt: u64, len: u32, body: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// A sound record at `at`: its body and the offset after it.
-fn sound_record(bytes: &[u8], at: usize, salt: u64) -> Option<(&[u8], usize)> {
+/// A sound record at `at`: its body, the offset after it, and whether it
+/// continues a group.
+fn sound_record(bytes: &[u8], at: usize, salt: u64) -> Option<(&[u8], usize, bool)> {
     let head = bytes.get(at..at.checked_add(RECORD_HEADER)?)?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let word = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len == 0 || len as usize > MAX_RECORD {
+    let len = (word & !CONTINUES) as usize;
+    if len == 0 || len > MAX_RECORD {
         return None;
     }
     let body_at = at + RECORD_HEADER;
-    let body = bytes.get(body_at..body_at.checked_add(len as usize)?)?;
-    (record_crc(salt, len, body) == crc).then_some((body, body_at + len as usize))
+    let body = bytes.get(body_at..body_at.checked_add(len)?)?;
+    (record_crc(salt, word, body) == crc).then_some((body, body_at + len, word & CONTINUES != 0))
 }
 
 /// The records from the header on, and the offset after the last sound one.
@@ -455,28 +497,32 @@ fn parse_records(
 ) -> Result<(Vec<Record>, u64), BackendError> {
     let mut records = Vec::new();
     let mut at = HEADER_LEN as usize;
-    while let Some((body, next)) = bytes.sound_at(at, salt)? {
-        let record = decode(&bytes.buf[body]).ok_or_else(|| {
+    while let Some(sound) = bytes.sound_at(at, salt)? {
+        let record = decode(&bytes.buf[sound.body]).ok_or_else(|| {
             damaged(
                 path,
                 format_args!("the record at offset {at} passes its checksum but cannot be read"),
             )
         })?;
         records.push(record);
-        at = next;
+        at = sound.next;
     }
-    // Not sound at `at`. A torn append if nothing sound follows; the length
-    // field may itself be torn, so look at where it says the next record is.
-    if let Some(head) = bytes.buf.get(at..at + RECORD_HEADER) {
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if len != 0
-            && len <= MAX_RECORD
-            && bytes.sound_at(at + RECORD_HEADER + len, salt)?.is_some()
-        {
-            return Err(damaged(
-                path,
-                format_args!("the record at offset {at} is bad and a sound one follows it"),
-            ));
+    // Not sound at `at`: torn, unless a later group follows. Its length
+    // field may itself be torn, so this looks where it says the next
+    // record is, and on through the records that continue its group.
+    let mut next = bytes.body_len_at(at).map(|len| at + RECORD_HEADER + len);
+    while let Some(after) = next {
+        match bytes.sound_at(after, salt)? {
+            Some(sound) if sound.continues => next = Some(sound.next),
+            Some(_) => {
+                return Err(damaged(
+                    path,
+                    format_args!(
+                        "the record at offset {at} is bad and a later group of records (at offset {after}) follows it"
+                    ),
+                ));
+            }
+            None => next = None,
         }
     }
     Ok((records, at as u64))
@@ -592,9 +638,9 @@ mod tests {
         let db = dir.path().join("s.redb");
         three(&db);
         let full = std::fs::read(path_of(&db)).unwrap();
-        let salt = parse_header(&full, &db).unwrap().unwrap();
+        let (salt, _) = parse_header(&full, &db).unwrap().unwrap();
         let mut ends = vec![HEADER_LEN as usize];
-        while let Some((_, next)) = sound_record(&full, *ends.last().unwrap(), salt) {
+        while let Some((_, next, _)) = sound_record(&full, *ends.last().unwrap(), salt) {
             ends.push(next);
         }
         assert_eq!(ends.len(), 4, "three records");
@@ -660,6 +706,105 @@ mod tests {
         assert!(format!("{err}").contains("damaged"), "{err}");
     }
 
+    /// The offsets of the records in the log of `db`, and its salt.
+    fn record_offsets(db: &Path) -> (Vec<usize>, u64) {
+        let full = std::fs::read(path_of(db)).unwrap();
+        let (salt, _) = parse_header(&full, db).unwrap().unwrap();
+        let mut at = vec![HEADER_LEN as usize];
+        while let Some((_, next, _)) = sound_record(&full, *at.last().unwrap(), salt) {
+            at.push(next);
+        }
+        at.pop();
+        (at, salt)
+    }
+
+    /// Groups (1), (2, 3, 4) and (5) in a new log at `db`.
+    fn grouped(db: &Path) {
+        let (mut wal, _) = Wal::open(db).unwrap();
+        wal.append(&[(1, &[put("a", "1")][..])]).unwrap();
+        let v = "v".repeat(5000);
+        wal.append(&[
+            (2, &[put("b", &v)][..]),
+            (3, &[put("c", &v)][..]),
+            (4, &[put("d", &v)][..]),
+        ])
+        .unwrap();
+        wal.append(&[(5, &[del("a")][..])]).unwrap();
+    }
+
+    /// A power cut during a group's append may keep a later page of it and
+    /// lose an earlier one: that group was never acknowledged, so the open
+    /// drops it from the bad record on and succeeds.
+    #[test]
+    fn a_group_torn_out_of_order_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        grouped(&db);
+        let (at, _) = record_offsets(&db);
+        assert_eq!(at.len(), 5);
+        let mut bytes = std::fs::read(path_of(&db)).unwrap();
+        // The last group (5) was not written, nor the middle of (2, 3, 4);
+        // the rest of it (4) was.
+        bytes[at[4]..].fill(0);
+        bytes[at[2]..at[3]].fill(0);
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (wal, records) = Wal::open(&db).unwrap();
+        let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
+        assert_eq!(
+            versions,
+            [1, 2],
+            "the torn group's sound start may come back"
+        );
+        assert_eq!(wal.used() as usize, at[2] - HEADER_LEN as usize);
+        drop(wal);
+        // Only its first record's body lost, the length field intact.
+        grouped(&dir.path().join("t.redb"));
+        let mut bytes = std::fs::read(path_of(&dir.path().join("t.redb"))).unwrap();
+        bytes[at[4]..].fill(0);
+        bytes[at[1] + RECORD_HEADER..at[2]].fill(0);
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (_, records) = Wal::open(&db).unwrap();
+        assert_eq!(records.len(), 1);
+    }
+
+    /// Damage in a group that a later group follows: that group was synced
+    /// (the later one is only written after), so it is damage.
+    #[test]
+    fn damage_in_a_group_before_a_later_group_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        grouped(&db);
+        let (at, _) = record_offsets(&db);
+        let mut bytes = std::fs::read(path_of(&db)).unwrap();
+        bytes[at[2] + RECORD_HEADER + 100] ^= 4;
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let err = Wal::open(&db).unwrap_err();
+        assert!(format!("{err}").contains("later group"), "{err}");
+        assert_eq!(std::fs::read(path_of(&db)).unwrap(), bytes, "untouched");
+    }
+
+    /// A log written before records carried their group flag: read, and
+    /// its header raised to the current format with the same salt.
+    #[test]
+    fn a_format_1_log_is_read_and_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        let salt = 99;
+        let mut bytes = header_of_format(salt, FORMAT_WITHOUT_GROUPS).to_vec();
+        encode(&mut bytes, salt, 1, &[put("a", "1")], false);
+        encode(&mut bytes, salt, 2, &[put("b", "2")], false);
+        bytes.resize(bytes.len() + 100, 0);
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (mut wal, records) = Wal::open(&db).unwrap();
+        assert_eq!(records.len(), 2);
+        wal.append(&[(3, &[put("c", "3")][..]), (4, &[put("d", "4")][..])])
+            .unwrap();
+        drop(wal);
+        let head = std::fs::read(path_of(&db)).unwrap();
+        assert_eq!(parse_header(&head, &db).unwrap(), Some((salt, FORMAT)));
+        assert_eq!(Wal::open(&db).unwrap().1.len(), 4);
+    }
+
     #[test]
     fn a_foreign_or_damaged_header_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -690,7 +835,7 @@ mod tests {
     fn the_size_estimate_is_the_encoded_size() {
         let writes = [put("key", "value"), del("gone"), put("", "")];
         let mut buf = Vec::new();
-        encode(&mut buf, 7, 1, &writes);
+        encode(&mut buf, 7, 1, &writes, false);
         assert_eq!(buf.len(), RECORD_HEADER + record_len(&writes));
         assert_eq!(
             decode(&buf[RECORD_HEADER..]).unwrap(),
