@@ -296,6 +296,17 @@ pub struct KvstashSubject {
     path: Option<PathBuf>,
     /// The open store and its `sensors` bucket (`None` while reopening).
     open: Option<(Store, Bucket)>,
+    /// The process holding the file, for a store used through it.
+    holder: Option<std::process::Child>,
+}
+
+impl Drop for KvstashSubject {
+    fn drop(&mut self) {
+        if let Some(mut holder) = self.holder.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+    }
 }
 
 impl KvstashSubject {
@@ -311,6 +322,45 @@ impl KvstashSubject {
         Self::open(config, Some(path.to_path_buf())).await
     }
 
+    /// The same file store, held by another process (`kvstash watch`, this
+    /// program) and used through its socket: what a second process pays.
+    pub async fn file_through_holder(path: &Path) -> Result<Self, BenchError> {
+        let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+        let holder = std::process::Command::new(exe)
+            .arg("--config")
+            .arg(serde_json::json!({"type": "file", "path": path}).to_string())
+            .args(["watch", "--since", "18446744073709551615"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the holder: {e}"))?;
+        let mut subject = Self {
+            config: String::new(),
+            path: None,
+            open: None,
+            holder: Some(holder),
+        };
+        let socket = {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".sock");
+            PathBuf::from(name)
+        };
+        let start = Instant::now();
+        while !socket.exists() {
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err("the holder did not serve the store within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let config = serde_json::json!({"type": "file", "path": path}).to_string();
+        let store = Store::open_with(&config, bench_options()).await?;
+        let bucket = store.bucket("sensors");
+        subject.config = config;
+        subject.path = Some(path.to_path_buf());
+        subject.open = Some((store, bucket));
+        Ok(subject)
+    }
+
     async fn open(config: String, path: Option<PathBuf>) -> Result<Self, BenchError> {
         let store = Store::open_with(&config, bench_options()).await?;
         let bucket = store.bucket("sensors");
@@ -318,6 +368,7 @@ impl KvstashSubject {
             config,
             path,
             open: Some((store, bucket)),
+            holder: None,
         })
     }
 
@@ -504,6 +555,10 @@ pub async fn built_in(name: &str, dir: &Path) -> Result<Option<Box<dyn Subject>>
         "kvstash-memory" => Some(Box::new(KvstashSubject::memory().await?)),
         "kvstash-file" => Some(Box::new(
             KvstashSubject::file(&dir.join("kvstash.redb")).await?,
+        )),
+        // Not in `BUILT_IN`: `--one` only, for docs/design.md's comparison.
+        "kvstash-file-shared" => Some(Box::new(
+            KvstashSubject::file_through_holder(&dir.join("kvstash.redb")).await?,
         )),
         _ => None,
     })

@@ -963,3 +963,53 @@ b.put("count", 3)
     assert_eq!(want["display"]["environment_sensor_1"], "garden shed");
     assert!(!want.contains_key("gone"));
 }
+
+/// While one process holds the store (a running `watch`), other processes
+/// read and write it through that process's socket, the watch sees their
+/// commits, and once it exits the store opens on its own again.
+#[test]
+fn other_processes_use_a_store_that_one_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "a", "1"]));
+    let socket = dir.path().join("kvstash.redb.sock");
+    assert!(!socket.exists(), "a process that exited leaves no socket");
+    let watch = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .arg("--data")
+        .arg(dir.path())
+        .args(["watch", "--since", "1", "--count", "2"])
+        .env_remove("KVSTASH_STORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed().as_secs() < 30, "the holder never served");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ok(kvstash(dir.path(), &["set", "b", "2"]));
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "a"]))).trim(), "1");
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "b"]))).trim(), "2");
+    // A conditional write through the holder keeps its meaning.
+    let o = kvstash(dir.path(), &["set", "a", "5", "--if-absent"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    ok(kvstash(dir.path(), &["set", "c", "3"]));
+    let out = watch.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let event: serde_json::Value = serde_json::from_str(l).unwrap();
+            event["key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["b", "c"]);
+    assert!(!socket.exists(), "the holder removed its socket");
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "c"]))).trim(), "3");
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "a"]))).trim(), "1");
+}

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdBackend;
-pub use file::{FileBackend, FileConfig, SyncStats};
+pub use file::{Client as FileClient, FileBackend, FileConfig, SyncStats, open as open_file};
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresBackend;
@@ -52,7 +52,7 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_RETENTION: u64 = 10_000;
 
 /// A stored record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
@@ -61,7 +61,7 @@ pub struct Entry {
 }
 
 /// A precondition of a commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Check {
     /// The key exists and was last written by the commit with this version.
     VersionIs(Vec<u8>, u64),
@@ -86,14 +86,14 @@ impl Check {
 }
 
 /// One write of a commit; `value: None` deletes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Write {
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
 }
 
 /// One entry of the change feed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     pub version: u64,
     pub key: Vec<u8>,
@@ -101,7 +101,7 @@ pub struct Change {
 }
 
 /// A key range for [`Backend::scan`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Scan {
     pub start: Vec<u8>,
     /// Exclusive; `None` scans to the last key.
@@ -123,7 +123,7 @@ impl Scan {
 }
 
 /// Why a backend call failed. Maps one to one onto the WIT `storage-error`.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum BackendError {
     /// Check number `index` of a commit failed; nothing was written.
@@ -298,9 +298,7 @@ impl Default for Registry {
         registry.register("memory", |config| {
             MemoryBackend::from_config(config).map(|b| Arc::new(b) as Arc<dyn Backend>)
         });
-        registry.register("file", |config| {
-            FileBackend::open_shared(&FileConfig::from_json(config)?).map(|b| b as Arc<dyn Backend>)
-        });
+        registry.register("file", |config| file::open(&FileConfig::from_json(config)?));
         #[cfg(feature = "etcd")]
         registry.register_async("etcd", EtcdBackend::open);
         #[cfg(feature = "redis")]

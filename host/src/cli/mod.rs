@@ -20,7 +20,6 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -513,7 +512,7 @@ async fn open_store(config: &str, command: &Command) -> anyhow::Result<Store> {
     registry.register("file", |config| {
         let mut config = crate::backend::FileConfig::from_json(config)?;
         config.read_only = true;
-        crate::backend::FileBackend::open_shared(&config).map(|b| b as Arc<dyn crate::Backend>)
+        crate::backend::open_file(&config)
     });
     let options = crate::StoreOptions {
         registry,

@@ -33,7 +33,10 @@
 //! process shares one [`FileBackend`] (`open_shared`). Another process is
 //! kept out by the log's lock (exclusive for a writer, shared for readers).
 
+mod share;
 mod wal;
+
+pub use share::Client;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -157,6 +160,8 @@ pub struct FileBackend {
     read_lock: Option<wal::ReadLock>,
     /// Told when this backend has let go of the file.
     closing: Arc<Closing>,
+    /// The socket other processes use this store through (a writer's).
+    server: Option<share::Server>,
 }
 
 /// Whether a backend that is being dropped has let go of its file yet: an
@@ -495,6 +500,8 @@ impl Drop for FileBackend {
     /// then closes redb and the log, so the file is free to reopen as soon
     /// as this returns (and an open waiting for it goes on).
     fn drop(&mut self) {
+        // The server first: it holds a sender of the queue.
+        self.server.take();
         self.queue.take();
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
@@ -637,6 +644,7 @@ impl FileBackend {
             counters: Arc::new(Counters::default()),
             read_lock: lock,
             closing: Arc::default(),
+            server: None,
         }))
     }
 
@@ -668,6 +676,13 @@ impl FileBackend {
             .name("kvstash-commit".into())
             .spawn(move || committer.run(&requests))
             .map_err(|e| BackendError::Unavailable(format!("cannot start the committer: {e}")))?;
+        // Without a socket (a path too long for one, say) the store is not
+        // shared: other processes find it in use, as they would anyway.
+        let holder = share::Holder {
+            state: state.clone(),
+            queue: queue.clone(),
+        };
+        let server = share::Server::start(path, holder).ok();
         Ok(Self {
             state,
             read_only: false,
@@ -678,6 +693,7 @@ impl FileBackend {
             counters,
             read_lock: None,
             closing: Arc::default(),
+            server,
         })
     }
 
@@ -1147,6 +1163,59 @@ fn canonical(path: &Path) -> Result<PathBuf, BackendError> {
     Ok(parent.join(name))
 }
 
+/// A commit through the committer's `queue`.
+async fn commit(
+    queue: Option<&std::sync::mpsc::Sender<Request>>,
+    checks: Vec<Check>,
+    writes: Vec<Write>,
+) -> Result<u64, BackendError> {
+    validate_commit(&checks, &writes)?;
+    let stopped = || BackendError::Unavailable("the file backend's committer stopped".into());
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    queue
+        .ok_or_else(stopped)?
+        .send(Request {
+            checks,
+            writes,
+            reply,
+        })
+        .map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// How long [`open`] waits for a store that another process holds without
+/// serving it: a read-only one-shot command (shared lock), or a holder
+/// that has not bound its socket yet.
+const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the file store `config` names: in this process (see
+/// [`FileBackend::open_shared`]), or, when another process holds it,
+/// through that process's socket ([`Client`]).
+pub fn open(config: &FileConfig) -> Result<Arc<dyn Backend>, BackendError> {
+    let deadline = std::time::Instant::now() + HELD_WAIT;
+    loop {
+        let e = match FileBackend::open_shared(config) {
+            Ok(backend) => return Ok(backend),
+            Err(e) if is_in_use(&e) => e,
+            Err(e) => return Err(e),
+        };
+        let path = canonical(&config.path)?;
+        if let Some(client) = Client::connect(&path, config.read_only) {
+            return Ok(Arc::new(client));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Whether `e` says another process holds the store (its log's lock, or
+/// redb's own).
+fn is_in_use(e: &BackendError) -> bool {
+    matches!(e, BackendError::Unavailable(why) if why.ends_with("is in use by another process"))
+}
+
 #[async_trait]
 impl Backend for FileBackend {
     fn summary(&self) -> String {
@@ -1173,22 +1242,11 @@ impl Backend for FileBackend {
     }
 
     async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
-        validate_commit(&checks, &writes)?;
         if self.read_only {
+            validate_commit(&checks, &writes)?;
             return Err(BackendError::ReadOnly);
         }
-        let stopped = || BackendError::Unavailable("the file backend's committer stopped".into());
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(Request {
-                checks,
-                writes,
-                reply,
-            })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        commit(self.queue.as_ref(), checks, writes).await
     }
 
     async fn current_version(&self) -> Result<u64, BackendError> {

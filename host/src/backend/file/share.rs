@@ -1,0 +1,380 @@
+//! One file store shared by many processes on one machine.
+//!
+//! redb is a single-process engine, so the process that holds the store
+//! (the one with the log's exclusive lock, [`super::wal`]) serves it on a
+//! Unix domain socket beside it (`PATH.sock`, the database file's
+//! permissions), and a process that finds the store held connects there:
+//! its backend is a [`Client`] that sends each storage call to the holder.
+//! Commits stay atomic and versioned because the holder's committer orders
+//! them all; a client's reads see every acknowledged commit because the
+//! holder answers them. Only the storage interface crosses the socket:
+//! every process runs its own guest.
+//!
+//! Frames are `u32 LE length | postcard body`: a [`Call`] one way, a
+//! `Result<Answer, BackendError>` back, one at a time per connection.
+//!
+//! The socket is bound only while the lock is held, so a socket file left
+//! by a holder that crashed is stale: the next holder removes it and binds
+//! again, and the lock itself went with the crashed process.
+
+use std::io::{Read, Write as _};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Request, State, read};
+use crate::backend::{
+    Backend, BackendError, Change, Check, Entry, Scan, Write, validate_commit, validate_get_many,
+    validate_key, validate_scan,
+};
+
+/// The largest frame either side accepts (a commit of up to the log's
+/// record limit, with room for its framing).
+const MAX_FRAME: usize = super::wal::MAX_RECORD + (1 << 20);
+
+/// The socket of the database at `db`.
+pub(super) fn socket_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".sock");
+    PathBuf::from(name)
+}
+
+/// A storage call.
+#[derive(Debug, Serialize, Deserialize)]
+enum Call {
+    Get(Vec<u8>),
+    GetMany(Vec<Vec<u8>>),
+    Scan(Scan),
+    Commit(Vec<Check>, Vec<Write>),
+    CurrentVersion,
+    Changes(u64, u32),
+}
+
+/// Its answer.
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    Entry(Option<Entry>),
+    Entries(Vec<Option<Entry>>),
+    Scanned(Vec<Entry>),
+    Version(u64),
+    Changes(Vec<Change>),
+}
+
+fn lost(path: &Path, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!(
+        "lost the process that holds {} ({e}); a commit in flight may or may not have been made: reopen the store and read it back",
+        path.display()
+    ))
+}
+
+/// What the holder's server needs of its backend.
+pub(super) struct Holder {
+    pub(super) state: Arc<RwLock<State>>,
+    pub(super) queue: std::sync::mpsc::Sender<Request>,
+}
+
+/// The holder's socket server: a thread with its own runtime, so it runs
+/// whatever runtime (or none) the holding process uses.
+pub(super) struct Server {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("path", &self.path).finish()
+    }
+}
+
+impl Server {
+    /// Binds `db`'s socket (replacing a stale one: the caller holds the
+    /// store's exclusive lock) and serves `holder` on it until dropped.
+    pub(super) fn start(db: &Path, holder: Holder) -> Result<Self, BackendError> {
+        let path = socket_path(db);
+        let io = |what: &str, e: std::io::Error| {
+            BackendError::Unavailable(format!("cannot {what} {}: {e}", path.display()))
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove the stale socket", e)),
+        }
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| io("bind", e))?;
+        // Whoever may open the database may connect: its mode, less execute.
+        if let Ok(meta) = std::fs::metadata(db) {
+            let mode = meta.permissions().mode() & 0o666;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io("set the permissions of", e))?;
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("configure", e))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| io("start the server of", e))?;
+        let holder = Arc::new(holder);
+        let thread = std::thread::Builder::new()
+            .name("kvstash-share".into())
+            .spawn(move || runtime.block_on(serve(listener, holder, stopped)))
+            .map_err(|e| io("start the server of", e))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+            path,
+        })
+    }
+}
+
+impl Drop for Server {
+    /// Stops serving (open connections are closed: their processes get
+    /// `unavailable`) and removes the socket.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    holder: Arc<Holder>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
+        return;
+    };
+    let connections = tokio::task::LocalSet::new();
+    connections
+        .run_until(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    accepted = listener.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            tokio::task::spawn_local(connection(stream, holder.clone()));
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// Answers one connection's calls, in order, until it closes.
+async fn connection(mut stream: tokio::net::UnixStream, holder: Arc<Holder>) {
+    while let Ok(Some(frame)) = read_frame_async(&mut stream).await {
+        let answer = match postcard::from_bytes::<Call>(&frame) {
+            Ok(call) => answer(&holder, call).await,
+            Err(e) => Err(BackendError::Invalid(format!("a malformed call: {e}"))),
+        };
+        let Ok(bytes) = postcard::to_stdvec(&answer) else {
+            return;
+        };
+        if write_frame_async(&mut stream, &bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn answer(holder: &Holder, call: Call) -> Result<Answer, BackendError> {
+    let state = || read(&holder.state);
+    match call {
+        Call::Get(key) => {
+            validate_key(&key)?;
+            state().get(&key).map(Answer::Entry)
+        }
+        Call::GetMany(keys) => {
+            validate_get_many(&keys)?;
+            let state = state();
+            let found: Result<Vec<_>, _> = keys.iter().map(|key| state.get(key)).collect();
+            found.map(Answer::Entries)
+        }
+        Call::Scan(scan) => {
+            validate_scan(&scan)?;
+            if scan.is_empty() {
+                return Ok(Answer::Scanned(Vec::new()));
+            }
+            state().scan(&scan).map(Answer::Scanned)
+        }
+        Call::Commit(checks, writes) => super::commit(Some(&holder.queue), checks, writes)
+            .await
+            .map(Answer::Version),
+        Call::CurrentVersion => Ok(Answer::Version(state().version)),
+        Call::Changes(since, limit) => state().changes(since, limit).map(Answer::Changes),
+    }
+}
+
+async fn read_frame_async(stream: &mut tokio::net::UnixStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other("frame too large"));
+    }
+    let mut frame = vec![0; len];
+    stream.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}
+
+async fn write_frame_async(
+    stream: &mut tokio::net::UnixStream,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).await
+}
+
+/// A backend that sends each call to the process holding the store.
+///
+/// Calls are made on a blocking socket, one at a time per client, like
+/// the file backend's own reads, which also run on the caller's thread; a
+/// commit waits for the holder's `fdatasync`. Watchers poll (no commit
+/// notifications cross the socket yet).
+pub struct Client {
+    path: PathBuf,
+    stream: std::sync::Mutex<std::os::unix::net::UnixStream>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("file::Client")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the holder of the store at `db`; `None` if nothing
+    /// serves it (no holder, or one that has not bound its socket yet).
+    pub(super) fn connect(db: &Path, read_only: bool) -> Option<Self> {
+        let stream = std::os::unix::net::UnixStream::connect(socket_path(db)).ok()?;
+        Some(Self {
+            path: db.to_path_buf(),
+            stream: std::sync::Mutex::new(stream),
+            read_only,
+        })
+    }
+
+    fn call(&self, call: &Call) -> Result<Answer, BackendError> {
+        let body = postcard::to_stdvec(call)
+            .map_err(|e| BackendError::Invalid(format!("cannot encode the call: {e}")))?;
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|&len| len as usize <= MAX_FRAME)
+            .ok_or_else(|| BackendError::Invalid("the call is too large".into()))?;
+        let mut stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&body);
+        stream.write_all(&frame).map_err(|e| lost(&self.path, e))?;
+        let mut len = [0u8; 4];
+        stream
+            .read_exact(&mut len)
+            .map_err(|e| lost(&self.path, e))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(lost(&self.path, "an oversized answer"));
+        }
+        let mut answer = vec![0; len];
+        stream
+            .read_exact(&mut answer)
+            .map_err(|e| lost(&self.path, e))?;
+        postcard::from_bytes::<Result<Answer, BackendError>>(&answer)
+            .map_err(|e| lost(&self.path, format_args!("a malformed answer: {e}")))?
+    }
+
+    /// Whether this client refuses writes (a read-only open).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+fn unexpected(answer: &Answer) -> BackendError {
+    BackendError::Unavailable(format!("the process holding the store answered {answer:?}"))
+}
+
+#[async_trait]
+impl Backend for Client {
+    fn summary(&self) -> String {
+        format!(
+            "file {} (through the process that holds it)",
+            self.path.display()
+        )
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
+        validate_key(key)?;
+        let answer = self.call(&Call::Get(key.to_vec()))?;
+        let Answer::Entry(entry) = answer else {
+            return Err(unexpected(&answer));
+        };
+        Ok(entry)
+    }
+
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError> {
+        validate_get_many(keys)?;
+        let answer = self.call(&Call::GetMany(keys.to_vec()))?;
+        match answer {
+            Answer::Entries(entries) if entries.len() == keys.len() => Ok(entries),
+            Answer::Entries(_)
+            | Answer::Entry(_)
+            | Answer::Scanned(_)
+            | Answer::Version(_)
+            | Answer::Changes(_) => Err(unexpected(&answer)),
+        }
+    }
+
+    async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
+        validate_scan(scan)?;
+        let answer = self.call(&Call::Scan(scan.clone()))?;
+        let Answer::Scanned(entries) = answer else {
+            return Err(unexpected(&answer));
+        };
+        Ok(entries)
+    }
+
+    async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
+        validate_commit(&checks, &writes)?;
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        let answer = self.call(&Call::Commit(checks, writes))?;
+        let Answer::Version(version) = answer else {
+            return Err(unexpected(&answer));
+        };
+        Ok(version)
+    }
+
+    async fn current_version(&self) -> Result<u64, BackendError> {
+        let answer = self.call(&Call::CurrentVersion)?;
+        let Answer::Version(version) = answer else {
+            return Err(unexpected(&answer));
+        };
+        Ok(version)
+    }
+
+    async fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError> {
+        let answer = self.call(&Call::Changes(since, limit))?;
+        let Answer::Changes(changes) = answer else {
+            return Err(unexpected(&answer));
+        };
+        Ok(changes)
+    }
+}
