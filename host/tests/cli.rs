@@ -1013,3 +1013,37 @@ fn other_processes_use_a_store_that_one_holds() {
     assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "c"]))).trim(), "3");
     assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "a"]))).trim(), "1");
 }
+
+/// A holder killed with SIGKILL leaves its socket file behind but not its
+/// lock: the next process opens the store itself and serves it again.
+#[test]
+fn a_killed_holder_leaves_the_store_openable() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "a", "1"]));
+    let socket = dir.path().join("kvstash.redb.sock");
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .arg("--data")
+        .arg(dir.path())
+        .args(["watch", "--since", "1"])
+        .env_remove("KVSTASH_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed().as_secs() < 30, "the holder never served");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ok(kvstash(dir.path(), &["set", "b", "2"]));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(socket.exists(), "SIGKILL leaves the socket file");
+    ok(kvstash(dir.path(), &["set", "c", "3"]));
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "b"]))).trim(), "2");
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "c"]))).trim(), "3");
+    assert!(
+        !socket.exists(),
+        "the next holder removed it when it closed"
+    );
+}
