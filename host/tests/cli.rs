@@ -1047,3 +1047,51 @@ fn a_killed_holder_leaves_the_store_openable() {
         "the next holder removed it when it closed"
     );
 }
+
+/// A process using the store through a holder that dies goes on: its next
+/// call reaches the new holder, or takes the store over itself.
+#[test]
+fn a_client_outlives_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "a", "1"]));
+    let socket = dir.path().join("kvstash.redb.sock");
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvstash"))
+            .arg("--data")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("KVSTASH_STORE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut holder = spawn(&["watch", "--since", "1"]);
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed().as_secs() < 30, "the holder never served");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // A second watcher: a client of the holder.
+    let client = spawn(&["watch", "--since", "1", "--count", "2"]);
+    ok(kvstash(dir.path(), &["set", "k1", "1"]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    ok(kvstash(dir.path(), &["set", "k2", "2"]));
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let event: serde_json::Value = serde_json::from_str(l).unwrap();
+            event["key"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["k1", "k2"]);
+}

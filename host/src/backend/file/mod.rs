@@ -1200,7 +1200,7 @@ pub fn open(config: &FileConfig) -> Result<Arc<dyn Backend>, BackendError> {
             Err(e) => return Err(e),
         };
         let path = canonical(&config.path)?;
-        if let Some(client) = Client::connect(&path, config.read_only) {
+        if let Some(client) = Client::connect(&path, config) {
             return Ok(Arc::new(client));
         }
         if std::time::Instant::now() >= deadline {

@@ -248,8 +248,18 @@ async fn write_frame_async(
 /// notifications cross the socket yet).
 pub struct Client {
     path: PathBuf,
-    stream: std::sync::Mutex<std::os::unix::net::UnixStream>,
+    config: super::FileConfig,
+    via: std::sync::Mutex<Via>,
     read_only: bool,
+}
+
+/// How a client reaches the store now.
+enum Via {
+    Socket(std::os::unix::net::UnixStream),
+    /// The holder went away and this process took the store over.
+    Local(Arc<super::FileBackend>),
+    /// The connection failed: the next call reconnects (or takes over).
+    Lost,
 }
 
 impl std::fmt::Debug for Client {
@@ -263,47 +273,121 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to the holder of the store at `db`; `None` if nothing
     /// serves it (no holder, or one that has not bound its socket yet).
-    pub(super) fn connect(db: &Path, read_only: bool) -> Option<Self> {
+    pub(super) fn connect(db: &Path, config: &super::FileConfig) -> Option<Self> {
         let stream = std::os::unix::net::UnixStream::connect(socket_path(db)).ok()?;
         Some(Self {
             path: db.to_path_buf(),
-            stream: std::sync::Mutex::new(stream),
-            read_only,
+            config: config.clone(),
+            via: std::sync::Mutex::new(Via::Socket(stream)),
+            read_only: config.read_only,
         })
     }
 
+    fn via(&self) -> std::sync::MutexGuard<'_, Via> {
+        self.via.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store in this process if it was taken over (reconnecting first
+    /// after a lost connection: to a new holder, or taking the store over
+    /// when nobody holds it).
+    fn local(&self) -> Result<Option<Arc<super::FileBackend>>, BackendError> {
+        let mut via = self.via();
+        if matches!(*via, Via::Lost) {
+            *via = match super::FileBackend::open_shared(&self.config) {
+                Ok(backend) => Via::Local(backend),
+                Err(e) if super::is_in_use(&e) => {
+                    match std::os::unix::net::UnixStream::connect(socket_path(&self.path)) {
+                        Ok(stream) => Via::Socket(stream),
+                        Err(_) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(match &*via {
+            Via::Local(backend) => Some(backend.clone()),
+            Via::Socket(_) | Via::Lost => None,
+        })
+    }
+
+    /// One call to the holder; a read is tried once more after a lost
+    /// connection (on the new holder, or on the store taken over).
+    async fn ask(&self, call: &Call) -> Result<Answer, BackendError> {
+        match self.call(call) {
+            Err(e) if !matches!(call, Call::Commit(..)) && matches!(*self.via(), Via::Lost) => {
+                match self.local()? {
+                    Some(local) => answer_locally(&local, call).await,
+                    None => self.call(call),
+                }
+                .or(Err(e))
+            }
+            other => other,
+        }
+    }
+
     fn call(&self, call: &Call) -> Result<Answer, BackendError> {
-        let body = postcard::to_stdvec(call)
-            .map_err(|e| BackendError::Invalid(format!("cannot encode the call: {e}")))?;
+        let mut via = self.via();
+        let Via::Socket(stream) = &mut *via else {
+            return Err(lost(&self.path, "not connected"));
+        };
+        let result = Self::round_trip(stream, call, &self.path);
+        if result.as_ref().is_err_and(|e| e.1) {
+            *via = Via::Lost;
+        }
+        result.map_err(|e| e.0)?
+    }
+
+    /// The answer; an error, and whether it lost the connection.
+    fn round_trip(
+        stream: &mut std::os::unix::net::UnixStream,
+        call: &Call,
+        path: &Path,
+    ) -> Result<Result<Answer, BackendError>, (BackendError, bool)> {
+        let body = postcard::to_stdvec(call).map_err(|e| {
+            (
+                BackendError::Invalid(format!("cannot encode the call: {e}")),
+                false,
+            )
+        })?;
         let len = u32::try_from(body.len())
             .ok()
             .filter(|&len| len as usize <= MAX_FRAME)
-            .ok_or_else(|| BackendError::Invalid("the call is too large".into()))?;
-        let mut stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+            .ok_or_else(|| (BackendError::Invalid("the call is too large".into()), false))?;
+        let lost = |e: &dyn std::fmt::Display| (lost(path, e), true);
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(&body);
-        stream.write_all(&frame).map_err(|e| lost(&self.path, e))?;
+        stream.write_all(&frame).map_err(|e| lost(&e))?;
         let mut len = [0u8; 4];
-        stream
-            .read_exact(&mut len)
-            .map_err(|e| lost(&self.path, e))?;
+        stream.read_exact(&mut len).map_err(|e| lost(&e))?;
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_FRAME {
-            return Err(lost(&self.path, "an oversized answer"));
+            return Err(lost(&"an oversized answer"));
         }
         let mut answer = vec![0; len];
-        stream
-            .read_exact(&mut answer)
-            .map_err(|e| lost(&self.path, e))?;
+        stream.read_exact(&mut answer).map_err(|e| lost(&e))?;
         postcard::from_bytes::<Result<Answer, BackendError>>(&answer)
-            .map_err(|e| lost(&self.path, format_args!("a malformed answer: {e}")))?
+            .map_err(|e| lost(&format_args!("a malformed answer: {e}")))
     }
 
     /// Whether this client refuses writes (a read-only open).
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
+}
+
+/// A read `call` on the store this process took over.
+async fn answer_locally(local: &super::FileBackend, call: &Call) -> Result<Answer, BackendError> {
+    Ok(match call {
+        Call::Get(key) => Answer::Entry(local.get(key).await?),
+        Call::GetMany(keys) => Answer::Entries(local.get_many(keys).await?),
+        Call::Scan(scan) => Answer::Scanned(local.scan(scan).await?),
+        Call::CurrentVersion => Answer::Version(local.current_version().await?),
+        Call::Changes(since, limit) => Answer::Changes(local.changes(*since, *limit).await?),
+        Call::Commit(..) => {
+            return Err(BackendError::Invalid("commits are not retried".into()));
+        }
+    })
 }
 
 fn unexpected(answer: &Answer) -> BackendError {
@@ -321,7 +405,10 @@ impl Backend for Client {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
         validate_key(key)?;
-        let answer = self.call(&Call::Get(key.to_vec()))?;
+        if let Some(local) = self.local()? {
+            return local.get(key).await;
+        }
+        let answer = self.ask(&Call::Get(key.to_vec())).await?;
         let Answer::Entry(entry) = answer else {
             return Err(unexpected(&answer));
         };
@@ -330,7 +417,10 @@ impl Backend for Client {
 
     async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError> {
         validate_get_many(keys)?;
-        let answer = self.call(&Call::GetMany(keys.to_vec()))?;
+        if let Some(local) = self.local()? {
+            return local.get_many(keys).await;
+        }
+        let answer = self.ask(&Call::GetMany(keys.to_vec())).await?;
         match answer {
             Answer::Entries(entries) if entries.len() == keys.len() => Ok(entries),
             Answer::Entries(_)
@@ -343,7 +433,10 @@ impl Backend for Client {
 
     async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
         validate_scan(scan)?;
-        let answer = self.call(&Call::Scan(scan.clone()))?;
+        if let Some(local) = self.local()? {
+            return local.scan(scan).await;
+        }
+        let answer = self.ask(&Call::Scan(scan.clone())).await?;
         let Answer::Scanned(entries) = answer else {
             return Err(unexpected(&answer));
         };
@@ -355,7 +448,10 @@ impl Backend for Client {
         if self.read_only {
             return Err(BackendError::ReadOnly);
         }
-        let answer = self.call(&Call::Commit(checks, writes))?;
+        if let Some(local) = self.local()? {
+            return local.commit(checks, writes).await;
+        }
+        let answer = self.ask(&Call::Commit(checks, writes)).await?;
         let Answer::Version(version) = answer else {
             return Err(unexpected(&answer));
         };
@@ -363,7 +459,10 @@ impl Backend for Client {
     }
 
     async fn current_version(&self) -> Result<u64, BackendError> {
-        let answer = self.call(&Call::CurrentVersion)?;
+        if let Some(local) = self.local()? {
+            return local.current_version().await;
+        }
+        let answer = self.ask(&Call::CurrentVersion).await?;
         let Answer::Version(version) = answer else {
             return Err(unexpected(&answer));
         };
@@ -371,7 +470,10 @@ impl Backend for Client {
     }
 
     async fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError> {
-        let answer = self.call(&Call::Changes(since, limit))?;
+        if let Some(local) = self.local()? {
+            return local.changes(since, limit).await;
+        }
+        let answer = self.ask(&Call::Changes(since, limit)).await?;
         let Answer::Changes(changes) = answer else {
             return Err(unexpected(&answer));
         };
