@@ -158,10 +158,12 @@ async fn serve(
             loop {
                 tokio::select! {
                     _ = &mut stopped => return,
-                    accepted = listener.accept() => {
-                        if let Ok((stream, _)) = accepted {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
                             tokio::task::spawn_local(connection(stream, holder.clone()));
                         }
+                        // Out of file descriptors, say: not a busy loop.
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
                     }
                 }
             }
@@ -176,9 +178,19 @@ async fn connection(mut stream: tokio::net::UnixStream, holder: Arc<Holder>) {
             Ok(call) => answer(&holder, call).await,
             Err(e) => Err(BackendError::Invalid(format!("a malformed call: {e}"))),
         };
-        let Ok(bytes) = postcard::to_stdvec(&answer) else {
+        let Ok(mut bytes) = postcard::to_stdvec(&answer) else {
             return;
         };
+        if bytes.len() > MAX_FRAME {
+            let too_large: Result<Answer, BackendError> = Err(BackendError::Invalid(format!(
+                "the answer is larger than the {} MiB a shared store's socket carries; ask for fewer keys",
+                MAX_FRAME >> 20
+            )));
+            let Ok(short) = postcard::to_stdvec(&too_large) else {
+                return;
+            };
+            bytes = short;
+        }
         if write_frame_async(&mut stream, &bytes).await.is_err() {
             return;
         }
@@ -244,7 +256,8 @@ async fn write_frame_async(
 ///
 /// Calls are made on a blocking socket, one at a time per client, like
 /// the file backend's own reads, which also run on the caller's thread; a
-/// commit waits for the holder's `fdatasync`. Watchers poll (no commit
+/// commit waits for the holder's `fdatasync`. A holder that does not
+/// answer within [`CALL_TIMEOUT`] counts as lost. Watchers poll (no commit
 /// notifications cross the socket yet).
 pub struct Client {
     path: PathBuf,
@@ -274,7 +287,7 @@ impl Client {
     /// Connects to the holder of the store at `db`; `None` if nothing
     /// serves it (no holder, or one that has not bound its socket yet).
     pub(super) fn connect(db: &Path, config: &super::FileConfig) -> Option<Self> {
-        let stream = std::os::unix::net::UnixStream::connect(socket_path(db)).ok()?;
+        let stream = connect(db)?;
         Some(Self {
             path: db.to_path_buf(),
             config: config.clone(),
@@ -296,9 +309,22 @@ impl Client {
             *via = match super::FileBackend::open_shared(&self.config) {
                 Ok(backend) => Via::Local(backend),
                 Err(e) if super::is_in_use(&e) => {
-                    match std::os::unix::net::UnixStream::connect(socket_path(&self.path)) {
-                        Ok(stream) => Via::Socket(stream),
-                        Err(_) => return Err(e),
+                    // The old holder may still be closing, or the new one
+                    // binding its socket: as long as `open` waits.
+                    let deadline = std::time::Instant::now() + super::HELD_WAIT;
+                    loop {
+                        if let Some(stream) = connect(&self.path) {
+                            break Via::Socket(stream);
+                        }
+                        match super::FileBackend::open_shared(&self.config) {
+                            Ok(backend) => break Via::Local(backend),
+                            Err(e) if super::is_in_use(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                        if std::time::Instant::now() >= deadline {
+                            return Err(e);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
                     }
                 }
                 Err(e) => return Err(e),
@@ -328,7 +354,12 @@ impl Client {
     fn call(&self, call: &Call) -> Result<Answer, BackendError> {
         let mut via = self.via();
         let Via::Socket(stream) = &mut *via else {
-            return Err(lost(&self.path, "not connected"));
+            // Another call lost the connection (or took the store over)
+            // since this one looked: this one was not sent.
+            return Err(BackendError::Unavailable(format!(
+                "the connection to the process that holds {} was lost before this call was sent; nothing was written, try again",
+                self.path.display()
+            )));
         };
         let result = Self::round_trip(stream, call, &self.path);
         if result.as_ref().is_err_and(|e| e.1) {
@@ -388,6 +419,17 @@ async fn answer_locally(local: &super::FileBackend, call: &Call) -> Result<Answe
             return Err(BackendError::Invalid("commits are not retried".into()));
         }
     })
+}
+
+/// How long one call may wait for the holder (a commit waits for its
+/// `fdatasync`) before the holder counts as lost.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn connect(db: &Path) -> Option<std::os::unix::net::UnixStream> {
+    let stream = std::os::unix::net::UnixStream::connect(socket_path(db)).ok()?;
+    stream.set_read_timeout(Some(CALL_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(CALL_TIMEOUT)).ok()?;
+    Some(stream)
 }
 
 fn unexpected(answer: &Answer) -> BackendError {
