@@ -662,6 +662,13 @@ pub fn python_venv(name: &str, requirements: &[&str]) -> PathBuf {
     let python = venv.join("bin").join("python");
     let record = venv.join("kvstash-requirements.txt");
     let wanted = requirements.join("\n");
+    // Tests run in parallel threads (and test binaries may run in parallel
+    // processes): one makes the venv while the others wait, instead of
+    // finding a half-made one without pip.
+    std::fs::create_dir_all(venv.parent().expect("target/NAME has a parent"))
+        .expect("target is writable");
+    let lock = std::fs::File::create(venv.with_extension("lock")).expect("target is writable");
+    lock.lock().expect("the venv's lock file can be locked");
     if std::fs::read_to_string(&record).is_ok_and(|had| had == wanted) && python.is_file() {
         return python;
     }
