@@ -964,29 +964,61 @@ b.put("count", 3)
     assert!(!want.contains_key("gone"));
 }
 
-/// While one process holds the store (a running `watch`), other processes
-/// read and write it through that process's socket, the watch sees their
-/// commits, and once it exits the store opens on its own again.
-#[test]
-fn other_processes_use_a_store_that_one_holds() {
-    let dir = tempfile::tempdir().unwrap();
-    ok(kvstash(dir.path(), &["set", "a", "1"]));
-    let socket = dir.path().join("kvstash.redb.sock");
-    assert!(!socket.exists(), "a process that exited leaves no socket");
-    let watch = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+/// Starts `kvstash --data DIR ARGS…` in the background, its output piped.
+fn spawn_kvstash(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kvstash"))
         .arg("--data")
-        .arg(dir.path())
-        .args(["watch", "--since", "1", "--count", "2"])
+        .arg(dir)
+        .args(args)
         .env_remove("KVSTASH_STORE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits until a holder serves the store in `dir`; returns its socket.
+fn wait_until_served(dir: &Path) -> std::path::PathBuf {
+    let socket = dir.join("kvstash.redb.sock");
     let started = std::time::Instant::now();
     while !socket.exists() {
         assert!(started.elapsed().as_secs() < 30, "the holder never served");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    socket
+}
+
+/// The keys a `kvstash watch` that has exited printed events for.
+fn watched_keys(watch: std::process::Child) -> Vec<String> {
+    let out = watch.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let event: serde_json::Value = serde_json::from_str(l).unwrap();
+            event["key"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// While one process holds a file store (here a `watch`), others use it
+/// through the holder's socket: writes, conditional writes and reads, and
+/// the holder's watcher sees their commits.
+#[test]
+fn other_processes_use_a_store_that_one_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "a", "1"]));
+    assert!(
+        !dir.path().join("kvstash.redb.sock").exists(),
+        "a process that exited leaves no socket"
+    );
+    let watch = spawn_kvstash(dir.path(), &["watch", "--since", "1", "--count", "2"]);
+    let socket = wait_until_served(dir.path());
     ok(kvstash(dir.path(), &["set", "b", "2"]));
     assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "a"]))).trim(), "1");
     assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "b"]))).trim(), "2");
@@ -994,24 +1026,67 @@ fn other_processes_use_a_store_that_one_holds() {
     let o = kvstash(dir.path(), &["set", "a", "5", "--if-absent"]);
     assert!(!o.status.success(), "{}", stdout(&o));
     ok(kvstash(dir.path(), &["set", "c", "3"]));
-    let out = watch.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let keys: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let event: serde_json::Value = serde_json::from_str(l).unwrap();
-            event["key"].as_str().unwrap().to_string()
-        })
-        .collect();
-    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(watched_keys(watch), ["b", "c"]);
     assert!(!socket.exists(), "the holder removed its socket");
     assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "c"]))).trim(), "3");
     assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "a"]))).trim(), "1");
+}
+
+/// A process using a held store is told of commits as the holder's own
+/// watchers are: a watcher that would otherwise ask again only after an
+/// hour sees another process's write at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_told_of_commits() {
+    use futures::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "a", "1"]));
+    let mut holder = spawn_kvstash(dir.path(), &["watch", "--since", "1"]);
+    wait_until_served(dir.path());
+    let config = serde_json::json!({"type": "file", "path": dir.path().join("kvstash.redb")});
+    let store = kvstash::Store::open(&config.to_string()).await.unwrap();
+    let options = kvstash::WatchOptions {
+        poll_interval: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let mut events = Box::pin(store.bucket("default").watch(options).await.unwrap());
+    for (key, value) in [("b", "2"), ("c", "3")] {
+        // The write lands while the watcher waits (had it landed first, the
+        // watcher would find it without being told).
+        let write = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let dir = dir.path().to_path_buf();
+            let args = ["set", key, value];
+            tokio::task::spawn_blocking(move || ok(kvstash(&dir, &args)))
+                .await
+                .unwrap();
+        };
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), events.next());
+        let (event, ()) = tokio::join!(next, write);
+        let event = event
+            .expect("the commit is announced, not found an hour later")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.key, key);
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+/// A store whose socket path is longer than a socket address holds (108
+/// bytes) is shared all the same.
+#[test]
+fn a_store_with_a_long_path_is_shared() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a".repeat(60)).join("b".repeat(60));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(dir.join("kvstash.redb.sock").as_os_str().len() > 108);
+    ok(kvstash(&dir, &["set", "a", "1"]));
+    let watch = spawn_kvstash(&dir, &["watch", "--since", "1", "--count", "1"]);
+    let socket = wait_until_served(&dir);
+    ok(kvstash(&dir, &["set", "b", "2"]));
+    assert_eq!(stdout(&ok(kvstash(&dir, &["get", "a"]))).trim(), "1");
+    assert_eq!(watched_keys(watch), ["b"]);
+    assert!(!socket.exists(), "the holder removed its socket");
 }
 
 /// A holder killed with SIGKILL leaves its socket file behind but not its
@@ -1020,21 +1095,8 @@ fn other_processes_use_a_store_that_one_holds() {
 fn a_killed_holder_leaves_the_store_openable() {
     let dir = tempfile::tempdir().unwrap();
     ok(kvstash(dir.path(), &["set", "a", "1"]));
-    let socket = dir.path().join("kvstash.redb.sock");
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_kvstash"))
-        .arg("--data")
-        .arg(dir.path())
-        .args(["watch", "--since", "1"])
-        .env_remove("KVSTASH_STORE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !socket.exists() {
-        assert!(started.elapsed().as_secs() < 30, "the holder never served");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut holder = spawn_kvstash(dir.path(), &["watch", "--since", "1"]);
+    let socket = wait_until_served(dir.path());
     ok(kvstash(dir.path(), &["set", "b", "2"]));
     holder.kill().unwrap();
     holder.wait().unwrap();
@@ -1054,44 +1116,14 @@ fn a_killed_holder_leaves_the_store_openable() {
 fn a_client_outlives_its_holder() {
     let dir = tempfile::tempdir().unwrap();
     ok(kvstash(dir.path(), &["set", "a", "1"]));
-    let socket = dir.path().join("kvstash.redb.sock");
-    let spawn = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_kvstash"))
-            .arg("--data")
-            .arg(dir.path())
-            .args(args)
-            .env_remove("KVSTASH_STORE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut holder = spawn(&["watch", "--since", "1"]);
-    let started = std::time::Instant::now();
-    while !socket.exists() {
-        assert!(started.elapsed().as_secs() < 30, "the holder never served");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut holder = spawn_kvstash(dir.path(), &["watch", "--since", "1"]);
+    wait_until_served(dir.path());
     // A second watcher: a client of the holder.
-    let client = spawn(&["watch", "--since", "1", "--count", "2"]);
+    let client = spawn_kvstash(dir.path(), &["watch", "--since", "1", "--count", "2"]);
     ok(kvstash(dir.path(), &["set", "k1", "1"]));
     std::thread::sleep(std::time::Duration::from_millis(300));
     holder.kill().unwrap();
     holder.wait().unwrap();
     ok(kvstash(dir.path(), &["set", "k2", "2"]));
-    let out = client.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let keys: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let event: serde_json::Value = serde_json::from_str(l).unwrap();
-            event["key"].as_str().unwrap().to_string()
-        })
-        .collect();
-    assert_eq!(keys, ["k1", "k2"]);
+    assert_eq!(watched_keys(client), ["k1", "k2"]);
 }

@@ -1,5 +1,7 @@
 """The synchronous API, on the file and memory backends."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -26,6 +28,35 @@ def test_aliases_and_display_names(tmp_path):
     again = kvstash.open(f'{{"type": "file", "path": "{path}"}}')
     assert again.bucket("aliases").get("environment_sensor_1").value == [1, 5, 42]
     assert again.bucket("names").get("environment_sensor_1").value == "backyard shed sensor"
+
+
+def test_another_process_uses_a_held_store(tmp_path):
+    # While this process holds the file store, another one (a second Python
+    # process here) reads and writes it through the holder: no "in use".
+    path = str(tmp_path / "held.redb")
+    store = kvstash.open({"type": "file", "path": path})
+    names = store.bucket("names")
+    names.set("sensor-1", "backyard shed sensor")
+    watch = names.watch(since=0)
+    assert watch.next_event(5).key == "sensor-1"
+    child = f"""
+import kvstash
+store = kvstash.open({{"type": "file", "path": {path!r}}})
+names = store.bucket("names")
+assert names.get("sensor-1").value == "backyard shed sensor"
+names.set("sensor-2", "front door")
+try:
+    names.set("sensor-1", "overwritten", if_absent=True)
+    raise SystemExit("if_absent overwrote a key")
+except kvstash.ConflictError:
+    pass
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert names.get("sensor-2").value == "front door"
+    assert names.get("sensor-1").value == "backyard shed sensor"
+    event = watch.next_event(5)
+    assert (event.key, event.value) == ("sensor-2", "front door")
 
 
 def test_values_and_versions(store):

@@ -676,11 +676,12 @@ impl FileBackend {
             .name("kvstash-commit".into())
             .spawn(move || committer.run(&requests))
             .map_err(|e| BackendError::Unavailable(format!("cannot start the committer: {e}")))?;
-        // Without a socket (a path too long for one, say) the store is not
-        // shared: other processes find it in use, as they would anyway.
+        // Without a socket (a directory this process may not write, say)
+        // the store is not shared: other processes find it in use.
         let holder = share::Holder {
             state: state.clone(),
             queue: queue.clone(),
+            commits: commits.subscribe(),
         };
         let server = share::Server::start(path, holder).ok();
         Ok(Self {

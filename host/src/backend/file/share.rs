@@ -18,7 +18,7 @@
 //! again, and the lock itself went with the crashed process.
 
 use std::io::{Read, Write as _};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -43,6 +43,33 @@ pub(super) fn socket_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The longest path a Unix socket address holds (`sun_path`, less its
+/// terminating NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Runs `f` on an address for the socket at `path` that fits a socket
+/// address: `path` itself, or, when it is longer, the same file reached
+/// through `/proc/self/fd/N/` and an open handle on its directory.
+fn with_address<T>(path: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::io::AsRawFd as _;
+    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
+        return f(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return f(path);
+    };
+    let dir = std::fs::File::open(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })?;
+    let short = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    f(&short)
+}
+
 /// A storage call.
 #[derive(Debug, Serialize, Deserialize)]
 enum Call {
@@ -52,6 +79,10 @@ enum Call {
     Commit(Vec<Check>, Vec<Write>),
     CurrentVersion,
     Changes(u64, u32),
+    /// Turns the connection into a feed of commit notifications: the
+    /// holder writes its version (`u64 LE`, no framing) now and after each
+    /// commit, and reads nothing more.
+    Subscribe,
 }
 
 /// Its answer.
@@ -75,6 +106,7 @@ fn lost(path: &Path, e: impl std::fmt::Display) -> BackendError {
 pub(super) struct Holder {
     pub(super) state: Arc<RwLock<State>>,
     pub(super) queue: std::sync::mpsc::Sender<Request>,
+    pub(super) commits: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The holder's socket server: a thread with its own runtime, so it runs
@@ -83,6 +115,9 @@ pub(super) struct Server {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+    /// The bound socket file's device and inode, so that only this
+    /// server's socket is removed, never one a later holder bound.
+    bound: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -104,7 +139,11 @@ impl Server {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("remove the stale socket", e)),
         }
-        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| io("bind", e))?;
+        let listener = with_address(&path, |at| std::os::unix::net::UnixListener::bind(at))
+            .map_err(|e| io("bind", e))?;
+        let bound = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
         // Whoever may open the database may connect: its mode, less execute.
         if let Ok(meta) = std::fs::metadata(db) {
             let mode = meta.permissions().mode() & 0o666;
@@ -128,15 +167,21 @@ impl Server {
             stop: Some(stop),
             thread: Some(thread),
             path,
+            bound,
         })
     }
 }
 
 impl Drop for Server {
     /// Stops serving (open connections are closed: their processes get
-    /// `unavailable`) and removes the socket.
+    /// `unavailable`) and removes the socket, if it is still this one's.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let current = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        if current.is_some() && current == self.bound {
+            let _ = std::fs::remove_file(&self.path);
+        }
         self.stop.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -175,6 +220,7 @@ async fn serve(
 async fn connection(mut stream: tokio::net::UnixStream, holder: Arc<Holder>) {
     while let Ok(Some(frame)) = read_frame_async(&mut stream).await {
         let answer = match postcard::from_bytes::<Call>(&frame) {
+            Ok(Call::Subscribe) => return notify(stream, holder.commits.clone()).await,
             Ok(call) => answer(&holder, call).await,
             Err(e) => Err(BackendError::Invalid(format!("a malformed call: {e}"))),
         };
@@ -192,6 +238,23 @@ async fn connection(mut stream: tokio::net::UnixStream, holder: Arc<Holder>) {
             bytes = short;
         }
         if write_frame_async(&mut stream, &bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the holder's version now and after each commit, until the
+/// connection or the holder closes.
+async fn notify(
+    mut stream: tokio::net::UnixStream,
+    mut commits: tokio::sync::watch::Receiver<u64>,
+) {
+    loop {
+        let version = *commits.borrow_and_update();
+        if stream.write_all(&version.to_le_bytes()).await.is_err() {
+            return;
+        }
+        if commits.changed().await.is_err() {
             return;
         }
     }
@@ -222,6 +285,9 @@ async fn answer(holder: &Holder, call: Call) -> Result<Answer, BackendError> {
             .map(Answer::Version),
         Call::CurrentVersion => Ok(Answer::Version(state().version)),
         Call::Changes(since, limit) => state().changes(since, limit).map(Answer::Changes),
+        Call::Subscribe => Err(BackendError::Invalid(
+            "a subscription takes a connection of its own".into(),
+        )),
     }
 }
 
@@ -257,13 +323,18 @@ async fn write_frame_async(
 /// Calls are made on a blocking socket, one at a time per client, like
 /// the file backend's own reads, which also run on the caller's thread; a
 /// commit waits for the holder's `fdatasync`. A holder that does not
-/// answer within [`CALL_TIMEOUT`] counts as lost. Watchers poll (no commit
-/// notifications cross the socket yet).
+/// answer within [`CALL_TIMEOUT`] counts as lost. Commit notifications
+/// come over a connection of their own, followed by a thread started on
+/// the first [`Backend::commits`].
 pub struct Client {
     path: PathBuf,
     config: super::FileConfig,
     via: std::sync::Mutex<Via>,
     read_only: bool,
+    /// The holder's version, as its notifications tell it; the follower
+    /// thread holds it weakly and ends once the client is gone.
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
+    following: std::sync::Once,
 }
 
 /// How a client reaches the store now.
@@ -293,6 +364,8 @@ impl Client {
             config: config.clone(),
             via: std::sync::Mutex::new(Via::Socket(stream)),
             read_only: config.read_only,
+            commits: Arc::new(tokio::sync::watch::Sender::new(0)),
+            following: std::sync::Once::new(),
         })
     }
 
@@ -418,6 +491,11 @@ async fn answer_locally(local: &super::FileBackend, call: &Call) -> Result<Answe
         Call::Commit(..) => {
             return Err(BackendError::Invalid("commits are not retried".into()));
         }
+        Call::Subscribe => {
+            return Err(BackendError::Invalid(
+                "subscriptions are not retried".into(),
+            ));
+        }
     })
 }
 
@@ -426,9 +504,79 @@ async fn answer_locally(local: &super::FileBackend, call: &Call) -> Result<Answe
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn connect(db: &Path) -> Option<std::os::unix::net::UnixStream> {
-    let stream = std::os::unix::net::UnixStream::connect(socket_path(db)).ok()?;
+    let stream = with_address(&socket_path(db), |at| {
+        std::os::unix::net::UnixStream::connect(at)
+    })
+    .ok()?;
     stream.set_read_timeout(Some(CALL_TIMEOUT)).ok()?;
     stream.set_write_timeout(Some(CALL_TIMEOUT)).ok()?;
+    Some(stream)
+}
+
+/// How often an idle follower checks that its client still exists, and
+/// how long it waits before subscribing again to a holder that went away.
+const FOLLOW_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Follows the commit notifications of whichever process holds `db` (this
+/// one included, once it took the store over) into `commits`, while the
+/// client that owns it exists. A holder that goes away wakes the watchers
+/// too: they read the change feed again, through whoever holds it next.
+fn follow(db: &Path, commits: &std::sync::Weak<tokio::sync::watch::Sender<u64>>) {
+    while commits.strong_count() > 0 {
+        if let Some(mut stream) = subscribe(db) {
+            let mut version = [0u8; 8];
+            let mut filled = 0;
+            loop {
+                match stream.read(&mut version[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        filled += n;
+                        if filled < version.len() {
+                            continue;
+                        }
+                        filled = 0;
+                        let Some(commits) = commits.upgrade() else {
+                            return;
+                        };
+                        let version = u64::from_le_bytes(version);
+                        commits.send_if_modified(|seen| {
+                            let newer = version != *seen;
+                            *seen = version;
+                            newer
+                        });
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        if commits.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Some(commits) = commits.upgrade() {
+                commits.send_modify(|_| {});
+            }
+        }
+        std::thread::sleep(FOLLOW_RETRY);
+    }
+}
+
+/// A connection to `db`'s holder turned into a notification feed.
+fn subscribe(db: &Path) -> Option<std::os::unix::net::UnixStream> {
+    let mut stream = connect(db)?;
+    stream.set_read_timeout(Some(FOLLOW_CHECK)).ok()?;
+    let body = postcard::to_stdvec(&Call::Subscribe).ok()?;
+    let len = u32::try_from(body.len()).ok()?;
+    stream.write_all(&len.to_le_bytes()).ok()?;
+    stream.write_all(&body).ok()?;
     Some(stream)
 }
 
@@ -520,5 +668,17 @@ impl Backend for Client {
             return Err(unexpected(&answer));
         };
         Ok(changes)
+    }
+
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.following.call_once(|| {
+            let (path, commits) = (self.path.clone(), Arc::downgrade(&self.commits));
+            // Without the thread, watchers poll, as with any backend that
+            // cannot announce commits.
+            let _ = std::thread::Builder::new()
+                .name("kvstash-share-follow".into())
+                .spawn(move || follow(&path, &commits));
+        });
+        Some(self.commits.subscribe())
     }
 }
