@@ -732,6 +732,18 @@ mod tests {
         wal.append(&[(5, &[del("a")][..])]).unwrap();
     }
 
+    /// Writes [`grouped`]'s log for `db`, then lets `damage` change its
+    /// bytes (given the records' offsets); returns the offsets and bytes.
+    fn grouped_then(db: &Path, damage: impl FnOnce(&mut [u8], &[usize])) -> (Vec<usize>, Vec<u8>) {
+        grouped(db);
+        let (at, _) = record_offsets(db);
+        assert_eq!(at.len(), 5);
+        let mut bytes = std::fs::read(path_of(db)).unwrap();
+        damage(&mut bytes, &at);
+        std::fs::write(path_of(db), &bytes).unwrap();
+        (at, bytes)
+    }
+
     /// A power cut during a group's append may keep a later page of it and
     /// lose an earlier one: that group was never acknowledged, so the open
     /// drops it from the bad record on and succeeds.
@@ -739,15 +751,12 @@ mod tests {
     fn a_group_torn_out_of_order_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
-        grouped(&db);
-        let (at, _) = record_offsets(&db);
-        assert_eq!(at.len(), 5);
-        let mut bytes = std::fs::read(path_of(&db)).unwrap();
         // The last group (5) was not written, nor the middle of (2, 3, 4);
         // the rest of it (4) was.
-        bytes[at[4]..].fill(0);
-        bytes[at[2]..at[3]].fill(0);
-        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (at, _) = grouped_then(&db, |bytes, at| {
+            bytes[at[4]..].fill(0);
+            bytes[at[2]..at[3]].fill(0);
+        });
         let (wal, records) = Wal::open(&db).unwrap();
         let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
         assert_eq!(
@@ -756,14 +765,13 @@ mod tests {
             "the torn group's sound start may come back"
         );
         assert_eq!(wal.used() as usize, at[2] - HEADER_LEN as usize);
-        drop(wal);
         // Only its first record's body lost, the length field intact.
-        grouped(&dir.path().join("t.redb"));
-        let mut bytes = std::fs::read(path_of(&dir.path().join("t.redb"))).unwrap();
-        bytes[at[4]..].fill(0);
-        bytes[at[1] + RECORD_HEADER..at[2]].fill(0);
-        std::fs::write(path_of(&db), &bytes).unwrap();
-        let (_, records) = Wal::open(&db).unwrap();
+        let other = dir.path().join("t.redb");
+        grouped_then(&other, |bytes, at| {
+            bytes[at[4]..].fill(0);
+            bytes[at[1] + RECORD_HEADER..at[2]].fill(0);
+        });
+        let (_, records) = Wal::open(&other).unwrap();
         assert_eq!(records.len(), 1);
     }
 
@@ -773,11 +781,7 @@ mod tests {
     fn damage_in_a_group_before_a_later_group_refuses_the_open() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
-        grouped(&db);
-        let (at, _) = record_offsets(&db);
-        let mut bytes = std::fs::read(path_of(&db)).unwrap();
-        bytes[at[2] + RECORD_HEADER + 100] ^= 4;
-        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (_, bytes) = grouped_then(&db, |bytes, at| bytes[at[2] + RECORD_HEADER + 100] ^= 4);
         let err = Wal::open(&db).unwrap_err();
         assert!(format!("{err}").contains("later group"), "{err}");
         assert_eq!(std::fs::read(path_of(&db)).unwrap(), bytes, "untouched");
