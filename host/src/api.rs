@@ -405,6 +405,19 @@ pub struct ListPage {
     pub cursor: Option<String>,
 }
 
+/// What a store has asked of its storage: see [`Store::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Per storage operation (`"get"`, `"scan"`, `"commit"`, …): how often
+    /// the component called it, and how many calls the backend failed
+    /// (unavailable, or refusing the call; a conflict is an answer).
+    pub storage: Vec<(&'static str, u64, u64)>,
+    /// Per opened backend that counts its commits (the file backend, in
+    /// the process that holds the store): its summary and counters.
+    pub commits: Vec<(String, crate::backend::SyncStats)>,
+}
+
 /// An open store. Cheap to clone; clones share instances and backends.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -484,6 +497,11 @@ impl Store {
     /// One line per backend this store has opened ("file /data/kvstash.redb").
     pub fn describe(&self) -> Vec<String> {
         self.pool.summaries()
+    }
+
+    /// Counters of this store's use of its storage, since it was opened.
+    pub fn stats(&self) -> StoreStats {
+        self.pool.stats()
     }
 
     /// Takes the lock `name` for `ttl` if nobody holds it; otherwise
@@ -1016,6 +1034,20 @@ impl Bucket {
     pub async fn exists(&self, key: &str) -> Result<bool, Error> {
         bucket_call!(self, |api, store, handle| api
             .call_exists(store, handle, key))
+    }
+
+    /// Where a watch of `prefix` from `since` starts: `since` itself once
+    /// checked to be retained ([`Error::Compacted`] if not), or with
+    /// `None`, the store's current version.
+    #[cfg(feature = "serve")]
+    pub(crate) async fn watch_start(
+        &self,
+        prefix: Option<&str>,
+        since: Option<u64>,
+    ) -> Result<u64, Error> {
+        let page = bucket_call!(self, |api, store, handle| api
+            .call_watch(store, handle, prefix, since, 1))?;
+        Ok(since.unwrap_or(page.next))
     }
 
     /// One page of items in key order.

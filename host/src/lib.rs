@@ -19,6 +19,7 @@
 //! - `runtime` — wasmtime engine, precompiled-component cache, instance pool
 //! - `bindings` — generated host bindings (private)
 //! - `run` — [`run::App`]: other people's Wasm apps with kvstash as their store; `compose`
+//! - `serve` — `kvstash serve`: the store over HTTP/JSON (`docs/http.md`)
 //! - `bench` — the benchmark workload (`kvstash bench`, `kvstash-bench`)
 //! - `cli` — the `kvstash` command line
 
@@ -31,10 +32,12 @@ pub mod cli;
 #[cfg(feature = "apps")]
 pub mod run;
 mod runtime;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use api::{
     Bucket, Check, Entry, Error, Event, EventKind, Item, Lease, ListOptions, ListPage, LockHolder,
-    Store, Transaction, Value, WatchOptions, WriteOptions,
+    Store, StoreStats, Transaction, Value, WatchOptions, WriteOptions,
 };
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore, BlockingWatch};

@@ -498,6 +498,68 @@ pub(crate) struct Shared {
     opened: Mutex<HashMap<String, Arc<dyn Backend>>>,
     /// Held while a backend opens, so concurrent instances connect once.
     opening: tokio::sync::Mutex<()>,
+    /// The guest's storage calls and their failures.
+    pub(crate) calls: StorageCalls,
+}
+
+/// A storage operation the guest calls (an index of [`STORAGE_OPS`]).
+#[derive(Clone, Copy)]
+enum StorageOp {
+    Get,
+    GetMany,
+    Scan,
+    Commit,
+    CurrentVersion,
+    Changes,
+}
+
+/// The names of the [`StorageOp`]s, in their order.
+pub(crate) const STORAGE_OPS: [&str; 6] = [
+    "get",
+    "get_many",
+    "scan",
+    "commit",
+    "current_version",
+    "changes",
+];
+
+/// How often the guest called each storage operation and how often the
+/// backend failed it (unavailable, or refusing what it was sent; a
+/// conflict or a compacted feed is an answer, not a failure).
+#[derive(Debug, Default)]
+pub(crate) struct StorageCalls {
+    counts: [[std::sync::atomic::AtomicU64; 2]; STORAGE_OPS.len()],
+}
+
+impl StorageCalls {
+    /// Counts one call of `op` with its outcome, and passes the outcome
+    /// on as the WIT result.
+    fn record<T>(
+        &self,
+        op: StorageOp,
+        result: Result<T, BackendError>,
+    ) -> Result<T, storage::StorageError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let [calls, failures] = &self.counts[op as usize];
+        calls.fetch_add(1, Relaxed);
+        if matches!(
+            result,
+            Err(BackendError::Unavailable(_) | BackendError::Invalid(_))
+        ) {
+            failures.fetch_add(1, Relaxed);
+        }
+        result.map_err(to_wit)
+    }
+
+    /// `(operation, calls, failures)` for every operation.
+    pub(crate) fn snapshot(&self) -> Vec<(&'static str, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        STORAGE_OPS
+            .iter()
+            .zip(&self.counts)
+            .map(|(op, [calls, failures])| (*op, calls.load(Relaxed), failures.load(Relaxed)))
+            .collect()
+    }
 }
 
 /// The options of every configuration that the guest handles itself
@@ -522,6 +584,7 @@ impl Shared {
             registry,
             opened: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
+            calls: StorageCalls::default(),
         }
     }
 
@@ -693,11 +756,8 @@ impl storage::HostBackend for KvCtx {
         key: Vec<u8>,
     ) -> WitResult<Option<storage::Entry>> {
         let backend = self.backend(&handle)?;
-        Ok(backend
-            .get(&key)
-            .await
-            .map(|e| e.map(entry_to_wit))
-            .map_err(to_wit))
+        let result = backend.get(&key).await.map(|e| e.map(entry_to_wit));
+        Ok(self.shared.calls.record(StorageOp::Get, result))
     }
 
     async fn get_many(
@@ -706,11 +766,11 @@ impl storage::HostBackend for KvCtx {
         keys: Vec<Vec<u8>>,
     ) -> WitResult<Vec<Option<storage::Entry>>> {
         let backend = self.backend(&handle)?;
-        Ok(backend
+        let result = backend
             .get_many(&keys)
             .await
-            .map(|es| es.into_iter().map(|e| e.map(entry_to_wit)).collect())
-            .map_err(to_wit))
+            .map(|es| es.into_iter().map(|e| e.map(entry_to_wit)).collect());
+        Ok(self.shared.calls.record(StorageOp::GetMany, result))
     }
 
     async fn scan(
@@ -728,11 +788,11 @@ impl storage::HostBackend for KvCtx {
             limit,
             reverse,
         };
-        Ok(backend
+        let result = backend
             .scan(&scan)
             .await
-            .map(|es| es.into_iter().map(entry_to_wit).collect())
-            .map_err(to_wit))
+            .map(|es| es.into_iter().map(entry_to_wit).collect());
+        Ok(self.shared.calls.record(StorageOp::Scan, result))
     }
 
     async fn commit(
@@ -758,12 +818,14 @@ impl storage::HostBackend for KvCtx {
                 value: w.value,
             })
             .collect();
-        Ok(backend.commit(checks, writes).await.map_err(to_wit))
+        let result = backend.commit(checks, writes).await;
+        Ok(self.shared.calls.record(StorageOp::Commit, result))
     }
 
     async fn current_version(&mut self, handle: Resource<BackendHandle>) -> WitResult<u64> {
         let backend = self.backend(&handle)?;
-        Ok(backend.current_version().await.map_err(to_wit))
+        let result = backend.current_version().await;
+        Ok(self.shared.calls.record(StorageOp::CurrentVersion, result))
     }
 
     async fn changes(
@@ -773,19 +835,16 @@ impl storage::HostBackend for KvCtx {
         limit: u32,
     ) -> WitResult<Vec<storage::Change>> {
         let backend = self.backend(&handle)?;
-        Ok(backend
-            .changes(since, limit)
-            .await
-            .map(|cs| {
-                cs.into_iter()
-                    .map(|c| storage::Change {
-                        version: c.version,
-                        key: c.key,
-                        value: c.value,
-                    })
-                    .collect()
-            })
-            .map_err(to_wit))
+        let result = backend.changes(since, limit).await.map(|cs| {
+            cs.into_iter()
+                .map(|c| storage::Change {
+                    version: c.version,
+                    key: c.key,
+                    value: c.value,
+                })
+                .collect()
+        });
+        Ok(self.shared.calls.record(StorageOp::Changes, result))
     }
 
     async fn drop(&mut self, handle: Resource<BackendHandle>) -> wasmtime::Result<()> {
@@ -871,6 +930,19 @@ impl Pool {
     pub(crate) fn commit_notifications(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
         let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());
         opened.values().filter_map(|b| b.commits()).collect()
+    }
+
+    /// The guest's storage calls and failures, and the commit counters of
+    /// every opened backend that keeps them.
+    pub(crate) fn stats(&self) -> crate::api::StoreStats {
+        let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());
+        crate::api::StoreStats {
+            storage: self.shared.calls.snapshot(),
+            commits: opened
+                .values()
+                .filter_map(|b| b.commit_stats().map(|s| (b.summary(), s)))
+                .collect(),
+        }
     }
 
     /// The backends this store's instances have opened, by leaf configuration.

@@ -846,12 +846,15 @@ async fn file_commits_share_fsyncs_under_concurrency() {
     for i in 0..20u8 {
         b.commit(vec![], vec![put(&[b's', i], b"v")]).await.unwrap();
     }
+    let mut lone = [0; kvstash::backend::GROUP_SLOTS];
+    lone[0] = 20;
     assert_eq!(
         b.sync_stats(),
         kvstash::backend::SyncStats {
             acknowledged: 20,
             syncs: 20,
-            checkpoints: 0
+            checkpoints: 0,
+            groups: lone,
         }
     );
     // 64 concurrent writers: commits queue up while an fsync runs, and the
@@ -874,6 +877,8 @@ async fn file_commits_share_fsyncs_under_concurrency() {
     let stats = b.sync_stats();
     assert_eq!(stats.acknowledged, 20 + 640);
     let concurrent_syncs = stats.syncs - 20;
+    // Every append is counted once by its size, and the sizes add up.
+    assert_eq!(stats.groups.iter().sum::<u64>(), stats.syncs);
     assert!(
         concurrent_syncs < 640,
         "640 commits took {concurrent_syncs} fsyncs"

@@ -28,7 +28,9 @@ use async_trait::async_trait;
 
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdBackend;
-pub use file::{Client as FileClient, FileBackend, FileConfig, SyncStats, open as open_file};
+pub use file::{
+    Client as FileClient, FileBackend, FileConfig, GROUP_SLOTS, SyncStats, open as open_file,
+};
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresBackend;
@@ -169,6 +171,12 @@ pub trait Backend: Debug + Send + Sync + 'static {
     /// poll). A backend that returns one must update it after every commit
     /// it makes, whichever handle made it.
     fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// How this backend's commits reached its disk, if it counts them (the
+    /// file backend, in the process that holds the store).
+    fn commit_stats(&self) -> Option<SyncStats> {
         None
     }
 }

@@ -36,7 +36,7 @@ mod txn;
 
 use bench::bench;
 use transfer::read_records;
-use txn::parse_transaction;
+pub(crate) use txn::parse_transaction;
 
 /// File name of the default store inside the data directory.
 pub const DEFAULT_FILE: &str = "kvstash.redb";
@@ -231,6 +231,18 @@ enum Command {
         #[arg(long, hide = true)]
         one: Option<String>,
     },
+    /// Serve the store over HTTP/JSON until interrupted (SIGINT or
+    /// SIGTERM): keys, lists, transactions, document paths, TTL, locks,
+    /// history, watch as Server-Sent Events; /healthz, /metrics
+    /// (Prometheus) and /openapi.json. See docs/http.md.
+    #[cfg(feature = "serve")]
+    Serve {
+        /// Address to listen on (port 0: any free port; the address is
+        /// printed). Only loopback addresses: the API has no
+        /// authentication yet, so it must not be reachable from elsewhere.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: std::net::SocketAddr,
+    },
     /// Print what this build is as JSON: version, target, features, the
     /// backends it has, and where its compiled component comes from
     /// ("embedded": precompiled into the binary, "cache", "compiled").
@@ -409,11 +421,57 @@ pub fn main() -> std::process::ExitCode {
 /// Commands that run concurrent work: `run` (an app, perhaps serving HTTP)
 /// and `bench` (concurrent writers).
 fn serves_or_measures(command: &Command) -> bool {
+    #[cfg(feature = "serve")]
+    if matches!(command, Command::Serve { .. }) {
+        return true;
+    }
     #[cfg(feature = "apps")]
     if matches!(command, Command::Run(_)) {
         return true;
     }
     matches!(command, Command::Bench { .. })
+}
+
+/// `kvstash serve`.
+#[cfg(feature = "serve")]
+async fn serve(
+    listen: std::net::SocketAddr,
+    config: Option<&str>,
+    data: Option<PathBuf>,
+) -> anyhow::Result<std::process::ExitCode> {
+    if !crate::serve::is_loopback(&listen) {
+        bail!(
+            "refusing to listen on {listen}: the HTTP API has no authentication yet, so it serves only loopback addresses (127.0.0.1, ::1)"
+        );
+    }
+    let config = resolve_config(config, data)?;
+    let store = Store::open(&config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "kvstash: serving {} on http://{addr}/ (Ctrl-C stops)",
+        store.describe().join(", ")
+    );
+    crate::serve::serve(store, listener, stop_signal()).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM (if signals cannot be watched: never).
+#[cfg(feature = "serve")]
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => if interrupted.is_err() {
+            terminate.recv().await;
+        },
+        _ = terminate.recv() => {}
+    }
 }
 
 /// A condition that did not hold: not a failure of the tool.
@@ -530,6 +588,7 @@ fn info() -> anyhow::Result<serde_json::Value> {
         ("etcd", cfg!(feature = "etcd")),
         ("redis", cfg!(feature = "redis")),
         ("postgres", cfg!(feature = "postgres")),
+        ("serve", cfg!(feature = "serve")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -560,6 +619,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     if let Command::Component(args) = &cli.command {
         app::component(args)?;
         return Ok(std::process::ExitCode::SUCCESS);
+    }
+    #[cfg(feature = "serve")]
+    if let Command::Serve { listen } = &cli.command {
+        return serve(*listen, cli.config.as_deref(), cli.data).await;
     }
     if let Command::Info = &cli.command {
         println!("{}", info()?);
@@ -990,6 +1053,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run(_) | Command::Compose(_) | Command::Component(_) => {
             bail!("apps are not run on an open store")
         }
+        #[cfg(feature = "serve")]
+        Command::Serve { .. } => bail!("the server opens its own store"),
     }
     out_flush().map(|()| std::process::ExitCode::SUCCESS)
 }
@@ -1064,7 +1129,7 @@ fn parse_value(text: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// A time as RFC 3339 UTC, to the millisecond: `2026-11-23T21:05:00.123Z`.
-fn rfc3339(t: std::time::SystemTime) -> String {
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
     let ms = t
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

@@ -6,9 +6,13 @@ use serde_json::json;
 use super::parse_duration;
 use crate::api::{Check, Store};
 
+/// The largest version or token a document names: 2^53 - 1, what every
+/// JSON reader (JavaScript's numbers) holds exactly.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
 /// A transaction document: `{"checks":[…],"mutations":[…]}` (see
 /// docs/semantics.md). `bucket` may be left out of a check or mutation.
-pub(super) fn parse_transaction(
+pub(crate) fn parse_transaction(
     store: &Store,
     default_bucket: &str,
     text: &str,
@@ -48,7 +52,8 @@ pub(super) fn parse_transaction(
             let token = check
                 .remove("token")
                 .and_then(|t| t.as_u64())
-                .context("a `lock` check needs a whole-number `token`")
+                .filter(|&t| t <= MAX_SAFE_INTEGER)
+                .context("a `lock` check needs a whole-number `token` (at most 2^53 - 1)")
                 .with_context(ctx)?;
             if let Some(extra) = check.keys().next() {
                 bail!("checks[{i}] has an unknown field `{extra}`");
@@ -60,7 +65,8 @@ pub(super) fn parse_transaction(
         let condition = if let Some(v) = check.remove("version") {
             let version = v
                 .as_u64()
-                .context("`version` must be a whole number")
+                .filter(|&v| v <= MAX_SAFE_INTEGER)
+                .context("`version` must be a whole number (at most 2^53 - 1)")
                 .with_context(ctx)?;
             Check::version(&bucket, &key, version)
         } else if check.remove("absent") == Some(json!(true)) {
@@ -80,14 +86,21 @@ pub(super) fn parse_transaction(
     for (i, mut m) in list("mutations")?.into_iter().enumerate() {
         let ctx = || format!("mutations[{i}]");
         let (bucket, key) = target(&mut m, default_bucket).with_context(ctx)?;
-        let ttl = match m.remove("ttl") {
-            Some(serde_json::Value::String(t)) => Some(
+        let ttl = match (m.remove("ttl"), m.remove("ttl_ms")) {
+            (Some(_), Some(_)) => bail!("mutations[{i}] has both `ttl` and `ttl_ms`"),
+            (Some(serde_json::Value::String(t)), None) => Some(
                 parse_duration(&t)
                     .map_err(anyhow::Error::msg)
                     .with_context(ctx)?,
             ),
-            Some(_) => bail!("mutations[{i}]: `ttl` must be a duration like \"30s\""),
-            None => None,
+            (Some(_), None) => bail!("mutations[{i}]: `ttl` must be a duration like \"30s\""),
+            (None, Some(ms)) => match ms.as_u64() {
+                Some(ms) if ms > 0 => Some(std::time::Duration::from_millis(ms)),
+                _ => bail!(
+                    "mutations[{i}]: `ttl_ms` must be a whole number of milliseconds, at least 1"
+                ),
+            },
+            (None, None) => None,
         };
         txn = if let Some(value) = m.remove("set") {
             txn.set_json(&bucket, &key, &value)?

@@ -656,6 +656,12 @@ impl Drop for Postgres {
 /// tools they run), made on first use; installed again when the list
 /// changes (it is recorded in the venv).
 pub fn python_venv(name: &str, requirements: &[&str]) -> PathBuf {
+    python_venv_with(name, Path::new("python3"), requirements)
+}
+
+/// [`python_venv`] made with the interpreter `python`.
+pub fn python_venv_with(name: &str, python: &Path, requirements: &[&str]) -> PathBuf {
+    let interpreter = python;
     let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target")
         .join(name);
@@ -673,12 +679,17 @@ pub fn python_venv(name: &str, requirements: &[&str]) -> PathBuf {
         return python;
     }
     if !python.is_file() {
-        let made = Command::new("python3")
+        let made = Command::new(interpreter)
             .args(["-m", "venv"])
             .arg(&venv)
             .status()
-            .expect("python3 (with venv) is needed");
-        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+            .unwrap_or_else(|e| panic!("{} (with venv) is needed: {e}", interpreter.display()));
+        assert!(
+            made.success(),
+            "{} -m venv {} failed",
+            interpreter.display(),
+            venv.display()
+        );
     }
     let installed = pip_install(&python)
         .args(requirements)

@@ -542,6 +542,17 @@ struct Counters {
     acknowledged: std::sync::atomic::AtomicU64,
     syncs: std::sync::atomic::AtomicU64,
     checkpoints: std::sync::atomic::AtomicU64,
+    groups: [std::sync::atomic::AtomicU64; GROUP_SLOTS],
+}
+
+/// The slots of [`SyncStats::groups`]: appends of 1, 2, 3–4, 5–8, …,
+/// 129–256 commits, and more.
+pub const GROUP_SLOTS: usize = 10;
+
+/// The [`SyncStats::groups`] slot of an append of `commits` commits.
+fn group_slot(commits: usize) -> usize {
+    let slot = commits.max(1).next_power_of_two().trailing_zeros() as usize;
+    slot.min(GROUP_SLOTS - 1)
 }
 
 /// How many commits a file backend acknowledged, how many durable appends
@@ -552,6 +563,10 @@ pub struct SyncStats {
     pub acknowledged: u64,
     pub syncs: u64,
     pub checkpoints: u64,
+    /// Appends by how many commits each carried: slot `i` counts appends
+    /// of more than `2^(i-1)` and at most `2^i` commits; the last slot,
+    /// every larger one.
+    pub groups: [u64; GROUP_SLOTS],
 }
 
 fn unavailable(e: impl Into<redb::Error>) -> BackendError {
@@ -834,6 +849,7 @@ impl FileBackend {
             acknowledged: self.counters.acknowledged.load(Relaxed),
             syncs: self.counters.syncs.load(Relaxed),
             checkpoints: self.counters.checkpoints.load(Relaxed),
+            groups: std::array::from_fn(|i| self.counters.groups[i].load(Relaxed)),
         }
     }
 }
@@ -899,6 +915,7 @@ impl Committer {
                 match self.wal.append(&records) {
                     Ok(()) => {
                         self.counters.syncs.fetch_add(1, Relaxed);
+                        self.counters.groups[group_slot(records.len())].fetch_add(1, Relaxed);
                     }
                     Err(e) => results = Err(e),
                 }
@@ -1260,6 +1277,10 @@ impl Backend for FileBackend {
 
     fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.commits.subscribe())
+    }
+
+    fn commit_stats(&self) -> Option<SyncStats> {
+        Some(self.sync_stats())
     }
 }
 

@@ -18,7 +18,7 @@
 //! again, and the lock itself went with the crashed process.
 
 use std::io::{Read, Write as _};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -59,11 +59,16 @@ fn with_address<T>(path: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> 
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return f(path);
     };
-    let dir = std::fs::File::open(if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    })?;
+    // O_PATH: the handle only names the directory, so reaching the socket
+    // needs what a plain path would (search permission), not read.
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })?;
     let short = Path::new("/proc/self/fd")
         .join(dir.as_raw_fd().to_string())
         .join(name);
@@ -156,6 +161,7 @@ impl Server {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .map_err(|e| io("start the server of", e))?;
         let holder = Arc::new(holder);
@@ -207,8 +213,10 @@ async fn serve(
                         Ok((stream, _)) => {
                             tokio::task::spawn_local(connection(stream, holder.clone()));
                         }
-                        // Out of file descriptors, say: not a busy loop.
-                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                        // Out of file descriptors, say: not a busy loop, and
+                        // the open connections go on meanwhile (they may be
+                        // what frees descriptors).
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
                     }
                 }
             }
@@ -249,13 +257,20 @@ async fn notify(
     mut stream: tokio::net::UnixStream,
     mut commits: tokio::sync::watch::Receiver<u64>,
 ) {
+    let mut probe = [0u8; 1];
     loop {
         let version = *commits.borrow_and_update();
         if stream.write_all(&version.to_le_bytes()).await.is_err() {
             return;
         }
-        if commits.changed().await.is_err() {
-            return;
+        // A subscriber sends nothing more: anything read (its end closing,
+        // most likely) ends the feed, so a subscriber that went away does
+        // not keep its connection open here until the next commit.
+        tokio::select! {
+            changed = commits.changed() => if changed.is_err() {
+                return;
+            },
+            _ = stream.read(&mut probe) => return,
         }
     }
 }
@@ -359,11 +374,15 @@ impl Client {
     /// serves it (no holder, or one that has not bound its socket yet).
     pub(super) fn connect(db: &Path, config: &super::FileConfig) -> Option<Self> {
         let stream = connect(db)?;
+        // The store's own path: taking it over later opens this file even
+        // if the process has changed its working directory since.
+        let mut config = config.clone();
+        config.path = db.to_path_buf();
         Some(Self {
             path: db.to_path_buf(),
-            config: config.clone(),
-            via: std::sync::Mutex::new(Via::Socket(stream)),
             read_only: config.read_only,
+            config,
+            via: std::sync::Mutex::new(Via::Socket(stream)),
             commits: Arc::new(tokio::sync::watch::Sender::new(0)),
             following: std::sync::Once::new(),
         })
@@ -376,10 +395,14 @@ impl Client {
     /// The store in this process if it was taken over (reconnecting first
     /// after a lost connection: to a new holder, or taking the store over
     /// when nobody holds it).
+    ///
+    /// A read-only client does not keep a store it opened: it holds it only
+    /// for the call that needed it, so a writer starting up can take the
+    /// store (and then serves it to this client's next call).
     fn local(&self) -> Result<Option<Arc<super::FileBackend>>, BackendError> {
         let mut via = self.via();
         if matches!(*via, Via::Lost) {
-            *via = match super::FileBackend::open_shared(&self.config) {
+            let next = match super::FileBackend::open_shared(&self.config) {
                 Ok(backend) => Via::Local(backend),
                 Err(e) if super::is_in_use(&e) => {
                     // The old holder may still be closing, or the new one
@@ -402,6 +425,10 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
+            match next {
+                Via::Local(backend) if self.read_only => return Ok(Some(backend)),
+                next @ (Via::Socket(_) | Via::Local(_) | Via::Lost) => *via = next,
+            }
         }
         Ok(match &*via {
             Via::Local(backend) => Some(backend.clone()),
@@ -680,5 +707,13 @@ impl Backend for Client {
                 .spawn(move || follow(&path, &commits));
         });
         Some(self.commits.subscribe())
+    }
+
+    fn commit_stats(&self) -> Option<super::SyncStats> {
+        // Not waiting behind a call in flight on the socket.
+        match &*self.via.try_lock().ok()? {
+            Via::Local(backend) => Some(backend.sync_stats()),
+            Via::Socket(_) | Via::Lost => None,
+        }
     }
 }

@@ -1,0 +1,1196 @@
+//! `kvstash serve`: the store over HTTP/JSON (the API is `docs/http.md`;
+//! `openapi.json` beside this file describes it and is served).
+//!
+//! Every route is one handler over the [`Store`] API. Every failure is an
+//! [`ApiError`]: a status and `{"error":{"code","message",…}}`, where
+//! `code` is [`Error::code`]; extractor rejections (a bad path, query or
+//! body) are turned into the same shape, so a client meets one error format.
+
+mod metrics;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::api::{Error, Event, EventKind, Lease, ListOptions, Store, Value, WriteOptions};
+use crate::cli::rfc3339;
+
+pub use metrics::Metrics;
+
+/// The OpenAPI 3.0 document of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The largest request body: a largest value (8 MiB) with room for a
+/// transaction document's framing.
+pub const MAX_BODY: usize = 8 * 1024 * 1024 + 64 * 1024;
+
+/// The largest TTL the store takes (100 years), as the API documents it.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
+
+/// The largest version or token a request may name: 2^53 - 1, the
+/// largest integer every JSON client (JavaScript's numbers) holds exactly.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Most items of one list page.
+const MAX_LIST_LIMIT: u32 = 1000;
+
+/// What a server shares between requests.
+struct Served {
+    store: Store,
+    metrics: Metrics,
+    /// Set when the server stops: watch streams end then.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Served {
+    fn new(store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            metrics: Metrics::new(store.clone()),
+            store,
+            stopping: tokio::sync::watch::Sender::new(false),
+        })
+    }
+}
+
+/// The API's router over `store`: every route of `docs/http.md`.
+pub fn router(store: Store) -> Router {
+    routes(Served::new(store))
+}
+
+fn routes(served: Arc<Served>) -> Router {
+    let keys = "/v1/buckets/{bucket}/keys/{key}";
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/buckets", get(buckets))
+        .route("/v1/buckets/{bucket}/keys", get(list))
+        .route(keys, get(get_key).put(put_key).delete(delete_key))
+        .route(&format!("{keys}/increment"), post(increment))
+        .route(
+            &format!("{keys}/path"),
+            get(get_path)
+                .put(set_path)
+                .delete(delete_path)
+                .post(append_path),
+        )
+        .route("/v1/buckets/{bucket}/watch", get(watch))
+        .route(
+            "/v1/buckets/{bucket}/history",
+            get(history).put(set_history),
+        )
+        .route("/v1/buckets/{bucket}/undo", post(undo))
+        .route("/v1/buckets/{bucket}/redo", post(redo))
+        .route(
+            "/v1/buckets/{bucket}/schema",
+            get(schema).put(set_schema).delete(remove_schema),
+        )
+        .route("/v1/txn", post(transaction))
+        .route("/v1/locks/{name}", get(lock_status).post(acquire))
+        .route("/v1/locks/{name}/renew", post(renew))
+        .route("/v1/locks/{name}/release", post(release))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            served.clone(),
+            measure,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(served)
+}
+
+/// Serves `store` on `listener` until `shutdown` completes; then waits
+/// for the requests in flight (watch streams end at once).
+pub async fn serve(
+    store: Store,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let served = Served::new(store);
+    let app = routes(served.clone()).into_make_service();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            served.stopping.send_replace(true);
+        })
+        .await
+}
+
+/// Whether `addr` is reachable only from this machine.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+// ---------------------------------------------------------------- errors
+
+/// A failed request: its status and `{"error":{…}}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        Self {
+            status,
+            body: json!({"error": {"code": code, "message": message}}),
+        }
+    }
+
+    fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", message)
+    }
+
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// The status an [`Error`] is answered with.
+fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidKey(_)
+        | Error::InvalidBucket(_)
+        | Error::InvalidValue(_)
+        | Error::InvalidCursor
+        | Error::InvalidConfig(_)
+        | Error::InvalidArgument(_)
+        | Error::InvalidPath(_)
+        | Error::Serde(_) => StatusCode::BAD_REQUEST,
+        Error::NotFound(_) | Error::PathNotFound(_) => StatusCode::NOT_FOUND,
+        // What the store holds now refuses the request: a well-formed one
+        // may succeed later, or on another key. (A version that does not
+        // match is CouchDB's 409 too; 412 is for HTTP's own If-Match.)
+        Error::Conflict { .. }
+        | Error::CheckFailed { .. }
+        | Error::PathTypeMismatch(_)
+        | Error::NotJson
+        | Error::SchemaViolation(_)
+        | Error::Locked { .. }
+        | Error::LeaseLost(_)
+        | Error::Contention => StatusCode::CONFLICT,
+        Error::ReadOnly => StatusCode::FORBIDDEN,
+        Error::Compacted { .. } => StatusCode::GONE,
+        Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Trap(_) | Error::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let mut detail = json!({"code": e.code(), "message": e.to_string()});
+        if let Error::Conflict { current } = &e {
+            detail["current"] = json!(current);
+        }
+        if let Error::CheckFailed { index, current } = &e {
+            detail["index"] = json!(index);
+            detail["current"] = json!(current);
+        }
+        if let Error::Compacted { oldest } = &e {
+            detail["oldest"] = json!(oldest);
+        }
+        if let Error::Locked {
+            token,
+            expires_at,
+            owner,
+        } = &e
+        {
+            detail["token"] = json!(token);
+            detail["expires_at"] = json!(rfc3339(*expires_at));
+            detail["owner"] = json!(owner);
+        }
+        Self {
+            status: status_of(&e),
+            body: json!({ "error": detail }),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::bad_request("invalid-argument", e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::bad_request("invalid-argument", e.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid-value",
+                format!("the request body is larger than {MAX_BODY} bytes"),
+            );
+        }
+        Self::bad_request("invalid-argument", e.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = ErrorCode(self.code().to_string());
+        let mut response = (self.status, Json(self.body)).into_response();
+        response.extensions_mut().insert(code);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn ok(body: serde_json::Value) -> Reply {
+    Ok(Json(body).into_response())
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such route (the API is described at /openapi.json)")
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this route does not take that method (see the Allow header)",
+    )
+}
+
+// ---------------------------------------------------------------- bodies
+
+/// A JSON request body of type `T`; any problem is a 400 with the reason.
+fn body_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body?;
+    if !is_json(headers) {
+        return Err(unsupported_media());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid-argument", format!("the body: {e}")))
+}
+
+/// Like [`body_json`], but an empty body is `T::default()`.
+fn body_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(bytes) if bytes.is_empty() => Ok(T::default()),
+        other => body_json(headers, other),
+    }
+}
+
+/// The request's media type without parameters, lower-cased.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or("").trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// JSON, or no Content-Type at all (curl's `-d` sends a form type, which is
+/// refused rather than guessed at).
+fn is_json(headers: &HeaderMap) -> bool {
+    match media_type(headers) {
+        None => true,
+        Some(t) => t == "application/json",
+    }
+}
+
+fn unsupported_media() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid-argument",
+        "send application/json (or application/octet-stream for a raw-bytes value)",
+    )
+}
+
+/// A stored value as the request body holds it: JSON text, or raw bytes
+/// under `application/octet-stream`.
+fn body_value(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body?;
+    if media_type(headers).as_deref() == Some("application/octet-stream") {
+        return Ok(Value::Bytes(body.to_vec()));
+    }
+    if !is_json(headers) {
+        return Err(unsupported_media());
+    }
+    String::from_utf8(body.to_vec())
+        .map(Value::Json)
+        .map_err(|_| ApiError::bad_request("invalid-value", "the body is not UTF-8 JSON"))
+}
+
+/// A whole body of JSON text as a value to store in a document.
+fn body_document(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Box<RawValue>, ApiError> {
+    let body = body?;
+    if !is_json(headers) {
+        return Err(unsupported_media());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid-value", format!("the body is not JSON: {e}")))
+}
+
+/// A version or fencing token from a request, checked against the
+/// documented range.
+fn safe(name: &str, n: u64) -> Result<u64, ApiError> {
+    if n > MAX_SAFE_INTEGER {
+        return Err(ApiError::bad_request(
+            "invalid-argument",
+            format!("{name} {n} is over {MAX_SAFE_INTEGER}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// A TTL in milliseconds, checked against the documented range.
+fn ttl(ms: Option<u64>) -> Result<Option<Duration>, ApiError> {
+    match ms {
+        None => Ok(None),
+        Some(ms @ 1..=MAX_TTL_MS) => Ok(Some(Duration::from_millis(ms))),
+        Some(ms) => Err(ApiError::bad_request(
+            "invalid-argument",
+            format!("ttl_ms {ms} is outside 1..={MAX_TTL_MS}"),
+        )),
+    }
+}
+
+/// `{"value":…}` / `{"bytes":"base64"}` with the version and expiry, as
+/// JSON text (stored JSON is copied as it is, not re-parsed).
+fn entry_text(
+    key: Option<&str>,
+    value: Option<&Value>,
+    version: u64,
+    expires_at: Option<std::time::SystemTime>,
+) -> String {
+    let mut out = String::from("{");
+    if let Some(key) = key {
+        out.push_str("\"key\":");
+        out.push_str(&json!(key).to_string());
+        out.push(',');
+    }
+    match value {
+        Some(Value::Json(text)) => {
+            out.push_str("\"value\":");
+            out.push_str(text);
+            out.push(',');
+        }
+        Some(Value::Bytes(bytes)) => {
+            out.push_str("\"bytes\":\"");
+            out.push_str(&base64::engine::general_purpose::STANDARD.encode(bytes));
+            out.push_str("\",");
+        }
+        None => {}
+    }
+    out.push_str(&format!("\"version\":{version}"));
+    if let Some(at) = expires_at {
+        out.push_str(&format!(",\"expires_at\":\"{}\"", rfc3339(at)));
+    }
+    out.push('}');
+    out
+}
+
+fn json_text_response(text: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------- service routes
+
+async fn healthz(State(s): State<Arc<Served>>) -> Reply {
+    let version = s.store.bucket("default").watch_start(None, None).await?;
+    ok(json!({"status": "ok", "version": version}))
+}
+
+async fn metrics_text(State(s): State<Arc<Served>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+/// Counts and times every request by its route (not its raw path, so
+/// keys do not become label values).
+async fn measure(State(s): State<Arc<Served>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(none)", |m| m.as_str())
+        .to_string();
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let code = response
+        .extensions()
+        .get::<ErrorCode>()
+        .map(|c| c.0.clone());
+    s.metrics.request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        code.as_deref(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The error code of a failed response, for the metrics.
+#[derive(Clone)]
+struct ErrorCode(String);
+
+// ---------------------------------------------------------------- keys
+
+async fn buckets(State(s): State<Arc<Served>>) -> Reply {
+    ok(json!({"buckets": s.store.buckets().await?}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    prefix: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+    reverse: Option<bool>,
+    keys_only: Option<bool>,
+}
+
+async fn list(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Reply {
+    let Path(bucket) = path?;
+    let Query(q) = query?;
+    if let Some(limit) = q.limit
+        && !(1..=MAX_LIST_LIMIT).contains(&limit)
+    {
+        return Err(ApiError::bad_request(
+            "invalid-argument",
+            format!("limit {limit} is outside 1..={MAX_LIST_LIMIT}"),
+        ));
+    }
+    let options = ListOptions {
+        prefix: q.prefix,
+        start: q.start,
+        end: q.end,
+        limit: q.limit,
+        cursor: q.cursor,
+        reverse: q.reverse.unwrap_or(false),
+        keys_only: q.keys_only.unwrap_or(false),
+    };
+    let page = s.store.bucket(&bucket).list(&options).await?;
+    let items: Vec<String> = page
+        .items
+        .iter()
+        .map(|i| entry_text(Some(&i.key), i.value.as_ref(), i.version, i.expires_at))
+        .collect();
+    let cursor = json!(page.cursor);
+    Ok(json_text_response(format!(
+        "{{\"items\":[{}],\"cursor\":{cursor}}}",
+        items.join(",")
+    )))
+}
+
+async fn get_key(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let entry = s
+        .store
+        .bucket(&bucket)
+        .get(&key)
+        .await?
+        .ok_or_else(|| missing(&bucket, &key))?;
+    let mut response = json_text_response(entry_text(
+        None,
+        Some(&entry.value),
+        entry.version,
+        entry.expires_at,
+    ));
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", entry.version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+fn missing(bucket: &str, key: &str) -> ApiError {
+    ApiError::not_found(format!("key `{key}` not found in bucket `{bucket}`"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    /// Write only if the key is at this version; 0: only if it is absent
+    /// (versions start at 1), as etcd compares a missing key's version.
+    if_version: Option<u64>,
+    ttl_ms: Option<u64>,
+}
+
+async fn put_key(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PutQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let Query(q) = query?;
+    let value = body_value(&headers, body)?;
+    let if_version = q.if_version.map(|v| safe("if_version", v)).transpose()?;
+    let options = WriteOptions {
+        if_version: if_version.filter(|&v| v > 0),
+        if_absent: if_version == Some(0),
+        ttl: ttl(q.ttl_ms)?,
+    };
+    let version = s
+        .store
+        .bucket(&bucket)
+        .set_with(&key, value, &options)
+        .await?;
+    ok(json!({ "version": version }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    if_version: Option<u64>,
+}
+
+async fn delete_key(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let Query(q) = query?;
+    let bucket = s.store.bucket(&bucket);
+    match q.if_version.map(|v| safe("if_version", v)).transpose()? {
+        Some(version) => {
+            let version = bucket.delete_if_version(&key, version).await?;
+            ok(json!({"deleted": true, "version": version}))
+        }
+        None => ok(json!({"deleted": bucket.delete(&key).await?})),
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrementBody {
+    delta: Option<i64>,
+}
+
+async fn increment(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let body: IncrementBody = body_json_or_default(&headers, body)?;
+    let value = s
+        .store
+        .bucket(&bucket)
+        .increment(&key, body.delta.unwrap_or(1))
+        .await
+        .map_err(stored_value)?;
+    ok(json!({ "value": value }))
+}
+
+// ---------------------------------------------------------------- document paths
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointerQuery {
+    pointer: String,
+}
+
+async fn get_path(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PointerQuery>, QueryRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let Query(q) = query?;
+    let (value, version) = s
+        .store
+        .bucket(&bucket)
+        .get_path_json::<Box<RawValue>>(&key, &q.pointer)
+        .await?
+        .ok_or_else(|| missing(&bucket, &key))?;
+    Ok(json_text_response(format!(
+        "{{\"value\":{},\"version\":{version}}}",
+        value.get()
+    )))
+}
+
+async fn set_path(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PointerQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let Query(q) = query?;
+    let value = body_document(&headers, body)?;
+    let version = s
+        .store
+        .bucket(&bucket)
+        .set_path_json(&key, &q.pointer, &value)
+        .await?;
+    ok(json!({ "version": version }))
+}
+
+async fn append_path(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PointerQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let Query(q) = query?;
+    let value = body_document(&headers, body)?;
+    let version = s
+        .store
+        .bucket(&bucket)
+        .append_path_json(&key, &q.pointer, &value)
+        .await?;
+    ok(json!({ "version": version }))
+}
+
+async fn delete_path(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PointerQuery>, QueryRejection>,
+) -> Reply {
+    let Path((bucket, key)) = path?;
+    let Query(q) = query?;
+    let version = s
+        .store
+        .bucket(&bucket)
+        .delete_path(&key, &q.pointer)
+        .await?;
+    ok(json!({ "version": version }))
+}
+
+// ---------------------------------------------------------------- transactions
+
+async fn transaction(
+    State(s): State<Arc<Served>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body = body?;
+    if !is_json(&headers) {
+        return Err(unsupported_media());
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid-argument", "the body is not UTF-8 JSON"))?;
+    let txn = crate::cli::parse_transaction(&s.store, "default", text)
+        .map_err(|e| ApiError::bad_request("invalid-argument", format!("{e:#}")))?;
+    ok(json!({ "version": txn.commit().await.map_err(stored_value)? }))
+}
+
+/// An error of a request the store took apart already: an `invalid-value`
+/// then names what is stored (an increment of a value that is not an
+/// integer, or that would overflow), so it is a 409, not a bad request.
+fn stored_value(e: Error) -> ApiError {
+    let conflicting = matches!(e, Error::InvalidValue(_));
+    let mut e = ApiError::from(e);
+    if conflicting {
+        e.status = StatusCode::CONFLICT;
+    }
+    e
+}
+
+// ---------------------------------------------------------------- history and schema
+
+async fn history(State(s): State<Arc<Served>>, path: Result<Path<String>, PathRejection>) -> Reply {
+    let Path(bucket) = path?;
+    let (undoable, redoable) = s.store.bucket(&bucket).history().await?;
+    ok(json!({"undoable": undoable, "redoable": redoable}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryBody {
+    keep: u32,
+}
+
+async fn set_history(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path(bucket) = path?;
+    let body: HistoryBody = body_json(&headers, body)?;
+    let bucket = s.store.bucket(&bucket);
+    bucket.set_history(body.keep).await?;
+    let (undoable, redoable) = bucket.history().await?;
+    ok(json!({"undoable": undoable, "redoable": redoable}))
+}
+
+async fn undo(State(s): State<Arc<Served>>, path: Result<Path<String>, PathRejection>) -> Reply {
+    let Path(bucket) = path?;
+    ok(json!({"version": s.store.bucket(&bucket).undo().await?}))
+}
+
+async fn redo(State(s): State<Arc<Served>>, path: Result<Path<String>, PathRejection>) -> Reply {
+    let Path(bucket) = path?;
+    ok(json!({"version": s.store.bucket(&bucket).redo().await?}))
+}
+
+async fn schema(State(s): State<Arc<Served>>, path: Result<Path<String>, PathRejection>) -> Reply {
+    let Path(bucket) = path?;
+    match s.store.bucket(&bucket).schema().await? {
+        Some((schema, version)) => ok(json!({"schema": schema, "version": version})),
+        None => Err(ApiError::not_found(format!(
+            "bucket `{bucket}` has no schema"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaBody {
+    schema: serde_json::Value,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn set_schema(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path(bucket) = path?;
+    let body: SchemaBody = body_json(&headers, body)?;
+    if !body.schema.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid-argument",
+            "`schema` must be a JSON Schema object (DELETE removes a schema)",
+        ));
+    }
+    let version = s
+        .store
+        .bucket(&bucket)
+        .set_schema(Some(&body.schema), body.force)
+        .await?;
+    ok(json!({ "version": version }))
+}
+
+async fn remove_schema(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let Path(bucket) = path?;
+    let version = s.store.bucket(&bucket).set_schema(None, false).await?;
+    ok(json!({ "version": version }))
+}
+
+// ---------------------------------------------------------------- locks
+
+fn lease_body(lease: &Lease) -> serde_json::Value {
+    json!({"name": lease.name, "token": lease.token, "expires_at": rfc3339(lease.expires_at)})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    ttl_ms: u64,
+    owner: Option<String>,
+    /// Wait this long for the lock to free up (at most 10 s).
+    wait_ms: Option<u64>,
+}
+
+/// The longest a request may wait for a lock.
+const MAX_LOCK_WAIT_MS: u64 = 10_000;
+
+async fn acquire(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path(name) = path?;
+    let body: AcquireBody = body_json(&headers, body)?;
+    let ttl = ttl(Some(body.ttl_ms))?.unwrap_or_default();
+    let lease = match body.wait_ms {
+        None | Some(0) => s.store.acquire(&name, ttl, body.owner.as_deref()).await?,
+        Some(ms @ 1..=MAX_LOCK_WAIT_MS) => {
+            let wait = Duration::from_millis(ms);
+            s.store
+                .lock(&name, ttl, body.owner.as_deref(), wait)
+                .await?
+        }
+        Some(ms) => {
+            return Err(ApiError::bad_request(
+                "invalid-argument",
+                format!("wait_ms {ms} is over {MAX_LOCK_WAIT_MS}"),
+            ));
+        }
+    };
+    ok(lease_body(&lease))
+}
+
+async fn lock_status(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let Path(name) = path?;
+    let holder =
+        s.store.lock_status(&name).await?.map(
+            |h| json!({"token": h.token, "expires_at": rfc3339(h.expires_at), "owner": h.owner}),
+        );
+    ok(json!({ "holder": holder }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    token: u64,
+    ttl_ms: u64,
+}
+
+async fn renew(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path(name) = path?;
+    let body: RenewBody = body_json(&headers, body)?;
+    let ttl = ttl(Some(body.ttl_ms))?.unwrap_or_default();
+    let lease = Lease {
+        name,
+        token: safe("token", body.token)?,
+        expires_at: std::time::UNIX_EPOCH,
+    };
+    ok(lease_body(&s.store.renew(&lease, ttl).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    token: u64,
+}
+
+async fn release(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let Path(name) = path?;
+    let body: ReleaseBody = body_json(&headers, body)?;
+    let lease = Lease {
+        name,
+        token: safe("token", body.token)?,
+        expires_at: std::time::UNIX_EPOCH,
+    };
+    ok(json!({"released": s.store.release(&lease).await?}))
+}
+
+// ---------------------------------------------------------------- watch
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    prefix: Option<String>,
+    since: Option<u64>,
+}
+
+/// Server-Sent Events: `ready` (its id the version the stream starts
+/// after), then one `commit` event per commit that touched a watched key,
+/// its id the commit's version. A reconnecting client's `Last-Event-ID`
+/// resumes after that version. A version the store no longer retains is
+/// 410 before the stream starts, or an `error` event ending it.
+async fn watch(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Reply {
+    let Path(bucket) = path?;
+    let Query(q) = query?;
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(id) => Some(
+            id.to_str()
+                .ok()
+                .and_then(|id| id.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-argument",
+                        "Last-Event-ID must be a version this API sent",
+                    )
+                })?,
+        ),
+    };
+    let bucket = s.store.bucket(&bucket);
+    let prefix = q.prefix;
+    // Fix the start (and check it is still retained) before answering.
+    let since = q.since.map(|v| safe("since", v)).transpose()?;
+    let since = resume
+        .map(|v| safe("Last-Event-ID", v))
+        .transpose()?
+        .or(since);
+    let start = bucket.watch_start(prefix.as_deref(), since).await?;
+    let events = bucket
+        .watch(crate::api::WatchOptions {
+            prefix,
+            since: Some(start),
+            ..crate::api::WatchOptions::default()
+        })
+        .await?;
+    let ready = SseEvent::default()
+        .event("ready")
+        .id(start.to_string())
+        .data(json!({ "version": start }).to_string());
+    let commits = Commits::new(Box::pin(events)).map(|group| {
+        Ok::<_, std::convert::Infallible>(match group {
+            Ok(events) => commit_event(&events),
+            Err(e) => {
+                let e = ApiError::from(e);
+                SseEvent::default().event("error").data(e.body.to_string())
+            }
+        })
+    });
+    let mut stopping = s.stopping.subscribe();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let stream = futures::stream::once(async move { Ok(ready) })
+        .chain(commits)
+        .take_until(stopped);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn commit_event(events: &[Event]) -> SseEvent {
+    let version = events.first().map_or(0, |e| e.version);
+    let changes: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let kind = match e.kind {
+                EventKind::Set => "set",
+                EventKind::Delete => "delete",
+                EventKind::Expire => "expire",
+            };
+            let text = entry_text(Some(&e.key), e.value.as_ref(), e.version, e.expires_at);
+            // `{"key":…,` + `"event":…,` + the rest.
+            let rest = text.strip_prefix('{').unwrap_or(&text);
+            format!("{{\"event\":\"{kind}\",{rest}")
+        })
+        .collect();
+    SseEvent::default()
+        .event("commit")
+        .id(version.to_string())
+        .data(format!(
+            "{{\"version\":{version},\"changes\":[{}]}}",
+            changes.join(",")
+        ))
+}
+
+/// The events of a watch grouped by commit. A page of the feed holds whole
+/// commits, so when the source has nothing ready the group is complete.
+struct Commits<S> {
+    events: S,
+    group: Vec<Event>,
+    failed: Option<Error>,
+    ended: bool,
+}
+
+impl<S> Commits<S> {
+    fn new(events: S) -> Self {
+        Self {
+            events,
+            group: Vec::new(),
+            failed: None,
+            ended: false,
+        }
+    }
+}
+
+impl<S: Stream<Item = Result<Event, Error>> + Unpin> Stream for Commits<S> {
+    type Item = Result<Vec<Event>, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(e)));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.events.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(event))) => {
+                    if this
+                        .group
+                        .last()
+                        .is_some_and(|e| e.version != event.version)
+                    {
+                        let done = std::mem::replace(&mut this.group, vec![event]);
+                        return Poll::Ready(Some(Ok(done)));
+                    }
+                    this.group.push(event);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if this.group.is_empty() {
+                        this.ended = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    this.failed = Some(e);
+                    return Poll::Ready(Some(Ok(std::mem::take(&mut this.group))));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    if this.group.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(std::mem::take(&mut this.group))));
+                }
+                Poll::Pending => {
+                    if this.group.is_empty() {
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(Some(Ok(std::mem::take(&mut this.group))));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(version: u64, key: &str) -> Event {
+        Event {
+            version,
+            key: key.into(),
+            kind: EventKind::Set,
+            value: Some(Value::Json("1".into())),
+            expires_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_grouped_by_commit() {
+        let source = futures::stream::iter(vec![
+            Ok(event(3, "a")),
+            Ok(event(3, "b")),
+            Ok(event(5, "c")),
+            Err(Error::Compacted { oldest: 9 }),
+        ]);
+        let groups: Vec<_> = Commits::new(source).collect().await;
+        let versions: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                g.as_ref()
+                    .map(|es| es.iter().map(|e| e.version).collect::<Vec<_>>())
+            })
+            .collect();
+        assert_eq!(
+            versions,
+            vec![
+                Ok(vec![3, 3]),
+                Ok(vec![5]),
+                Err(&Error::Compacted { oldest: 9 })
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_copy_stored_json_and_encode_bytes() {
+        let text = entry_text(
+            Some("k\""),
+            Some(&Value::Json("{\"a\":[1]}".into())),
+            4,
+            None,
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            json!({"key": "k\"", "value": {"a": [1]}, "version": 4})
+        );
+        let text = entry_text(None, Some(&Value::Bytes(vec![0, 255])), 2, None);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            json!({"bytes": "AP8=", "version": 2})
+        );
+    }
+
+    #[test]
+    fn every_error_has_a_status_and_its_code() {
+        let conflict = ApiError::from(Error::Conflict { current: Some(7) });
+        assert_eq!(conflict.status, StatusCode::CONFLICT);
+        assert_eq!(conflict.code(), "conflict");
+        assert_eq!(conflict.body["error"]["current"], 7);
+        let storage = ApiError::from(Error::Storage("disk".into()));
+        assert_eq!(storage.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
