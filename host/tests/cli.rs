@@ -1127,3 +1127,107 @@ fn a_client_outlives_its_holder() {
     ok(kvstash(dir.path(), &["set", "k2", "2"]));
     assert_eq!(watched_keys(client), ["k1", "k2"]);
 }
+
+/// Descriptors a process has open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+/// Watchers in other processes that go away cost the holder nothing: it
+/// closes their notification feeds at once, not at its next commit.
+#[test]
+fn watchers_that_leave_free_the_holders_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "a", "1"]));
+    let mut holder = spawn_kvstash(dir.path(), &["watch", "--since", "1"]);
+    wait_until_served(dir.path());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let idle = open_descriptors(holder.id());
+    let wait_for = |what: &str, done: &dyn Fn(usize) -> bool| {
+        let started = std::time::Instant::now();
+        loop {
+            let now = open_descriptors(holder.id());
+            if done(now) {
+                return;
+            }
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "{what}: the holder has {now} descriptors, {idle} when idle"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let mut watchers: Vec<_> = (0..8)
+        .map(|_| spawn_kvstash(dir.path(), &["watch"]))
+        .collect();
+    // Each watcher has a connection for its calls and one for its feed.
+    wait_for("the watchers connect", &|n| n >= idle + 16);
+    for watcher in &mut watchers {
+        watcher.kill().unwrap();
+        watcher.wait().unwrap();
+    }
+    wait_for("the watchers left", &|n| n <= idle);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+/// A read-only client whose holder goes away reads the store itself, but
+/// does not keep it: a writer starting then takes the store, and the
+/// client sees what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_client_leaves_the_store_to_writers() {
+    use futures::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "a", "1"]));
+    let mut holder = spawn_kvstash(dir.path(), &["watch", "--since", "1"]);
+    wait_until_served(dir.path());
+    // Opened read-only, as the CLI's read commands open a store.
+    let mut registry = kvstash::Registry::default();
+    registry.register("file", |config| {
+        let mut config = kvstash::backend::FileConfig::from_json(config)?;
+        config.read_only = true;
+        kvstash::backend::open_file(&config)
+    });
+    let options = kvstash::StoreOptions {
+        registry,
+        sweep_interval: None,
+        ..kvstash::StoreOptions::default()
+    };
+    let config = serde_json::json!({
+        "type": "file",
+        "path": dir.path().join("kvstash.redb"),
+        "read_only": true,
+    });
+    let store = kvstash::Store::open_with(&config.to_string(), options)
+        .await
+        .unwrap();
+    let watch = kvstash::WatchOptions {
+        poll_interval: std::time::Duration::from_millis(100),
+        ..Default::default()
+    };
+    let mut events = Box::pin(store.bucket("default").watch(watch).await.unwrap());
+    let reader = tokio::spawn(async move {
+        let event = events.next().await.unwrap().unwrap();
+        event.key
+    });
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The reader notices at once and goes on polling the store itself.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let dir_path = dir.path().to_path_buf();
+    let wrote = tokio::task::spawn_blocking(move || kvstash(&dir_path, &["set", "b", "2"]))
+        .await
+        .unwrap();
+    assert!(
+        wrote.status.success(),
+        "a writer after the holder: {}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    let key = tokio::time::timeout(std::time::Duration::from_secs(30), reader)
+        .await
+        .expect("the reader sees the write")
+        .unwrap();
+    assert_eq!(key, "b");
+}

@@ -436,18 +436,30 @@ impl Client {
         })
     }
 
-    /// One call to the holder; a read is tried once more after a lost
-    /// connection (on the new holder, or on the store taken over).
+    /// One call to the holder. A read that lost the connection is asked
+    /// again: of the next holder, or of the store taken over. A holder
+    /// being killed may still accept a connection it never answers, so a
+    /// read is asked until it is answered or [`super::HELD_WAIT`] passes;
+    /// a commit is never asked twice (its outcome is unknown).
     async fn ask(&self, call: &Call) -> Result<Answer, BackendError> {
-        match self.call(call) {
-            Err(e) if !matches!(call, Call::Commit(..)) && matches!(*self.via(), Via::Lost) => {
-                match self.local()? {
-                    Some(local) => answer_locally(&local, call).await,
-                    None => self.call(call),
-                }
-                .or(Err(e))
+        let deadline = std::time::Instant::now() + super::HELD_WAIT;
+        let mut result = self.call(call);
+        loop {
+            let lost = matches!(*self.via(), Via::Lost);
+            if result.is_ok()
+                || !lost
+                || matches!(call, Call::Commit(..))
+                || std::time::Instant::now() >= deadline
+            {
+                return result;
             }
-            other => other,
+            result = match self.local()? {
+                Some(local) => answer_locally(&local, call).await,
+                None => self.call(call),
+            };
+            if result.is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
     }
 
@@ -715,5 +727,28 @@ impl Backend for Client {
             Via::Local(backend) => Some(backend.sync_stats()),
             Via::Socket(_) | Via::Lost => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A client that takes its store over opens the file it connected to,
+    /// whatever its configuration's (relative) path resolves to by then.
+    #[test]
+    fn a_client_takes_over_the_file_it_connected_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("held.redb");
+        let holder =
+            super::super::FileBackend::open_shared(&super::super::FileConfig::new(&db)).unwrap();
+        let db = db.canonicalize().unwrap();
+        let relative = super::super::FileConfig::new("somewhere/else.redb");
+        let client = Client::connect(&db, &relative).expect("the holder serves its store");
+        assert_eq!(client.config.path, db);
+        drop(client);
+        drop(holder);
     }
 }
