@@ -1037,7 +1037,8 @@ impl Bucket {
     }
 
     /// Where a watch of `prefix` from `since` starts: `since` itself once
-    /// checked to be retained ([`Error::Compacted`] if not), or with
+    /// checked to be retained ([`Error::Compacted`] if not) and not past
+    /// the store's current version ([`Error::InvalidArgument`]), or with
     /// `None`, the store's current version.
     #[cfg(feature = "serve")]
     pub(crate) async fn watch_start(
@@ -1047,7 +1048,21 @@ impl Bucket {
     ) -> Result<u64, Error> {
         let page = bucket_call!(self, |api, store, handle| api
             .call_watch(store, handle, prefix, since, 1))?;
-        Ok(since.unwrap_or(page.next))
+        let Some(since) = since else {
+            return Ok(page.next);
+        };
+        // A position past the store's newest commit (a client resuming on
+        // a store restored from an older backup) would skip every commit up
+        // to it without a word.
+        let now = bucket_call!(self, |api, store, handle| api
+            .call_watch(store, handle, prefix, None, 1))?
+        .next;
+        if since > now {
+            return Err(Error::InvalidArgument(format!(
+                "version {since} is past the store's newest commit ({now}): re-read what you track, then watch from now"
+            )));
+        }
+        Ok(since)
     }
 
     /// One page of items in key order.

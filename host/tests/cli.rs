@@ -1128,11 +1128,30 @@ fn a_client_outlives_its_holder() {
     assert_eq!(watched_keys(client), ["k1", "k2"]);
 }
 
-/// Descriptors a process has open.
-fn open_descriptors(pid: u32) -> usize {
+/// Sockets a process has open.
+fn open_sockets(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|entries| entries.count())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|to| to.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
         .unwrap_or(0)
+}
+
+/// A child process killed when dropped, so a failed assertion leaves none
+/// behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Watchers in other processes that go away cost the holder nothing: it
@@ -1141,36 +1160,31 @@ fn open_descriptors(pid: u32) -> usize {
 fn watchers_that_leave_free_the_holders_descriptors() {
     let dir = tempfile::tempdir().unwrap();
     ok(kvstash(dir.path(), &["set", "a", "1"]));
-    let mut holder = spawn_kvstash(dir.path(), &["watch", "--since", "1"]);
+    let holder = Killed(spawn_kvstash(dir.path(), &["watch", "--since", "1"]));
     wait_until_served(dir.path());
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let idle = open_descriptors(holder.id());
+    let pid = holder.0.id();
+    let idle = open_sockets(pid);
     let wait_for = |what: &str, done: &dyn Fn(usize) -> bool| {
         let started = std::time::Instant::now();
         loop {
-            let now = open_descriptors(holder.id());
+            let now = open_sockets(pid);
             if done(now) {
                 return;
             }
             assert!(
                 started.elapsed().as_secs() < 30,
-                "{what}: the holder has {now} descriptors, {idle} when idle"
+                "{what}: the holder has {now} sockets, {idle} when idle"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     };
-    let mut watchers: Vec<_> = (0..8)
-        .map(|_| spawn_kvstash(dir.path(), &["watch"]))
+    let watchers: Vec<_> = (0..8)
+        .map(|_| Killed(spawn_kvstash(dir.path(), &["watch"])))
         .collect();
     // Each watcher has a connection for its calls and one for its feed.
     wait_for("the watchers connect", &|n| n >= idle + 16);
-    for watcher in &mut watchers {
-        watcher.kill().unwrap();
-        watcher.wait().unwrap();
-    }
+    drop(watchers);
     wait_for("the watchers left", &|n| n <= idle);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
 }
 
 /// A read-only client whose holder goes away reads the store itself, but
@@ -1181,7 +1195,7 @@ async fn a_read_only_client_leaves_the_store_to_writers() {
     use futures::StreamExt as _;
     let dir = tempfile::tempdir().unwrap();
     ok(kvstash(dir.path(), &["set", "a", "1"]));
-    let mut holder = spawn_kvstash(dir.path(), &["watch", "--since", "1"]);
+    let mut holder = Killed(spawn_kvstash(dir.path(), &["watch", "--since", "1"]));
     wait_until_served(dir.path());
     // Opened read-only, as the CLI's read commands open a store.
     let mut registry = kvstash::Registry::default();
@@ -1212,8 +1226,8 @@ async fn a_read_only_client_leaves_the_store_to_writers() {
         let event = events.next().await.unwrap().unwrap();
         event.key
     });
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    holder.0.kill().unwrap();
+    holder.0.wait().unwrap();
     // The reader notices at once and goes on polling the store itself.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let dir_path = dir.path().to_path_buf();

@@ -25,29 +25,41 @@ impl Server {
         Self::start_with(dir, &[])
     }
 
+    /// With global options `extra` (`--config …`).
     fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        Self::serving(dir, extra, &[]).unwrap()
+    }
+
+    /// `kvstash [global] serve --listen 127.0.0.1:0 [serve]`; its error
+    /// output if it does not start.
+    fn serving(dir: &Path, global: &[&str], serve: &[&str]) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kvstash"))
             .arg("--data")
             .arg(dir)
-            .args(extra)
+            .args(global)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(serve)
             .env_remove("KVSTASH_STORE")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // "kvstash: serving … on http://127.0.0.1:PORT/ (Ctrl-C stops)"
+        // "kvstash: serving … on http(s)://127.0.0.1:PORT/ (…)"
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
+        let Some(addr) = line
+            .split("://")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .parse()
-            .unwrap();
-        Self { child, addr }
+        else {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            let _ = child.wait();
+            return Err(line + &rest);
+        };
+        let addr = addr.parse().unwrap();
+        Ok(Self { child, addr })
     }
 
     fn url(&self, path: &str) -> String {
@@ -337,6 +349,30 @@ fn bad_requests_get_typed_errors_and_change_nothing() {
         "{wrong:?}"
     );
     assert_eq!(wrong.error(405)["code"], "method-not-allowed");
+
+    // Without tokens, web pages do not get through the user's browser.
+    let from_page = server.send(
+        "PUT",
+        KEY,
+        &[("Origin", "https://example.com")],
+        Some(b"666"),
+    );
+    assert_eq!(from_page.error(403)["code"], "forbidden");
+    let cross_site = server.send("GET", KEY, &[("Sec-Fetch-Site", "cross-site")], None);
+    assert_eq!(cross_site.status, 403);
+    // DNS rebinding: a name of the page's own pointing at 127.0.0.1.
+    let mut rebound = TcpStream::connect(server.addr).unwrap();
+    rebound
+        .write_all(
+            format!("GET {KEY} HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut raw = Vec::new();
+    rebound.read_to_end(&mut raw).unwrap();
+    assert_eq!(Reply::parse(&raw).error(403)["code"], "forbidden");
+    let local = server.send("GET", KEY, &[("Sec-Fetch-Site", "none")], None);
+    assert_eq!(local.status, 200, "a browser's address bar is the user");
 
     assert_eq!(server.get(KEY).expect(200), before, "nothing was written");
 }
@@ -681,6 +717,11 @@ fn watch_streams_commits_and_resumes_from_last_event_id() {
     let error = gone.error(410);
     assert_eq!(error["code"], "compacted");
     assert!(error["oldest"].as_u64().unwrap() > start);
+    // Past the store's newest commit (a store restored from a copy): 409.
+    let ahead = Events::open(&server, &format!("{watch}&since=900000"), None)
+        .err()
+        .unwrap();
+    assert_eq!(ahead.error(409)["code"], "invalid-argument");
     let bad = Events::open(&server, watch, Some("yesterday"))
         .err()
         .unwrap();
@@ -894,6 +935,12 @@ fn schemathesis_finds_nothing() {
     );
     let st = venv.with_file_name("st");
     let dir = tempfile::tempdir().unwrap();
+    // With tokens, so its checks of authentication run too (requests
+    // without the token, or with a wrong one, must get 401).
+    let admin = token(
+        &dir.path().join("tokens.json"),
+        &["add", "admin", "--write", "*", "--locks", "*"],
+    );
     let server = Server::start(dir.path());
     let work = tempfile::tempdir().unwrap();
     let out = Command::new(&st)
@@ -906,6 +953,7 @@ fn schemathesis_finds_nothing() {
         .arg("--config-file")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml"))
         .args(["run", &server.url("/openapi.json")])
+        .args(["--header", &format!("Authorization: {}", bearer(&admin))])
         .args(["--phases", phases])
         .args(["--max-examples", "30", "--seed", "1", "--workers", "2"])
         .args(["--request-timeout", "5", "--generation-database", "none"])
@@ -921,4 +969,360 @@ fn schemathesis_finds_nothing() {
     assert!(report.contains("passed"), "{report}");
     // The server took all of it and still answers.
     assert_eq!(server.get("/healthz").expect(200)["status"], "ok");
+}
+
+/// `kvstash token …` on the tokens file `tokens`; its standard output.
+fn token(tokens: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .arg("token")
+        .arg("--tokens")
+        .arg(tokens)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn bearer(secret: &str) -> String {
+    format!("Bearer {secret}")
+}
+
+impl Server {
+    fn as_token(&self, secret: &str, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let auth = bearer(secret);
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        self.send(method, path, &headers, body.map(str::as_bytes))
+    }
+}
+
+#[test]
+fn tokens_are_checked_for_every_bucket_and_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let reader = token(&tokens, &["add", "reader", "--read", "config"]);
+    let writer = token(
+        &tokens,
+        &["add", "writer", "--write", "devices", "--locks", "deploy"],
+    );
+    let admin = token(&tokens, &["add", "admin", "--write", "*", "--locks", "*"]);
+    assert!(reader.starts_with("kvst_") && reader != writer);
+    let stored = std::fs::read_to_string(&tokens).unwrap();
+    for secret in [&reader, &writer, &admin] {
+        assert!(
+            !stored.contains(&secret[5..]),
+            "secrets are stored hashed only"
+        );
+    }
+    let listed: Vec<Value> = token(&tokens, &["list"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        listed[0],
+        json!({"name": "reader", "read": ["config"], "write": [], "locks": []})
+    );
+
+    // The default tokens file of the data directory is used by itself.
+    let server = Server::start(dir.path());
+    assert_eq!(server.get("/healthz").expect(200)["status"], "ok");
+    let doc = server.get("/openapi.json").expect(200);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["type"],
+        "http"
+    );
+
+    let config = "/v1/buckets/config/keys/limit";
+    let missing = server.get(config);
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("Bearer realm=\"kvstash\"")
+    );
+    assert_eq!(missing.error(401)["code"], "unauthorized");
+    assert_eq!(
+        server
+            .as_token("kvst_nonsense", "GET", config, None)
+            .error(401)["code"],
+        "unauthorized"
+    );
+    assert_eq!(server.get("/metrics").status, 401);
+
+    server
+        .as_token(&admin, "PUT", config, Some("20"))
+        .expect(200);
+    assert_eq!(
+        server.as_token(&reader, "GET", config, None).expect(200)["value"],
+        20
+    );
+    assert_eq!(
+        server
+            .as_token(&reader, "PUT", config, Some("21"))
+            .error(403)["code"],
+        "forbidden"
+    );
+    let devices = "/v1/buckets/devices/keys/environment_sensor_1";
+    assert_eq!(
+        server.as_token(&reader, "GET", devices, None).error(403)["code"],
+        "forbidden"
+    );
+    server
+        .as_token(&writer, "PUT", devices, Some("[1,5,42]"))
+        .expect(200);
+    assert_eq!(
+        server.as_token(&writer, "GET", devices, None).expect(200)["value"],
+        json!([1, 5, 42])
+    );
+    assert_eq!(server.as_token(&writer, "GET", config, None).status, 403);
+    let buckets = server
+        .as_token(&reader, "GET", "/v1/buckets", None)
+        .expect(200);
+    assert_eq!(
+        buckets,
+        json!({"buckets": ["config"]}),
+        "only what the token may read"
+    );
+    assert_eq!(
+        server.as_token(&reader, "GET", "/metrics", None).status,
+        200
+    );
+    let watch = "/v1/buckets/devices/watch";
+    assert_eq!(
+        server.as_token(&reader, "GET", watch, None).error(403)["code"],
+        "forbidden"
+    );
+
+    // Locks by name; transactions by every bucket and lock they touch.
+    let lock = r#"{"ttl_ms":10000}"#;
+    server
+        .as_token(&writer, "POST", "/v1/locks/deploy", Some(lock))
+        .expect(200);
+    assert_eq!(
+        server
+            .as_token(&writer, "POST", "/v1/locks/other", Some(lock))
+            .status,
+        403
+    );
+    assert_eq!(
+        server
+            .as_token(&reader, "GET", "/v1/locks/deploy", None)
+            .status,
+        403
+    );
+    let own = json!({"mutations": [{"bucket": "devices", "key": "k", "set": 1}]}).to_string();
+    server
+        .as_token(&writer, "POST", "/v1/txn", Some(&own))
+        .expect(200);
+    let reaching = json!({"checks": [{"bucket": "config", "key": "limit", "exists": true}], "mutations": [{"bucket": "devices", "key": "k", "set": 2}]}).to_string();
+    assert_eq!(
+        server
+            .as_token(&writer, "POST", "/v1/txn", Some(&reaching))
+            .error(403)["code"],
+        "forbidden"
+    );
+    let default_bucket = json!({"mutations": [{"key": "k", "set": 1}]}).to_string();
+    assert_eq!(
+        server
+            .as_token(&writer, "POST", "/v1/txn", Some(&default_bucket))
+            .status,
+        403
+    );
+    let k = server.as_token(&writer, "GET", "/v1/buckets/devices/keys/k", None);
+    assert_eq!(
+        k.expect(200)["value"],
+        1,
+        "refused transactions wrote nothing"
+    );
+
+    // Revoked: refused at the next request, no restart.
+    token(&tokens, &["revoke", "reader"]);
+    assert_eq!(
+        server.as_token(&reader, "GET", config, None).error(401)["code"],
+        "unauthorized"
+    );
+    assert_eq!(
+        server.as_token(&admin, "GET", config, None).expect(200)["value"],
+        20
+    );
+}
+
+#[test]
+fn off_loopback_a_server_needs_tokens_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let serve = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+            .arg("--data")
+            .arg(dir.path())
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // Refused before anything is bound (no test listens off loopback).
+    assert!(serve(&["--listen", "0.0.0.0:0"]).contains("needs --tokens"));
+    token(&tokens, &["add", "ops", "--read", "*"]);
+    assert!(
+        serve(&["--listen", "0.0.0.0:0"]).contains("needs TLS"),
+        "the tokens file is found"
+    );
+    // A tokens file anyone may write is refused.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let e = Server::serving(dir.path(), &[], &[])
+        .err()
+        .expect("refused");
+    assert!(e.contains("may be written by other users"), "{e}");
+}
+
+/// A self-signed certificate for 127.0.0.1 (openssl's CLI).
+fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (Debian package openssl) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+#[test]
+fn tls_carries_the_api_and_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let tokens = dir.path().join("tokens.json");
+    let admin = token(&tokens, &["add", "admin", "--write", "*"]);
+    let server = Server::serving(
+        dir.path(),
+        &[],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let url = format!(
+        "https://{}/v1/buckets/names/keys/environment_sensor_1",
+        server.addr
+    );
+    let auth = format!("Authorization: {}", bearer(&admin));
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--cacert",
+                cert.to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let put = curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+        ]
+        .iter()
+        .copied()
+        .chain(["--data-binary", "\"backyard shed sensor\"", &url])
+        .collect::<Vec<_>>(),
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let got = curl(&["-H", &auth, &url]);
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["value"], "backyard shed sensor");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(server.addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn watch_streams_and_slow_clients_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::serving(
+        dir.path(),
+        &[],
+        &["--max-watches", "1", "--header-timeout", "300ms"],
+    )
+    .unwrap();
+    let watch = "/v1/buckets/b/watch";
+    let mut first = Events::open(&server, watch, None).unwrap();
+    assert_eq!(first.next().event, "ready");
+    let busy = Events::open(&server, watch, None)
+        .err()
+        .expect("one watch at a time");
+    assert_eq!(busy.header("retry-after"), Some("5"));
+    assert_eq!(busy.error(429)["code"], "too-many-watches");
+    drop(first);
+    // The server lets the stream go once it finds its client gone (at
+    // its next event): then a new watch may start.
+    let started = Instant::now();
+    let mut second = loop {
+        server.put("/v1/buckets/b/keys/k", "1").expect(200);
+        if let Ok(events) = Events::open(&server, watch, None) {
+            break events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the first watch's place was never freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(second.next().event, "ready");
+
+    // A connection that sends no request is closed.
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
 }

@@ -36,6 +36,8 @@ mod txn;
 
 use bench::bench;
 use transfer::read_records;
+#[cfg(feature = "serve")]
+pub(crate) use txn::MAX_SAFE_INTEGER;
 pub(crate) use txn::parse_transaction;
 
 /// File name of the default store inside the data directory.
@@ -236,12 +238,17 @@ enum Command {
     /// history, watch as Server-Sent Events; /healthz, /metrics
     /// (Prometheus) and /openapi.json. See docs/http.md.
     #[cfg(feature = "serve")]
-    Serve {
-        /// Address to listen on (port 0: any free port; the address is
-        /// printed). Only loopback addresses: the API has no
-        /// authentication yet, so it must not be reachable from elsewhere.
-        #[arg(long, default_value = "127.0.0.1:7700")]
-        listen: std::net::SocketAddr,
+    Serve(ServeArgs),
+    /// Bearer tokens for `kvstash serve`: each may read some buckets,
+    /// write others, take some locks. Secrets are printed once and stored
+    /// only as hashes; a revoked token is refused at its next request.
+    #[cfg(feature = "serve")]
+    Token {
+        /// The tokens file (default: tokens.json in the data directory).
+        #[arg(long, global = true)]
+        tokens: Option<PathBuf>,
+        #[command(subcommand)]
+        op: TokenCommand,
     },
     /// Print what this build is as JSON: version, target, features, the
     /// backends it has, and where its compiled component comes from
@@ -280,6 +287,56 @@ enum Command {
     /// what a Spin app lists under [component.NAME.dependencies].
     #[cfg(feature = "apps")]
     Component(app::ComponentArgs),
+}
+
+#[cfg(feature = "serve")]
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the address is
+    /// printed). Anything but loopback (127.0.0.1, ::1) needs --tokens
+    /// and TLS.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: std::net::SocketAddr,
+    /// Check bearer tokens from this file (`kvstash token add`). Default:
+    /// tokens.json in the data directory, if it exists; otherwise no
+    /// authentication, and loopback only.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// The server's certificate chain (PEM): serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most watch streams open at once; more are refused with 429.
+    #[arg(long, default_value_t = 256)]
+    max_watches: usize,
+    /// How long a connection may take to send a request's head (and
+    /// finish its TLS handshake) before it is closed: 500ms, 10s, …
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    header_timeout: std::time::Duration,
+}
+
+#[cfg(feature = "serve")]
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token named NAME; prints its secret (shown only now).
+    Add {
+        name: String,
+        /// Buckets it may read (`*`: all); repeat or separate with commas.
+        #[arg(long, value_delimiter = ',')]
+        read: Vec<String>,
+        /// Buckets it may write and read (`*`: all).
+        #[arg(long, value_delimiter = ',')]
+        write: Vec<String>,
+        /// Locks it may take, renew, release and look at (`*`: all).
+        #[arg(long, value_delimiter = ',')]
+        locks: Vec<String>,
+    },
+    /// Print each token's name and scopes, as JSON Lines.
+    List,
+    /// Remove the token named NAME: refused from its next request on.
+    Revoke { name: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -422,7 +479,7 @@ pub fn main() -> std::process::ExitCode {
 /// and `bench` (concurrent writers).
 fn serves_or_measures(command: &Command) -> bool {
     #[cfg(feature = "serve")]
-    if matches!(command, Command::Serve { .. }) {
+    if matches!(command, Command::Serve(_)) {
         return true;
     }
     #[cfg(feature = "apps")]
@@ -432,30 +489,112 @@ fn serves_or_measures(command: &Command) -> bool {
     matches!(command, Command::Bench { .. })
 }
 
+/// The tokens file `kvstash token` and `kvstash serve` use by default,
+/// in the data directory.
+#[cfg(feature = "serve")]
+const TOKENS_FILE: &str = "tokens.json";
+
+/// `--data DIR`, else the default data directory.
+#[cfg(feature = "serve")]
+fn data_dir(data: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    match data {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => default_data_dir(),
+    }
+}
+
 /// `kvstash serve`.
 #[cfg(feature = "serve")]
 async fn serve(
-    listen: std::net::SocketAddr,
+    args: &ServeArgs,
     config: Option<&str>,
     data: Option<PathBuf>,
 ) -> anyhow::Result<std::process::ExitCode> {
-    if !crate::serve::is_loopback(&listen) {
-        bail!(
-            "refusing to listen on {listen}: the HTTP API has no authentication yet, so it serves only loopback addresses (127.0.0.1, ::1)"
-        );
-    }
+    let tokens_path = match &args.tokens {
+        Some(path) => Some(path.clone()),
+        None => Some(data_dir(data.as_deref())?.join(TOKENS_FILE)).filter(|p| p.exists()),
+    };
+    let options = crate::serve::ServeOptions {
+        tokens: tokens_path
+            .as_deref()
+            .map(crate::serve::Tokens::open)
+            .transpose()?,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::serve::tls_config(cert, key)?),
+            _ => None,
+        },
+        max_watches: args.max_watches,
+        header_timeout: args.header_timeout,
+    };
+    crate::serve::check_listen(
+        &args.listen,
+        options.tokens.is_some(),
+        options.tls.is_some(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let config = resolve_config(config, data)?;
     let store = Store::open(&config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("listening on {listen}"))?;
+        .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let auth = match &tokens_path {
+        Some(path) => format!("tokens from {}", path.display()),
+        None => "no authentication".into(),
+    };
     eprintln!(
-        "kvstash: serving {} on http://{addr}/ (Ctrl-C stops)",
+        "kvstash: serving {} on {scheme}://{addr}/ ({auth}; Ctrl-C stops)",
         store.describe().join(", ")
     );
-    crate::serve::serve(store, listener, stop_signal()).await?;
+    crate::serve::serve(store, listener, options, stop_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `kvstash token`.
+#[cfg(feature = "serve")]
+fn token(path: &std::path::Path, op: &TokenCommand) -> anyhow::Result<()> {
+    let mut file = crate::serve::TokensFile::read(path)?;
+    match op {
+        TokenCommand::Add {
+            name,
+            read,
+            write,
+            locks,
+        } => {
+            let scopes = crate::serve::Scopes {
+                read: read.clone(),
+                write: write.clone(),
+                locks: locks.clone(),
+            };
+            let secret = file.add(name, scopes)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            file.write(path)?;
+            println!("{secret}");
+        }
+        TokenCommand::List => {
+            for t in &file.tokens {
+                println!(
+                    "{}",
+                    json!({"name": t.name, "read": t.scopes.read, "write": t.scopes.write, "locks": t.scopes.locks})
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            if !file.revoke(name) {
+                bail!("no token named `{name}` in {}", path.display());
+            }
+            file.write(path)?;
+        }
+    }
+    Ok(())
 }
 
 /// SIGINT or SIGTERM (if signals cannot be watched: never).
@@ -621,8 +760,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     #[cfg(feature = "serve")]
-    if let Command::Serve { listen } = &cli.command {
-        return serve(*listen, cli.config.as_deref(), cli.data).await;
+    if let Command::Serve(args) = &cli.command {
+        return serve(args, cli.config.as_deref(), cli.data).await;
+    }
+    #[cfg(feature = "serve")]
+    if let Command::Token { tokens, op } = &cli.command {
+        let path = match tokens {
+            Some(path) => path.clone(),
+            None => data_dir(cli.data.as_deref())?.join(TOKENS_FILE),
+        };
+        token(&path, op)?;
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Command::Info = &cli.command {
         println!("{}", info()?);
@@ -1054,7 +1202,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             bail!("apps are not run on an open store")
         }
         #[cfg(feature = "serve")]
-        Command::Serve { .. } => bail!("the server opens its own store"),
+        Command::Serve(_) | Command::Token { .. } => bail!("this command does not run on a store"),
     }
     out_flush().map(|()| std::process::ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use crate::api::{Check, Store};
 
 /// The largest version or token a document names: 2^53 - 1, what every
 /// JSON reader (JavaScript's numbers) holds exactly.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub(crate) const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// A transaction document: `{"checks":[…],"mutations":[…]}` (see
 /// docs/semantics.md). `bucket` may be left out of a check or mutation.

@@ -196,11 +196,9 @@ impl Metrics {
                 "kvstash_commit_batch_size_sum{labels} {}",
                 sync.acknowledged
             );
-            let _ = writeln!(
-                out,
-                "kvstash_commit_batch_size_count{labels} {}",
-                sync.syncs
-            );
+            // The slots' total, not `syncs`: the two are counted apart, and
+            // a scrape between them must not show more appends than slots.
+            let _ = writeln!(out, "kvstash_commit_batch_size_count{labels} {cumulative}");
         }
         family(
             &mut out,

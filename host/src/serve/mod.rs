@@ -6,6 +6,7 @@
 //! `code` is [`Error::code`]; extractor rejections (a bad path, query or
 //! body) are turned into the same shape, so a client meets one error format.
 
+mod auth;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -18,7 +19,10 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, Extension, FromRequestParts as _, MatchedPath, Path, Query, RawPathParams,
+    Request, State,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -33,6 +37,7 @@ use serde_json::value::RawValue;
 use crate::api::{Error, Event, EventKind, Lease, ListOptions, Store, Value, WriteOptions};
 use crate::cli::rfc3339;
 
+pub use auth::{Access, Scopes, Tokens, TokensFile};
 pub use metrics::Metrics;
 
 /// The OpenAPI 3.0 document of this API, served at `/openapi.json`.
@@ -45,34 +50,155 @@ pub const MAX_BODY: usize = 8 * 1024 * 1024 + 64 * 1024;
 /// The largest TTL the store takes (100 years), as the API documents it.
 const MAX_TTL_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
 
-/// The largest version or token a request may name: 2^53 - 1, the
-/// largest integer every JSON client (JavaScript's numbers) holds exactly.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+// The largest version or token a request may name (as a transaction
+// document may): 2^53 - 1, what every JSON client holds exactly.
+use crate::cli::MAX_SAFE_INTEGER;
 
 /// Most items of one list page.
 const MAX_LIST_LIMIT: u32 = 1000;
+
+/// How a server runs: who it lets in, over what, and its limits.
+pub struct ServeOptions {
+    /// Bearer tokens every request but `/healthz` and `/openapi.json` must
+    /// carry; `None`: no authentication (loopback addresses only).
+    pub tokens: Option<Tokens>,
+    /// TLS (required on any address but loopback).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Most watch streams open at once; more are 429.
+    pub max_watches: usize,
+    /// How long a connection may take to send its request head (and
+    /// finish a TLS handshake) before it is closed.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tokens: None,
+            tls: None,
+            max_watches: 256,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether a server may listen on `addr`, with or without tokens and TLS:
+/// anywhere but loopback, only with both (a token sent in the clear is a
+/// token given away).
+pub fn check_listen(addr: &SocketAddr, tokens: bool, tls: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    match (tokens, tls) {
+        (true, true) => Ok(()),
+        (false, _) => Err(format!(
+            "refusing to listen on {addr}: off loopback (127.0.0.1, ::1) the server needs --tokens (authentication) and --tls-cert/--tls-key"
+        )),
+        (true, false) => Err(format!(
+            "refusing to listen on {addr}: off loopback the server needs TLS (--tls-cert, --tls-key), or its tokens cross the network in the clear"
+        )),
+    }
+}
+
+/// The certificate chain and private key (PEM files) of a TLS server.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading the certificates in {}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading the private key in {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not make a TLS server")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
 
 /// What a server shares between requests.
 struct Served {
     store: Store,
     metrics: Metrics,
+    tokens: Option<Tokens>,
+    /// The OpenAPI document as served: with the bearer scheme when tokens
+    /// are checked.
+    openapi: String,
+    watches: Arc<tokio::sync::Semaphore>,
     /// Set when the server stops: watch streams end then.
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Served {
-    fn new(store: Store) -> Arc<Self> {
+    fn new(store: Store, tokens: Option<Tokens>, max_watches: usize) -> Arc<Self> {
+        let openapi = match tokens {
+            None => OPENAPI.to_string(),
+            Some(_) => with_bearer_scheme(OPENAPI),
+        };
         Arc::new(Self {
             metrics: Metrics::new(store.clone()),
             store,
+            tokens,
+            openapi,
+            watches: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             stopping: tokio::sync::watch::Sender::new(false),
         })
     }
 }
 
-/// The API's router over `store`: every route of `docs/http.md`.
+/// `document` saying every operation but the public ones needs a bearer
+/// token (and may answer 401 and 403).
+fn with_bearer_scheme(document: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(document) else {
+        return document.to_string();
+    };
+    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    doc["security"] = json!([{"bearer": []}]);
+    let denied = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, operations) in paths.iter_mut() {
+            let public = PUBLIC_ROUTES.contains(&path.as_str());
+            for operation in operations
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|o| o.values_mut())
+            {
+                if public {
+                    operation["security"] = json!([]);
+                    continue;
+                }
+                operation["responses"]["401"] =
+                    denied("No token, or one that is not (or no longer) valid (`unauthorized`).");
+                operation["responses"]["403"] = denied("The token may not do this (`forbidden`).");
+            }
+        }
+    }
+    doc.to_string()
+}
+
+/// Routes anyone may call, with or without a token.
+const PUBLIC_ROUTES: [&str; 2] = ["/healthz", "/openapi.json"];
+
+/// The API's router over `store`, without authentication: every route of
+/// `docs/http.md`.
 pub fn router(store: Store) -> Router {
-    routes(Served::new(store))
+    routes(Served::new(
+        store,
+        None,
+        ServeOptions::default().max_watches,
+    ))
 }
 
 fn routes(served: Arc<Served>) -> Router {
@@ -111,6 +237,10 @@ fn routes(served: Arc<Served>) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             served.clone(),
+            authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            served.clone(),
             measure,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -118,25 +248,71 @@ fn routes(served: Arc<Served>) -> Router {
 }
 
 /// Serves `store` on `listener` until `shutdown` completes; then waits
-/// for the requests in flight (watch streams end at once).
+/// for the requests in flight (watch streams end at once). Check the
+/// address with [`check_listen`] first.
 pub async fn serve(
     store: Store,
     listener: tokio::net::TcpListener,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let served = Served::new(store);
-    let app = routes(served.clone()).into_make_service();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            served.stopping.send_replace(true);
-        })
-        .await
-}
-
-/// Whether `addr` is reachable only from this machine.
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let ServeOptions {
+        tokens,
+        tls,
+        max_watches,
+        header_timeout,
+    } = options;
+    let served = Served::new(store, tokens, max_watches);
+    let app = routes(served.clone());
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, say: the open connections go on.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let watcher = connections.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            match tls {
+                None => {
+                    let _ = watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+                Some(acceptor) => {
+                    // A handshake that does not finish in time is dropped.
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let _ = watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+            }
+        });
+    }
+    served.stopping.send_replace(true);
+    // Requests in flight finish; a client that never does is not waited
+    // for past a while.
+    let _ = tokio::time::timeout(Duration::from_secs(30), connections.shutdown()).await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- errors
@@ -367,7 +543,7 @@ fn body_document(
 
 /// A version or fencing token from a request, checked against the
 /// documented range.
-fn safe(name: &str, n: u64) -> Result<u64, ApiError> {
+fn check_safe_integer(name: &str, n: u64) -> Result<u64, ApiError> {
     if n > MAX_SAFE_INTEGER {
         return Err(ApiError::bad_request(
             "invalid-argument",
@@ -453,15 +629,153 @@ async fn metrics_text(State(s): State<Arc<Served>>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Response {
+async fn openapi(State(s): State<Arc<Served>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        OPENAPI,
+        s.openapi.clone(),
     )
         .into_response()
+}
+
+/// Lets a request in if its token may do what its route does (with no
+/// tokens configured, everything), and hands the handler its [`Access`].
+/// A bucket's routes need read access for GET and write access otherwise;
+/// a lock's routes need that lock. `/v1/buckets` and `/v1/txn` check what
+/// they touch themselves.
+///
+/// Without tokens, only what a local program sends is let in: a web page
+/// the user opens must not reach the store through the browser, neither
+/// directly (browsers name the page's `Origin`, and the fetch metadata
+/// says it is cross-site) nor by pointing a name of its own at 127.0.0.1
+/// (DNS rebinding: the `Host` is then not a loopback one). Tokens are
+/// never sent by a browser on its own, so with them neither can happen.
+async fn authorize(State(s): State<Arc<Served>>, request: Request, next: Next) -> Response {
+    if s.tokens.is_none()
+        && let Some(why) = from_a_browser(request.headers())
+    {
+        return forbidden(why);
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let access = match &s.tokens {
+        None => Access::Open,
+        // Unknown routes answer 404 whoever asks.
+        Some(_) if route.is_none() => Access::Open,
+        Some(_) if route.as_deref().is_some_and(|r| PUBLIC_ROUTES.contains(&r)) => Access::Open,
+        Some(tokens) => {
+            let header = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok());
+            match tokens.check(header) {
+                Ok(access) => access,
+                Err(auth::Refused::Missing) => {
+                    return unauthorized("this server needs `Authorization: Bearer TOKEN`");
+                }
+                Err(auth::Refused::Unknown) => {
+                    return unauthorized("the token is not valid (or was revoked)");
+                }
+                Err(auth::Refused::Unreadable(why)) => {
+                    return ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("the server cannot read its tokens: {why}"),
+                    )
+                    .into_response();
+                }
+            }
+        }
+    };
+    let (mut parts, body) = request.into_parts();
+    let reads = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+    if access != Access::Open
+        && let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await
+    {
+        for (name, value) in &params {
+            let allowed = match name {
+                "bucket" if reads => access.can_read(value),
+                "bucket" => access.can_write(value),
+                "name" => access.can_lock(value),
+                _ => true,
+            };
+            if !allowed {
+                let what = if name == "name" { "lock" } else { "bucket" };
+                return forbidden(&format!(
+                    "this token may not {} {what} `{value}`",
+                    if name == "name" {
+                        "use"
+                    } else if reads {
+                        "read"
+                    } else {
+                        "write"
+                    }
+                ));
+            }
+        }
+    }
+    parts.extensions.insert(access);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Why a request looks sent by a web page (or to a name that is not
+/// loopback), if it does.
+fn from_a_browser(headers: &HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(header::ORIGIN) {
+        return Some("requests from web pages (with an Origin) need a server with --tokens");
+    }
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    if !matches!(site, "none" | "same-origin") {
+        return Some("cross-site requests need a server with --tokens");
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // `127.0.0.1:7700`, `[::1]:7700`, `localhost:7700` (or without a port).
+    let name = match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !host.ends_with(']') =>
+        {
+            name
+        }
+        _ => host,
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Some(
+            "without --tokens, only requests to a loopback Host (127.0.0.1, [::1], localhost) are served",
+        );
+    }
+    None
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"kvstash\""),
+    );
+    response
+}
+
+fn forbidden(message: &str) -> Response {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
 }
 
 /// Counts and times every request by its route (not its raw path, so
@@ -472,7 +786,16 @@ async fn measure(State(s): State<Arc<Served>>, request: Request, next: Next) -> 
         .get::<MatchedPath>()
         .map_or("(none)", |m| m.as_str())
         .to_string();
-    let method = request.method().clone();
+    // Methods as labels only from a fixed set: a client must not be able
+    // to make new series by sending made-up ones.
+    let method = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    };
     let started = Instant::now();
     let response = next.run(request).await;
     let code = response
@@ -481,7 +804,7 @@ async fn measure(State(s): State<Arc<Served>>, request: Request, next: Next) -> 
         .map(|c| c.0.clone());
     s.metrics.request(
         &route,
-        method.as_str(),
+        method,
         response.status().as_u16(),
         code.as_deref(),
         started.elapsed(),
@@ -495,8 +818,10 @@ struct ErrorCode(String);
 
 // ---------------------------------------------------------------- keys
 
-async fn buckets(State(s): State<Arc<Served>>) -> Reply {
-    ok(json!({"buckets": s.store.buckets().await?}))
+async fn buckets(State(s): State<Arc<Served>>, Extension(access): Extension<Access>) -> Reply {
+    let mut buckets = s.store.buckets().await?;
+    buckets.retain(|b| access.can_read(b));
+    ok(json!({ "buckets": buckets }))
 }
 
 #[derive(Deserialize)]
@@ -594,7 +919,10 @@ async fn put_key(
     let Path((bucket, key)) = path?;
     let Query(q) = query?;
     let value = body_value(&headers, body)?;
-    let if_version = q.if_version.map(|v| safe("if_version", v)).transpose()?;
+    let if_version = q
+        .if_version
+        .map(|v| check_safe_integer("if_version", v))
+        .transpose()?;
     let options = WriteOptions {
         if_version: if_version.filter(|&v| v > 0),
         if_absent: if_version == Some(0),
@@ -622,7 +950,15 @@ async fn delete_key(
     let Path((bucket, key)) = path?;
     let Query(q) = query?;
     let bucket = s.store.bucket(&bucket);
-    match q.if_version.map(|v| safe("if_version", v)).transpose()? {
+    match q
+        .if_version
+        .map(|v| check_safe_integer("if_version", v))
+        .transpose()?
+    {
+        Some(0) => Err(ApiError::bad_request(
+            "invalid-argument",
+            "if_version=0 (absent) cannot hold for a key being deleted; versions start at 1",
+        )),
         Some(version) => {
             let version = bucket.delete_if_version(&key, version).await?;
             ok(json!({"deleted": true, "version": version}))
@@ -736,6 +1072,7 @@ async fn delete_path(
 
 async fn transaction(
     State(s): State<Arc<Served>>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
@@ -747,7 +1084,53 @@ async fn transaction(
         .map_err(|_| ApiError::bad_request("invalid-argument", "the body is not UTF-8 JSON"))?;
     let txn = crate::cli::parse_transaction(&s.store, "default", text)
         .map_err(|e| ApiError::bad_request("invalid-argument", format!("{e:#}")))?;
+    if let Some(refused) = refused_in_transaction(&access, text) {
+        return Ok(forbidden(&refused));
+    }
     ok(json!({ "version": txn.commit().await.map_err(stored_value)? }))
+}
+
+/// What in a transaction document (already parsed, so well formed)
+/// `access` may not do: a check needs read access to its bucket (or the
+/// lock), a mutation write access.
+fn refused_in_transaction(access: &Access, text: &str) -> Option<String> {
+    if *access == Access::Open {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_str(text).ok()?;
+    let bucket = |item: &serde_json::Value| {
+        item.get("bucket")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("default")
+            .to_string()
+    };
+    let items = |name: &str| {
+        doc.get(name)
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for check in items("checks") {
+        if let Some(lock) = check.get("lock").and_then(serde_json::Value::as_str) {
+            if !access.can_lock(lock) {
+                return Some(format!("this token may not use lock `{lock}`"));
+            }
+        } else if !access.can_read(&bucket(&check)) {
+            return Some(format!(
+                "this token may not read bucket `{}`",
+                bucket(&check)
+            ));
+        }
+    }
+    for mutation in items("mutations") {
+        if !access.can_write(&bucket(&mutation)) {
+            return Some(format!(
+                "this token may not write bucket `{}`",
+                bucket(&mutation)
+            ));
+        }
+    }
+    None
 }
 
 /// An error of a request the store took apart already: an `invalid-value`
@@ -924,7 +1307,7 @@ async fn renew(
     let ttl = ttl(Some(body.ttl_ms))?.unwrap_or_default();
     let lease = Lease {
         name,
-        token: safe("token", body.token)?,
+        token: check_safe_integer("token", body.token)?,
         expires_at: std::time::UNIX_EPOCH,
     };
     ok(lease_body(&s.store.renew(&lease, ttl).await?))
@@ -946,7 +1329,7 @@ async fn release(
     let body: ReleaseBody = body_json(&headers, body)?;
     let lease = Lease {
         name,
-        token: safe("token", body.token)?,
+        token: check_safe_integer("token", body.token)?,
         expires_at: std::time::UNIX_EPOCH,
     };
     ok(json!({"released": s.store.release(&lease).await?}))
@@ -974,6 +1357,17 @@ async fn watch(
 ) -> Reply {
     let Path(bucket) = path?;
     let Query(q) = query?;
+    let Ok(permit) = s.watches.clone().try_acquire_owned() else {
+        let mut busy = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-watches",
+            "this server has as many watch streams open as it allows (--max-watches)",
+        )
+        .into_response();
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return Ok(busy);
+    };
     let resume = match headers.get("last-event-id") {
         None => None,
         Some(id) => Some(
@@ -991,12 +1385,26 @@ async fn watch(
     let bucket = s.store.bucket(&bucket);
     let prefix = q.prefix;
     // Fix the start (and check it is still retained) before answering.
-    let since = q.since.map(|v| safe("since", v)).transpose()?;
+    let since = q
+        .since
+        .map(|v| check_safe_integer("since", v))
+        .transpose()?;
     let since = resume
-        .map(|v| safe("Last-Event-ID", v))
+        .map(|v| check_safe_integer("Last-Event-ID", v))
         .transpose()?
         .or(since);
-    let start = bucket.watch_start(prefix.as_deref(), since).await?;
+    // A start past the store's newest commit depends on the store: 409.
+    let start = bucket
+        .watch_start(prefix.as_deref(), since)
+        .await
+        .map_err(|e| {
+            let ahead = matches!(e, Error::InvalidArgument(_));
+            let mut e = ApiError::from(e);
+            if ahead {
+                e.status = StatusCode::CONFLICT;
+            }
+            e
+        })?;
     let events = bucket
         .watch(crate::api::WatchOptions {
             prefix,
@@ -1013,17 +1421,27 @@ async fn watch(
             Ok(events) => commit_event(&events),
             Err(e) => {
                 let e = ApiError::from(e);
-                SseEvent::default().event("error").data(e.body.to_string())
+                // Not `error`: EventSource reports its own failures under
+                // that name.
+                SseEvent::default().event("failed").data(e.body.to_string())
             }
         })
     });
     let mut stopping = s.stopping.subscribe();
     let stopped = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
+        // Without a sender (a router dropped in the meantime), never.
+        if stopping.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     let stream = futures::stream::once(async move { Ok(ready) })
         .chain(commits)
-        .take_until(stopped);
+        .take_until(stopped)
+        // The stream holds its place among --max-watches until it ends.
+        .map(move |event| {
+            let _held = &permit;
+            event
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -1181,6 +1599,50 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&text).unwrap(),
             json!({"bytes": "AP8=", "version": 2})
+        );
+    }
+
+    #[test]
+    fn only_loopback_is_served_without_tokens_and_tls() {
+        let any: SocketAddr = "0.0.0.0:7700".parse().unwrap();
+        let lan: SocketAddr = "[2001:db8::1]:7700".parse().unwrap();
+        for loopback in ["127.0.0.1:7700", "[::1]:7700"] {
+            let loopback: SocketAddr = loopback.parse().unwrap();
+            assert_eq!(check_listen(&loopback, false, false), Ok(()));
+        }
+        for addr in [any, lan] {
+            assert!(
+                check_listen(&addr, false, false)
+                    .unwrap_err()
+                    .contains("--tokens")
+            );
+            assert!(
+                check_listen(&addr, false, true)
+                    .unwrap_err()
+                    .contains("--tokens")
+            );
+            assert!(
+                check_listen(&addr, true, false)
+                    .unwrap_err()
+                    .contains("TLS")
+            );
+            assert_eq!(check_listen(&addr, true, true), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_served_document_names_the_bearer_scheme() {
+        let doc: serde_json::Value = serde_json::from_str(&with_bearer_scheme(OPENAPI)).unwrap();
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([]));
+        let get = &doc["paths"]["/v1/buckets/{bucket}/keys/{key}"]["get"];
+        assert!(get["responses"]["401"].is_object() && get["responses"]["403"].is_object());
+        assert!(
+            get.get("security").is_none(),
+            "the document's default applies"
         );
     }
 

@@ -667,7 +667,8 @@ pub fn python_venv_with(name: &str, python: &Path, requirements: &[&str]) -> Pat
         .join(name);
     let python = venv.join("bin").join("python");
     let record = venv.join("kvstash-requirements.txt");
-    let wanted = requirements.join("\n");
+    // The interpreter too: a venv made by another one is made again.
+    let wanted = format!("{}\n{}", interpreter.display(), requirements.join("\n"));
     // Tests run in parallel threads (and test binaries may run in parallel
     // processes): one makes the venv while the others wait, instead of
     // finding a half-made one without pip.
@@ -677,6 +678,11 @@ pub fn python_venv_with(name: &str, python: &Path, requirements: &[&str]) -> Pat
     lock.lock().expect("the venv's lock file can be locked");
     if std::fs::read_to_string(&record).is_ok_and(|had| had == wanted) && python.is_file() {
         return python;
+    }
+    let made_by = std::fs::read_to_string(&record).ok();
+    let made_by = made_by.as_deref().and_then(|r| r.lines().next());
+    if python.is_file() && made_by != Some(&*interpreter.to_string_lossy()) {
+        std::fs::remove_dir_all(&venv).expect("target is writable");
     }
     if !python.is_file() {
         let made = Command::new(interpreter)

@@ -437,47 +437,57 @@ impl Client {
     }
 
     /// One call to the holder. A read that lost the connection is asked
-    /// again: of the next holder, or of the store taken over. A holder
-    /// being killed may still accept a connection it never answers, so a
-    /// read is asked until it is answered or [`super::HELD_WAIT`] passes;
-    /// a commit is never asked twice (its outcome is unknown).
+    /// again: of the next holder, or of the store taken over (whose answer
+    /// is final). A holder being killed may still accept a connection it
+    /// never answers, so a read is asked until it is answered or
+    /// [`super::HELD_WAIT`] passes; a commit is never asked twice (its
+    /// outcome is unknown).
     async fn ask(&self, call: &Call) -> Result<Answer, BackendError> {
         let deadline = std::time::Instant::now() + super::HELD_WAIT;
-        let mut result = self.call(call);
+        let mut attempt = self.call(call);
         loop {
-            let lost = matches!(*self.via(), Via::Lost);
-            if result.is_ok()
-                || !lost
-                || matches!(call, Call::Commit(..))
-                || std::time::Instant::now() >= deadline
-            {
-                return result;
+            match attempt {
+                Ok(answer) => return Ok(answer),
+                Err((e, lost))
+                    if !lost
+                        || matches!(call, Call::Commit(..))
+                        || std::time::Instant::now() >= deadline =>
+                {
+                    return Err(e);
+                }
+                Err(_) => {}
             }
-            result = match self.local()? {
-                Some(local) => answer_locally(&local, call).await,
+            attempt = match self.local()? {
+                Some(local) => return answer_locally(&local, call).await,
                 None => self.call(call),
             };
-            if result.is_err() {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            if attempt.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         }
     }
 
-    fn call(&self, call: &Call) -> Result<Answer, BackendError> {
+    /// The holder's answer; or an error, and whether this call found the
+    /// connection lost (it may then be asked again elsewhere).
+    fn call(&self, call: &Call) -> Result<Answer, (BackendError, bool)> {
         let mut via = self.via();
         let Via::Socket(stream) = &mut *via else {
             // Another call lost the connection (or took the store over)
             // since this one looked: this one was not sent.
-            return Err(BackendError::Unavailable(format!(
+            let e = BackendError::Unavailable(format!(
                 "the connection to the process that holds {} was lost before this call was sent; nothing was written, try again",
                 self.path.display()
-            )));
+            ));
+            return Err((e, true));
         };
         let result = Self::round_trip(stream, call, &self.path);
         if result.as_ref().is_err_and(|e| e.1) {
             *via = Via::Lost;
         }
-        result.map_err(|e| e.0)?
+        match result {
+            Ok(answer) => answer.map_err(|e| (e, false)),
+            Err(failed) => Err(failed),
+        }
     }
 
     /// The answer; an error, and whether it lost the connection.
