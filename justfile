@@ -70,6 +70,7 @@ bench SIZES="1000,10000,100000,1000000" ROUNDS="3":
     target/bench-venv/bin/pip install --quiet --disable-pip-version-check tinydb==4.9.0 jk_keyvaluestore==0.2019.9.17.1
     cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
     just bench-remote
+    just bench-serve
     just bench-bindings
     just bench-device
 
@@ -88,6 +89,12 @@ bench-one-shot ROUNDS="60":
     KVSTASH_CROSS_PARTS=cli bash scripts/cross x86_64-unknown-linux-gnu
     cargo build --release -p kvstash --bin kvstash
     cargo run --release -p kvstash-bench --bin kvstash-bench-device -- --one-shot-only --cli-rounds {{ROUNDS}}
+
+# `kvstash serve` under load on loopback: 1, 16 and 64 clients, throughput
+# and p50/p99, against the embedded API in the same run (~1 min):
+# bench/results/serve.md.
+bench-serve:
+    cargo run --release -p kvstash-bench --bin kvstash-bench-serve
 
 # The Python and JavaScript packages against the Rust API, TinyDB with
 # aiotinydb (the seed's choice) and sqlite3, in one run (~3 min):
