@@ -31,6 +31,8 @@ use crate::api::{Bucket, Error, Item, ListOptions, Store, Value, WriteOptions};
 #[cfg(feature = "apps")]
 mod app;
 mod bench;
+#[cfg(feature = "shell")]
+mod shell;
 mod transfer;
 mod txn;
 
@@ -239,6 +241,12 @@ enum Command {
     /// (Prometheus) and /openapi.json. See docs/http.md.
     #[cfg(feature = "serve")]
     Serve(ServeArgs),
+    /// An interactive prompt on the store: the commands of this CLI, with
+    /// history and completion of commands, buckets and keys; JSON is
+    /// pretty-printed. `use BUCKET` changes the bucket, `exit` (or Ctrl-D)
+    /// leaves.
+    #[cfg(feature = "shell")]
+    Shell,
     /// Bearer tokens for `kvstash serve`: each may read some buckets,
     /// write others, take some locks. Secrets are printed once and stored
     /// only as hashes; a revoked token is refused at its next request.
@@ -482,6 +490,12 @@ fn serves_or_measures(command: &Command) -> bool {
     if matches!(command, Command::Serve(_)) {
         return true;
     }
+    // The shell's line editor runs on a thread of its own and asks the
+    // runtime for completions meanwhile.
+    #[cfg(feature = "shell")]
+    if matches!(command, Command::Shell) {
+        return true;
+    }
     #[cfg(feature = "apps")]
     if matches!(command, Command::Run(_)) {
         return true;
@@ -494,15 +508,6 @@ fn serves_or_measures(command: &Command) -> bool {
 #[cfg(feature = "serve")]
 const TOKENS_FILE: &str = "tokens.json";
 
-/// `--data DIR`, else the default data directory.
-#[cfg(feature = "serve")]
-fn data_dir(data: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
-    match data {
-        Some(dir) => Ok(dir.to_path_buf()),
-        None => default_data_dir(),
-    }
-}
-
 /// `kvstash serve`.
 #[cfg(feature = "serve")]
 async fn serve(
@@ -512,7 +517,9 @@ async fn serve(
 ) -> anyhow::Result<std::process::ExitCode> {
     let tokens_path = match &args.tokens {
         Some(path) => Some(path.clone()),
-        None => Some(data_dir(data.as_deref())?.join(TOKENS_FILE)).filter(|p| p.exists()),
+        None => {
+            Some(data_dir_or_default(data.as_deref())?.join(TOKENS_FILE)).filter(|p| p.exists())
+        }
     };
     let options = crate::serve::ServeOptions {
         tokens: tokens_path
@@ -728,6 +735,7 @@ fn info() -> anyhow::Result<serde_json::Value> {
         ("redis", cfg!(feature = "redis")),
         ("postgres", cfg!(feature = "postgres")),
         ("serve", cfg!(feature = "serve")),
+        ("shell", cfg!(feature = "shell")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -767,7 +775,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     if let Command::Token { tokens, op } = &cli.command {
         let path = match tokens {
             Some(path) => path.clone(),
-            None => data_dir(cli.data.as_deref())?.join(TOKENS_FILE),
+            None => data_dir_or_default(cli.data.as_deref())?.join(TOKENS_FILE),
         };
         token(&path, op)?;
         return Ok(std::process::ExitCode::SUCCESS);
@@ -813,24 +821,62 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         bench(&sizes, rounds, sample, dir, one).await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    #[cfg(feature = "shell")]
+    if let Command::Shell = &cli.command {
+        let config = resolve_config(cli.config.as_deref(), cli.data.clone())?;
+        let store = open_store(&config, &cli.command).await?;
+        let history = data_dir_or_default(cli.data.as_deref())?.join("shell_history");
+        return shell::run(store, cli.bucket, history).await;
+    }
     let config = resolve_config(cli.config.as_deref(), cli.data)?;
     let store = open_store(&config, &cli.command).await?;
-    let bucket = store.bucket(&cli.bucket);
+    execute(cli.command, &store, &cli.bucket, Output::Plain).await
+}
+
+/// How a command prints JSON values: as stored (one line), or indented
+/// for a person (`kvstash shell`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Plain,
+    Pretty,
+}
+
+/// `--data DIR`, else the default data directory.
+#[cfg(any(feature = "serve", feature = "shell"))]
+fn data_dir_or_default(data: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    match data {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => default_data_dir(),
+    }
+}
+
+/// Runs one command on an open store: the CLI's, and each line of
+/// `kvstash shell`.
+async fn execute(
+    command: Command,
+    store: &Store,
+    bucket_name: &str,
+    output: Output,
+) -> anyhow::Result<std::process::ExitCode> {
+    let bucket = store.bucket(bucket_name);
     let mut out = std::io::stdout().lock();
-    match cli.command {
+    match command {
         Command::Get { key, meta, path } => {
             if let Some(path) = path {
                 let (value, _) = bucket
                     .get_path_json::<serde_json::Value>(&key, &path)
                     .await?
-                    .with_context(|| not_found(&key, &cli.bucket))?;
-                writeln!(out, "{value}")?;
+                    .with_context(|| not_found(&key, bucket_name))?;
+                match output {
+                    Output::Plain => writeln!(out, "{value}")?,
+                    Output::Pretty => writeln!(out, "{value:#}")?,
+                }
                 return out_flush().map(|()| std::process::ExitCode::SUCCESS);
             }
             let entry = bucket
                 .get(&key)
                 .await?
-                .with_context(|| not_found(&key, &cli.bucket))?;
+                .with_context(|| not_found(&key, bucket_name))?;
             if meta {
                 let mut line = value_json(&entry.value);
                 line["version"] = json!(entry.version);
@@ -839,6 +885,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return out_flush().map(|()| std::process::ExitCode::SUCCESS);
             }
             match entry.value {
+                Value::Json(text) if output == Output::Pretty => {
+                    writeln!(out, "{}", indent_json(&text))?;
+                }
                 Value::Json(text) => writeln!(out, "{text}")?,
                 Value::Bytes(bytes) => out.write_all(&bytes)?,
             }
@@ -898,7 +947,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 let (value, _) = bucket
                     .get_path_json::<serde_json::Value>(&key, &path)
                     .await?
-                    .with_context(|| not_found(&key, &cli.bucket))?;
+                    .with_context(|| not_found(&key, bucket_name))?;
                 writeln!(out, "{value}")?;
             }
             PathCommand::Set { key, path, value } => {
@@ -926,7 +975,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     buf
                 }
             };
-            let txn = parse_transaction(&store, &cli.bucket, &text).context("transaction")?;
+            let txn = parse_transaction(store, bucket_name, &text).context("transaction")?;
             writeln!(out, "{}", txn.commit().await?)?;
         }
         Command::Watch {
@@ -1094,7 +1143,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             output,
         } => {
             let names = if only_bucket {
-                vec![cli.bucket.clone()]
+                vec![bucket_name.to_string()]
             } else {
                 store.buckets().await?
             };
@@ -1163,7 +1212,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     };
                     transfer::read_tinydb(&text)
                 }
-                (ImportFormat::JkDir, Some(dir)) => transfer::read_jk_dir(dir, &cli.bucket),
+                (ImportFormat::JkDir, Some(dir)) => transfer::read_jk_dir(dir, bucket_name),
                 (ImportFormat::JkDir, None) => bail!("`--from jk-dir` needs the directory"),
             }?;
             let count = records.len();
@@ -1180,7 +1229,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     scratch.bucket(name).set_schema(Some(&schema), true).await?;
                 }
             }
-            for target in [&scratch, &store] {
+            for target in [&scratch, store] {
                 for record in &records {
                     let bucket = target.bucket(&record.bucket);
                     match &record.value {
@@ -1195,6 +1244,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             eprintln!("imported {count} records");
         }
         Command::Bench { .. } | Command::Info => bail!("this command does not run on a store"),
+        #[cfg(feature = "shell")]
+        Command::Shell => bail!("this is the shell already"),
         #[cfg(feature = "compiler")]
         Command::Precompile { .. } => bail!("this command does not run on a store"),
         #[cfg(feature = "apps")]
@@ -1205,6 +1256,63 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(_) | Command::Token { .. } => bail!("this command does not run on a store"),
     }
     out_flush().map(|()| std::process::ExitCode::SUCCESS)
+}
+
+/// Valid JSON text indented two spaces a level, members in the order
+/// they were written (a `serde_json::Value` would sort them).
+fn indent_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let mut chars = text.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+                if chars.peek().is_some_and(|&n| n == '}' || n == ']') {
+                    continue;
+                }
+                depth += 1;
+                newline(&mut out, depth);
+            }
+            '}' | ']' => {
+                if !(out.ends_with('{') || out.ends_with('[')) {
+                    depth = depth.saturating_sub(1);
+                    newline(&mut out, depth);
+                }
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn out_flush() -> anyhow::Result<()> {
@@ -1304,6 +1412,21 @@ pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_is_indented_in_its_own_order() {
+        let text = r#"{"z": [1, {"a":"x,y:[]\"{"}], "a": {}, "e": [ ]}"#;
+        let indented = super::indent_json(text);
+        assert_eq!(
+            indented,
+            "{\n  \"z\": [\n    1,\n    {\n      \"a\": \"x,y:[]\\\"{\"\n    }\n  ],\n  \"a\": {},\n  \"e\": []\n}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&indented).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+    }
+
     use super::*;
 
     #[test]
