@@ -1017,39 +1017,49 @@ async fn get_path(
     )))
 }
 
+/// What a document-path write does with the body.
+#[derive(Clone, Copy)]
+enum PathWrite {
+    Set,
+    Append,
+}
+
 async fn set_path(
-    State(s): State<Arc<Served>>,
+    state: State<Arc<Served>>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<PointerQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let Path((bucket, key)) = path?;
-    let Query(q) = query?;
-    let value = body_document(&headers, body)?;
-    let version = s
-        .store
-        .bucket(&bucket)
-        .set_path_json(&key, &q.pointer, &value)
-        .await?;
-    ok(json!({ "version": version }))
+    write_path(state, path, query, headers, body, PathWrite::Set).await
 }
 
 async fn append_path(
-    State(s): State<Arc<Served>>,
+    state: State<Arc<Served>>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<PointerQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
+    write_path(state, path, query, headers, body, PathWrite::Append).await
+}
+
+async fn write_path(
+    State(s): State<Arc<Served>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<PointerQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    how: PathWrite,
+) -> Reply {
     let Path((bucket, key)) = path?;
     let Query(q) = query?;
     let value = body_document(&headers, body)?;
-    let version = s
-        .store
-        .bucket(&bucket)
-        .append_path_json(&key, &q.pointer, &value)
-        .await?;
+    let bucket = s.store.bucket(&bucket);
+    let version = match how {
+        PathWrite::Set => bucket.set_path_json(&key, &q.pointer, &value).await?,
+        PathWrite::Append => bucket.append_path_json(&key, &q.pointer, &value).await?,
+    };
     ok(json!({ "version": version }))
 }
 
