@@ -1326,3 +1326,36 @@ fn watch_streams_and_slow_clients_are_limited() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
 }
+
+/// SIGTERM stops a server at once, open watch streams and all, and the
+/// store it held is left whole for the next process.
+#[test]
+fn sigterm_stops_the_server_with_watchers_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    server.put(KEY, "[1,5,42]").expect(200);
+    let mut watch = Events::open(&server, "/v1/buckets/aliases/watch", None).unwrap();
+    assert_eq!(watch.next().event, "ready");
+    let pid = server.child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--bucket", "aliases", "get", "environment_sensor_1"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[1,5,42]");
+}
