@@ -114,9 +114,16 @@ impl Server {
         let body = body.unwrap_or_default();
         head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
+        // A server that refuses a body it finds too large answers before
+        // reading it and closes: the rest of the write may then fail, and
+        // the close may come as a reset after the answer.
+        let wrote = stream.write_all(body);
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
+        let read = stream.read_to_end(&mut raw);
+        if raw.is_empty() {
+            wrote.unwrap();
+            read.unwrap();
+        }
         Reply::parse(&raw)
     }
 }
