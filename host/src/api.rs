@@ -499,6 +499,23 @@ impl Store {
         self.pool.summaries()
     }
 
+    #[cfg(feature = "serve")]
+    /// The backend this store's component runs on, for what reads and
+    /// writes its records directly (`kvstash serve`'s `/v1/storage`, a
+    /// replica); an error for a configuration whose layers change keys.
+    pub(crate) async fn leaf_backend(&self) -> Result<Arc<dyn crate::backend::Backend>, Error> {
+        self.pool
+            .leaf_backend()
+            .await
+            .map_err(|e| Error::InvalidConfig(e.to_string()))
+    }
+
+    #[cfg(feature = "serve")]
+    /// Whether the configuration opens this store read-only.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.pool.read_only()
+    }
+
     /// Counters of this store's use of its storage, since it was opened.
     pub fn stats(&self) -> StoreStats {
         self.pool.stats()

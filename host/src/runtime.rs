@@ -613,10 +613,63 @@ impl Shared {
                     "this store opens only the backend it was configured with".into(),
                 ));
             }
+            // The one leaf, however its JSON is spelled: the host's own
+            // handle on it (`leaf_backend`) is the guest's.
+            let key = leaf.to_string();
+            if let Some(backend) = opened().get(&key).cloned() {
+                opened().insert(config.to_string(), backend.clone());
+                return Ok(backend);
+            }
+            let backend = self.registry.open(&key).await?;
+            opened().insert(key, backend.clone());
+            opened().insert(config.to_string(), backend.clone());
+            return Ok(backend);
         }
         let backend = self.registry.open(config).await?;
         opened().insert(config.to_string(), backend.clone());
         Ok(backend)
+    }
+
+    #[cfg(feature = "serve")]
+    /// The store's one backend, as the guest sees it (opening it if no
+    /// instance has yet), for what reads and writes storage records
+    /// directly: the server's `/v1/storage` routes, a replica. Refused for
+    /// a configuration with layers that change keys (`prefix`, `stores`):
+    /// records of the backend are then not the store's.
+    pub(crate) async fn leaf_backend(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        let config: serde_json::Value = serde_json::from_str(&self.config)
+            .map_err(|e| BackendError::Invalid(format!("store configuration: {e}")))?;
+        if ["prefix", "stores"].iter().any(|o| config.get(o).is_some()) {
+            return Err(BackendError::Invalid(
+                "this store has layers (`prefix`, `stores`): its backend's records are not served directly".into(),
+            ));
+        }
+        let leaf = self.leaf.as_ref().ok_or_else(|| {
+            BackendError::Invalid("the store configuration is not an object".into())
+        })?;
+        self.open_backend(&leaf.to_string()).await
+    }
+
+    /// Every backend opened, once (one may be there under two spellings of
+    /// its configuration).
+    fn distinct(&self) -> Vec<Arc<dyn Backend>> {
+        let opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let mut distinct: Vec<Arc<dyn Backend>> = Vec::new();
+        for backend in opened.values() {
+            if !distinct.iter().any(|b| Arc::ptr_eq(b, backend)) {
+                distinct.push(backend.clone());
+            }
+        }
+        distinct
+    }
+
+    #[cfg(feature = "serve")]
+    /// Whether the store's configuration says `"read_only": true`.
+    pub(crate) fn read_only(&self) -> bool {
+        serde_json::from_str::<serde_json::Value>(&self.config)
+            .ok()
+            .and_then(|c| c.get("read_only").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false)
     }
 }
 
@@ -928,18 +981,22 @@ impl Pool {
     /// Commit notifications of every backend this store has opened that
     /// offers them.
     pub(crate) fn commit_notifications(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
-        let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());
-        opened.values().filter_map(|b| b.commits()).collect()
+        self.shared
+            .distinct()
+            .iter()
+            .filter_map(|b| b.commits())
+            .collect()
     }
 
     /// The guest's storage calls and failures, and the commit counters of
     /// every opened backend that keeps them.
     pub(crate) fn stats(&self) -> crate::api::StoreStats {
-        let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());
         crate::api::StoreStats {
             storage: self.shared.calls.snapshot(),
-            commits: opened
-                .values()
+            commits: self
+                .shared
+                .distinct()
+                .iter()
                 .filter_map(|b| b.commit_stats().map(|s| (b.summary(), s)))
                 .collect(),
         }
@@ -947,8 +1004,19 @@ impl Pool {
 
     /// The backends this store's instances have opened, by leaf configuration.
     pub(crate) fn summaries(&self) -> Vec<String> {
-        let opened = self.shared.opened.lock().unwrap_or_else(|p| p.into_inner());
-        opened.values().map(|b| b.summary()).collect()
+        self.shared.distinct().iter().map(|b| b.summary()).collect()
+    }
+
+    #[cfg(feature = "serve")]
+    /// See [`Shared::leaf_backend`].
+    pub(crate) async fn leaf_backend(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        self.shared.leaf_backend().await
+    }
+
+    #[cfg(feature = "serve")]
+    /// See [`Shared::read_only`].
+    pub(crate) fn read_only(&self) -> bool {
+        self.shared.read_only()
     }
 
     pub(crate) async fn acquire(&self) -> Result<Lease<'_>, Error> {

@@ -512,12 +512,47 @@ async fn file_backend_conforms() {
 }
 
 /// Opens a backend the way a store does: through the registry, from JSON.
-#[cfg(any(feature = "etcd", feature = "redis", feature = "postgres"))]
+#[cfg(any(
+    feature = "etcd",
+    feature = "redis",
+    feature = "postgres",
+    feature = "client"
+))]
 async fn open(config: serde_json::Value) -> Arc<dyn Backend> {
     kvstash::Registry::default()
         .open(&config.to_string())
         .await
         .unwrap()
+}
+
+/// `kvstash serve` in this process, on a store `config` describes; its URL.
+#[cfg(feature = "serve")]
+async fn served(config: serde_json::Value) -> String {
+    let store = kvstash::Store::open(&config.to_string()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(kvstash::serve::serve(
+        store,
+        listener,
+        kvstash::serve::ServeOptions::default(),
+        std::future::pending(),
+    ));
+    url
+}
+
+/// The `server` backend keeps every rule of the backend it reaches: the
+/// same suite, through HTTP, on a memory and a file store.
+#[cfg(feature = "serve")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_backend_conforms() {
+    use serde_json::json;
+    let url = served(json!({"type": "memory"})).await;
+    all(open(json!({"type": "server", "url": url})).await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = served(json!({"type": "file", "path": dir.path().join("s.redb")})).await;
+    all(open(json!({"type": "server", "url": url})).await).await;
+    let url = served(json!({"type": "memory", "retention": 3})).await;
+    compaction(open(json!({"type": "server", "url": url})).await).await;
 }
 
 #[cfg(feature = "redis")]

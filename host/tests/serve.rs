@@ -946,7 +946,16 @@ fn schemathesis_finds_nothing() {
     // without the token, or with a wrong one, must get 401).
     let admin = token(
         &dir.path().join("tokens.json"),
-        &["add", "admin", "--write", "*", "--locks", "*"],
+        &[
+            "add",
+            "admin",
+            "--write",
+            "*",
+            "--locks",
+            "*",
+            "--storage",
+            "read",
+        ],
     );
     let server = Server::start(dir.path());
     let work = tempfile::tempdir().unwrap();
@@ -1034,7 +1043,7 @@ fn tokens_are_checked_for_every_bucket_and_lock() {
         .collect();
     assert_eq!(
         listed[0],
-        json!({"name": "reader", "read": ["config"], "write": [], "locks": []})
+        json!({"name": "reader", "read": ["config"], "write": [], "locks": [], "storage": null})
     );
 
     // The default tokens file of the data directory is used by itself.
@@ -1287,6 +1296,170 @@ fn tls_carries_the_api_and_its_tokens() {
         !answer.starts_with(b"HTTP/"),
         "{:?}",
         String::from_utf8_lossy(&answer)
+    );
+}
+
+/// `kvstash --server URL …` with `KVSTASH_TOKEN`; its output, or its
+/// error output if it fails.
+fn remote_cli(url: &str, token: Option<&str>, args: &[&str]) -> Result<String, String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kvstash"));
+    command
+        .args(["--server", url, "--bucket", "aliases"])
+        .args(args)
+        .env_remove("KVSTASH_STORE")
+        .env_remove("KVSTASH_TOKEN");
+    if let Some(token) = token {
+        command.env("KVSTASH_TOKEN", token);
+    }
+    let out = command.output().unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8(out.stdout).unwrap().trim().to_string()),
+        false => Err(String::from_utf8(out.stderr).unwrap()),
+    }
+}
+
+#[test]
+fn the_cli_works_on_a_served_store_with_a_storage_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let full = token(&tokens, &["add", "host", "--storage", "write"]);
+    let replica = token(&tokens, &["add", "replica", "--storage", "read"]);
+    let api_only = token(&tokens, &["add", "api", "--write", "*"]);
+    let server = Server::start(dir.path());
+    let url = format!("http://{}", server.addr);
+    server
+        .as_token(
+            &api_only,
+            "PUT",
+            "/v1/buckets/aliases/keys/sensor",
+            Some("[1,5,42]"),
+        )
+        .expect(200);
+
+    // A storage token: every command, as on an embedded store.
+    let cli = |args: &[&str]| remote_cli(&url, Some(&full), args).unwrap();
+    assert_eq!(cli(&["get", "sensor"]), "[1,5,42]");
+    cli(&["set", "display", "\"backyard shed sensor\""]);
+    assert_eq!(cli(&["incr", "boots", "3"]), "3");
+    let listed: Vec<Value> = cli(&["list"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    // What it wrote is the server's store, seen through the API.
+    let display = server
+        .as_token(&api_only, "GET", "/v1/buckets/aliases/keys/display", None)
+        .expect(200);
+    assert_eq!(display["value"], "backyard shed sensor");
+    let version = display["version"].as_u64().unwrap();
+    let meta: Value = serde_json::from_str(&cli(&["get", "display", "--meta"])).unwrap();
+    assert_eq!(meta["version"], version, "the same versions on both sides");
+
+    // A watch here wakes on a commit made through the server's API.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .args(["--server", &url, "--bucket", "aliases", "watch"])
+        .env("KVSTASH_TOKEN", &full)
+        .env_remove("KVSTASH_STORE")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // Until the watch is up: writes land after it started.
+    let mut seen = None;
+    for i in 0..100 {
+        server
+            .as_token(
+                &api_only,
+                "PUT",
+                "/v1/buckets/aliases/keys/ping",
+                Some(&i.to_string()),
+            )
+            .expect(200);
+        std::thread::sleep(Duration::from_millis(100));
+        if i >= 10 {
+            seen = lines.next();
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let event: Value = serde_json::from_str(&seen.unwrap().unwrap()).unwrap();
+    assert_eq!(event["key"], "ping");
+
+    // A read token reads, and writes are refused, saying why.
+    assert_eq!(
+        remote_cli(&url, Some(&replica), &["get", "sensor"]).unwrap(),
+        "[1,5,42]"
+    );
+    let refused = remote_cli(&url, Some(&replica), &["set", "x", "1"]).unwrap_err();
+    assert!(
+        refused.contains("may not write the store's records"),
+        "{refused}"
+    );
+    // A token for the API alone, or none, reaches no records.
+    let refused = remote_cli(&url, Some(&api_only), &["get", "sensor"]).unwrap_err();
+    assert!(refused.contains("--storage read"), "{refused}");
+    let refused = remote_cli(&url, None, &["get", "sensor"]).unwrap_err();
+    assert!(refused.contains("Authorization: Bearer"), "{refused}");
+    // Nothing was written by what was refused.
+    assert_eq!(
+        server
+            .as_token(&api_only, "GET", "/v1/buckets/aliases/keys/x", None)
+            .status,
+        404
+    );
+}
+
+#[test]
+fn a_served_store_is_reached_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a certificate it signed (webpki, unlike curl, takes no
+    // self-signed certificate as a server's).
+    let certs = kvstash_test_servers::Certificates::create(dir.path());
+    let tokens = dir.path().join("tokens.json");
+    let full = token(&tokens, &["add", "host", "--storage", "write"]);
+    let server = Server::serving(
+        dir.path(),
+        &[],
+        &[
+            "--tls-cert",
+            certs.cert.to_str().unwrap(),
+            "--tls-key",
+            certs.key.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let url = format!("https://{}", server.addr);
+    let config =
+        json!({"type": "server", "url": url, "ca_file": certs.ca, "token_env": "HOST_TOKEN"});
+    let with = |config: &Value, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvstash"))
+            .arg("--config")
+            .arg(config.to_string())
+            .args(args)
+            .env("HOST_TOKEN", &full)
+            .env_remove("SSL_CERT_FILE")
+            .output()
+            .unwrap()
+    };
+    let set = with(&config, &["set", "name", "\"shed\""]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let got = with(&config, &["get", "name"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "\"shed\"");
+    // A certificate nobody vouches for is refused.
+    let mut untrusted = config.clone();
+    untrusted.as_object_mut().unwrap().remove("ca_file");
+    let refused = with(&untrusted, &["get", "name"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    // The system's roots do not vouch for it (or there are none here).
+    assert!(
+        stderr.contains("TLS") || stderr.contains("CA certificates"),
+        "{stderr}"
     );
 }
 

@@ -5,9 +5,11 @@
 //! One file store of 10,000 keys is served on 127.0.0.1; 1, 16 and 64
 //! clients, each on its own keep-alive connection, then run random gets
 //! and durable puts, and the same number of tasks do the same through the
-//! embedded `Store`. Throughput and p50/p99 latency of each, and the
-//! ratio of HTTP to embedded throughput. Writes `bench/results/serve.md`
-//! and `serve.json`.
+//! embedded `Store`; and through a remote `Store` (the `server` backend:
+//! the component runs in the client and reaches the server's records over
+//! `/v1/storage`). Throughput and p50/p99 latency of each, and the ratios
+//! of HTTP and of the remote `Store` to embedded throughput. Writes
+//! `bench/results/serve.md` and `serve.json`.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -200,7 +202,9 @@ struct Row {
     op: &'static str,
     http: Figures,
     embedded: Figures,
+    remote: Figures,
     ratio: f64,
+    remote_ratio: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -243,28 +247,35 @@ fn main() -> anyhow::Result<()> {
         .await
     });
 
+    let remote_config = serde_json::json!({"type": "server", "url": format!("http://{addr}")});
+    let remote = clients_runtime.block_on(kvstash::Store::open(&remote_config.to_string()))?;
+
     let mut rows = Vec::new();
     for clients in CLIENTS {
         for (op, name) in [(Op::Get, "get"), (Op::Put, "durable put")] {
-            let (mut https, mut embeddeds) = (Vec::new(), Vec::new());
+            let (mut https, mut embeddeds, mut remotes) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 https.push(clients_runtime.block_on(over_http(addr, clients, op))?);
                 embeddeds.push(clients_runtime.block_on(embedded(&store, clients, op))?);
+                remotes.push(clients_runtime.block_on(embedded(&remote, clients, op))?);
             }
-            let (http, embedded) = (median(https), median(embeddeds));
+            let (http, embedded, remote) = (median(https), median(embeddeds), median(remotes));
             eprintln!(
-                "{clients:>2} clients, {name}: HTTP {:.0}/s, embedded {:.0}/s",
-                http.ops_per_s, embedded.ops_per_s
+                "{clients:>2} clients, {name}: HTTP {:.0}/s, embedded {:.0}/s, remote Store {:.0}/s",
+                http.ops_per_s, embedded.ops_per_s, remote.ops_per_s
             );
             rows.push(Row {
                 clients,
                 op: name,
                 ratio: http.ops_per_s / embedded.ops_per_s,
+                remote_ratio: remote.ops_per_s / embedded.ops_per_s,
                 http,
                 embedded,
+                remote,
             });
         }
     }
+    drop(remote);
     let _ = stop.send(());
     server_runtime.block_on(server)??;
 
@@ -272,14 +283,15 @@ fn main() -> anyhow::Result<()> {
         "# `kvstash serve` under load (`just bench-serve`)\n\n\
          A 10,000-key file store served on 127.0.0.1 (HTTP/1.1, one keep-alive connection per client, no TLS, no tokens), \
          against the embedded `Store` with as many tasks, in the same run. Server and clients share this machine's 2 cores. \
-         Gets read random preloaded keys; each durable put is its own acknowledged commit (concurrent ones share fsyncs). Medians of 3 alternating runs.\n\n\
-         | clients | operation | HTTP ops/s | p50 | p99 | embedded ops/s | p50 | p99 | HTTP / embedded |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+         Gets read random preloaded keys; each durable put is its own acknowledged commit (concurrent ones share fsyncs). \
+         \"Remote Store\" is `Store::open({\"type\":\"server\",…})` in the client process, as many tasks: the component runs there and reaches the server's records over `/v1/storage` (a get, and a put, is one storage call: one HTTP round trip). Medians of 3 alternating runs.\n\n\
+         | clients | operation | HTTP ops/s | p50 | p99 | embedded ops/s | p50 | p99 | HTTP / embedded | remote Store ops/s | p50 | p99 | remote / embedded |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.3} ms | {:.3} ms | {:.2}x |",
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.3} ms | {:.3} ms | {:.2}x | {:.0} | {:.2} ms | {:.2} ms | {:.2}x |",
             r.clients,
             r.op,
             r.http.ops_per_s,
@@ -288,7 +300,11 @@ fn main() -> anyhow::Result<()> {
             r.embedded.ops_per_s,
             r.embedded.p50_ms,
             r.embedded.p99_ms,
-            r.ratio
+            r.ratio,
+            r.remote.ops_per_s,
+            r.remote.p50_ms,
+            r.remote.p99_ms,
+            r.remote_ratio
         );
     }
     let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");

@@ -8,6 +8,10 @@
 //! # Layout
 //! - `memory` — a mutex'd ordered map; for tests, caches and scratch stores
 //! - `file` — redb; crash-safe, every acknowledged commit is on disk
+//! - `etcd`, `redis`, `postgres` — remote engines (`remote` holds what
+//!   they share)
+//! - `server` — a store another host serves (`kvstash serve`), over HTTP;
+//!   `wire` is the format both sides speak
 
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -19,6 +23,10 @@ mod postgres;
 mod redis;
 #[cfg(any(feature = "etcd", feature = "redis", feature = "postgres"))]
 pub mod remote;
+#[cfg(feature = "client")]
+mod server;
+#[cfg(feature = "client")]
+pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -36,6 +44,8 @@ pub use memory::MemoryBackend;
 pub use postgres::PostgresBackend;
 #[cfg(feature = "redis")]
 pub use redis::RedisBackend;
+#[cfg(feature = "client")]
+pub use server::{DEFAULT_TOKEN_ENV, ServerBackend};
 
 /// Most records a `scan` or `changes` call returns; larger limits are clamped.
 pub const MAX_SCAN: u32 = 10_000;
@@ -300,7 +310,7 @@ impl Debug for Registry {
 
 impl Default for Registry {
     /// The built-in backends: `memory`, `file`, and the remote ones this
-    /// build has (features `etcd`, `redis`, `postgres`).
+    /// build has (features `etcd`, `redis`, `postgres`, `client`).
     fn default() -> Self {
         let mut registry = Self::empty();
         registry.register("memory", |config| {
@@ -313,6 +323,8 @@ impl Default for Registry {
         registry.register_async("redis", RedisBackend::open);
         #[cfg(feature = "postgres")]
         registry.register_async("postgres", PostgresBackend::open);
+        #[cfg(feature = "client")]
+        registry.register_async("server", ServerBackend::open);
         registry
     }
 }

@@ -1,6 +1,8 @@
 //! The `kvstash` command line.
 //!
 //! Which store it opens, first match wins:
+//! 0. `--server URL` / `KVSTASH_SERVER`: the store a `kvstash serve` there
+//!    serves (token from `KVSTASH_TOKEN`);
 //! 1. `--config JSON` (or `--config FILE` holding JSON);
 //! 2. the `KVSTASH_STORE` environment variable (JSON);
 //! 3. the file backend in `--data DIR` / `KVSTASH_DATA`;
@@ -58,6 +60,13 @@ pub struct Cli {
     /// Directory of the default file store.
     #[arg(long, global = true, env = "KVSTASH_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Work on the store that `kvstash serve` serves at URL (over
+    /// --config): http://127.0.0.1:7700, https://…. Its token, one made
+    /// with `kvstash token add --storage write` (`read` for reading
+    /// commands), is read from KVSTASH_TOKEN.
+    #[cfg(feature = "client")]
+    #[arg(long, global = true, env = "KVSTASH_SERVER", value_name = "URL")]
+    server: Option<String>,
     /// Bucket to work in.
     #[arg(
         long,
@@ -340,11 +349,23 @@ enum TokenCommand {
         /// Locks it may take, renew, release and look at (`*`: all).
         #[arg(long, value_delimiter = ',')]
         locks: Vec<String>,
+        /// The store's records themselves (`/v1/storage`), for another
+        /// host's `--server` or `"type":"server"` store (`write`) and for
+        /// replicas (`read`): every bucket, lock and schema.
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
     },
     /// Print each token's name and scopes, as JSON Lines.
     List,
     /// Remove the token named NAME: refused from its next request on.
     Revoke { name: String },
+}
+
+#[cfg(feature = "serve")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StorageArg {
+    Read,
+    Write,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -572,11 +593,16 @@ fn token(path: &std::path::Path, op: &TokenCommand) -> anyhow::Result<()> {
             read,
             write,
             locks,
+            storage,
         } => {
             let scopes = crate::serve::Scopes {
                 read: read.clone(),
                 write: write.clone(),
                 locks: locks.clone(),
+                storage: storage.map(|s| match s {
+                    StorageArg::Read => crate::serve::StorageScope::Read,
+                    StorageArg::Write => crate::serve::StorageScope::Write,
+                }),
             };
             let secret = file.add(name, scopes)?;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -590,7 +616,7 @@ fn token(path: &std::path::Path, op: &TokenCommand) -> anyhow::Result<()> {
             for t in &file.tokens {
                 println!(
                     "{}",
-                    json!({"name": t.name, "read": t.scopes.read, "write": t.scopes.write, "locks": t.scopes.locks})
+                    json!({"name": t.name, "read": t.scopes.read, "write": t.scopes.write, "locks": t.scopes.locks, "storage": t.scopes.storage})
                 );
             }
         }
@@ -734,6 +760,7 @@ fn info() -> anyhow::Result<serde_json::Value> {
         ("etcd", cfg!(feature = "etcd")),
         ("redis", cfg!(feature = "redis")),
         ("postgres", cfg!(feature = "postgres")),
+        ("client", cfg!(feature = "client")),
         ("serve", cfg!(feature = "serve")),
         ("shell", cfg!(feature = "shell")),
     ]
@@ -752,7 +779,18 @@ fn info() -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// `--server URL` as the store configuration it stands for.
+#[cfg(feature = "client")]
+fn with_server(mut cli: Cli) -> Cli {
+    if let Some(url) = cli.server.take() {
+        cli.config = Some(json!({"type": "server", "url": url}).to_string());
+    }
+    cli
+}
+
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    #[cfg(feature = "client")]
+    let cli = with_server(cli);
     #[cfg(feature = "apps")]
     if let Command::Run(args) = cli.command {
         return app::run(args, cli.config, cli.data).await;

@@ -29,6 +29,19 @@ pub struct Scopes {
     /// Locks it may take, renew, release and look at (`*`: all).
     #[serde(default)]
     pub locks: Vec<String>,
+    /// The store's records themselves (`/v1/storage`): what another host's
+    /// `server` backend and a replica use. `read` reads every bucket, lock
+    /// and schema; `write` may also write any of them, past schemas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageScope>,
+}
+
+/// What a token may do with the store's records (`/v1/storage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageScope {
+    Read,
+    Write,
 }
 
 fn names(list: &[String], name: &str) -> bool {
@@ -46,6 +59,11 @@ impl Scopes {
 
     pub fn can_lock(&self, name: &str) -> bool {
         names(&self.locks, name)
+    }
+
+    /// Whether it may read (`Read`) or write the store's records.
+    pub fn can_use_storage(&self, wanted: StorageScope) -> bool {
+        self.storage.is_some_and(|has| has >= wanted)
     }
 }
 
@@ -194,6 +212,13 @@ impl Access {
             Access::Token { scopes, .. } => scopes.can_lock(name),
         }
     }
+
+    pub fn can_use_storage(&self, wanted: StorageScope) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Token { scopes, .. } => scopes.can_use_storage(wanted),
+        }
+    }
 }
 
 /// Why a request was not let in.
@@ -299,6 +324,7 @@ mod tests {
             read: owned(read),
             write: owned(write),
             locks: owned(locks),
+            storage: None,
         }
     }
 
@@ -314,6 +340,24 @@ mod tests {
         assert!(s.can_lock("deploy") && !s.can_lock("other"));
         let all = scopes(&[], &["*"], &["*"]);
         assert!(all.can_write("anything") && all.can_lock("anything"));
+        assert!(
+            !all.can_use_storage(StorageScope::Read),
+            "the records are a scope of their own"
+        );
+        let reader = Scopes {
+            storage: Some(StorageScope::Read),
+            ..Scopes::default()
+        };
+        assert!(reader.can_use_storage(StorageScope::Read));
+        assert!(!reader.can_use_storage(StorageScope::Write));
+        let writer = Scopes {
+            storage: Some(StorageScope::Write),
+            ..Scopes::default()
+        };
+        assert!(
+            writer.can_use_storage(StorageScope::Read),
+            "write implies read"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod auth;
 mod metrics;
+mod storage;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,7 +38,7 @@ use serde_json::value::RawValue;
 use crate::api::{Error, Event, EventKind, Lease, ListOptions, Store, Value, WriteOptions};
 use crate::cli::rfc3339;
 
-pub use auth::{Access, Scopes, Tokens, TokensFile};
+pub use auth::{Access, Scopes, StorageScope, Tokens, TokensFile};
 pub use metrics::Metrics;
 
 /// The OpenAPI 3.0 document of this API, served at `/openapi.json`.
@@ -139,6 +140,8 @@ struct Served {
     watches: Arc<tokio::sync::Semaphore>,
     /// Set when the server stops: watch streams end then.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// The store's backend, for `/v1/storage`, once asked for.
+    storage: tokio::sync::OnceCell<Arc<dyn crate::backend::Backend>>,
 }
 
 impl Served {
@@ -154,6 +157,7 @@ impl Served {
             openapi,
             watches: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             stopping: tokio::sync::watch::Sender::new(false),
+            storage: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -233,6 +237,20 @@ fn routes(served: Arc<Served>) -> Router {
         .route("/v1/locks/{name}", get(lock_status).post(acquire))
         .route("/v1/locks/{name}/renew", post(renew))
         .route("/v1/locks/{name}/release", post(release))
+        .route(
+            "/v1/storage/get",
+            post(storage::get).layer(DefaultBodyLimit::max(storage::MAX_STORAGE_BODY)),
+        )
+        .route(
+            "/v1/storage/scan",
+            post(storage::scan).layer(DefaultBodyLimit::max(storage::MAX_STORAGE_BODY)),
+        )
+        .route(
+            "/v1/storage/commit",
+            post(storage::commit).layer(DefaultBodyLimit::max(storage::MAX_STORAGE_BODY)),
+        )
+        .route("/v1/storage/version", get(storage::version))
+        .route("/v1/storage/changes", get(storage::changes))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
@@ -424,7 +442,10 @@ impl From<BytesRejection> for ApiError {
             return Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid-value",
-                format!("the request body is larger than {MAX_BODY} bytes"),
+                format!(
+                    "the request body is too large: at most {MAX_BODY} bytes ({} for /v1/storage)",
+                    storage::MAX_STORAGE_BODY
+                ),
             );
         }
         Self::bad_request("invalid-argument", e.body_text())
@@ -693,6 +714,27 @@ async fn authorize(State(s): State<Arc<Served>>, request: Request, next: Next) -
     };
     let (mut parts, body) = request.into_parts();
     let reads = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+    if let Some(route) = route.as_deref().filter(|r| r.starts_with("/v1/storage/")) {
+        let wanted = match route {
+            "/v1/storage/commit" => StorageScope::Write,
+            _ => StorageScope::Read,
+        };
+        if !access.can_use_storage(wanted) {
+            return forbidden(&format!(
+                "this token may not {} the store's records (`/v1/storage` needs a token made with --storage {})",
+                if wanted == StorageScope::Write {
+                    "write"
+                } else {
+                    "read"
+                },
+                if wanted == StorageScope::Write {
+                    "write"
+                } else {
+                    "read"
+                },
+            ));
+        }
+    }
     if access != Access::Open
         && let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await
     {

@@ -22,6 +22,24 @@ macro_rules! on_every_backend {
                 $body
             }
 
+            // Another host's store: `kvstash serve` (in this process) on a
+            // memory store, reached through its `/v1/storage` routes.
+            #[tokio::test]
+            async fn server() {
+                let served = Store::open(r#"{"type":"memory"}"#).await.unwrap();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}", listener.local_addr().unwrap());
+                tokio::spawn(kvstash::serve::serve(
+                    served,
+                    listener,
+                    kvstash::serve::ServeOptions::default(),
+                    std::future::pending(),
+                ));
+                let config = json!({"type": "server", "url": url});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
             // The remote backends: one server per test binary, a namespace
             // per test.
             #[tokio::test]

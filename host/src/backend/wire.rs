@@ -1,0 +1,356 @@
+//! The storage interface over HTTP/JSON: what a server's `/v1/storage`
+//! routes take and answer (`docs/http.md`), shared by the server
+//! (`crate::serve`) and its client, the `server` backend.
+//!
+//! Keys and values are bytes, sent as standard base64 (RFC 4648, with
+//! padding). Errors are the API's `{"error":{"code",…}}` bodies; the
+//! storage errors carry their fields (`index` and `current` of a conflict,
+//! `oldest` of a compacted feed), so a client rebuilds the
+//! [`BackendError`] exactly.
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{BackendError, Change, Check, Entry, Scan, Write};
+
+/// Bytes, as base64 text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct B64(pub Vec<u8>);
+
+impl Serialize for B64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(B64)
+            .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
+    }
+}
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireEntry {
+    pub key: B64,
+    pub value: B64,
+    pub version: u64,
+}
+
+impl From<Entry> for WireEntry {
+    fn from(e: Entry) -> Self {
+        Self {
+            key: B64(e.key),
+            value: B64(e.value),
+            version: e.version,
+        }
+    }
+}
+
+impl From<WireEntry> for Entry {
+    fn from(e: WireEntry) -> Self {
+        Self {
+            key: e.key.0,
+            value: e.value.0,
+            version: e.version,
+        }
+    }
+}
+
+/// `POST /v1/storage/get`: one slot per key in the answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetRequest {
+    pub keys: Vec<B64>,
+}
+
+/// The answer of a get (`entries`, one per key) or a scan.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesAnswer<T> {
+    pub entries: Vec<T>,
+}
+
+/// `POST /v1/storage/scan`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRequest {
+    pub start: B64,
+    #[serde(default)]
+    pub end: Option<B64>,
+    pub limit: u32,
+    #[serde(default)]
+    pub reverse: bool,
+}
+
+impl From<ScanRequest> for Scan {
+    fn from(s: ScanRequest) -> Self {
+        Self {
+            start: s.start.0,
+            end: s.end.map(|e| e.0),
+            limit: s.limit,
+            reverse: s.reverse,
+        }
+    }
+}
+
+impl From<&Scan> for ScanRequest {
+    fn from(s: &Scan) -> Self {
+        Self {
+            start: B64(s.start.clone()),
+            end: s.end.clone().map(B64),
+            limit: s.limit,
+            reverse: s.reverse,
+        }
+    }
+}
+
+/// A check of a commit: the key is at `version`, or absent (`null`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireCheck {
+    pub key: B64,
+    pub version: Option<u64>,
+}
+
+/// A write of a commit: `value` `null` deletes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireWrite {
+    pub key: B64,
+    pub value: Option<B64>,
+}
+
+/// `POST /v1/storage/commit`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    #[serde(default)]
+    pub checks: Vec<WireCheck>,
+    pub writes: Vec<WireWrite>,
+}
+
+impl CommitRequest {
+    pub fn new(checks: Vec<Check>, writes: Vec<Write>) -> Self {
+        Self {
+            checks: checks
+                .into_iter()
+                .map(|c| match c {
+                    Check::VersionIs(key, version) => WireCheck {
+                        key: B64(key),
+                        version: Some(version),
+                    },
+                    Check::Absent(key) => WireCheck {
+                        key: B64(key),
+                        version: None,
+                    },
+                })
+                .collect(),
+            writes: writes
+                .into_iter()
+                .map(|w| WireWrite {
+                    key: B64(w.key),
+                    value: w.value.map(B64),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn into_parts(self) -> (Vec<Check>, Vec<Write>) {
+        let checks = self
+            .checks
+            .into_iter()
+            .map(|c| match c.version {
+                Some(version) => Check::VersionIs(c.key.0, version),
+                None => Check::Absent(c.key.0),
+            })
+            .collect();
+        let writes = self
+            .writes
+            .into_iter()
+            .map(|w| Write {
+                key: w.key.0,
+                value: w.value.map(|v| v.0),
+            })
+            .collect();
+        (checks, writes)
+    }
+}
+
+/// The answer of a commit, or of `GET /v1/storage/version`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionAnswer {
+    pub version: u64,
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireChange {
+    pub version: u64,
+    pub key: B64,
+    pub value: Option<B64>,
+}
+
+impl From<Change> for WireChange {
+    fn from(c: Change) -> Self {
+        Self {
+            version: c.version,
+            key: B64(c.key),
+            value: c.value.map(B64),
+        }
+    }
+}
+
+impl From<WireChange> for Change {
+    fn from(c: WireChange) -> Self {
+        Self {
+            version: c.version,
+            key: c.key.0,
+            value: c.value.map(|v| v.0),
+        }
+    }
+}
+
+/// `GET /v1/storage/changes`: the changes, and the newest version when
+/// they were read (how far behind a follower is).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesAnswer {
+    pub changes: Vec<WireChange>,
+    pub version: u64,
+}
+
+/// The `{"error":{…}}` body of a failed storage call.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: WireError,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireError {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    /// A conflict's current version (`null`: absent; no field: not a
+    /// conflict).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub current: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest: Option<u64>,
+}
+
+/// A field that is there, `null` or not.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+/// The API error code of a storage error ([`crate::Error::code`]'s names).
+pub fn code_of(e: &BackendError) -> &'static str {
+    match e {
+        BackendError::Conflict { .. } => "conflict",
+        BackendError::Compacted { .. } => "compacted",
+        BackendError::ReadOnly => "read-only",
+        BackendError::Invalid(_) => "invalid-argument",
+        BackendError::Unavailable(_) => "storage",
+    }
+}
+
+impl From<&BackendError> for WireError {
+    fn from(e: &BackendError) -> Self {
+        let mut wire = WireError {
+            code: code_of(e).into(),
+            message: e.to_string(),
+            index: None,
+            current: None,
+            oldest: None,
+        };
+        match e {
+            BackendError::Conflict { index, current } => {
+                wire.index = Some(*index);
+                wire.current = Some(*current);
+            }
+            BackendError::Compacted { oldest } => wire.oldest = Some(*oldest),
+            BackendError::ReadOnly | BackendError::Invalid(_) | BackendError::Unavailable(_) => {}
+        }
+        wire
+    }
+}
+
+impl WireError {
+    /// The storage error a server's answer stands for; `None` for an
+    /// error that is none of them (refused by the API: 401, 403, 404…).
+    pub fn to_backend(&self) -> Option<BackendError> {
+        Some(match self.code.as_str() {
+            "conflict" => BackendError::Conflict {
+                index: self.index?,
+                current: self.current?,
+            },
+            "compacted" => BackendError::Compacted {
+                oldest: self.oldest?,
+            },
+            "read-only" => BackendError::ReadOnly,
+            "invalid-argument" => BackendError::Invalid(self.message.clone()),
+            "storage" => BackendError::Unavailable(self.message.clone()),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn every_storage_error_comes_back_as_it_left() {
+        for e in [
+            BackendError::Conflict {
+                index: 2,
+                current: None,
+            },
+            BackendError::Conflict {
+                index: 0,
+                current: Some(7),
+            },
+            BackendError::Compacted { oldest: 40 },
+            BackendError::ReadOnly,
+            BackendError::Invalid("bad".into()),
+            BackendError::Unavailable("down".into()),
+        ] {
+            let body = serde_json::to_string(&ErrorBody {
+                error: WireError::from(&e),
+            })
+            .unwrap();
+            let back: ErrorBody = serde_json::from_str(&body).unwrap();
+            assert_eq!(back.error.to_backend(), Some(e), "{body}");
+        }
+    }
+
+    #[test]
+    fn bytes_travel_as_base64() {
+        let entry = WireEntry::from(Entry {
+            key: vec![0, 255],
+            value: b"hi".to_vec(),
+            version: 3,
+        });
+        let text = serde_json::to_string(&entry).unwrap();
+        assert_eq!(text, r#"{"key":"AP8=","value":"aGk=","version":3}"#);
+        assert!(
+            serde_json::from_str::<WireEntry>(r#"{"key":"!","value":"","version":1}"#).is_err()
+        );
+    }
+}
