@@ -90,6 +90,19 @@ enum Call {
     Subscribe,
 }
 
+/// How a call to the holder failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failed {
+    /// The holder answered it with an error (or it was never sent: it
+    /// could not be encoded).
+    Answered,
+    /// The holder never took it: it was not made, and may be asked again.
+    Unsent,
+    /// The holder took it and the connection was lost before its answer:
+    /// a commit may or may not have been made.
+    Taken,
+}
+
 /// Its answer.
 #[derive(Debug, Serialize, Deserialize)]
 enum Answer {
@@ -179,8 +192,9 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// Stops serving (open connections are closed: their processes get
-    /// `unavailable`) and removes the socket, if it is still this one's.
+    /// Stops serving (the calls already taken are answered first, then the
+    /// connections close and their processes take the store over) and
+    /// removes the socket, if it is still this one's.
     fn drop(&mut self) {
         let current = std::fs::symlink_metadata(&self.path)
             .ok()
@@ -203,32 +217,62 @@ async fn serve(
     let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
         return;
     };
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let connections = tokio::task::LocalSet::new();
     connections
         .run_until(async move {
+            let mut open = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
-                    _ = &mut stopped => return,
+                    _ = &mut stopped => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
-                            tokio::task::spawn_local(connection(stream, holder.clone()));
+                            open.spawn_local(connection(stream, holder.clone(), stopping.clone()));
                         }
                         // Out of file descriptors, say: not a busy loop, and
                         // the open connections go on meanwhile (they may be
                         // what frees descriptors).
                         Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-                    }
+                    },
+                    // Reap finished connections as they end.
+                    Some(_) = open.join_next(), if !open.is_empty() => {}
                 }
             }
+            // Stopping: no new connections, no new calls; a call already
+            // read is answered (its commit may have been made), so no
+            // client is left not knowing. A holder that cannot answer in
+            // time (a stuck disk) leaves them as a crash would.
+            drop(listener);
+            let _ = stop.send(true);
+            let drained = async { while open.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
         })
         .await;
 }
 
-/// Answers one connection's calls, in order, until it closes.
-async fn connection(mut stream: tokio::net::UnixStream, holder: Arc<Holder>) {
-    while let Ok(Some(frame)) = read_frame_async(&mut stream).await {
+/// How long a stopping holder waits for the calls it has read.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers one connection's calls, in order, until it closes or the holder
+/// stops. A call is taken whole or not at all: one cut off by the stop
+/// leaves its bytes unread, and its client, told by the reset, knows it
+/// was not made.
+async fn connection(
+    mut stream: tokio::net::UnixStream,
+    holder: Arc<Holder>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return,
+            frame = read_frame_async(&mut stream) => frame,
+        };
+        let Ok(Some(frame)) = frame else {
+            return;
+        };
         let answer = match postcard::from_bytes::<Call>(&frame) {
-            Ok(Call::Subscribe) => return notify(stream, holder.commits.clone()).await,
+            Ok(Call::Subscribe) => return notify(stream, holder.commits.clone(), stopping).await,
             Ok(call) => answer(&holder, call).await,
             Err(e) => Err(BackendError::Invalid(format!("a malformed call: {e}"))),
         };
@@ -256,6 +300,7 @@ async fn connection(mut stream: tokio::net::UnixStream, holder: Arc<Holder>) {
 async fn notify(
     mut stream: tokio::net::UnixStream,
     mut commits: tokio::sync::watch::Receiver<u64>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut probe = [0u8; 1];
     loop {
@@ -271,6 +316,7 @@ async fn notify(
                 return;
             },
             _ = stream.read(&mut probe) => return,
+            _ = stopping.wait_for(|stop| *stop) => return,
         }
     }
 }
@@ -436,21 +482,24 @@ impl Client {
         })
     }
 
-    /// One call to the holder. A read that lost the connection is asked
-    /// again: of the next holder, or of the store taken over (whose answer
-    /// is final). A holder being killed may still accept a connection it
-    /// never answers, so a read is asked until it is answered or
-    /// [`super::HELD_WAIT`] passes; a commit is never asked twice (its
-    /// outcome is unknown).
+    /// One call to the holder. A call the holder never took (the
+    /// connection was gone before it was sent, or was reset with the call
+    /// unread) is asked again, a commit included: of the next holder, or of
+    /// the store taken over (whose answer is final). A read that lost the
+    /// connection after it was sent is asked again too: a holder being
+    /// killed may still accept a connection it never answers, so a read is
+    /// asked until it is answered or [`super::HELD_WAIT`] passes. A commit
+    /// the holder took and did not answer is never asked twice (it may
+    /// have been made).
     async fn ask(&self, call: &Call) -> Result<Answer, BackendError> {
         let deadline = std::time::Instant::now() + super::HELD_WAIT;
         let mut attempt = self.call(call);
         loop {
             match attempt {
                 Ok(answer) => return Ok(answer),
-                Err((e, lost))
-                    if !lost
-                        || matches!(call, Call::Commit(..))
+                Err((e, failed))
+                    if failed == Failed::Answered
+                        || (failed == Failed::Taken && matches!(call, Call::Commit(..)))
                         || std::time::Instant::now() >= deadline =>
                 {
                     return Err(e);
@@ -467,9 +516,8 @@ impl Client {
         }
     }
 
-    /// The holder's answer; or an error, and whether this call found the
-    /// connection lost (it may then be asked again elsewhere).
-    fn call(&self, call: &Call) -> Result<Answer, (BackendError, bool)> {
+    /// The holder's answer; or an error, and how the call failed.
+    fn call(&self, call: &Call) -> Result<Answer, (BackendError, Failed)> {
         let mut via = self.via();
         let Via::Socket(stream) = &mut *via else {
             // Another call lost the connection (or took the store over)
@@ -478,49 +526,72 @@ impl Client {
                 "the connection to the process that holds {} was lost before this call was sent; nothing was written, try again",
                 self.path.display()
             ));
-            return Err((e, true));
+            return Err((e, Failed::Unsent));
         };
         let result = Self::round_trip(stream, call, &self.path);
-        if result.as_ref().is_err_and(|e| e.1) {
+        if result.as_ref().is_err_and(|e| e.1 != Failed::Answered) {
             *via = Via::Lost;
         }
         match result {
-            Ok(answer) => answer.map_err(|e| (e, false)),
+            Ok(answer) => answer.map_err(|e| (e, Failed::Answered)),
             Err(failed) => Err(failed),
         }
     }
 
-    /// The answer; an error, and whether it lost the connection.
+    /// The answer; or an error, and how the call failed.
     fn round_trip(
         stream: &mut std::os::unix::net::UnixStream,
         call: &Call,
         path: &Path,
-    ) -> Result<Result<Answer, BackendError>, (BackendError, bool)> {
+    ) -> Result<Result<Answer, BackendError>, (BackendError, Failed)> {
         let body = postcard::to_stdvec(call).map_err(|e| {
             (
                 BackendError::Invalid(format!("cannot encode the call: {e}")),
-                false,
+                Failed::Answered,
             )
         })?;
         let len = u32::try_from(body.len())
             .ok()
             .filter(|&len| len as usize <= MAX_FRAME)
-            .ok_or_else(|| (BackendError::Invalid("the call is too large".into()), false))?;
-        let lost = |e: &dyn std::fmt::Display| (lost(path, e), true);
+            .ok_or_else(|| {
+                (
+                    BackendError::Invalid("the call is too large".into()),
+                    Failed::Answered,
+                )
+            })?;
+        let taken = |e: &dyn std::fmt::Display| (lost(path, e), Failed::Taken);
+        // The holder takes a call whole or not at all (it reads a frame
+        // before acting on it, and answers every frame it has read before
+        // it stops), so a call whose bytes did not all go out, or that the
+        // kernel reset because the holder closed with them unread, was not
+        // made.
+        let unsent = |e: &std::io::Error| {
+            let e = BackendError::Unavailable(format!(
+                "the process that holds {} closed before taking this call ({e}); nothing was written",
+                path.display()
+            ));
+            (e, Failed::Unsent)
+        };
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(&body);
-        stream.write_all(&frame).map_err(|e| lost(&e))?;
+        stream.write_all(&frame).map_err(|e| unsent(&e))?;
         let mut len = [0u8; 4];
-        stream.read_exact(&mut len).map_err(|e| lost(&e))?;
+        stream.read_exact(&mut len).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionReset {
+                unsent(&e)
+            } else {
+                taken(&e)
+            }
+        })?;
         let len = u32::from_le_bytes(len) as usize;
         if len > MAX_FRAME {
-            return Err(lost(&"an oversized answer"));
+            return Err(taken(&"an oversized answer"));
         }
         let mut answer = vec![0; len];
-        stream.read_exact(&mut answer).map_err(|e| lost(&e))?;
+        stream.read_exact(&mut answer).map_err(|e| taken(&e))?;
         postcard::from_bytes::<Result<Answer, BackendError>>(&answer)
-            .map_err(|e| lost(&format_args!("a malformed answer: {e}")))
+            .map_err(|e| taken(&format_args!("a malformed answer: {e}")))
     }
 
     /// Whether this client refuses writes (a read-only open).
@@ -529,7 +600,7 @@ impl Client {
     }
 }
 
-/// A read `call` on the store this process took over.
+/// `call` on the store this process took over.
 async fn answer_locally(local: &super::FileBackend, call: &Call) -> Result<Answer, BackendError> {
     Ok(match call {
         Call::Get(key) => Answer::Entry(local.get(key).await?),
@@ -537,8 +608,9 @@ async fn answer_locally(local: &super::FileBackend, call: &Call) -> Result<Answe
         Call::Scan(scan) => Answer::Scanned(local.scan(scan).await?),
         Call::CurrentVersion => Answer::Version(local.current_version().await?),
         Call::Changes(since, limit) => Answer::Changes(local.changes(*since, *limit).await?),
-        Call::Commit(..) => {
-            return Err(BackendError::Invalid("commits are not retried".into()));
+        // Only a commit the holder never took is asked again.
+        Call::Commit(checks, writes) => {
+            Answer::Version(local.commit(checks.clone(), writes.clone()).await?)
         }
         Call::Subscribe => {
             return Err(BackendError::Invalid(
@@ -760,5 +832,62 @@ mod tests {
         assert_eq!(client.config.path, db);
         drop(client);
         drop(holder);
+    }
+
+    /// A holder that closes while clients commit answers every call it
+    /// took, and each client asks the ones it did not take of the next
+    /// holder (one of them, taking the store over): every commit succeeds
+    /// exactly once, none is left in doubt.
+    #[test]
+    fn a_holder_that_stops_leaves_no_commit_in_doubt() {
+        const CLIENTS: u64 = 4;
+        const COMMITS: u64 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("held.redb");
+        let config = super::super::FileConfig::new(&db);
+        let holder = super::super::FileBackend::open_shared(&config).unwrap();
+        let writers: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let client = Client::connect(&db.canonicalize().unwrap(), &config).unwrap();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        for i in 0..COMMITS {
+                            let write = Write {
+                                key: format!("{c}/{i}").into_bytes(),
+                                value: Some(b"v".to_vec()),
+                            };
+                            if let Err(e) = client.commit(vec![], vec![write]).await {
+                                panic!("commit {c}/{i}: {e}");
+                            }
+                        }
+                    });
+                })
+            })
+            .collect();
+        while read(&holder.state).version < CLIENTS * COMMITS / 4 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(holder);
+        for writer in writers {
+            writer.join().expect("every commit succeeded");
+        }
+        let after = super::super::FileBackend::open_shared(&config).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert_eq!(after.current_version().await, Ok(CLIENTS * COMMITS));
+            for c in 0..CLIENTS {
+                for i in 0..COMMITS {
+                    let entry = after.get(format!("{c}/{i}").as_bytes()).await.unwrap();
+                    assert!(entry.is_some(), "{c}/{i} was written");
+                }
+            }
+        });
     }
 }
