@@ -1007,3 +1007,70 @@ async fn file_reads_see_every_acknowledged_commit_at_once() {
     writer.await.unwrap();
     assert!(checked > 0);
 }
+
+/// What a replica's backend does: takes its primary's commits at their
+/// versions (which may skip), a whole copy, and refuses commits of its own.
+async fn replica_copies(b: &dyn Backend) {
+    b.commit(vec![], vec![put(b"stale", b"x")]).await.unwrap();
+    b.make_replica().unwrap();
+    assert_eq!(
+        b.commit(vec![], vec![put(b"k", b"v")]).await,
+        Err(BackendError::ReadOnly)
+    );
+    let copy = vec![
+        kvstash::backend::Entry {
+            key: b"a".to_vec(),
+            value: b"1".to_vec(),
+            version: 7,
+        },
+        kvstash::backend::Entry {
+            key: b"b".to_vec(),
+            value: b"2".to_vec(),
+            version: 10,
+        },
+    ];
+    b.restore(10, copy).await.unwrap();
+    assert_eq!(b.get(b"stale").await.unwrap(), None, "a copy replaces all");
+    assert_eq!(b.get(b"a").await.unwrap().unwrap().version, 7);
+    assert_eq!(b.current_version().await.unwrap(), 10);
+    assert_eq!(
+        b.changes(3, 10).await,
+        Err(BackendError::Compacted { oldest: 11 }),
+        "the feed starts after the copy"
+    );
+    b.replicate(15, vec![put(b"a", b"3"), del(b"b")])
+        .await
+        .unwrap();
+    b.replicate(20, vec![put(b"c", b"4")]).await.unwrap();
+    assert!(matches!(
+        b.replicate(20, vec![put(b"c", b"5")]).await,
+        Err(BackendError::Invalid(_))
+    ));
+    assert_eq!(b.get(b"a").await.unwrap().unwrap().version, 15);
+    assert_eq!(b.get(b"b").await.unwrap(), None);
+    let feed: Vec<u64> = b
+        .changes(10, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.version)
+        .collect();
+    assert_eq!(feed, vec![15, 15, 20]);
+    assert_eq!(b.current_version().await.unwrap(), 20);
+}
+
+#[tokio::test]
+async fn memory_and_file_backends_hold_replicas() {
+    replica_copies(&MemoryBackend::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.redb");
+    {
+        let b = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        replica_copies(b.as_ref()).await;
+    }
+    // Reopened, its log (versions 15 and 20 after the copy's 10) replays.
+    let b = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+    assert_eq!(b.current_version().await.unwrap(), 20);
+    assert_eq!(b.get(b"c").await.unwrap().unwrap().version, 20);
+    assert_eq!(b.changes(10, 100).await.unwrap().len(), 3);
+}

@@ -33,6 +33,16 @@ impl Server {
     /// `kvstash [global] serve --listen 127.0.0.1:0 [serve]`; its error
     /// output if it does not start.
     fn serving(dir: &Path, global: &[&str], serve: &[&str]) -> Result<Self, String> {
+        Self::serving_with(dir, global, serve, &[])
+    }
+
+    /// Like [`serving`](Self::serving), with environment variables `env`.
+    fn serving_with(
+        dir: &Path,
+        global: &[&str],
+        serve: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kvstash"))
             .arg("--data")
             .arg(dir)
@@ -40,6 +50,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(serve)
             .env_remove("KVSTASH_STORE")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1538,4 +1549,289 @@ fn sigterm_stops_the_server_with_watchers_open() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[1,5,42]");
+}
+
+/// Polls `/v1/replication` of `replica` until `done` holds of it (30 s at
+/// most); the last report.
+fn replication_until(replica: &Server, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = replica.get("/v1/replication").expect(200);
+        if done(&report) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not get there: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every item of every bucket of `server` (key, value, version), as read
+/// through the HTTP API with `token`.
+fn everything(server: &Server, token: &str) -> Vec<Value> {
+    let buckets = server
+        .as_token(token, "GET", "/v1/buckets", None)
+        .expect(200);
+    let mut items = Vec::new();
+    for bucket in buckets["buckets"].as_array().unwrap() {
+        let path = format!("/v1/buckets/{}/keys?limit=1000", bucket.as_str().unwrap());
+        let page = server.as_token(token, "GET", &path, None).expect(200);
+        for item in page["items"].as_array().unwrap() {
+            items.push(json!([bucket, item]));
+        }
+    }
+    items
+}
+
+#[test]
+fn a_replica_follows_its_primary_with_its_versions_and_refuses_writes() {
+    let (primary_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tokens = primary_dir.path().join("tokens.json");
+    let follower = token(&tokens, &["add", "replica", "--storage", "read"]);
+    let admin = token(&tokens, &["add", "admin", "--write", "*", "--locks", "*"]);
+    let primary = Server::start(primary_dir.path());
+    let primary_url = format!("http://{}", primary.addr);
+    // What the primary held before the replica started: its first copy.
+    primary
+        .as_token(
+            &admin,
+            "PUT",
+            "/v1/buckets/aliases/keys/sensor",
+            Some("[1,5,42]"),
+        )
+        .expect(200);
+    primary
+        .as_token(&admin, "PUT", "/v1/buckets/aliases/keys/old", Some("true"))
+        .expect(200);
+    let start_replica = || {
+        Server::serving_with(
+            replica_dir.path(),
+            &[],
+            &["--replica-of", &primary_url],
+            &[("KVSTASH_PRIMARY_TOKEN", &follower)],
+        )
+        .unwrap()
+    };
+    let replica = start_replica();
+    let report = replication_until(&replica, |r| r["state"] == "following");
+    assert_eq!(report["primary"], primary_url.as_str());
+    assert_eq!(report["snapshots"], 1);
+    // Then every commit, as it comes: values, deletes, TTLs, documents,
+    // transactions, schemas, locks.
+    primary
+        .as_token(
+            &admin,
+            "PUT",
+            "/v1/buckets/aliases/keys/display",
+            Some("\"backyard shed\""),
+        )
+        .expect(200);
+    primary
+        .as_token(&admin, "DELETE", "/v1/buckets/aliases/keys/old", None)
+        .expect(200);
+    primary
+        .as_token(
+            &admin,
+            "PUT",
+            "/v1/buckets/cfg/keys/limit?ttl_ms=600000",
+            Some("{\"n\":1}"),
+        )
+        .expect(200);
+    primary
+        .as_token(
+            &admin,
+            "PUT",
+            "/v1/buckets/cfg/keys/limit/path?pointer=/n",
+            Some("2"),
+        )
+        .expect(200);
+    primary
+        .as_token(
+            &admin,
+            "POST",
+            "/v1/txn",
+            Some(r#"{"mutations":[{"bucket":"cfg","key":"a","set":1},{"bucket":"cfg","key":"hits","increment":5}]}"#),
+        )
+        .expect(200);
+    primary
+        .as_token(
+            &admin,
+            "POST",
+            "/v1/locks/deploy",
+            Some(r#"{"ttl_ms":60000,"owner":"ci"}"#),
+        )
+        .expect(200);
+    let newest = primary
+        .as_token(&admin, "GET", "/healthz", None)
+        .expect(200)["version"]
+        .as_u64()
+        .unwrap();
+    let report = replication_until(&replica, |r| r["applied"] == newest);
+    assert_eq!(report["lag_versions"], 0, "{report}");
+    // The same records, with the primary's versions.
+    assert_eq!(everything(&replica, &admin), everything(&primary, &admin));
+    let on_replica = replica.get("/v1/buckets/cfg/keys/limit").expect(200);
+    let on_primary = primary
+        .as_token(&admin, "GET", "/v1/buckets/cfg/keys/limit", None)
+        .expect(200);
+    assert_eq!(on_replica, on_primary);
+    assert!(
+        on_replica["expires_at"].is_string(),
+        "TTLs come along: {on_replica}"
+    );
+    assert_eq!(
+        replica.get("/v1/buckets/aliases/keys/old").error(404)["code"],
+        "not-found"
+    );
+    assert_eq!(
+        replica.get("/v1/locks/deploy").expect(200)["holder"]["owner"],
+        "ci"
+    );
+    // A client reads here and writes there, conditionally.
+    let version = replica.get("/v1/buckets/aliases/keys/display").expect(200)["version"]
+        .as_u64()
+        .unwrap();
+    primary
+        .as_token(
+            &admin,
+            "PUT",
+            &format!("/v1/buckets/aliases/keys/display?if_version={version}"),
+            Some("\"front porch\""),
+        )
+        .expect(200);
+
+    // Writes are refused, with the primary's URL, and write nothing.
+    for (method, path, body) in [
+        ("PUT", "/v1/buckets/aliases/keys/x", Some("1")),
+        ("DELETE", "/v1/buckets/aliases/keys/sensor", None),
+        (
+            "POST",
+            "/v1/txn",
+            Some(r#"{"mutations":[{"bucket":"aliases","key":"sensor","delete":true}]}"#),
+        ),
+        ("POST", "/v1/locks/deploy2", Some(r#"{"ttl_ms":1000}"#)),
+        (
+            "POST",
+            "/v1/storage/commit",
+            Some(r#"{"writes":[{"key":"AA==","value":null}]}"#),
+        ),
+    ] {
+        let error = replica.request(method, path, body).error(403);
+        assert_eq!(error["code"], "read-only", "{method} {path}");
+        assert_eq!(error["primary"], primary_url.as_str());
+    }
+    // Another process on the replica's store cannot write either.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .arg("--data")
+        .arg(replica_dir.path())
+        .args(["-b", "aliases", "set", "x", "1"])
+        .env_remove("KVSTASH_STORE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
+    // Its lag, in /v1/replication, /metrics and /healthz.
+    let report = replication_until(&replica, |r| {
+        r["lag_versions"] == 0 && r["applied"].as_u64() > Some(newest)
+    });
+    let metrics = String::from_utf8(replica.get("/metrics").body).unwrap();
+    assert!(
+        metrics.contains("kvstash_replica_lag_versions 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kvstash_replica_state{state=\"following\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        replica.get("/healthz").expect(200)["replica"]["state"],
+        "following"
+    );
+    assert_eq!(
+        primary.get("/v1/replication").status,
+        401,
+        "a primary needs a token"
+    );
+    assert_eq!(
+        primary
+            .as_token(&admin, "GET", "/v1/replication", None)
+            .error(404)["code"],
+        "not-found"
+    );
+
+    // Stopped and started again, it resumes where it was, without a copy.
+    let applied = report["applied"].as_u64().unwrap();
+    drop(replica);
+    primary
+        .as_token(&admin, "PUT", "/v1/buckets/aliases/keys/later", Some("3"))
+        .expect(200);
+    let replica = start_replica();
+    let report = replication_until(&replica, |r| {
+        r["state"] == "following" && r["applied"].as_u64() > Some(applied)
+    });
+    assert_eq!(
+        report["snapshots"], 0,
+        "resumed from version {applied}: {report}"
+    );
+    assert_eq!(everything(&replica, &admin), everything(&primary, &admin));
+}
+
+#[test]
+fn a_replica_behind_a_compacted_feed_copies_the_store_again() {
+    let (primary_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A feed of five commits.
+    let config = json!({"type": "file", "path": primary_dir.path().join("p.redb"), "retention": 5});
+    let primary = Server::start_with(primary_dir.path(), &["--config", &config.to_string()]);
+    let primary_url = format!("http://{}", primary.addr);
+    for key in ["a", "b", "c"] {
+        primary
+            .put(&format!("/v1/buckets/x/keys/{key}"), "1")
+            .expect(200);
+    }
+    let replica =
+        Server::serving(replica_dir.path(), &[], &["--replica-of", &primary_url]).unwrap();
+    replication_until(&replica, |r| {
+        r["state"] == "following" && r["snapshots"] == 1
+    });
+    // The replica stands still while the primary moves on past its feed.
+    let pid = replica.child.id().to_string();
+    let signal = |name: &str| {
+        assert!(
+            Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    for i in 0..20 {
+        primary
+            .put("/v1/buckets/x/keys/n", &i.to_string())
+            .expect(200);
+    }
+    primary
+        .request("DELETE", "/v1/buckets/x/keys/a", None)
+        .expect(200);
+    signal("-CONT");
+    let newest = primary.get("/healthz").expect(200)["version"]
+        .as_u64()
+        .unwrap();
+    let report = replication_until(&replica, |r| {
+        r["applied"] == newest && r["state"] == "following"
+    });
+    // Not the five newest commits over a stale copy: a new copy.
+    assert_eq!(report["snapshots"], 2, "{report}");
+    assert_eq!(
+        replica.get("/v1/buckets/x/keys?limit=100").expect(200),
+        primary.get("/v1/buckets/x/keys?limit=100").expect(200)
+    );
+    assert_eq!(
+        replica.get("/v1/buckets/x/keys/a").status,
+        404,
+        "the delete is there"
+    );
+    assert_eq!(replica.get("/v1/buckets/x/keys/n").expect(200)["value"], 19);
 }

@@ -39,6 +39,37 @@ struct Inner {
     records: BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
     version: u64,
     log: VecDeque<Change>,
+    /// The feed has nothing at or before this version (a replica's restore).
+    floor: u64,
+    /// A replica's: commits of its own are refused.
+    replica: bool,
+}
+
+impl Inner {
+    /// `writes` at `version`, into the records and the feed.
+    fn apply(&mut self, version: u64, writes: Vec<Write>, retention: u64) {
+        self.version = version;
+        for write in writes {
+            match &write.value {
+                Some(value) => {
+                    self.records
+                        .insert(write.key.clone(), (version, value.clone()));
+                }
+                None => {
+                    self.records.remove(&write.key);
+                }
+            }
+            self.log.push_back(Change {
+                version,
+                key: write.key,
+                value: write.value,
+            });
+        }
+        let cut = version.saturating_sub(retention);
+        while self.log.front().is_some_and(|c| c.version <= cut) {
+            self.log.pop_front();
+        }
+    }
 }
 
 impl Default for MemoryBackend {
@@ -122,6 +153,9 @@ impl Backend for MemoryBackend {
     async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
         validate_commit(&checks, &writes)?;
         let mut inner = self.lock()?;
+        if inner.replica {
+            return Err(BackendError::ReadOnly);
+        }
         for (index, check) in checks.iter().enumerate() {
             let current = inner.records.get(check.key()).map(|(v, _)| *v);
             if current != check.expected() {
@@ -129,29 +163,8 @@ impl Backend for MemoryBackend {
                 return Err(BackendError::Conflict { index, current });
             }
         }
-        inner.version += 1;
-        let version = inner.version;
-        for write in writes {
-            match &write.value {
-                Some(value) => {
-                    inner
-                        .records
-                        .insert(write.key.clone(), (version, value.clone()));
-                }
-                None => {
-                    inner.records.remove(&write.key);
-                }
-            }
-            inner.log.push_back(Change {
-                version,
-                key: write.key,
-                value: write.value,
-            });
-        }
-        let cut = version.saturating_sub(self.retention);
-        while inner.log.front().is_some_and(|c| c.version <= cut) {
-            inner.log.pop_front();
-        }
+        let version = inner.version + 1;
+        inner.apply(version, writes, self.retention);
         drop(inner);
         self.commits.send_replace(version);
         Ok(version)
@@ -166,6 +179,7 @@ impl Backend for MemoryBackend {
         let oldest = inner
             .version
             .saturating_sub(self.retention)
+            .max(inner.floor)
             .saturating_add(1);
         if since.saturating_add(1) < oldest {
             return Err(BackendError::Compacted { oldest });
@@ -179,4 +193,42 @@ impl Backend for MemoryBackend {
     fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.commits.subscribe())
     }
+
+    fn make_replica(&self) -> Result<(), BackendError> {
+        self.lock()?.replica = true;
+        Ok(())
+    }
+
+    async fn replicate(&self, version: u64, writes: Vec<Write>) -> Result<(), BackendError> {
+        validate_commit(&[], &writes)?;
+        let mut inner = self.lock()?;
+        if version <= inner.version {
+            return Err(not_after(version, inner.version));
+        }
+        inner.apply(version, writes, self.retention);
+        drop(inner);
+        self.commits.send_replace(version);
+        Ok(())
+    }
+
+    async fn restore(&self, version: u64, entries: Vec<Entry>) -> Result<(), BackendError> {
+        let mut inner = self.lock()?;
+        inner.records = entries
+            .into_iter()
+            .map(|e| (e.key, (e.version, e.value)))
+            .collect();
+        inner.version = version;
+        inner.log.clear();
+        inner.floor = version;
+        drop(inner);
+        self.commits.send_replace(version);
+        Ok(())
+    }
+}
+
+/// Why a replicated commit is refused: it is not newer than the store.
+pub(super) fn not_after(version: u64, current: u64) -> BackendError {
+    BackendError::Invalid(format!(
+        "a replicated commit at version {version} is not after the store's version {current}"
+    ))
 }

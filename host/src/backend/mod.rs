@@ -189,6 +189,35 @@ pub trait Backend: Debug + Send + Sync + 'static {
     fn commit_stats(&self) -> Option<SyncStats> {
         None
     }
+
+    /// Makes this backend a replica's copy of another store (`kvstash
+    /// serve --replica-of`): from now on, in this process, it refuses
+    /// every commit (`read-only`, whichever handle or process sends it)
+    /// but [`replicate`](Self::replicate)'s and
+    /// [`restore`](Self::restore)'s. Backends that cannot hold a replica
+    /// (the remote ones) refuse.
+    fn make_replica(&self) -> Result<(), BackendError> {
+        Err(BackendError::Invalid(format!(
+            "{} cannot hold a replica (the memory and file backends can)",
+            self.summary()
+        )))
+    }
+
+    /// A replica's copy of its primary's commit `version`: `writes`, with
+    /// no checks, at that version, which must be after every version this
+    /// backend holds (versions may skip: the primary's are kept).
+    async fn replicate(&self, version: u64, writes: Vec<Write>) -> Result<(), BackendError> {
+        let _ = (version, writes);
+        Err(self.make_replica().err().unwrap_or(BackendError::ReadOnly))
+    }
+
+    /// A replica's resynchronization: every record replaced by `entries`
+    /// (a copy of the primary's), the store now at `version`, its change
+    /// feed starting after it (older `since`s are `compacted`).
+    async fn restore(&self, version: u64, entries: Vec<Entry>) -> Result<(), BackendError> {
+        let _ = (version, entries);
+        Err(self.make_replica().err().unwrap_or(BackendError::ReadOnly))
+    }
 }
 
 /// Rejects a key longer than [`MAX_KEY_BYTES`].

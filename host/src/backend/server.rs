@@ -27,8 +27,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::{
-    B64, ChangesAnswer, CommitRequest, EntriesAnswer, ErrorBody, GetRequest, ScanRequest,
-    VersionAnswer, WireEntry,
+    B64, Bounded, ChangesAnswer, CommitRequest, EntriesAnswer, ErrorBody, GetRequest,
+    MAX_STORAGE_BODY, ScanRequest, VersionAnswer, WireEntry,
 };
 use super::{
     Backend, BackendError, Change, Check, Entry, Scan, Write, validate_commit, validate_get_many,
@@ -92,6 +92,8 @@ struct Endpoint {
         rustls::pki_types::ServerName<'static>,
     )>,
     token: Option<String>,
+    /// Where the token was looked for.
+    token_env: String,
     timeout: Duration,
 }
 
@@ -126,6 +128,12 @@ impl ServerBackend {
     /// Opens the store `config` names and checks that the server serves
     /// its storage to this token (so a wrong URL or token fails here).
     pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+        Ok(Arc::new(Self::connect(config).await?))
+    }
+
+    /// Like [`open`](Self::open), as this type: a replica follows its
+    /// primary with it.
+    pub async fn connect(config: serde_json::Value) -> Result<Self, BackendError> {
         let config: ServerConfig = serde_json::from_value(config).map_err(invalid)?;
         if config.timeout_ms == 0 || config.timeout_ms > 3_600_000 {
             return Err(invalid("`timeout_ms` must be 1..=3600000"));
@@ -141,7 +149,37 @@ impl ServerBackend {
         };
         let version = backend.current_version().await?;
         backend.inner.commits.send_replace(version);
-        Ok(Arc::new(backend))
+        Ok(backend)
+    }
+
+    /// The server's URL (`http://host:port`).
+    pub fn url(&self) -> &str {
+        &self.inner.endpoint.url
+    }
+
+    /// The change feed after `since` (at most about `limit` changes,
+    /// whole commits), waiting up to `wait` (at most 30 s) for a commit
+    /// when there is none; and the server's newest version when it read
+    /// them.
+    pub async fn changes_waiting(
+        &self,
+        since: u64,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<(Vec<Change>, u64), BackendError> {
+        let limit = limit.clamp(1, super::MAX_SCAN);
+        let wait_ms = u64::try_from(wait.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(30_000);
+        let path = format!("/v1/storage/changes?since={since}&limit={limit}&wait_ms={wait_ms}");
+        let call = Call {
+            wait: Duration::from_millis(wait_ms),
+            ..read(&path)
+        };
+        let answer: ChangesAnswer = self.inner.ask(call).await?;
+        self.inner.saw(answer.version);
+        let changes = answer.changes.into_iter().map(Change::from).collect();
+        Ok((changes, answer.version))
     }
 }
 
@@ -153,14 +191,16 @@ fn endpoint(config: &ServerConfig) -> Result<Endpoint, BackendError> {
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(invalid("`url` starts with http:// or https://")),
+        _ => return Err(invalid("`url` must start with http:// or https://")),
     };
     let authority = uri
         .authority()
         .ok_or_else(|| invalid("`url` names no host"))?
         .clone();
     if uri.query().is_some() || authority.as_str().contains('@') {
-        return Err(invalid("`url` has no user, password or query"));
+        return Err(invalid(
+            "`url` must not hold a user, a password or a query (the token comes from `token_env`)",
+        ));
     }
     let host = authority
         .host()
@@ -184,6 +224,7 @@ fn endpoint(config: &ServerConfig) -> Result<Endpoint, BackendError> {
         base: uri.path().trim_end_matches('/').to_string(),
         tls,
         token,
+        token_env: config.token_env.clone(),
         timeout: Duration::from_millis(config.timeout_ms),
     })
 }
@@ -381,10 +422,16 @@ impl Inner {
         if let Some(e) = refused.as_ref().and_then(|r| r.error.to_backend()) {
             return Err(e);
         }
-        let message = refused.map_or_else(
+        let mut message = refused.map_or_else(
             || String::from_utf8_lossy(&body).chars().take(200).collect(),
             |r| format!("{} ({})", r.error.message, r.error.code),
         );
+        if status == StatusCode::UNAUTHORIZED && self.endpoint.token.is_none() {
+            message.push_str(&format!(
+                "; no token was sent: ${} is not set",
+                self.endpoint.token_env
+            ));
+        }
         Err(match status {
             // Refusals no retry mends: a missing or weak token, a server
             // that does not serve its storage, a request too large.
@@ -441,29 +488,54 @@ fn post(path: &str, body: Option<Bytes>) -> Call<'_> {
 /// Polls the server for commits while anyone watches, so that watchers
 /// here wake when another host commits.
 async fn follow(inner: Weak<Inner>) {
+    /// Clears `following` if the task ends otherwise than by seeing no
+    /// watchers (its runtime shutting down drops it), so a later watcher
+    /// starts another.
+    struct Stopped(Weak<Inner>, bool);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            if self.1
+                && let Some(inner) = self.0.upgrade()
+            {
+                *inner.following.lock().unwrap_or_else(|p| p.into_inner()) = false;
+            }
+        }
+    }
+    let mut stopped = Stopped(inner.clone(), true);
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
+        {
+            // Under the lock `commits()` takes: a watcher that subscribes
+            // after this finds `following` false and starts a follower.
+            let mut following = strong.following.lock().unwrap_or_else(|p| p.into_inner());
+            if strong.commits.receiver_count() == 0 {
+                *following = false;
+                stopped.1 = false;
+                return;
+            }
+        }
         let seen = *strong.commits.borrow();
         let path = format!("/v1/storage/version?after={seen}&wait_ms={FOLLOW_WAIT_MS}");
         let call = Call {
             wait: Duration::from_millis(FOLLOW_WAIT_MS),
             ..read(&path)
         };
-        let asked = async {
-            match strong.ask::<VersionAnswer>(call).await {
-                Ok(answer) => strong.saw(answer.version),
-                // Down, say: try again in a while (watchers poll meanwhile).
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        let asked = Instant::now();
+        let newer = match strong.ask::<VersionAnswer>(call).await {
+            Ok(answer) => {
+                strong.saw(answer.version);
+                answer.version > seen
             }
+            // Down, or busy (429), say: watchers poll meanwhile.
+            Err(_) => false,
         };
-        tokio::select! {
-            () = asked => {}
-            () = strong.commits.closed() => {
-                *strong.following.lock().unwrap_or_else(|p| p.into_inner()) = false;
-                return;
-            }
+        drop(strong);
+        // An answer with nothing new well before the wait was over (a
+        // server stopping, or without room for long polls): not at once.
+        if !newer && asked.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
@@ -483,7 +555,7 @@ impl Backend for ServerBackend {
     async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError> {
         validate_get_many(keys)?;
         let body = json_body(&GetRequest {
-            keys: keys.iter().cloned().map(B64).collect(),
+            keys: Bounded(keys.iter().cloned().map(B64).collect()),
         })?;
         let answer: EntriesAnswer<Option<WireEntry>> =
             self.inner.ask(post("/v1/storage/get", body)).await?;
@@ -501,15 +573,43 @@ impl Backend for ServerBackend {
 
     async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
         validate_scan(scan)?;
-        let body = json_body(&ScanRequest::from(scan))?;
-        let answer: EntriesAnswer<WireEntry> =
-            self.inner.ask(post("/v1/storage/scan", body)).await?;
-        Ok(answer.entries.into_iter().map(Entry::from).collect())
+        let limit = scan.clamped_limit();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut next = scan.clone();
+        // A server cuts an answer past its size budget (`more`): the rest
+        // of the range is asked for after the last key it gave.
+        loop {
+            next.limit = u32::try_from(limit - entries.len()).unwrap_or(u32::MAX);
+            let body = json_body(&ScanRequest::from(&next))?;
+            let answer: EntriesAnswer<WireEntry> =
+                self.inner.ask(post("/v1/storage/scan", body)).await?;
+            entries.extend(answer.entries.into_iter().map(Entry::from));
+            let Some(last) = entries.last() else {
+                return Ok(entries);
+            };
+            if !answer.more || entries.len() >= limit {
+                return Ok(entries);
+            }
+            if next.reverse {
+                next.end = Some(last.key.clone());
+            } else {
+                next.start.clone_from(&last.key);
+                next.start.push(0);
+            }
+        }
     }
 
     async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
         validate_commit(&checks, &writes)?;
         let body = json_body(&CommitRequest::new(checks, writes))?;
+        let size = body.as_ref().map_or(0, Bytes::len);
+        if size > MAX_STORAGE_BODY {
+            return Err(BackendError::Invalid(format!(
+                "this commit is {} MiB as sent; a server takes at most {} MiB per commit",
+                size >> 20,
+                MAX_STORAGE_BODY >> 20
+            )));
+        }
         let call = Call {
             idempotent: false,
             ..post("/v1/storage/commit", body)

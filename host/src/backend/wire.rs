@@ -13,6 +13,49 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{BackendError, Change, Check, Entry, Scan, Write};
 
+/// The largest body of a storage call: a commit of large values,
+/// base64-encoded (a client refuses a larger one before sending it).
+pub const MAX_STORAGE_BODY: usize = 128 << 20;
+
+/// A JSON array of at most `N` items: a longer one is refused as it is
+/// read, before it takes memory (a body of empty strings would be about
+/// ten times its size as `Vec`s).
+#[derive(Debug)]
+pub struct Bounded<T, const N: usize>(pub Vec<T>);
+
+impl<T: Serialize, const N: usize> Serialize for Bounded<T, N> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Items<T, N> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of at most {N} items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<T>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N).min(1024));
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == N {
+                        return Err(serde::de::Error::custom(format!("more than {N} items")));
+                    }
+                    items.push(item);
+                }
+                Ok(items)
+            }
+        }
+        d.deserialize_seq(Items::<T, N>(std::marker::PhantomData))
+            .map(Bounded)
+    }
+}
+
 /// Bytes, as base64 text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct B64(pub Vec<u8>);
@@ -66,7 +109,7 @@ impl From<WireEntry> for Entry {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GetRequest {
-    pub keys: Vec<B64>,
+    pub keys: Bounded<B64, { super::MAX_GET_MANY }>,
 }
 
 /// The answer of a get (`entries`, one per key) or a scan.
@@ -74,6 +117,10 @@ pub struct GetRequest {
 #[serde(deny_unknown_fields)]
 pub struct EntriesAnswer<T> {
     pub entries: Vec<T>,
+    /// A scan cut short by the server's size budget: ask again after the
+    /// last key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// `POST /v1/storage/scan`.
@@ -130,40 +177,49 @@ pub struct WireWrite {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
-    #[serde(default)]
-    pub checks: Vec<WireCheck>,
-    pub writes: Vec<WireWrite>,
+    #[serde(default = "no_checks")]
+    pub checks: Bounded<WireCheck, { super::MAX_COMMIT_OPS }>,
+    pub writes: Bounded<WireWrite, { super::MAX_COMMIT_OPS }>,
+}
+
+fn no_checks() -> Bounded<WireCheck, { super::MAX_COMMIT_OPS }> {
+    Bounded(Vec::new())
 }
 
 impl CommitRequest {
     pub fn new(checks: Vec<Check>, writes: Vec<Write>) -> Self {
         Self {
-            checks: checks
-                .into_iter()
-                .map(|c| match c {
-                    Check::VersionIs(key, version) => WireCheck {
-                        key: B64(key),
-                        version: Some(version),
-                    },
-                    Check::Absent(key) => WireCheck {
-                        key: B64(key),
-                        version: None,
-                    },
-                })
-                .collect(),
-            writes: writes
-                .into_iter()
-                .map(|w| WireWrite {
-                    key: B64(w.key),
-                    value: w.value.map(B64),
-                })
-                .collect(),
+            checks: Bounded(
+                checks
+                    .into_iter()
+                    .map(|c| match c {
+                        Check::VersionIs(key, version) => WireCheck {
+                            key: B64(key),
+                            version: Some(version),
+                        },
+                        Check::Absent(key) => WireCheck {
+                            key: B64(key),
+                            version: None,
+                        },
+                    })
+                    .collect(),
+            ),
+            writes: Bounded(
+                writes
+                    .into_iter()
+                    .map(|w| WireWrite {
+                        key: B64(w.key),
+                        value: w.value.map(B64),
+                    })
+                    .collect(),
+            ),
         }
     }
 
     pub fn into_parts(self) -> (Vec<Check>, Vec<Write>) {
         let checks = self
             .checks
+            .0
             .into_iter()
             .map(|c| match c.version {
                 Some(version) => Check::VersionIs(c.key.0, version),
@@ -172,6 +228,7 @@ impl CommitRequest {
             .collect();
         let writes = self
             .writes
+            .0
             .into_iter()
             .map(|w| Write {
                 key: w.key.0,

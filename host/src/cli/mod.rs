@@ -332,6 +332,20 @@ struct ServeArgs {
     /// finish its TLS handshake) before it is closed: 500ms, 10s, …
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     header_timeout: std::time::Duration,
+    /// Serve a read-only replica of the kvstash server at URL: this
+    /// store (file or memory) follows its records and versions; write
+    /// requests are refused with the primary's URL; /v1/replication
+    /// reports the lag. Its token (`kvstash token add NAME --storage
+    /// read` on the primary) is read from --primary-token-env.
+    #[arg(long, value_name = "URL")]
+    replica_of: Option<String>,
+    /// The environment variable holding the primary's token.
+    #[arg(long, value_name = "VAR", default_value = "KVSTASH_PRIMARY_TOKEN")]
+    primary_token_env: String,
+    /// CA certificates (PEM) to check the primary's TLS certificate
+    /// against (default: the system's).
+    #[arg(long, value_name = "FILE", requires = "replica_of")]
+    primary_ca: Option<PathBuf>,
 }
 
 #[cfg(feature = "serve")]
@@ -553,6 +567,12 @@ async fn serve(
         },
         max_watches: args.max_watches,
         header_timeout: args.header_timeout,
+        replica_of: args.replica_of.as_ref().map(|url| crate::serve::ReplicaOf {
+            url: url.clone(),
+            token_env: args.primary_token_env.clone(),
+            ca_file: args.primary_ca.clone(),
+        }),
+        resume_file: None,
     };
     crate::serve::check_listen(
         &args.listen,
@@ -562,6 +582,16 @@ async fn serve(
     .map_err(anyhow::Error::msg)?;
     let config = resolve_config(config, data)?;
     let store = Store::open(&config).await?;
+    let mut options = options;
+    if options.replica_of.is_some() {
+        // Beside a file store: where its copy of the primary is.
+        let tree: serde_json::Value = serde_json::from_str(&config)?;
+        if tree["type"] == "file"
+            && let Some(path) = tree["path"].as_str()
+        {
+            options.resume_file = Some(PathBuf::from(format!("{path}.replica")));
+        }
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -571,10 +601,13 @@ async fn serve(
     } else {
         "http"
     };
-    let auth = match &tokens_path {
+    let mut auth = match &tokens_path {
         Some(path) => format!("tokens from {}", path.display()),
         None => "no authentication".into(),
     };
+    if let Some(of) = &options.replica_of {
+        auth = format!("a read-only replica of {}; {auth}", of.url);
+    }
     eprintln!(
         "kvstash: serving {} on {scheme}://{addr}/ ({auth}; Ctrl-C stops)",
         store.describe().join(", ")
@@ -779,18 +812,24 @@ fn info() -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-/// `--server URL` as the store configuration it stands for.
+/// `--server URL` as the store configuration it stands for; with a
+/// configuration as well, which of the two is meant is not guessed.
 #[cfg(feature = "client")]
-fn with_server(mut cli: Cli) -> Cli {
+fn with_server(mut cli: Cli) -> anyhow::Result<Cli> {
     if let Some(url) = cli.server.take() {
+        if cli.config.is_some() {
+            bail!(
+                "both --server (or KVSTASH_SERVER) and --config (or KVSTASH_STORE) name a store: give one"
+            );
+        }
         cli.config = Some(json!({"type": "server", "url": url}).to_string());
     }
-    cli
+    Ok(cli)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     #[cfg(feature = "client")]
-    let cli = with_server(cli);
+    let cli = with_server(cli)?;
     #[cfg(feature = "apps")]
     if let Command::Run(args) = cli.command {
         return app::run(args, cli.config, cli.data).await;

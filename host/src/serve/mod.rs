@@ -8,6 +8,7 @@
 
 mod auth;
 mod metrics;
+mod replica;
 mod storage;
 
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ use crate::cli::rfc3339;
 
 pub use auth::{Access, Scopes, StorageScope, Tokens, TokensFile};
 pub use metrics::Metrics;
+pub use replica::ReplicaOf;
 
 /// The OpenAPI 3.0 document of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -70,6 +72,11 @@ pub struct ServeOptions {
     /// How long a connection may take to send its request head (and
     /// finish a TLS handshake) before it is closed.
     pub header_timeout: Duration,
+    /// Serve a read-only replica of this primary: the store (a memory or
+    /// file store) follows its records, and write requests are refused.
+    pub replica_of: Option<ReplicaOf>,
+    /// A replica's resume file (`DB.replica` beside a file store).
+    pub resume_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -79,6 +86,8 @@ impl Default for ServeOptions {
             tls: None,
             max_watches: 256,
             header_timeout: Duration::from_secs(10),
+            replica_of: None,
+            resume_file: None,
         }
     }
 }
@@ -142,6 +151,8 @@ struct Served {
     stopping: tokio::sync::watch::Sender<bool>,
     /// The store's backend, for `/v1/storage`, once asked for.
     storage: tokio::sync::OnceCell<Arc<dyn crate::backend::Backend>>,
+    /// Set on a replica.
+    replica: std::sync::OnceLock<Arc<replica::Replica>>,
 }
 
 impl Served {
@@ -158,6 +169,7 @@ impl Served {
             watches: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             stopping: tokio::sync::watch::Sender::new(false),
             storage: tokio::sync::OnceCell::new(),
+            replica: std::sync::OnceLock::new(),
         })
     }
 }
@@ -243,7 +255,7 @@ fn routes(served: Arc<Served>) -> Router {
         )
         .route(
             "/v1/storage/scan",
-            post(storage::scan).layer(DefaultBodyLimit::max(storage::MAX_STORAGE_BODY)),
+            post(storage::scan).layer(DefaultBodyLimit::max(storage::MAX_SCAN_BODY)),
         )
         .route(
             "/v1/storage/commit",
@@ -251,8 +263,13 @@ fn routes(served: Arc<Served>) -> Router {
         )
         .route("/v1/storage/version", get(storage::version))
         .route("/v1/storage/changes", get(storage::changes))
+        .route("/v1/replication", get(replication))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            served.clone(),
+            as_replica,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             served.clone(),
             authorize,
@@ -280,8 +297,21 @@ pub async fn serve(
         tls,
         max_watches,
         header_timeout,
+        replica_of,
+        resume_file,
     } = options;
     let served = Served::new(store, tokens, max_watches);
+    if let Some(of) = &replica_of {
+        let local = served
+            .store
+            .leaf_backend()
+            .await
+            .map_err(|e| std::io::Error::other(format!("a replica's store: {e}")))?;
+        let replica = replica::start(of, local, resume_file, served.stopping.subscribe())
+            .await
+            .map_err(|e| std::io::Error::other(format!("following {}: {e}", of.url)))?;
+        let _ = served.replica.set(replica);
+    }
     let app = routes(served.clone());
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
@@ -636,7 +666,74 @@ fn json_text_response(text: String) -> Response {
 
 async fn healthz(State(s): State<Arc<Served>>) -> Reply {
     let version = s.store.bucket("default").watch_start(None, None).await?;
-    ok(json!({"status": "ok", "version": version}))
+    match s.replica.get() {
+        None => ok(json!({"status": "ok", "version": version})),
+        // Not ready for reads until its copy of the primary is whole.
+        Some(replica) if !replica.serves_reads() => Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "syncing", "version": version, "replica": replica.report()})),
+        )
+            .into_response()),
+        Some(replica) => {
+            ok(json!({"status": "ok", "version": version, "replica": replica.report()}))
+        }
+    }
+}
+
+/// `GET /v1/replication`: a replica's state and lag; 404 on a primary.
+async fn replication(State(s): State<Arc<Served>>) -> Reply {
+    match s.replica.get() {
+        Some(replica) => ok(replica.report()),
+        None => Err(ApiError::not_found(
+            "this server is not a replica (`kvstash serve --replica-of URL` makes one)",
+        )),
+    }
+}
+
+/// On a replica: every write request is refused with a pointer to the
+/// primary, and reads wait (503) until its copy of the primary is whole.
+async fn as_replica(State(s): State<Arc<Served>>, request: Request, next: Next) -> Response {
+    let Some(replica) = s.replica.get() else {
+        return next.run(request).await;
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let reads = request.method() == axum::http::Method::GET
+        || request.method() == axum::http::Method::HEAD
+        || matches!(
+            route.as_deref(),
+            Some("/v1/storage/get" | "/v1/storage/scan")
+        );
+    if route.is_some() && !reads {
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read-only",
+            format!(
+                "this server is a read-only replica of {}: send writes there",
+                replica.primary()
+            ),
+        );
+        e.body["error"]["primary"] = json!(replica.primary());
+        return e.into_response();
+    }
+    let service = matches!(
+        route.as_deref(),
+        Some("/healthz" | "/metrics" | "/openapi.json" | "/v1/replication")
+    );
+    if route.is_some() && !service && !replica.serves_reads() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage",
+            format!(
+                "this replica is copying the store of {}; it serves reads once it has",
+                replica.primary()
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn metrics_text(State(s): State<Arc<Served>>) -> Response {
@@ -645,7 +742,10 @@ async fn metrics_text(State(s): State<Arc<Served>>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        s.metrics.render(),
+        match s.replica.get() {
+            None => s.metrics.render(),
+            Some(replica) => s.metrics.render() + &replica.metrics(),
+        },
     )
         .into_response()
 }
@@ -804,6 +904,19 @@ fn from_a_browser(headers: &HeaderMap) -> Option<&'static str> {
         );
     }
     None
+}
+
+/// 429: every watch stream (and long poll) the server allows is open.
+fn too_many_watches() -> Response {
+    let mut busy = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-watches",
+        "this server has as many watch streams and long polls open as it allows (--max-watches)",
+    )
+    .into_response();
+    busy.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    busy
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -1410,15 +1523,7 @@ async fn watch(
     let Path(bucket) = path?;
     let Query(q) = query?;
     let Ok(permit) = s.watches.clone().try_acquire_owned() else {
-        let mut busy = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too-many-watches",
-            "this server has as many watch streams open as it allows (--max-watches)",
-        )
-        .into_response();
-        busy.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return Ok(busy);
+        return Ok(too_many_watches());
     };
     let resume = match headers.get("last-event-id") {
         None => None,

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse as _;
+use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
 
 use super::{ApiError, Reply, Served, body_json, check_safe_integer};
@@ -24,9 +24,10 @@ use crate::backend::{
     Backend, BackendError, Change, MAX_SCAN, validate_commit, validate_get_many, validate_scan,
 };
 
-/// The largest body of a storage call: a commit of the largest values the
-/// backends take, base64-encoded.
-pub const MAX_STORAGE_BODY: usize = 48 << 20;
+pub use crate::backend::wire::MAX_STORAGE_BODY;
+
+/// The largest body of a scan: its two keys.
+pub const MAX_SCAN_BODY: usize = 256 << 10;
 
 /// The longest a `wait_ms` may ask a read to wait for a newer commit.
 const MAX_WAIT_MS: u64 = 30_000;
@@ -34,6 +35,10 @@ const MAX_WAIT_MS: u64 = 30_000;
 /// About the most bytes of keys and values one changes answer carries
 /// (whole commits: the commit that crosses it is the last).
 const CHANGES_BYTES: usize = 16 << 20;
+
+/// About the most bytes of keys and values one scan answer carries; a
+/// longer one is cut after the record that crosses it, with `more`.
+const SCAN_BYTES: usize = 32 << 20;
 
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
@@ -80,7 +85,7 @@ pub(super) async fn get(
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let request: GetRequest = body_json(&headers, body)?;
-    let keys: Vec<Vec<u8>> = request.keys.into_iter().map(|k| k.0).collect();
+    let keys: Vec<Vec<u8>> = request.keys.0.into_iter().map(|k| k.0).collect();
     validate_get_many(&keys)?;
     for key in &keys {
         crate::backend::validate_key(key)?;
@@ -95,6 +100,7 @@ pub(super) async fn get(
             .into_iter()
             .map(|e| e.map(WireEntry::from))
             .collect::<Vec<_>>(),
+        more: false,
     })
 }
 
@@ -107,9 +113,19 @@ pub(super) async fn scan(
     let scan = request.into();
     validate_scan(&scan)?;
     let backend = backend(&s).await?;
-    let entries = backend.scan(&scan).await?;
+    let mut entries = backend.scan(&scan).await?;
+    let mut total = 0;
+    let cut = entries.iter().position(|e| {
+        total += e.key.len() + e.value.len();
+        total > SCAN_BYTES
+    });
+    let more = cut.is_some_and(|at| at + 1 < entries.len());
+    if let Some(at) = cut {
+        entries.truncate(at + 1);
+    }
     answer(&EntriesAnswer {
         entries: entries.into_iter().map(WireEntry::from).collect::<Vec<_>>(),
+        more,
     })
 }
 
@@ -158,7 +174,9 @@ pub(super) async fn version(
         && version <= after
         && query.wait_ms > 0
     {
-        wait_for_commit(&s, backend.as_ref(), after, query.wait_ms).await?;
+        if let Err(busy) = wait_for_commit(&s, backend.as_ref(), after, query.wait_ms).await {
+            return Ok(busy);
+        }
         version = backend.current_version().await?;
     }
     answer(&VersionAnswer { version })
@@ -197,7 +215,9 @@ pub(super) async fn changes(
     let mut version = backend.current_version().await?;
     let mut changes = backend.changes(query.since, query.limit).await?;
     if changes.is_empty() && query.wait_ms > 0 && version <= query.since {
-        wait_for_commit(&s, backend.as_ref(), query.since, query.wait_ms).await?;
+        if let Err(busy) = wait_for_commit(&s, backend.as_ref(), query.since, query.wait_ms).await {
+            return Ok(busy);
+        }
         version = backend.current_version().await?;
         changes = backend.changes(query.since, query.limit).await?;
     }
@@ -236,16 +256,15 @@ fn whole_commits_within(mut changes: Vec<Change>, bytes: usize) -> Vec<Change> {
 }
 
 /// Until `backend` is past version `seen`, `wait_ms` pass, or the server
-/// stops. Waiters share the watch streams' limit: with none free, this
-/// returns at once (the caller asks again).
+/// stops. Waiters share the watch streams' limit: with none free, 429.
 async fn wait_for_commit(
     s: &Served,
     backend: &dyn Backend,
     seen: u64,
     wait_ms: u64,
-) -> Result<(), ApiError> {
+) -> Result<(), Response> {
     let Ok(_permit) = s.watches.clone().try_acquire_owned() else {
-        return Ok(());
+        return Err(super::too_many_watches());
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut commits = backend.commits();
@@ -254,7 +273,11 @@ async fn wait_for_commit(
         if let Some(rx) = &mut commits {
             rx.borrow_and_update();
         }
-        if backend.current_version().await? > seen || *stopping.borrow_and_update() {
+        let now = backend
+            .current_version()
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?;
+        if now > seen || *stopping.borrow_and_update() {
             return Ok(());
         }
         // Without notifications, a look every 20 ms.

@@ -245,6 +245,8 @@ struct State {
     /// Commits the feed keeps: it answers as if it had trimmed to them
     /// after every commit, though redb's is trimmed at checkpoints.
     retention: u64,
+    /// A replica's copy (`make_replica`): commits of its own are refused.
+    replica: bool,
 }
 
 /// What `meta` holds.
@@ -253,6 +255,9 @@ struct Meta {
     format: u64,
     version: u64,
     trimmed: u64,
+    /// A replica's file (written by its first restore): its versions are
+    /// its primary's, and may skip.
+    replica: bool,
 }
 
 impl State {
@@ -274,6 +279,7 @@ impl State {
             version: meta.version,
             trimmed: meta.trimmed,
             retention: config.retention,
+            replica: false,
         };
         for record in records {
             // Records up to redb's version were checkpointed already (a
@@ -281,7 +287,8 @@ impl State {
             if record.version <= state.version {
                 continue;
             }
-            if record.version != state.version + 1 {
+            // A replica's versions are its primary's, which may skip.
+            if record.version != state.version + 1 && !meta.replica {
                 return Err(BackendError::Unavailable(format!(
                     "the commit log {} is damaged: after version {} it holds version {}; nothing was changed",
                     wal::path_of(path).display(),
@@ -518,9 +525,30 @@ impl Drop for FileBackend {
 
 /// One commit waiting for the committer.
 struct Request {
-    checks: Vec<Check>,
+    op: Op,
     writes: Vec<Write>,
     reply: tokio::sync::oneshot::Sender<Result<u64, BackendError>>,
+}
+
+/// What a [`Request`] asks of the committer.
+enum Op {
+    /// A commit of this store: if its checks hold, its writes at the next
+    /// version.
+    Commit(Vec<Check>),
+    /// A replica's copy of its primary's commit at this version.
+    Replicated(u64),
+    /// A replica's resynchronization: these records, and nothing else, at
+    /// this version (`writes` is empty).
+    Restore(u64, Vec<Entry>),
+}
+
+impl Request {
+    fn checks(&self) -> &[Check] {
+        match &self.op {
+            Op::Commit(checks) => checks,
+            Op::Replicated(_) | Op::Restore(..) => &[],
+        }
+    }
 }
 
 /// Most checks and writes one group commit gathers ...
@@ -798,6 +826,7 @@ fn read_meta(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<Meta>, B
         format,
         version: field("version")?.unwrap_or(0),
         trimmed: field("trimmed")?.unwrap_or(0),
+        replica: field("replica")? == Some(1),
     }))
 }
 
@@ -835,6 +864,7 @@ fn init_tables(db: &Database, path: &Path) -> Result<Meta, BackendError> {
             format: FORMAT,
             version: field("version")?,
             trimmed: field("trimmed")?,
+            replica: field("replica")? == 1,
         }
     };
     txn.commit().map_err(unavailable)?;
@@ -872,11 +902,17 @@ impl Committer {
     /// has grown.
     fn run(mut self, requests: &std::sync::mpsc::Receiver<Request>) {
         while let Ok(first) = requests.recv() {
+            if matches!(first.op, Op::Restore(..)) {
+                self.restore(first);
+                continue;
+            }
             let (batch, left) = gather(first, requests);
             self.commit_group(batch);
-            if let Some(next) = left {
+            match left {
+                Some(next) if matches!(next.op, Op::Restore(..)) => self.restore(next),
                 // Too large to join the group: a group of its own.
-                self.commit_group(vec![next]);
+                Some(next) => self.commit_group(vec![next]),
+                None => {}
             }
             if self.wal.used() >= self.config.checkpoint_bytes() {
                 self.checkpoint();
@@ -958,6 +994,64 @@ impl Committer {
         }
     }
 
+    /// A replica's restore: the log into redb first (so nothing of it
+    /// replays over the copy), then, in one durable transaction, redb's
+    /// records replaced by the copy's, its feed emptied, its version the
+    /// copy's, and the file marked a replica's.
+    fn restore(&mut self, request: Request) {
+        let Op::Restore(version, entries) = request.op else {
+            return;
+        };
+        let result = self.replace_with(version, &entries);
+        if result.is_ok() {
+            self.commits.send_replace(version);
+        }
+        let _ = request.reply.send(result.map(|()| version));
+    }
+
+    fn replace_with(&mut self, version: u64, entries: &[Entry]) -> Result<(), BackendError> {
+        checkpoint(&self.state, &self.path, &self.config, self.config.retention)?;
+        self.wal.reset()?;
+        if !matches!(read(&self.state).db, Db::Writing(_)) {
+            reopen_for_writing(&mut write(&self.state), &self.path, &self.config)?;
+        }
+        {
+            let state = read(&self.state);
+            let Db::Writing(db) = &state.db else {
+                return Err(BackendError::Unavailable("redb is not writable".into()));
+            };
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut data = txn.open_table(DATA).map_err(unavailable)?;
+                data.retain(|_, _| false).map_err(unavailable)?;
+                for entry in entries {
+                    data.insert(
+                        entry.key.as_slice(),
+                        (entry.version, entry.value.as_slice()),
+                    )
+                    .map_err(unavailable)?;
+                }
+                let mut log = txn.open_table(LOG).map_err(unavailable)?;
+                log.retain(|_, _| false).map_err(unavailable)?;
+                let mut meta = txn.open_table(META).map_err(unavailable)?;
+                meta.insert("version", version).map_err(unavailable)?;
+                meta.insert("trimmed", version).map_err(unavailable)?;
+                meta.insert("replica", 1).map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)?;
+        }
+        let mut state = write(&self.state);
+        let state = &mut *state;
+        state.table = None;
+        state.table = data_table(&state.db);
+        state.overlay.clear();
+        state.changes.clear();
+        state.base = version;
+        state.version = version;
+        state.trimmed = version;
+        Ok(())
+    }
+
     /// Moves the log into redb (one durable transaction), then starts the
     /// log again. A failure leaves both as they were; it is retried later.
     fn checkpoint(&mut self) {
@@ -982,18 +1076,21 @@ fn gather(
     first: Request,
     requests: &std::sync::mpsc::Receiver<Request>,
 ) -> (Vec<Request>, Option<Request>) {
-    let mut ops = first.checks.len() + first.writes.len();
+    let mut ops = first.checks().len() + first.writes.len();
     let mut bytes = wal::record_len(&first.writes);
     let mut batch = vec![first];
     while ops < MAX_GROUP_OPS && bytes < MAX_GROUP_BYTES {
         let Ok(next) = requests.try_recv() else {
             break;
         };
+        if matches!(next.op, Op::Restore(..)) {
+            return (batch, Some(next));
+        }
         let size = wal::record_len(&next.writes);
         if bytes + size > MAX_GROUP_BYTES {
             return (batch, Some(next));
         }
-        ops += next.checks.len() + next.writes.len();
+        ops += next.checks().len() + next.writes.len();
         bytes += size;
         batch.push(next);
     }
@@ -1022,18 +1119,35 @@ fn plan(state: &State, batch: &[Request]) -> Result<Vec<Result<u64, BackendError
             ))));
             continue;
         }
-        for (index, check) in request.checks.iter().enumerate() {
-            let current = match written.get(check.key()) {
-                Some(current) => *current,
-                None => state.version_of(check.key())?,
-            };
-            if current != check.expected() {
-                let index = u32::try_from(index).unwrap_or(u32::MAX);
-                results.push(Err(BackendError::Conflict { index, current }));
+        match &request.op {
+            Op::Commit(_) if state.replica => {
+                results.push(Err(BackendError::ReadOnly));
+                continue 'commits;
+            }
+            Op::Commit(checks) => {
+                for (index, check) in checks.iter().enumerate() {
+                    let current = match written.get(check.key()) {
+                        Some(current) => *current,
+                        None => state.version_of(check.key())?,
+                    };
+                    if current != check.expected() {
+                        let index = u32::try_from(index).unwrap_or(u32::MAX);
+                        results.push(Err(BackendError::Conflict { index, current }));
+                        continue 'commits;
+                    }
+                }
+                version += 1;
+            }
+            Op::Replicated(at) if *at <= version => {
+                results.push(Err(super::memory::not_after(*at, version)));
+                continue 'commits;
+            }
+            Op::Replicated(at) => version = *at,
+            Op::Restore(..) => {
+                results.push(Err(BackendError::Invalid("a restore in a group".into())));
                 continue 'commits;
             }
         }
-        version += 1;
         for write in &request.writes {
             written.insert(&write.key, write.value.as_ref().map(|_| version));
         }
@@ -1188,15 +1302,20 @@ async fn commit(
     writes: Vec<Write>,
 ) -> Result<u64, BackendError> {
     validate_commit(&checks, &writes)?;
+    ask(queue, Op::Commit(checks), writes).await
+}
+
+/// `op` through the committer's `queue`.
+async fn ask(
+    queue: Option<&std::sync::mpsc::Sender<Request>>,
+    op: Op,
+    writes: Vec<Write>,
+) -> Result<u64, BackendError> {
     let stopped = || BackendError::Unavailable("the file backend's committer stopped".into());
     let (reply, answer) = tokio::sync::oneshot::channel();
     queue
         .ok_or_else(stopped)?
-        .send(Request {
-            checks,
-            writes,
-            reply,
-        })
+        .send(Request { op, writes, reply })
         .map_err(|_| stopped())?;
     answer.await.map_err(|_| stopped())?
 }
@@ -1281,6 +1400,37 @@ impl Backend for FileBackend {
 
     fn commit_stats(&self) -> Option<SyncStats> {
         Some(self.sync_stats())
+    }
+
+    fn make_replica(&self) -> Result<(), BackendError> {
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        write(&self.state).replica = true;
+        Ok(())
+    }
+
+    async fn replicate(&self, version: u64, writes: Vec<Write>) -> Result<(), BackendError> {
+        validate_commit(&[], &writes)?;
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        ask(self.queue.as_ref(), Op::Replicated(version), writes)
+            .await
+            .map(drop)
+    }
+
+    async fn restore(&self, version: u64, entries: Vec<Entry>) -> Result<(), BackendError> {
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        ask(
+            self.queue.as_ref(),
+            Op::Restore(version, entries),
+            Vec::new(),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -1598,7 +1748,7 @@ mod tests {
     fn request(writes: Vec<Write>) -> Request {
         let (reply, _) = tokio::sync::oneshot::channel();
         Request {
-            checks: vec![],
+            op: Op::Commit(vec![]),
             writes,
             reply,
         }
