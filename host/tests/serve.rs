@@ -1491,6 +1491,20 @@ fn watch_streams_and_slow_clients_are_limited() {
         .expect("one watch at a time");
     assert_eq!(busy.header("retry-after"), Some("5"));
     assert_eq!(busy.error(429)["code"], "too-many-watches");
+    // A long poll of the records takes a place too; one that does not
+    // wait does not.
+    for poll in [
+        "/v1/storage/version?after=0&wait_ms=1000",
+        "/v1/storage/changes?since=0&wait_ms=1000",
+    ] {
+        let busy = server.get(poll);
+        assert_eq!(busy.header("retry-after"), Some("5"), "{poll}");
+        assert_eq!(busy.error(429)["code"], "too-many-watches", "{poll}");
+    }
+    assert_eq!(
+        server.get("/v1/storage/version?after=0").expect(200)["version"],
+        0
+    );
     drop(first);
     // The server lets the stream go once it finds its client gone (at
     // its next event): then a new watch may start.

@@ -410,4 +410,33 @@ mod tests {
             serde_json::from_str::<WireEntry>(r#"{"key":"!","value":"","version":1}"#).is_err()
         );
     }
+
+    /// A list longer than a call may hold is refused while it is parsed,
+    /// naming the limit; one at the limit is taken.
+    #[test]
+    fn storage_bodies_are_bounded_while_parsed() {
+        let keys = |n: usize| {
+            let keys = vec![r#""AA==""#; n].join(",");
+            format!(r#"{{"keys":[{keys}]}}"#)
+        };
+        let at_limit: GetRequest = serde_json::from_str(&keys(super::super::MAX_GET_MANY)).unwrap();
+        assert_eq!(at_limit.keys.0.len(), super::super::MAX_GET_MANY);
+        let e = serde_json::from_str::<GetRequest>(&keys(super::super::MAX_GET_MANY + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 10000 items"), "{e}");
+
+        let writes = |n: usize| {
+            let writes = vec![r#"{"key":"AA==","value":null}"#; n].join(",");
+            format!(r#"{{"writes":[{writes}]}}"#)
+        };
+        let at_limit: CommitRequest =
+            serde_json::from_str(&writes(super::super::MAX_COMMIT_OPS)).unwrap();
+        assert_eq!(at_limit.writes.0.len(), super::super::MAX_COMMIT_OPS);
+        assert!(at_limit.checks.0.is_empty());
+        let e = serde_json::from_str::<CommitRequest>(&writes(super::super::MAX_COMMIT_OPS + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 20000 items"), "{e}");
+    }
 }
