@@ -106,6 +106,10 @@ impl wit::GuestBackend for Backend {
         self.0.current_version().map_err(to_wit)
     }
 
+    fn commits_here(&self) -> u64 {
+        self.0.commits_here()
+    }
+
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<wit::Change>, wit::StorageError> {
         Ok(self
             .0

@@ -91,6 +91,10 @@ impl Storage for WitStorage {
         self.backend.current_version().map_err(from_wit)
     }
 
+    fn commits_here(&self) -> u64 {
+        self.backend.commits_here()
+    }
+
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
         Ok(self
             .backend

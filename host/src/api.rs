@@ -418,6 +418,29 @@ pub struct StoreStats {
     pub commits: Vec<(String, crate::backend::SyncStats)>,
 }
 
+/// The counters of one caching layer of a store's configuration, summed
+/// over the store's instances that are idle (each instance of the
+/// component keeps a cache of its own; every instance, when no call is
+/// running).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Where the layer is in the configuration: `$`, `$.main`, …
+    pub layer: String,
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads of cached buckets that went to the store.
+    pub misses: u64,
+    /// Entries dropped to stay within the policy's limits.
+    pub evictions: u64,
+    /// Entries dropped because the store changed them.
+    pub invalidations: u64,
+    /// Reads of the store's change feed that renewed the entries.
+    pub syncs: u64,
+    /// Entries and bytes held now.
+    pub entries: u64,
+    pub bytes: u64,
+}
+
 /// An open store. Cheap to clone; clones share instances and backends.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -467,8 +490,10 @@ impl Store {
         let store = Store {
             pool: Arc::new(Pool::new(config.to_string(), &options)?),
         };
-        // Opening a bucket makes the guest parse the configuration and open
+        // Every leaf's fields are checked before anything opens; then
+        // opening a bucket makes the guest parse the configuration and open
         // its backends, so their errors surface now.
+        store.pool.check_leaves()?;
         store.bucket("default").exists_probe().await?;
         if let Some(interval) = options.sweep_interval {
             spawn_sweeper(&store.pool, interval);
@@ -627,6 +652,82 @@ impl Store {
             .kvstash_store_store()
             .call_sweep(&mut inst.store, limit)
             .await)
+    }
+
+    /// The counters of every caching layer of the configuration (none
+    /// without one), summed over the idle instances; see [`CacheStats`].
+    pub async fn cache_stats(&self) -> Result<Vec<CacheStats>, Error> {
+        let mut instances = self.pool.take_idle();
+        if instances.is_empty() {
+            // Every instance is busy, or none was made yet: ask one.
+            let one = call!(self, |inst| inst
+                .kv
+                .kvstash_store_store()
+                .call_cache_stats(&mut inst.store)
+                .await)?;
+            return Ok(one.into_iter().map(CacheStats::from).collect());
+        }
+        let mut total: Vec<CacheStats> = Vec::new();
+        let mut failed = None;
+        let mut kept = Vec::with_capacity(instances.len());
+        for mut instance in instances.drain(..) {
+            let answer = instance
+                .kv
+                .kvstash_store_store()
+                .call_cache_stats(&mut instance.store)
+                .await;
+            match answer {
+                Ok(Ok(layers)) => {
+                    for layer in layers.into_iter().map(CacheStats::from) {
+                        match total.iter_mut().find(|t| t.layer == layer.layer) {
+                            Some(t) => t.add(&layer),
+                            None => total.push(layer),
+                        }
+                    }
+                    kept.push(instance);
+                }
+                Ok(Err(e)) => {
+                    failed.get_or_insert(Error::from(e));
+                    kept.push(instance);
+                }
+                // A trapped instance is not given back.
+                Err(trap) => {
+                    failed.get_or_insert(Error::Trap(format!("{trap:#}")));
+                }
+            }
+        }
+        self.pool.give_back(kept);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+}
+
+impl CacheStats {
+    fn add(&mut self, other: &CacheStats) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.evictions += other.evictions;
+        self.invalidations += other.invalidations;
+        self.syncs += other.syncs;
+        self.entries += other.entries;
+        self.bytes += other.bytes;
+    }
+}
+
+impl From<wit::CacheCounters> for CacheStats {
+    fn from(s: wit::CacheCounters) -> Self {
+        Self {
+            layer: s.layer,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+            invalidations: s.invalidations,
+            syncs: s.syncs,
+            entries: s.entries,
+            bytes: s.bytes,
+        }
     }
 }
 

@@ -36,8 +36,8 @@ mod runtime;
 pub mod serve;
 
 pub use api::{
-    Bucket, Check, Entry, Error, Event, EventKind, Item, Lease, ListOptions, ListPage, LockHolder,
-    Store, StoreStats, Transaction, Value, WatchOptions, WriteOptions,
+    Bucket, CacheStats, Check, Entry, Error, Event, EventKind, Item, Lease, ListOptions, ListPage,
+    LockHolder, Store, StoreStats, Transaction, Value, WatchOptions, WriteOptions,
 };
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore, BlockingWatch};

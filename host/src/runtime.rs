@@ -489,17 +489,23 @@ fn cache_key(engine: &Engine, digests: &[&[u8]]) -> String {
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: String,
-    /// The one leaf configuration `backend.open` may name: the store's
-    /// configuration without the layer options the guest strips. Whatever
-    /// calls the storage import (kvstash, or an app trusted with it) can
-    /// open the configured store, and nothing else the host could open.
-    leaf: Option<serde_json::Value>,
+    /// The leaf configurations `backend.open` may name, by their path in
+    /// the configuration: its leaves without the options the guest
+    /// handles. Whatever calls the storage import (kvstash, or an app
+    /// trusted with it) can open the configured stores, and nothing else
+    /// the host could open. `None`: the configuration is not a tree (the
+    /// guest refuses it).
+    leaves: Option<Vec<(String, serde_json::Value)>>,
     registry: Registry,
     opened: Mutex<HashMap<String, Arc<dyn Backend>>>,
     /// Held while a backend opens, so concurrent instances connect once.
     opening: tokio::sync::Mutex<()>,
     /// The guest's storage calls and their failures.
     pub(crate) calls: StorageCalls,
+    /// Commits the instances of this store made, to any of its backends,
+    /// counted once each has returned: `commits-here`, which a cache in
+    /// one instance watches to see the others' writes.
+    commits_here: std::sync::atomic::AtomicU64,
 }
 
 /// A storage operation the guest calls (an index of [`STORAGE_OPS`]).
@@ -562,29 +568,75 @@ impl StorageCalls {
     }
 }
 
-/// The options of every configuration that the guest handles itself
-/// (guest/src/config.rs) and so never passes to `backend.open`.
-const LAYER_OPTIONS: [&str; 4] = ["prefix", "read_only", "retry_deadline_ms", "stores"];
+/// The options of every node of a configuration that the guest handles
+/// itself (guest/src/config.rs) and so never passes to `backend.open`.
+const NODE_OPTIONS: [&str; 2] = ["prefix", "read_only"];
+/// ... and those of its root.
+const ROOT_OPTIONS: [&str; 2] = ["retry_deadline_ms", "stores"];
 
-/// `config` without its layer options: what the guest opens.
-pub(crate) fn leaf_of(config: &str) -> Option<serde_json::Value> {
-    let mut value: serde_json::Value = serde_json::from_str(config).ok()?;
-    let fields = value.as_object_mut()?;
-    for option in LAYER_OPTIONS {
-        fields.remove(option);
+/// The leaves of the configuration tree `config`, by their path (`$`,
+/// `$.main`, `$.main.from`, …), without the options the guest handles:
+/// what the guest opens. The structure is the guest's (`caching` has
+/// `main`, `migrating` has `from` and `to`); the guest checks the rest.
+/// `None` if `config` is not a JSON object.
+pub(crate) fn leaves_of(config: &str) -> Option<Vec<(String, serde_json::Value)>> {
+    fn walk(
+        mut node: serde_json::Map<String, serde_json::Value>,
+        path: String,
+        out: &mut Vec<(String, serde_json::Value)>,
+    ) {
+        for option in NODE_OPTIONS {
+            node.remove(option);
+        }
+        let children: &[&str] = match node.get("type").and_then(serde_json::Value::as_str) {
+            Some("caching") => &["main"],
+            Some("migrating") => &["from", "to"],
+            _ => {
+                out.push((path, serde_json::Value::Object(node)));
+                return;
+            }
+        };
+        for name in children {
+            if let Some(serde_json::Value::Object(child)) = node.remove(*name) {
+                walk(child, format!("{path}.{name}"), out);
+            }
+        }
     }
-    Some(value)
+    let serde_json::Value::Object(mut root) = serde_json::from_str(config).ok()? else {
+        return None;
+    };
+    for option in ROOT_OPTIONS {
+        root.remove(option);
+    }
+    let mut leaves = Vec::new();
+    walk(root, "$".into(), &mut leaves);
+    Some(leaves)
+}
+
+/// The error of the leaf at `path` (the root's is not marked).
+fn at_path(path: &str, e: BackendError) -> BackendError {
+    match e {
+        BackendError::Invalid(why) if path != "$" => {
+            BackendError::Invalid(format!("`{path}`: {why}"))
+        }
+        e @ (BackendError::Invalid(_)
+        | BackendError::Conflict { .. }
+        | BackendError::Compacted { .. }
+        | BackendError::ReadOnly
+        | BackendError::Unavailable(_)) => e,
+    }
 }
 
 impl Shared {
     pub(crate) fn new(config: String, registry: Registry) -> Self {
         Self {
-            leaf: leaf_of(&config),
+            leaves: leaves_of(&config),
             config,
             registry,
             opened: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
             calls: StorageCalls::default(),
+            commits_here: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -606,13 +658,14 @@ impl Shared {
         if let Some(backend) = opened().get(config) {
             return Ok(backend.clone());
         }
-        if let Some(leaf) = &self.leaf {
+        if let Some(leaves) = &self.leaves {
             let asked: Option<serde_json::Value> = serde_json::from_str(config).ok();
-            if asked.as_ref() != Some(leaf) {
+            let Some((_, leaf)) = leaves.iter().find(|(_, leaf)| asked.as_ref() == Some(leaf))
+            else {
                 return Err(BackendError::Invalid(
-                    "this store opens only the backend it was configured with".into(),
+                    "this store opens only the backends it was configured with".into(),
                 ));
-            }
+            };
             // The one leaf, however its JSON is spelled: the host's own
             // handle on it (`leaf_backend`) is the guest's.
             let key = leaf.to_string();
@@ -639,15 +692,47 @@ impl Shared {
     pub(crate) async fn leaf_backend(&self) -> Result<Arc<dyn Backend>, BackendError> {
         let config: serde_json::Value = serde_json::from_str(&self.config)
             .map_err(|e| BackendError::Invalid(format!("store configuration: {e}")))?;
-        if ["prefix", "stores"].iter().any(|o| config.get(o).is_some()) {
+        let layered = ["prefix", "stores"].iter().any(|o| config.get(o).is_some())
+            || matches!(
+                config.get("type").and_then(serde_json::Value::as_str),
+                Some("caching" | "migrating")
+            );
+        if layered {
             return Err(BackendError::Invalid(
-                "this store has layers (`prefix`, `stores`): its backend's records are not served directly".into(),
+                "this store has layers (`prefix`, `stores`, `caching`, `migrating`): its backend's records are not served directly".into(),
             ));
         }
-        let leaf = self.leaf.as_ref().ok_or_else(|| {
-            BackendError::Invalid("the store configuration is not an object".into())
-        })?;
+        let leaf = match self.leaves.as_deref() {
+            Some([(_, leaf)]) => leaf,
+            _ => {
+                return Err(BackendError::Invalid(
+                    "the store configuration is not an object".into(),
+                ));
+            }
+        };
         self.open_backend(&leaf.to_string()).await
+    }
+
+    /// Checks every leaf of the configuration with the registry, opening
+    /// none: a mistake in one opens no other. The error names the leaf's
+    /// path.
+    pub(crate) fn check_leaves(&self) -> Result<(), BackendError> {
+        for (path, leaf) in self.leaves.iter().flatten() {
+            self.registry.check(leaf).map_err(|e| at_path(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Opens every leaf of the configuration (checked first).
+    #[cfg(feature = "apps")]
+    pub(crate) async fn open_leaves(&self) -> Result<(), BackendError> {
+        self.check_leaves()?;
+        for (path, leaf) in self.leaves.iter().flatten() {
+            self.open_backend(&leaf.to_string())
+                .await
+                .map_err(|e| at_path(path, e))?;
+        }
+        Ok(())
     }
 
     /// Every backend opened, once (one may be there under two spellings of
@@ -871,8 +956,27 @@ impl storage::HostBackend for KvCtx {
                 value: w.value,
             })
             .collect();
+        // Counted once it returned, made or not (or was cancelled: the
+        // guard counts on drop): an instance that sees the count move
+        // finds this commit in the feed.
+        struct Counted<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let shared = self.shared.clone();
+        let counted = Counted(&shared.commits_here);
         let result = backend.commit(checks, writes).await;
+        drop(counted);
         Ok(self.shared.calls.record(StorageOp::Commit, result))
+    }
+
+    async fn commits_here(&mut self, _handle: Resource<BackendHandle>) -> wasmtime::Result<u64> {
+        Ok(self
+            .shared
+            .commits_here
+            .load(std::sync::atomic::Ordering::Acquire))
     }
 
     async fn current_version(&mut self, handle: Resource<BackendHandle>) -> WitResult<u64> {
@@ -1002,6 +1106,17 @@ impl Pool {
         }
     }
 
+    /// See [`Shared::check_leaves`].
+    pub(crate) fn check_leaves(&self) -> Result<(), Error> {
+        self.shared.check_leaves().map_err(|e| match e {
+            BackendError::Invalid(why) => Error::InvalidConfig(why),
+            e @ (BackendError::Conflict { .. }
+            | BackendError::Compacted { .. }
+            | BackendError::ReadOnly
+            | BackendError::Unavailable(_)) => Error::Storage(e.to_string()),
+        })
+    }
+
     /// The backends this store's instances have opened, by leaf configuration.
     pub(crate) fn summaries(&self) -> Vec<String> {
         self.shared.distinct().iter().map(|b| b.summary()).collect()
@@ -1017,6 +1132,21 @@ impl Pool {
     /// See [`Shared::read_only`].
     pub(crate) fn read_only(&self) -> bool {
         self.shared.read_only()
+    }
+
+    /// Every idle instance, taken out for a call on each (the counters of
+    /// [`crate::Store::cache_stats`]); [`Pool::give_back`] returns them.
+    #[expect(clippy::vec_box, reason = "the pool's own boxes, moved out and back")]
+    pub(crate) fn take_idle(&self) -> Vec<Box<Instance>> {
+        std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    #[expect(clippy::vec_box, reason = "the pool's own boxes, moved out and back")]
+    pub(crate) fn give_back(&self, instances: Vec<Box<Instance>>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(instances);
     }
 
     pub(crate) async fn acquire(&self) -> Result<Lease<'_>, Error> {

@@ -1323,3 +1323,85 @@ sys.exit(os.waitstatus_to_exitcode(status))
     let history = std::fs::read_to_string(dir.path().join("shell_history")).unwrap();
     assert!(history.contains("use names"), "{history}");
 }
+
+/// A layered configuration is checked whole before anything opens, and
+/// its errors name the offending field by its path.
+#[test]
+fn a_bad_configuration_tree_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = dir.path().join("from.redb");
+    let to = dir.path().join("to.redb");
+    let cases = [
+        (
+            serde_json::json!({"type": "caching", "main": {"type": "file", "path": from, "cache_mb": 0}}),
+            "`$.main`: file backend configuration: `cache_mb` must be a whole number of MiB",
+        ),
+        (
+            serde_json::json!({"type": "caching", "main": {"type": "memory"}, "policy": {"timeout": 5}}),
+            "`$.policy.timeout` is not a policy field",
+        ),
+        (
+            serde_json::json!({"type": "caching", "main": {"type": "memory"},
+                   "buckets": {"sessions": {"max_entries": -1}}}),
+            "`$.buckets.sessions.max_entries` must be a whole number",
+        ),
+        (
+            serde_json::json!({"type": "caching", "main": {"type": "memory", "prefix": ""}}),
+            "`$.main.prefix` must be a non-empty string",
+        ),
+        (
+            // The first leaf is fine, the second is not: neither opens.
+            serde_json::json!({"type": "migrating", "from": {"type": "file", "path": from},
+                   "to": {"type": "file", "path": to, "retention": "all"}}),
+            "`$.to`: file backend configuration",
+        ),
+        (
+            serde_json::json!({"type": "migrating", "from": {"type": "file", "path": from},
+                   "to": {"type": "etcdd"}}),
+            "`$.to`: unknown backend type `etcdd`",
+        ),
+    ];
+    for (config, needle) in cases {
+        let o = kvstash(dir.path(), &["--config", &config.to_string(), "get", "k"]);
+        assert!(!o.status.success(), "{config}");
+        let e = stderr(&o);
+        assert!(e.contains("invalid store configuration"), "{config}: {e}");
+        assert!(e.contains(needle), "{config}: {e}");
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+    }
+    assert!(!from.exists() && !to.exists(), "nothing was opened");
+}
+
+/// `kvstash stats` prints the caching layers' counters.
+#[test]
+fn stats_prints_the_caching_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let config =
+        serde_json::json!({"type": "caching", "main": {"type": "file", "path": path}}).to_string();
+    ok(kvstash(dir.path(), &["--config", &config, "set", "k", "1"]));
+    let stats: serde_json::Value = serde_json::from_str(&stdout(&ok(kvstash(
+        dir.path(),
+        &["--config", &config, "stats"],
+    ))))
+    .unwrap();
+    let caches = stats["caches"].as_array().unwrap();
+    assert_eq!(caches.len(), 1, "{stats}");
+    assert_eq!(caches[0]["layer"], "$");
+    for counter in [
+        "hits",
+        "misses",
+        "evictions",
+        "invalidations",
+        "syncs",
+        "entries",
+        "bytes",
+    ] {
+        assert!(caches[0][counter].is_u64(), "{counter}: {stats}");
+    }
+    assert!(stats["storage"]["get"]["calls"].is_u64(), "{stats}");
+    // Without a caching layer there are none.
+    let plain: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(kvstash(dir.path(), &["stats"])))).unwrap();
+    assert_eq!(plain["caches"], serde_json::json!([]));
+}

@@ -1849,3 +1849,81 @@ fn a_replica_behind_a_compacted_feed_copies_the_store_again() {
     );
     assert_eq!(replica.get("/v1/buckets/x/keys/n").expect(200)["value"], 19);
 }
+
+/// The caching layer in front of a served store, with another host (a
+/// CLI process) writing to that store behind its back: a read within the
+/// timeout may be served from memory, and once the timeout has passed
+/// since the value was last known current, the other host's write is what
+/// it returns. Its own writes it sees at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_in_front_of_a_served_store_is_stale_at_most_its_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = format!("http://{}", server.addr);
+    let config = json!({"type": "caching", "main": {"type": "server", "url": url},
+        "policy": {"timeout_ms": TIMEOUT.as_millis() as u64}});
+    let store = kvstash::Store::open(&config.to_string()).await.unwrap();
+    let bucket = store.bucket("aliases");
+    let value =
+        |entry: Option<kvstash::Entry>| entry.unwrap().value.parse::<i64>().unwrap().to_string();
+    bucket.set_json("sensor", &1).await.unwrap();
+    let known = Instant::now();
+    assert_eq!(value(bucket.get("sensor").await.unwrap()), "1");
+
+    let elsewhere = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || remote_cli(&url, None, &["set", "sensor", "2"]))
+    };
+    elsewhere.await.unwrap().unwrap();
+    let read = value(bucket.get("sensor").await.unwrap());
+    if known.elapsed() < TIMEOUT {
+        assert_eq!(read, "1", "within the timeout, served from memory");
+    }
+    tokio::time::sleep(TIMEOUT).await;
+    assert_eq!(
+        value(bucket.get("sensor").await.unwrap()),
+        "2",
+        "after it, never stale"
+    );
+
+    bucket.set_json("sensor", &3).await.unwrap();
+    assert_eq!(
+        value(bucket.get("sensor").await.unwrap()),
+        "3",
+        "its own write"
+    );
+    let stats = store.cache_stats().await.unwrap();
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    assert_eq!(stats[0].layer, "$");
+    assert!(stats[0].hits >= 1 && stats[0].syncs >= 1, "{stats:?}");
+}
+
+/// A server whose store has a caching layer reports its counters.
+#[test]
+fn a_served_cache_reports_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"type": "caching",
+        "main": {"type": "file", "path": dir.path().join("s.redb")},
+        "policy": {"timeout_ms": 60000}});
+    let server = Server::start_with(dir.path(), &["--config", &config.to_string()]);
+    server.put("/v1/buckets/b/keys/k", "1").expect(200);
+    for _ in 0..3 {
+        assert_eq!(server.get("/v1/buckets/b/keys/k").expect(200)["value"], 1);
+    }
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    let counter = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{layer=\"$\"}} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (hits, misses) = (
+        counter("kvstash_cache_hits_total"),
+        counter("kvstash_cache_misses_total"),
+    );
+    assert!(hits >= 1 && hits + misses >= 3, "{metrics}");
+    assert!(counter("kvstash_cache_entries") >= 1, "{metrics}");
+    counter("kvstash_cache_evictions_total");
+}

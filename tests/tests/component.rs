@@ -392,8 +392,16 @@ async fn configuration_errors_surface_at_open() {
         (r#"{"type":"file"}"#, "path"),
         (r#"{"type":"memory","read_only":"yes"}"#, "read_only"),
         (
-            r#"{"type":"caching","main":{"type":"memory"}}"#,
-            "not supported yet",
+            r#"{"type":"caching","main":{"type":"nope"}}"#,
+            "`$.main`: unknown backend type `nope`",
+        ),
+        (
+            r#"{"type":"caching","main":{"type":"memory"},"policy":{"max_bytes":"1k"}}"#,
+            "`$.policy.max_bytes` must be a whole number",
+        ),
+        (
+            r#"{"type":"migrating","from":{"type":"memory"},"to":{"type":"memory"}}"#,
+            "`$`: the migrating layer is not supported yet",
         ),
     ] {
         match Store::open(config).await {

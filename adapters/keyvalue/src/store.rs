@@ -72,6 +72,10 @@ fn busy() -> StorageError {
 pub struct KvStorage<K> {
     kv: K,
     limits: Limits,
+    /// Commits tried through this adapter (`commits-here`: one adapter
+    /// serves one instance of the component, so its own count is all a
+    /// cache there needs).
+    tried: std::cell::Cell<u64>,
 }
 
 /// What reading the head back says about a commit we tried to decide.
@@ -96,6 +100,7 @@ impl<K: Kv> KvStorage<K> {
                 retention: limits.retention.max(1),
                 max_commit_bytes: limits.max_commit_bytes.max(1),
             },
+            tried: std::cell::Cell::new(0),
         }
     }
 
@@ -504,6 +509,7 @@ impl<K: Kv> Storage for KvStorage<K> {
         KvStorage::scan(self, start, end, limit, reverse)
     }
     fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
+        self.tried.set(self.tried.get().wrapping_add(1));
         KvStorage::commit(self, &checks, writes)
     }
     fn current_version(&self) -> Result<u64, StorageError> {
@@ -511,5 +517,8 @@ impl<K: Kv> Storage for KvStorage<K> {
     }
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
         KvStorage::changes(self, since, limit)
+    }
+    fn commits_here(&self) -> u64 {
+        self.tried.get()
     }
 }

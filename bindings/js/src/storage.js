@@ -1022,6 +1022,16 @@ export function backendClass(engines) {
     changes: guard(function (since, limit) {
       return this.engine.changes(since, limit);
     }),
+    // Every instance of this process shares the engine, whose version
+    // moves with each commit: what a cache in one instance compares to
+    // see another's writes. It cannot fail (the WIT function has no error).
+    commitsHere() {
+      try {
+        return this.engine.currentVersion();
+      } catch {
+        return 0n;
+      }
+    },
   });
   return Backend;
 }

@@ -363,3 +363,18 @@ test('layers from the configuration: read_only and prefix', async (t) => {
   await prefixed.bucket('b').set('k', 1);
   assert.equal((await prefixed.bucket('b').get('k')).value, 1);
 });
+
+test('a caching layer in front of a file store reads its own writes', async (t) => {
+  const path = join(dir, `caching-${files++}.kvlog`);
+  const store = await closing(t, kvstash.open({ type: 'caching', main: { type: 'file', path } }, { sweepInterval: 0 }));
+  const b = store.bucket('b');
+  await b.set('k', 1);
+  assert.equal((await b.get('k')).value, 1);
+  assert.equal((await b.get('k')).value, 1);
+  await b.set('k', 2);
+  assert.equal((await b.get('k')).value, 2);
+  await assert.rejects(
+    kvstash.open({ type: 'caching', main: { type: 'memory' }, policy: { timeout: 5 } }),
+    (e) => e instanceof kvstash.InvalidError && /`\$\.policy\.timeout` is not a policy field/.test(e.message),
+  );
+});

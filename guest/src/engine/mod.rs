@@ -12,7 +12,10 @@
 //! - `list` — ordered listing: prefix, range, reverse, cursors, keys only
 //! - `doc` — RFC 6901 JSON Pointers into documents
 //! - `prefixed` — the `prefix` layer: a store inside another store's key space
+//! - `read_only` — a store below the root that refuses commits
+//! - `caching` — the `caching` layer: a store's records in memory in front of it
 
+mod caching;
 mod clock;
 mod doc;
 mod history;
@@ -21,6 +24,7 @@ mod lease;
 mod list;
 mod meta;
 mod prefixed;
+mod read_only;
 mod record;
 mod retry;
 mod schema;
@@ -28,6 +32,7 @@ mod storage;
 mod txn;
 mod watch;
 
+pub use caching::{CachePolicy, CacheStats, Caching};
 pub use clock::{Clock, ManualClock, Now};
 pub use doc::Pointer;
 pub use history::MAX_HISTORY;
@@ -36,6 +41,7 @@ pub use lease::{Holder, Lease};
 pub use list::{Item, ListOptions, ListPage};
 pub use meta::BucketMeta;
 pub use prefixed::Prefixed;
+pub use read_only::ReadOnly;
 pub use record::{Encoding, Record};
 pub use retry::DEFAULT_DEADLINE_MS as DEFAULT_RETRY_DEADLINE_MS;
 pub use schema::Schema;

@@ -86,6 +86,10 @@ impl<S: Storage> Storage for Prefixed<S> {
         self.inner.current_version()
     }
 
+    fn commits_here(&self) -> u64 {
+        self.inner.commits_here()
+    }
+
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
         // Versions are the backend's: other prefixes' commits leave gaps.
         Ok(self

@@ -88,6 +88,10 @@ pub trait Storage {
     fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError>;
     fn current_version(&self) -> Result<u64, StorageError>;
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError>;
+    /// A number that changes at least whenever this host commits to the
+    /// storage through any instance (`commits-here` of wit/storage.wit);
+    /// no I/O.
+    fn commits_here(&self) -> u64;
 }
 
 /// Shared or boxed storages are storages (layers hold `Box<dyn Storage>`,
@@ -118,6 +122,9 @@ macro_rules! forward_storage {
             }
             fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
                 (**self).changes(since, limit)
+            }
+            fn commits_here(&self) -> u64 {
+                (**self).commits_here()
             }
         }
     };
@@ -244,6 +251,11 @@ impl Storage for MemStorage {
 
     fn current_version(&self) -> Result<u64, StorageError> {
         Ok(self.inner.borrow().version)
+    }
+
+    /// Every commit is this process's: the version.
+    fn commits_here(&self) -> u64 {
+        self.inner.borrow().version
     }
 
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {

@@ -14,8 +14,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::bindings::kvstash::store::storage;
-use crate::config::{self, StoreNames};
-use crate::engine::{Clock, Engine, Prefixed, Storage, StoreError};
+use crate::config::{self, Node, NodeKind, StoreNames};
+use crate::engine::{CacheStats, Caching, Clock, Engine, Prefixed, ReadOnly, Storage, StoreError};
 use crate::wit_storage::WitStorage;
 
 mod keyvalue;
@@ -47,10 +47,15 @@ impl Clock for WasiClock {
 
 type StoreEngine = Engine<Box<dyn Storage>, WasiClock>;
 
+/// A caching layer of the tree, shared with the engine's storage stack.
+type CacheLayer = Caching<Box<dyn Storage>, WasiClock>;
+
 /// What an instance builds from the host's configuration on first use.
 struct Opened {
     engine: Rc<StoreEngine>,
     stores: StoreNames,
+    /// The caching layers, by their path in the configuration.
+    caches: Vec<(String, Rc<CacheLayer>)>,
 }
 
 thread_local! {
@@ -64,22 +69,88 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
     if let Some(opened) = OPENED.with(|cell| cell.borrow().clone()) {
         return Ok(opened);
     }
+    // The whole tree is parsed (and refused, naming the field) before
+    // anything opens.
     let config = config::parse(&storage::config())?;
-    let leaf = WitStorage::open(&config.leaf)?;
-    let storage: Box<dyn Storage> = match config.prefix {
-        Some(prefix) => Box::new(Prefixed::new(leaf, prefix)),
-        None => Box::new(leaf),
-    };
+    let mut caches = Vec::new();
+    let storage = build(&config.root, &mut caches)?;
     let opened = Rc::new(Opened {
         engine: Rc::new(
             Engine::new(storage, WasiClock)
-                .read_only(config.read_only)
+                .read_only(config.root.read_only)
                 .retry_deadline_ms(config.retry_deadline_ms),
         ),
         stores: config.stores,
+        caches,
     });
     OPENED.with(|cell| *cell.borrow_mut() = Some(opened.clone()));
     Ok(opened)
+}
+
+/// The storage stack of `node`: its leaves opened through the host, its
+/// layers over them. A node's `prefix` puts its records under the prefix
+/// of what is below it (a layer's children are wrapped, so the layer sees
+/// the engine's keys); a `read_only` node below the root refuses commits
+/// (the root's is the engine's, which refuses before it reads).
+fn build(
+    node: &Node,
+    caches: &mut Vec<(String, Rc<CacheLayer>)>,
+) -> Result<Box<dyn Storage>, StoreError> {
+    let under = |storage: Box<dyn Storage>| -> Box<dyn Storage> {
+        match &node.prefix {
+            Some(prefix) => Box::new(Prefixed::new(storage, prefix.clone())),
+            None => storage,
+        }
+    };
+    let storage: Box<dyn Storage> = match &node.kind {
+        NodeKind::Leaf(leaf) => {
+            let opened = WitStorage::open(leaf).map_err(|e| {
+                let e = StoreError::from(e);
+                match e {
+                    StoreError::InvalidConfig(why) if node.path != "$" => {
+                        StoreError::InvalidConfig(format!("`{}`: {why}", node.path))
+                    }
+                    e => e,
+                }
+            })?;
+            under(Box::new(opened))
+        }
+        NodeKind::Caching {
+            main,
+            policy,
+            buckets,
+        } => {
+            let main = under(build(main, caches)?);
+            let layer = Rc::new(Caching::new(
+                main,
+                WasiClock,
+                policy.clone(),
+                buckets.clone(),
+            ));
+            caches.push((node.path.clone(), layer.clone()));
+            Box::new(layer)
+        }
+        NodeKind::Migrating { .. } => {
+            return Err(StoreError::InvalidConfig(format!(
+                "`{}`: the migrating layer is not supported yet",
+                node.path
+            )));
+        }
+    };
+    Ok(if node.read_only && node.path != "$" {
+        Box::new(ReadOnly::new(storage))
+    } else {
+        storage
+    })
+}
+
+/// The counters of every caching layer of this instance.
+fn cache_stats() -> Result<Vec<(String, CacheStats)>, StoreError> {
+    Ok(opened()?
+        .caches
+        .iter()
+        .map(|(path, layer)| (path.clone(), layer.stats()))
+        .collect())
 }
 
 fn engine() -> Result<Rc<StoreEngine>, StoreError> {

@@ -153,6 +153,22 @@ impl api::Guest for Component {
         Ok(engine()?.sweep(limit)?)
     }
 
+    fn cache_stats() -> Result<Vec<types::CacheCounters>, types::Error> {
+        Ok(super::cache_stats()?
+            .into_iter()
+            .map(|(layer, s)| types::CacheCounters {
+                layer,
+                hits: s.hits,
+                misses: s.misses,
+                evictions: s.evictions,
+                invalidations: s.invalidations,
+                syncs: s.syncs,
+                entries: s.entries,
+                bytes: s.bytes,
+            })
+            .collect())
+    }
+
     fn acquire(
         name: String,
         ttl_ms: u64,

@@ -220,7 +220,12 @@ fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, BackendError> {
 }
 
 impl EtcdBackend {
-    pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+    /// Checks a configuration without connecting.
+    pub fn check(config: serde_json::Value) -> Result<(), BackendError> {
+        Self::parse(config).map(drop)
+    }
+
+    fn parse(config: serde_json::Value) -> Result<EtcdConfig, BackendError> {
         let config: EtcdConfig = serde_json::from_value(config).map_err(invalid)?;
         config.deadline.validate("etcd")?;
         if config.endpoints.is_empty() {
@@ -236,6 +241,14 @@ impl EtcdBackend {
         if config.max_txn_ops < 2 {
             return Err(invalid("`max_txn_ops` must be at least 2"));
         }
+        if config.user.is_some() != config.password.is_some() {
+            return Err(invalid("`user` and `password` go together"));
+        }
+        Ok(config)
+    }
+
+    pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+        let config = Self::parse(config)?;
         let deadline = config.deadline.duration();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(deadline)

@@ -327,7 +327,12 @@ where
 #[derive(Clone)]
 pub struct Registry {
     factories: HashMap<String, Arc<dyn BackendFactory>>,
+    /// Checks of a type's configuration that open nothing.
+    checks: HashMap<String, Arc<ConfigCheck>>,
 }
+
+/// A check of one backend type's configuration that opens nothing.
+type ConfigCheck = dyn Fn(serde_json::Value) -> Result<(), BackendError> + Send + Sync;
 
 impl Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -345,15 +350,31 @@ impl Default for Registry {
         registry.register("memory", |config| {
             MemoryBackend::from_config(config).map(|b| Arc::new(b) as Arc<dyn Backend>)
         });
+        registry.register_check("memory", |config| {
+            MemoryBackend::from_config(config).map(drop)
+        });
         registry.register("file", |config| file::open(&FileConfig::from_json(config)?));
+        registry.register_check("file", |config| FileConfig::from_json(config).map(drop));
         #[cfg(feature = "etcd")]
-        registry.register_async("etcd", EtcdBackend::open);
+        {
+            registry.register_async("etcd", EtcdBackend::open);
+            registry.register_check("etcd", EtcdBackend::check);
+        }
         #[cfg(feature = "redis")]
-        registry.register_async("redis", RedisBackend::open);
+        {
+            registry.register_async("redis", RedisBackend::open);
+            registry.register_check("redis", RedisBackend::check);
+        }
         #[cfg(feature = "postgres")]
-        registry.register_async("postgres", PostgresBackend::open);
+        {
+            registry.register_async("postgres", PostgresBackend::open);
+            registry.register_check("postgres", PostgresBackend::check);
+        }
         #[cfg(feature = "client")]
-        registry.register_async("server", ServerBackend::open);
+        {
+            registry.register_async("server", ServerBackend::open);
+            registry.register_check("server", ServerBackend::check);
+        }
         registry
     }
 }
@@ -362,7 +383,46 @@ impl Registry {
     pub fn empty() -> Self {
         Self {
             factories: HashMap::new(),
+            checks: HashMap::new(),
         }
+    }
+
+    /// Adds (or replaces) the check of `kind`'s configuration: what
+    /// [`Registry::check`] runs before anything of a store opens, so a
+    /// mistake in one leaf of a layered configuration opens none.
+    pub fn register_check(
+        &mut self,
+        kind: &str,
+        check: impl Fn(serde_json::Value) -> Result<(), BackendError> + Send + Sync + 'static,
+    ) {
+        self.checks.insert(kind.to_string(), Arc::new(check));
+    }
+
+    /// Checks a backend configuration without opening it: its `type` is
+    /// known, and its fields pass the type's check, if it has one.
+    pub fn check(&self, config: &serde_json::Value) -> Result<(), BackendError> {
+        let kind = self.kind(config)?;
+        match self.checks.get(kind) {
+            Some(check) => check(config.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The `type` of `config`, if this registry opens it.
+    fn kind<'c>(&self, config: &'c serde_json::Value) -> Result<&'c str, BackendError> {
+        let kind = config
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| BackendError::Invalid("backend configuration has no `type`".into()))?;
+        if !self.factories.contains_key(kind) {
+            let mut known: Vec<&str> = self.factories.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(BackendError::Invalid(format!(
+                "unknown backend type `{kind}` (known: {})",
+                known.join(", ")
+            )));
+        }
+        Ok(kind)
     }
 
     /// The backend types this registry opens.
@@ -401,19 +461,12 @@ impl Registry {
     pub async fn open(&self, config: &str) -> Result<Arc<dyn Backend>, BackendError> {
         let value: serde_json::Value = serde_json::from_str(config)
             .map_err(|e| BackendError::Invalid(format!("backend configuration: {e}")))?;
-        let kind = value
-            .get("type")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| BackendError::Invalid("backend configuration has no `type`".into()))?
-            .to_string();
-        let factory = self.factories.get(&kind).ok_or_else(|| {
-            let mut known: Vec<&str> = self.factories.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            BackendError::Invalid(format!(
-                "unknown backend type `{kind}` (known: {})",
-                known.join(", ")
-            ))
-        })?;
+        let kind = self.kind(&value)?;
+        let factory = self
+            .factories
+            .get(kind)
+            .cloned()
+            .ok_or_else(|| BackendError::Invalid(format!("unknown backend type `{kind}`")))?;
         factory.open(value).await
     }
 }

@@ -232,7 +232,14 @@ async fn connect(
 }
 
 impl PostgresBackend {
-    pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+    /// Checks a configuration without connecting.
+    pub fn check(config: serde_json::Value) -> Result<(), BackendError> {
+        Self::parse(config).map(drop)
+    }
+
+    fn parse(
+        config: serde_json::Value,
+    ) -> Result<(PostgresConfig, tokio_postgres::Config), BackendError> {
         let config: PostgresConfig = serde_json::from_value(config).map_err(invalid)?;
         config.deadline.validate("postgres")?;
         let ns = &config.namespace;
@@ -252,7 +259,13 @@ impl PostgresBackend {
         if !(1..=64).contains(&config.connections) {
             return Err(invalid("`connections` must be 1..=64"));
         }
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(invalid)?;
+        let pg: tokio_postgres::Config = config.url.parse().map_err(invalid)?;
+        Ok((config, pg))
+    }
+
+    pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+        let (config, mut pg) = Self::parse(config)?;
+        let ns = &config.namespace;
         let deadline = config.deadline.duration();
         pg.connect_timeout(deadline);
         // A peer that vanished without a word is noticed in about a minute.

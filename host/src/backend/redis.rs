@@ -250,7 +250,12 @@ fn unexpected(what: &str) -> BackendError {
 }
 
 impl RedisBackend {
-    pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+    /// Checks a configuration without connecting.
+    pub fn check(config: serde_json::Value) -> Result<(), BackendError> {
+        Self::parse(config).map(drop)
+    }
+
+    fn parse(config: serde_json::Value) -> Result<(RedisConfig, redis::Client), BackendError> {
         let config: RedisConfig = serde_json::from_value(config).map_err(invalid)?;
         config.deadline.validate("redis")?;
         if config.namespace.is_empty()
@@ -264,7 +269,13 @@ impl RedisBackend {
         if config.retention == 0 {
             return Err(invalid("`retention` must be at least 1"));
         }
+        // Parses the URL; connects nothing.
         let client = redis::Client::open(config.url.as_str()).map_err(invalid)?;
+        Ok((config, client))
+    }
+
+    pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
+        let (config, client) = Self::parse(config)?;
         let endpoint = format!("redis {}", client.get_connection_info().addr());
         let deadline = config.deadline.duration();
         let manager = redis::aio::ConnectionManagerConfig::new()

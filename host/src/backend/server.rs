@@ -127,6 +127,20 @@ impl std::fmt::Debug for ServerBackend {
 impl ServerBackend {
     /// Opens the store `config` names and checks that the server serves
     /// its storage to this token (so a wrong URL or token fails here).
+    /// Checks a configuration without connecting (the URL, the token's
+    /// variable and the CA file are read).
+    pub fn check(config: serde_json::Value) -> Result<(), BackendError> {
+        Self::parse(config).map(drop)
+    }
+
+    fn parse(config: serde_json::Value) -> Result<Endpoint, BackendError> {
+        let config: ServerConfig = serde_json::from_value(config).map_err(invalid)?;
+        if config.timeout_ms == 0 || config.timeout_ms > 3_600_000 {
+            return Err(invalid("`timeout_ms` must be 1..=3600000"));
+        }
+        endpoint(&config)
+    }
+
     pub async fn open(config: serde_json::Value) -> Result<Arc<dyn Backend>, BackendError> {
         Ok(Arc::new(Self::connect(config).await?))
     }
@@ -134,11 +148,7 @@ impl ServerBackend {
     /// Like [`open`](Self::open), as this type: a replica follows its
     /// primary with it.
     pub async fn connect(config: serde_json::Value) -> Result<Self, BackendError> {
-        let config: ServerConfig = serde_json::from_value(config).map_err(invalid)?;
-        if config.timeout_ms == 0 || config.timeout_ms > 3_600_000 {
-            return Err(invalid("`timeout_ms` must be 1..=3600000"));
-        }
-        let endpoint = endpoint(&config)?;
+        let endpoint = Self::parse(config)?;
         let backend = ServerBackend {
             inner: Arc::new(Inner {
                 endpoint,

@@ -193,6 +193,11 @@ enum Command {
     },
     /// Remove expired keys now (a running store also does this every minute).
     Sweep,
+    /// Print this process's counters as JSON: each caching layer's hits,
+    /// misses, evictions, invalidations, feed syncs, entries and bytes,
+    /// and the storage calls made (useful in `kvstash shell`, whose
+    /// counters grow with its session).
+    Stats,
     /// Write every bucket (or only --bucket, with --only-bucket) as JSON Lines:
     /// {"bucket","key","value"} or {"bucket","key","bytes":base64}; or, with
     /// `--format tinydb`, as a TinyDB JSON file (each bucket the table of
@@ -1174,6 +1179,37 @@ async fn execute(
                 writeln!(out, "{line}")?;
             }
         },
+        Command::Stats => {
+            let caches: Vec<serde_json::Value> = store
+                .cache_stats()
+                .await?
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "layer": c.layer,
+                        "hits": c.hits,
+                        "misses": c.misses,
+                        "evictions": c.evictions,
+                        "invalidations": c.invalidations,
+                        "syncs": c.syncs,
+                        "entries": c.entries,
+                        "bytes": c.bytes,
+                    })
+                })
+                .collect();
+            let storage: serde_json::Map<String, serde_json::Value> = store
+                .stats()
+                .storage
+                .into_iter()
+                .map(|(op, calls, failures)| {
+                    (
+                        op.to_string(),
+                        json!({"calls": calls, "failures": failures}),
+                    )
+                })
+                .collect();
+            writeln!(out, "{}", json!({"caches": caches, "storage": storage}))?;
+        }
         Command::Sweep => {
             let mut removed = 0u64;
             loop {

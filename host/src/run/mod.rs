@@ -344,13 +344,9 @@ async fn check_store(shared: &Shared) -> Result<(), AppError> {
             }
         }
     }
-    let leaf = runtime::leaf_of(shared.config())
-        .ok_or_else(|| invalid("is not a JSON object".into()))?
-        .to_string();
     shared
-        .open_backend(&leaf)
+        .open_leaves()
         .await
-        .map(drop)
         .map_err(|e| invalid(format!("does not open: {e}")))
 }
 

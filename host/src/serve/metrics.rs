@@ -218,6 +218,71 @@ impl Metrics {
     }
 }
 
+/// The caching layers' counters, by the layer's path (none without one).
+pub fn render_caches(caches: &[crate::api::CacheStats]) -> String {
+    let mut out = String::new();
+    if caches.is_empty() {
+        return out;
+    }
+    type Field = fn(&crate::api::CacheStats) -> u64;
+    let families: [(&str, &str, &str, Field); 7] = [
+        (
+            "kvstash_cache_hits_total",
+            "counter",
+            "Reads a caching layer answered from memory.",
+            |c| c.hits,
+        ),
+        (
+            "kvstash_cache_misses_total",
+            "counter",
+            "Reads of cached buckets that went to the store.",
+            |c| c.misses,
+        ),
+        (
+            "kvstash_cache_evictions_total",
+            "counter",
+            "Entries dropped to stay within the policy's limits.",
+            |c| c.evictions,
+        ),
+        (
+            "kvstash_cache_invalidations_total",
+            "counter",
+            "Entries dropped because the store changed them.",
+            |c| c.invalidations,
+        ),
+        (
+            "kvstash_cache_syncs_total",
+            "counter",
+            "Reads of the store's change feed that renewed the entries.",
+            |c| c.syncs,
+        ),
+        (
+            "kvstash_cache_entries",
+            "gauge",
+            "Entries a caching layer holds.",
+            |c| c.entries,
+        ),
+        (
+            "kvstash_cache_bytes",
+            "gauge",
+            "Bytes of keys and values a caching layer holds.",
+            |c| c.bytes,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        family(&mut out, name, kind, help);
+        for cache in caches {
+            let _ = writeln!(
+                out,
+                "{name}{} {}",
+                labels(&[("layer", &cache.layer)]),
+                field(cache)
+            );
+        }
+    }
+    out
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -737,15 +737,21 @@ async fn as_replica(State(s): State<Arc<Served>>, request: Request, next: Next) 
 }
 
 async fn metrics_text(State(s): State<Arc<Served>>) -> Response {
+    let mut text = s.metrics.render();
+    // A store without caching layers has none; one whose instances are
+    // all busy answers from one of them.
+    if let Ok(caches) = s.store.cache_stats().await {
+        text += &metrics::render_caches(&caches);
+    }
+    if let Some(replica) = s.replica.get() {
+        text += &replica.metrics();
+    }
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        match s.replica.get() {
-            None => s.metrics.render(),
-            Some(replica) => s.metrics.render() + &replica.metrics(),
-        },
+        text,
     )
         .into_response()
 }

@@ -22,6 +22,40 @@ macro_rules! on_every_backend {
                 $body
             }
 
+            // The caching layer in front of each kind of store: what the
+            // component reads from its memory must mean what the store
+            // holds (a long timeout, so a stale entry would show).
+            #[tokio::test]
+            async fn caching_memory() {
+                let config = json!({"type": "caching", "main": {"type": "memory"},
+                    "policy": {"timeout_ms": 60000}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn caching_file() {
+                let dir = tempfile::tempdir().unwrap();
+                let config = json!({"type": "caching",
+                    "main": {"type": "file", "path": dir.path().join("s.redb")},
+                    "policy": {"timeout_ms": 60000, "max_entries": 50}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn caching_redis() {
+                let Some(server) = kvstash_test_servers::Redis::shared() else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let config = json!({"type": "caching", "main":
+                    {"type": "redis", "url": server.url(), "namespace": namespace},
+                    "policy": {"timeout_ms": 60000}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
             // Another host's store: `kvstash serve` (in this process) on a
             // memory store, reached through its `/v1/storage` routes.
             #[tokio::test]

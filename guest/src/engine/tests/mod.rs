@@ -534,6 +534,9 @@ impl Storage for Hooked {
     fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
         self.inner.changes(since, limit)
     }
+    fn commits_here(&self) -> u64 {
+        self.inner.commits_here()
+    }
 }
 
 mod listing;

@@ -31,16 +31,57 @@ impl Model {
 const BUCKETS: &[&str] = &["cfg", "stats", "a b"];
 const KEYS: &[&str] = &["k", "k0", "k1", "k10", "z", "ü", "k\0x"];
 
+type TestEngine = Engine<Box<dyn Storage>, Rc<ManualClock>>;
+
 #[test]
 fn model_based_random_operations() {
     for seed in 1..=60u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let clock = Rc::new(ManualClock::at(T0));
-        let e = Engine::new(MemStorage::default(), clock.clone());
+        let e = Engine::new(
+            Box::new(MemStorage::default()) as Box<dyn Storage>,
+            clock.clone(),
+        );
+        run(seed, &[e], &clock);
+    }
+}
+
+/// The same operations through two engines (two instances of the
+/// component), each with a small cache of its own over one store: every
+/// read means what the store holds, whichever instance wrote last, and
+/// whatever the caches evicted.
+#[test]
+fn model_based_random_operations_through_caches() {
+    for seed in 1..=60u64 {
+        let clock = Rc::new(ManualClock::at(T0));
+        let store = Rc::new(MemStorage::default());
+        let policy = CachePolicy {
+            max_entries: 4,
+            cull_to_percent: 50,
+            timeout_ms: 10_000,
+            ..CachePolicy::default()
+        };
+        let instance = || {
+            let cache = Caching::new(
+                store.clone(),
+                clock.clone(),
+                policy.clone(),
+                Default::default(),
+            );
+            Engine::new(Box::new(cache) as Box<dyn Storage>, clock.clone())
+        };
+        run(seed, &[instance(), instance()], &clock);
+    }
+}
+
+/// 300 random operations, each on one of `engines` (which share a store).
+fn run(seed: u64, engines: &[TestEngine], clock: &ManualClock) {
+    {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut model = Model::default();
         let mut now = T0;
         let mut last_version = 0;
         for step in 0..300 {
+            let e = &engines[rng.below(engines.len() as u64) as usize];
             let ctx = format!("seed {seed} step {step}");
             let bucket = rng.pick(BUCKETS);
             let key = rng.pick(KEYS);
@@ -87,7 +128,7 @@ fn model_based_random_operations() {
                     clock.advance(by);
                     now += by;
                 }
-                5 | 6 => transaction(&mut rng, &e, &mut model, now, &mut last_version, &ctx),
+                5 | 6 => transaction(&mut rng, e, &mut model, now, &mut last_version, &ctx),
                 7 => {
                     let listed: Vec<(String, i64, u64)> = e
                         .list(
@@ -136,7 +177,7 @@ fn model_based_random_operations() {
 /// A random transaction, with the outcome the model predicts.
 fn transaction(
     rng: &mut Rng,
-    e: &Engine<MemStorage, Rc<ManualClock>>,
+    e: &TestEngine,
     model: &mut Model,
     now: u64,
     last_version: &mut u64,
