@@ -13,7 +13,10 @@
 //! - contended increments per second: 16 tasks incrementing one key (also
 //!   on memory and file), and how many failed with `contention` (must be 0);
 //! - etcd's reverse scan cost: a page of 10 forward and reverse over ranges
-//!   of 1,000 and 10,000 keys.
+//!   of 1,000 and 10,000 keys;
+//! - gets through the caching layer (`{"type":"caching","main":…}`, its
+//!   default policy: a 1 s staleness bound) against the same store without
+//!   it, and the cache's hit ratio.
 //!
 //! Writes `bench/results/remote.md`.
 
@@ -323,6 +326,41 @@ async fn overhead(
         .collect())
 }
 
+/// Random gets of the preloaded keys without and with a caching layer in
+/// front of the store `leaf` (its own namespace), interleaved over rounds:
+/// (without per second, with per second, hits, misses).
+async fn cached_gets(leaf: serde_json::Value) -> anyhow::Result<(f64, f64, u64, u64)> {
+    let plain = Store::open(&leaf.to_string()).await?;
+    let cached =
+        Store::open(&serde_json::json!({"type": "caching", "main": leaf}).to_string()).await?;
+    let b = plain.bucket("bench");
+    for start in (0..PRELOAD).step_by(100) {
+        let pairs: Vec<(String, String)> =
+            (start..start + 100).map(|i| (key(i), value(i))).collect();
+        b.set_many(&pairs).await?;
+    }
+    let gets = kvstash::bench::random_indices(PRELOAD, GETS, 13);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (store, rates) in [(&plain, &mut without), (&cached, &mut with)] {
+            let b = store.bucket("bench");
+            rates.push(
+                rate(GETS, |i| {
+                    let b = &b;
+                    let k = key(gets[i]);
+                    async move { b.get(&k).await.map(drop).map_err(Into::into) }
+                })
+                .await?,
+            );
+        }
+    }
+    let stats = cached.cache_stats().await?;
+    let (hits, misses) = stats
+        .iter()
+        .fold((0, 0), |(h, m), s| (h + s.hits, m + s.misses));
+    Ok((median(without), median(with), hits, misses))
+}
+
 /// Increments of one key by 16 tasks at once: (per second, contention errors).
 async fn contended(store: &Store) -> anyhow::Result<(f64, usize)> {
     let started = Instant::now();
@@ -455,6 +493,26 @@ async fn main() -> anyhow::Result<()> {
         scans.push((n, etcd_scans(backend.as_ref(), n, tag).await?));
     }
 
+    // The caching layer in front of each.
+    let caching = [
+        (
+            "redis",
+            serde_json::json!({"type": "redis", "url": redis.url(), "namespace": "cached"}),
+        ),
+        (
+            "etcd",
+            serde_json::json!({"type": "etcd", "endpoints": etcd.endpoints(), "namespace": "cached"}),
+        ),
+        (
+            "postgres",
+            serde_json::json!({"type": "postgres", "url": pg.url(), "namespace": "cached"}),
+        ),
+    ];
+    let mut cached = Vec::new();
+    for (backend, leaf) in caching {
+        cached.push((backend, cached_gets(leaf).await?));
+    }
+
     let mut md = String::new();
     writeln!(md, "# Remote backends: kvstash against the raw client\n")?;
     writeln!(
@@ -508,6 +566,28 @@ async fn main() -> anyhow::Result<()> {
             forward.as_secs_f64() * 1e3,
             reverse.as_secs_f64() * 1e3,
             reverse.as_secs_f64() / forward.as_secs_f64()
+        )?;
+    }
+    writeln!(
+        md,
+        "\n## Gets through the caching layer\n\n\
+         {GETS} random gets of {PRELOAD} preloaded keys per round, median of {ROUNDS} rounds, \
+         interleaved: the store alone, and `{{\"type\":\"caching\",\"main\":…}}` in front of it \
+         (default policy: 10,000 entries, a 1 s staleness bound, so the cache reads the change feed \
+         once a second). The first round fills the cache.\n"
+    )?;
+    writeln!(
+        md,
+        "| backend | without cache | through the cache | cached / uncached | hits | misses |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+    for (backend, (without, with, hits, misses)) in &cached {
+        writeln!(
+            md,
+            "| {backend} | {}/s | {}/s | {:.1}× | {hits} | {misses} |",
+            human(*without),
+            human(*with),
+            with / without
         )?;
     }
     print!("{md}");
