@@ -441,6 +441,38 @@ pub struct CacheStats {
     pub bytes: u64,
 }
 
+/// One page of [`Store::migrate_copy`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigratePage {
+    /// Where the next page starts (after this storage key); `None`: done.
+    pub next: Option<Vec<u8>>,
+    /// Records of `from` looked at, and the bytes of their values.
+    pub records: u32,
+    pub bytes: u64,
+    /// Records `to` did not hold yet (written or deleted there).
+    pub written: u32,
+}
+
+/// One bucket's records on one side of a migration ([`Store::migrate_verify`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketSummary {
+    /// The bucket, `""` for the store's own records (rules, locks, history).
+    pub bucket: String,
+    pub records: u64,
+    /// The sum (mod 2^64) of a hash of each key and value: pages add up.
+    pub checksum: u64,
+}
+
+/// One page of [`Store::migrate_verify`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyPage {
+    pub next: Option<Vec<u8>>,
+    pub from: Vec<BucketSummary>,
+    pub to: Vec<BucketSummary>,
+    /// Storage keys whose record differs, or is on one side only.
+    pub differing: Vec<Vec<u8>>,
+}
+
 /// An open store. Cheap to clone; clones share instances and backends.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -652,6 +684,72 @@ impl Store {
             .kvstash_store_store()
             .call_sweep(&mut inst.store, limit)
             .await)
+    }
+
+    /// The store's newest version (of `from`, in a migrating store).
+    pub async fn current_version(&self) -> Result<u64, Error> {
+        self.transaction().commit().await
+    }
+
+    /// A migrating store's copy (`kvstash migrate`): the records after
+    /// `after` (from the first with `None`), at most `limit` of `from`'s
+    /// and every one of `to`'s in the same range, made equal in `to`.
+    /// Nothing older overwrites a newer copy (docs/configuration.md).
+    pub async fn migrate_copy(
+        &self,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<MigratePage, Error> {
+        let page = call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_migrate_copy(&mut inst.store, after, limit)
+            .await)?;
+        Ok(MigratePage {
+            next: page.next,
+            records: page.records,
+            bytes: page.bytes,
+            written: page.written,
+        })
+    }
+
+    /// Copies the keys `from`'s change feed names after `since`: the
+    /// version it got to (`since`: nothing newer) and the keys copied;
+    /// [`Error::Compacted`] if the feed no longer reaches back.
+    pub async fn migrate_catch_up(&self, since: u64, limit: u32) -> Result<(u64, u32), Error> {
+        call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_migrate_catch_up(&mut inst.store, since, limit)
+            .await)
+    }
+
+    /// Compares `from` and `to` after `after`, page by page.
+    pub async fn migrate_verify(
+        &self,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<VerifyPage, Error> {
+        let page = call!(self, |inst| inst
+            .kv
+            .kvstash_store_store()
+            .call_migrate_verify(&mut inst.store, after, limit)
+            .await)?;
+        let summaries = |list: Vec<wit::BucketSummary>| {
+            list.into_iter()
+                .map(|s| BucketSummary {
+                    bucket: s.bucket,
+                    records: s.records,
+                    checksum: s.checksum,
+                })
+                .collect()
+        };
+        Ok(VerifyPage {
+            next: page.next,
+            from: summaries(page.from),
+            to: summaries(page.to),
+            differing: page.differing,
+        })
     }
 
     /// The counters of every caching layer of the configuration (none

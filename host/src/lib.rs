@@ -36,8 +36,9 @@ mod runtime;
 pub mod serve;
 
 pub use api::{
-    Bucket, CacheStats, Check, Entry, Error, Event, EventKind, Item, Lease, ListOptions, ListPage,
-    LockHolder, Store, StoreStats, Transaction, Value, WatchOptions, WriteOptions,
+    Bucket, BucketSummary, CacheStats, Check, Entry, Error, Event, EventKind, Item, Lease,
+    ListOptions, ListPage, LockHolder, MigratePage, Store, StoreStats, Transaction, Value,
+    VerifyPage, WatchOptions, WriteOptions,
 };
 pub use backend::{Backend, BackendError, Registry};
 pub use blocking::{BlockingBucket, BlockingStore, BlockingWatch};

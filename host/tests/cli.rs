@@ -6,6 +6,7 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn kvstash(data: &Path, args: &[&str]) -> Output {
     kvstash_with(data, args, None)
@@ -1404,4 +1405,205 @@ fn stats_prints_the_caching_counters() {
     let plain: serde_json::Value =
         serde_json::from_str(&stdout(&ok(kvstash(dir.path(), &["stats"])))).unwrap();
     assert_eq!(plain["caches"], serde_json::json!([]));
+}
+
+/// `kvstash migrate --config {migrating} …`, with `--data dir`.
+fn migrate(dir: &Path, config: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--config", config, "migrate"];
+    all.extend_from_slice(args);
+    kvstash(dir, &all)
+}
+
+/// Every record of a store, as `kvstash export` prints them, in order.
+fn exported(dir: &Path, config: &str) -> Vec<String> {
+    let mut lines: Vec<String> = stdout(&ok(kvstash(dir, &["--config", config, "export"])))
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A live migration, as the seed describes it: services write through
+/// the migrating layer (here, other processes, one `set` each) while
+/// `kvstash migrate` copies; it ends verified, `to` equal to `from`, and
+/// every acknowledged write in `to` with its last value.
+fn a_migration_under_writes_from_other_processes(to: serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
+    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    let lines: String = (0..1500)
+        .map(|i| format!("{{\"bucket\":\"aliases\",\"key\":\"sensor{i}\",\"value\":{i}}}\n"))
+        .collect();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let input = input.to_str().unwrap();
+    ok(kvstash(
+        dir.path(),
+        &["--config", &from.to_string(), "import", input],
+    ));
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (dir, config, done) = (dir.path().to_path_buf(), config.clone(), done.clone());
+        let writes = writes.clone();
+        std::thread::spawn(move || {
+            let mut acked = std::collections::BTreeMap::new();
+            let mut i = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || i < 10 {
+                // Spread over the key range: ahead of the copy and behind it.
+                let key = format!("sensor{}", (i * 389) % 1700);
+                let o = kvstash(
+                    &dir,
+                    &[
+                        "--config",
+                        &config,
+                        "-b",
+                        "aliases",
+                        "set",
+                        &key,
+                        &format!("\"w{i}\""),
+                    ],
+                );
+                assert!(o.status.success(), "{}", stderr(&o));
+                acked.insert(key, format!("\"w{i}\""));
+                writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                i += 1;
+            }
+            acked
+        })
+    };
+    let o = migrate(dir.path(), &config, &["--batch", "50", "--rate", "600"]);
+    let during = writes.load(std::sync::atomic::Ordering::Relaxed);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(summary["verified"], true, "{summary}");
+    assert!(during >= 5, "writes overlapped the migration: {during}");
+
+    // The writes after the migration ended went through the layer too: the
+    // two are equal, and every acknowledged write is in `to`.
+    let to = config_of(&config, "to");
+    assert_eq!(
+        exported(dir.path(), &to),
+        exported(dir.path(), &from.to_string())
+    );
+    for (key, value) in &acked {
+        let got = stdout(&ok(kvstash(
+            dir.path(),
+            &["--config", &to, "-b", "aliases", "get", key],
+        )));
+        assert_eq!(got.trim(), value, "{key}");
+    }
+    // A verification alone finds nothing to do.
+    let again = ok(migrate(dir.path(), &config, &["--verify-only"]));
+    assert!(
+        stdout(&again).contains("\"verified\":true"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+/// The `to` (or `from`) child of a migrating configuration, as JSON text.
+fn config_of(config: &str, side: &str) -> String {
+    let tree: serde_json::Value = serde_json::from_str(config).unwrap();
+    tree[side].to_string()
+}
+
+#[test]
+fn a_file_to_file_migration_under_load_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    a_migration_under_writes_from_other_processes(
+        serde_json::json!({"type": "file", "path": dir.path().join("to.redb")}),
+    );
+}
+
+#[test]
+fn a_file_to_etcd_migration_under_load_loses_nothing() {
+    let Some(etcd) = kvstash_test_servers::Etcd::shared() else {
+        return;
+    };
+    let namespace = kvstash_test_servers::unique("migrate");
+    a_migration_under_writes_from_other_processes(
+        serde_json::json!({"type": "etcd", "endpoints": etcd.endpoints(), "namespace": namespace}),
+    );
+}
+
+/// An interrupted migration resumes from its checkpoint, and one for
+/// another configuration is refused.
+#[test]
+fn an_interrupted_migration_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
+    let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
+    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    let lines: String = (0..600)
+        .map(|i| format!("{{\"bucket\":\"b\",\"key\":\"k{i}\",\"value\":{i}}}\n"))
+        .collect();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let input = input.to_str().unwrap();
+    ok(kvstash(
+        dir.path(),
+        &["--config", &from.to_string(), "import", input],
+    ));
+    let mut run = spawn_kvstash(
+        dir.path(),
+        &[
+            "--config", &config, "migrate", "--batch", "20", "--rate", "200",
+        ],
+    );
+    let checkpoint = dir.path().join("migrate.json");
+    let started = Instant::now();
+    let copied = loop {
+        let state: Option<serde_json::Value> = std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(state) = state
+            && state["records"].as_u64().unwrap_or(0) >= 100
+        {
+            break state["records"].as_u64().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert!(copied < 600, "interrupted mid-way: {copied}");
+    // Another configuration's migration does not take this checkpoint.
+    let other = serde_json::json!({"type": "migrating", "from": from,
+        "to": {"type": "file", "path": dir.path().join("elsewhere.redb")}});
+    let refused = migrate(dir.path(), &other.to_string(), &[]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("another configuration's migration"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let o = ok(migrate(dir.path(), &config, &["--batch", "100"]));
+    assert!(
+        stderr(&o).contains("resuming the migration"),
+        "{}",
+        stderr(&o)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(summary["verified"], true, "{summary}");
+    assert_eq!(summary["buckets"][0]["records"], 600);
+    assert!(!checkpoint.exists(), "removed once verified");
+    assert_eq!(
+        exported(dir.path(), &to.to_string()),
+        exported(dir.path(), &from.to_string())
+    );
+}
+
+/// Without a migrating layer there is nothing to migrate.
+#[test]
+fn migrate_needs_a_migrating_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = kvstash(dir.path(), &["migrate"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no migrating layer"), "{}", stderr(&o));
 }

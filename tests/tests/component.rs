@@ -400,8 +400,8 @@ async fn configuration_errors_surface_at_open() {
             "`$.policy.max_bytes` must be a whole number",
         ),
         (
-            r#"{"type":"migrating","from":{"type":"memory"},"to":{"type":"memory"}}"#,
-            "`$`: the migrating layer is not supported yet",
+            r#"{"type":"migrating","from":{"type":"memory"}}"#,
+            "`$` has no `to`",
         ),
     ] {
         match Store::open(config).await {

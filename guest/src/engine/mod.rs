@@ -14,6 +14,7 @@
 //! - `prefixed` — the `prefix` layer: a store inside another store's key space
 //! - `read_only` — a store below the root that refuses commits
 //! - `caching` — the `caching` layer: a store's records in memory in front of it
+//! - `migrating` — the `migrating` layer: reads from one store, writes to both, and the copy
 
 mod caching;
 mod clock;
@@ -23,6 +24,7 @@ mod keys;
 mod lease;
 mod list;
 mod meta;
+mod migrating;
 mod prefixed;
 mod read_only;
 mod record;
@@ -40,6 +42,7 @@ pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, validate_bucket};
 pub use lease::{Holder, Lease};
 pub use list::{Item, ListOptions, ListPage};
 pub use meta::BucketMeta;
+pub use migrating::{CopyPage, Migrating, Summary, VerifyPage};
 pub use prefixed::Prefixed;
 pub use read_only::ReadOnly;
 pub use record::{Encoding, Record};

@@ -15,7 +15,9 @@ use std::rc::Rc;
 
 use crate::bindings::kvstash::store::storage;
 use crate::config::{self, Node, NodeKind, StoreNames};
-use crate::engine::{CacheStats, Caching, Clock, Engine, Prefixed, ReadOnly, Storage, StoreError};
+use crate::engine::{
+    CacheStats, Caching, Clock, Engine, Migrating, Prefixed, ReadOnly, Storage, StoreError,
+};
 use crate::wit_storage::WitStorage;
 
 mod keyvalue;
@@ -49,13 +51,21 @@ type StoreEngine = Engine<Box<dyn Storage>, WasiClock>;
 
 /// A caching layer of the tree, shared with the engine's storage stack.
 type CacheLayer = Caching<Box<dyn Storage>, WasiClock>;
+/// A migrating layer of the tree, likewise.
+type MigrationLayer = Migrating<Box<dyn Storage>, Box<dyn Storage>>;
+
+/// The layers of the tree the API reaches directly, by their path.
+#[derive(Default)]
+struct Layers {
+    caches: Vec<(String, Rc<CacheLayer>)>,
+    migrations: Vec<(String, Rc<MigrationLayer>)>,
+}
 
 /// What an instance builds from the host's configuration on first use.
 struct Opened {
     engine: Rc<StoreEngine>,
     stores: StoreNames,
-    /// The caching layers, by their path in the configuration.
-    caches: Vec<(String, Rc<CacheLayer>)>,
+    layers: Layers,
 }
 
 thread_local! {
@@ -72,8 +82,8 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
     // The whole tree is parsed (and refused, naming the field) before
     // anything opens.
     let config = config::parse(&storage::config())?;
-    let mut caches = Vec::new();
-    let storage = build(&config.root, &mut caches)?;
+    let mut layers = Layers::default();
+    let storage = build(&config.root, &mut layers)?;
     let opened = Rc::new(Opened {
         engine: Rc::new(
             Engine::new(storage, WasiClock)
@@ -81,7 +91,7 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
                 .retry_deadline_ms(config.retry_deadline_ms),
         ),
         stores: config.stores,
-        caches,
+        layers,
     });
     OPENED.with(|cell| *cell.borrow_mut() = Some(opened.clone()));
     Ok(opened)
@@ -92,10 +102,7 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
 /// of what is below it (a layer's children are wrapped, so the layer sees
 /// the engine's keys); a `read_only` node below the root refuses commits
 /// (the root's is the engine's, which refuses before it reads).
-fn build(
-    node: &Node,
-    caches: &mut Vec<(String, Rc<CacheLayer>)>,
-) -> Result<Box<dyn Storage>, StoreError> {
+fn build(node: &Node, layers: &mut Layers) -> Result<Box<dyn Storage>, StoreError> {
     let under = |storage: Box<dyn Storage>| -> Box<dyn Storage> {
         match &node.prefix {
             Some(prefix) => Box::new(Prefixed::new(storage, prefix.clone())),
@@ -120,21 +127,22 @@ fn build(
             policy,
             buckets,
         } => {
-            let main = under(build(main, caches)?);
+            let main = under(build(main, layers)?);
             let layer = Rc::new(Caching::new(
                 main,
                 WasiClock,
                 policy.clone(),
                 buckets.clone(),
             ));
-            caches.push((node.path.clone(), layer.clone()));
+            layers.caches.push((node.path.clone(), layer.clone()));
             Box::new(layer)
         }
-        NodeKind::Migrating { .. } => {
-            return Err(StoreError::InvalidConfig(format!(
-                "`{}`: the migrating layer is not supported yet",
-                node.path
-            )));
+        NodeKind::Migrating { from, to } => {
+            let from = under(build(from, layers)?);
+            let to = under(build(to, layers)?);
+            let layer = Rc::new(Migrating::new(from, to));
+            layers.migrations.push((node.path.clone(), layer.clone()));
+            Box::new(layer)
         }
     };
     Ok(if node.read_only && node.path != "$" {
@@ -144,9 +152,24 @@ fn build(
     })
 }
 
+/// The configuration's migrating layer (the first, if it has several).
+fn migration() -> Result<Rc<MigrationLayer>, StoreError> {
+    opened()?
+        .layers
+        .migrations
+        .first()
+        .map(|(_, layer)| layer.clone())
+        .ok_or_else(|| {
+            StoreError::InvalidConfig(
+                "the store configuration has no migrating layer ({\"type\":\"migrating\",\"from\":…,\"to\":…})".into(),
+            )
+        })
+}
+
 /// The counters of every caching layer of this instance.
 fn cache_stats() -> Result<Vec<(String, CacheStats)>, StoreError> {
     Ok(opened()?
+        .layers
         .caches
         .iter()
         .map(|(path, layer)| (path.clone(), layer.stats()))

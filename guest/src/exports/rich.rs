@@ -153,6 +153,52 @@ impl api::Guest for Component {
         Ok(engine()?.sweep(limit)?)
     }
 
+    fn migrate_copy(
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<types::MigratePage, types::Error> {
+        let page = super::migration()?
+            .copy_page(after.as_deref(), limit)
+            .map_err(StoreError::from)?;
+        Ok(types::MigratePage {
+            next: page.next,
+            records: page.records,
+            bytes: page.bytes,
+            written: page.written,
+        })
+    }
+
+    fn migrate_catch_up(since: u64, limit: u32) -> Result<(u64, u32), types::Error> {
+        Ok(super::migration()?
+            .catch_up(since, limit)
+            .map_err(StoreError::from)?)
+    }
+
+    fn migrate_verify(
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<types::VerifyPage, types::Error> {
+        let page = super::migration()?
+            .verify_page(after.as_deref(), limit)
+            .map_err(StoreError::from)?;
+        let out = |summaries: Vec<crate::engine::Summary>| {
+            summaries
+                .into_iter()
+                .map(|s| types::BucketSummary {
+                    bucket: s.bucket,
+                    records: s.records,
+                    checksum: s.checksum,
+                })
+                .collect()
+        };
+        Ok(types::VerifyPage {
+            next: page.next,
+            from: out(page.from),
+            to: out(page.to),
+            differing: page.differing,
+        })
+    }
+
     fn cache_stats() -> Result<Vec<types::CacheCounters>, types::Error> {
         Ok(super::cache_stats()?
             .into_iter()

@@ -33,6 +33,7 @@ use crate::api::{Bucket, Error, Item, ListOptions, Store, Value, WriteOptions};
 #[cfg(feature = "apps")]
 mod app;
 mod bench;
+mod migrate;
 #[cfg(feature = "shell")]
 mod shell;
 mod transfer;
@@ -193,6 +194,12 @@ enum Command {
     },
     /// Remove expired keys now (a running store also does this every minute).
     Sweep,
+    /// Copy a migrating store's `from` into its `to` while it is in use,
+    /// then verify them (records and a checksum per bucket): the store's
+    /// configuration must be {"type":"migrating","from":…,"to":…}, as the
+    /// services using it run. Shows a progress bar on a terminal; resumes
+    /// an interrupted run from its checkpoint. See docs/configuration.md.
+    Migrate(migrate::MigrateArgs),
     /// Print this process's counters as JSON: each caching layer's hits,
     /// misses, evictions, invalidations, feed syncs, entries and bytes,
     /// and the storage calls made (useful in `kvstash shell`, whose
@@ -910,6 +917,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         let history = data_dir_or_default(cli.data.as_deref())?.join("shell_history");
         return shell::run(store, cli.bucket, history).await;
     }
+    if let Command::Migrate(args) = &cli.command {
+        let config = resolve_config(cli.config.as_deref(), cli.data.clone())?;
+        let store = open_store(&config, &cli.command).await?;
+        let checkpoint = data_dir_or_default(cli.data.as_deref())?.join("migrate.json");
+        return migrate::run(&store, &config, args.clone(), checkpoint).await;
+    }
     let config = resolve_config(cli.config.as_deref(), cli.data)?;
     let store = open_store(&config, &cli.command).await?;
     execute(cli.command, &store, &cli.bucket, Output::Plain).await
@@ -924,7 +937,6 @@ enum Output {
 }
 
 /// `--data DIR`, else the default data directory.
-#[cfg(any(feature = "serve", feature = "shell"))]
 fn data_dir_or_default(data: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
     match data {
         Some(dir) => Ok(dir.to_path_buf()),
@@ -1356,7 +1368,9 @@ async fn execute(
             }
             eprintln!("imported {count} records");
         }
-        Command::Bench { .. } | Command::Info => bail!("this command does not run on a store"),
+        Command::Bench { .. } | Command::Info | Command::Migrate(_) => {
+            bail!("this command does not run on an open store")
+        }
         #[cfg(feature = "shell")]
         Command::Shell => bail!("this is the shell already"),
         #[cfg(feature = "compiler")]

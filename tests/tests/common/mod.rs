@@ -56,6 +56,17 @@ macro_rules! on_every_backend {
                 $body
             }
 
+            // The migrating layer, mid-migration: reads from `from`, every
+            // write copied to `to`; all of the store's behaviour is `from`'s.
+            #[tokio::test]
+            async fn migrating() {
+                let dir = tempfile::tempdir().unwrap();
+                let config = json!({"type": "migrating", "from": {"type": "memory"},
+                    "to": {"type": "file", "path": dir.path().join("to.redb")}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
             // Another host's store: `kvstash serve` (in this process) on a
             // memory store, reached through its `/v1/storage` routes.
             #[tokio::test]
