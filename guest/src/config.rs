@@ -342,7 +342,11 @@ fn cache_policy(value: Value, base: &CachePolicy, path: &str) -> Result<CachePol
             "max_entries" => policy.max_entries = number(1 << 32)?,
             "max_bytes" => policy.max_bytes = number(1 << 40)?,
             "cull_to_percent" => {
-                policy.cull_to_percent = u8::try_from(number(100)?).unwrap_or(100);
+                let percent = number(100)?;
+                if percent == 0 {
+                    return Err(invalid(&at, "must be 1 to 100"));
+                }
+                policy.cull_to_percent = u8::try_from(percent).unwrap_or(100);
             }
             "timeout_ms" => policy.timeout_ms = number(86_400_000)?,
             _ => {
@@ -468,6 +472,10 @@ mod tests {
             (
                 r#"{"type":"caching","main":{"type":"memory"},"policy":{"cull_to_percent":101}}"#,
                 "`$.policy.cull_to_percent` must be a whole number, at most 100",
+            ),
+            (
+                r#"{"type":"caching","main":{"type":"memory"},"policy":{"cull_to_percent":0}}"#,
+                "`$.policy.cull_to_percent` must be 1 to 100",
             ),
             (
                 r#"{"type":"caching","main":{"type":"memory"},"buckets":{"b":{"cache":1}}}"#,

@@ -755,6 +755,9 @@ impl Store {
     /// The counters of every caching layer of the configuration (none
     /// without one), summed over the idle instances; see [`CacheStats`].
     pub async fn cache_stats(&self) -> Result<Vec<CacheStats>, Error> {
+        if !self.pool.has_layer("caching") {
+            return Ok(Vec::new());
+        }
         let mut instances = self.pool.take_idle();
         if instances.is_empty() {
             // Every instance is busy, or none was made yet: ask one.
@@ -768,7 +771,7 @@ impl Store {
         let mut total: Vec<CacheStats> = Vec::new();
         let mut failed = None;
         let mut kept = Vec::with_capacity(instances.len());
-        for mut instance in instances.drain(..) {
+        for (mut instance, permit) in instances.drain(..) {
             let answer = instance
                 .kv
                 .kvstash_store_store()
@@ -782,11 +785,11 @@ impl Store {
                             None => total.push(layer),
                         }
                     }
-                    kept.push(instance);
+                    kept.push((instance, permit));
                 }
                 Ok(Err(e)) => {
                     failed.get_or_insert(Error::from(e));
-                    kept.push(instance);
+                    kept.push((instance, permit));
                 }
                 // A trapped instance is not given back.
                 Err(trap) => {

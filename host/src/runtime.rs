@@ -1134,19 +1134,41 @@ impl Pool {
         self.shared.read_only()
     }
 
-    /// Every idle instance, taken out for a call on each (the counters of
-    /// [`crate::Store::cache_stats`]); [`Pool::give_back`] returns them.
-    #[expect(clippy::vec_box, reason = "the pool's own boxes, moved out and back")]
-    pub(crate) fn take_idle(&self) -> Vec<Box<Instance>> {
-        std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()))
+    /// The idle instances, taken out for a call on each (the counters of
+    /// [`crate::Store::cache_stats`]), each with a permit, as a call holds
+    /// one: as many as there are permits free, so callers meanwhile wait
+    /// rather than make instances beyond the limit. [`Pool::give_back`]
+    /// returns them (dropped, their permits free themselves).
+    pub(crate) fn take_idle(&self) -> Vec<(Box<Instance>, OwnedSemaphorePermit)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taken = Vec::new();
+        while let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            let Some(instance) = idle.pop() else {
+                break;
+            };
+            taken.push((instance, permit));
+        }
+        taken
     }
 
-    #[expect(clippy::vec_box, reason = "the pool's own boxes, moved out and back")]
-    pub(crate) fn give_back(&self, instances: Vec<Box<Instance>>) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(instances);
+    pub(crate) fn give_back(&self, instances: Vec<(Box<Instance>, OwnedSemaphorePermit)>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        for (instance, _permit) in instances {
+            idle.push(instance);
+        }
+    }
+
+    /// Whether the configuration has a layer of this `type` anywhere.
+    pub(crate) fn has_layer(&self, kind: &str) -> bool {
+        fn walk(node: &serde_json::Value, kind: &str) -> bool {
+            node.get("type").and_then(serde_json::Value::as_str) == Some(kind)
+                || ["main", "from", "to"]
+                    .iter()
+                    .filter_map(|child| node.get(child))
+                    .any(|child| walk(child, kind))
+        }
+        serde_json::from_str::<serde_json::Value>(&self.shared.config)
+            .is_ok_and(|config| walk(&config, kind))
     }
 
     pub(crate) async fn acquire(&self) -> Result<Lease<'_>, Error> {

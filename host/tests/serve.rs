@@ -1920,10 +1920,10 @@ fn a_served_cache_reports_its_counters() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     let (hits, misses) = (
-        counter("kvstash_cache_hits_total"),
-        counter("kvstash_cache_misses_total"),
+        counter("kvstash_cache_hits"),
+        counter("kvstash_cache_misses"),
     );
     assert!(hits >= 1 && hits + misses >= 3, "{metrics}");
     assert!(counter("kvstash_cache_entries") >= 1, "{metrics}");
-    counter("kvstash_cache_evictions_total");
+    counter("kvstash_cache_evictions");
 }

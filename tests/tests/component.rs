@@ -403,6 +403,10 @@ async fn configuration_errors_surface_at_open() {
             r#"{"type":"migrating","from":{"type":"memory"}}"#,
             "`$` has no `to`",
         ),
+        (
+            r#"{"type":"migrating","from":{"type":"caching","main":{"type":"memory"}},"to":{"type":"memory"}}"#,
+            "`$.from`: a caching layer inside a migrating layer is refused",
+        ),
     ] {
         match Store::open(config).await {
             Err(Error::InvalidConfig(why)) => assert!(why.contains(needle), "{config}: {why}"),

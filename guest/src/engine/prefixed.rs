@@ -90,16 +90,65 @@ impl<S: Storage> Storage for Prefixed<S> {
         self.inner.commits_here()
     }
 
-    fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
-        // Versions are the backend's: other prefixes' commits leave gaps.
-        Ok(self
-            .inner
-            .changes(since, limit)?
-            .into_iter()
-            .filter_map(|mut c| {
-                c.key = c.key.strip_prefix(self.prefix.as_slice())?.to_vec();
-                Some(c)
-            })
-            .collect())
+    /// Versions are the backend's: other prefixes' commits leave gaps. A
+    /// page of only other prefixes' changes is read past, so an empty
+    /// answer means the feed's end, as the storage contract says (a cache's
+    /// sync and a migration's catch-up stop at an empty page).
+    fn changes(&self, mut since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
+        loop {
+            let page = self.inner.changes(since, limit)?;
+            let Some(last) = page.last().map(|c| c.version) else {
+                return Ok(Vec::new());
+            };
+            let ours: Vec<Change> = page
+                .into_iter()
+                .filter_map(|mut c| {
+                    c.key = c.key.strip_prefix(self.prefix.as_slice())?.to_vec();
+                    Some(c)
+                })
+                .collect();
+            if !ours.is_empty() {
+                return Ok(ours);
+            }
+            since = last;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::engine::MemStorage;
+
+    /// Another prefix's changes fill whole pages: the feed reads past them
+    /// to this prefix's, and answers empty only at the end.
+    #[test]
+    fn the_feed_reads_past_other_prefixes_pages() {
+        let backend = Rc::new(MemStorage::default());
+        let ours = Prefixed::new(backend.clone(), b"a/".to_vec());
+        let theirs = Prefixed::new(backend.clone(), b"b/".to_vec());
+        let write = |s: &dyn Storage, key: &str| {
+            s.commit(
+                vec![],
+                vec![Write {
+                    key: key.as_bytes().to_vec(),
+                    value: Some(b"v".to_vec()),
+                }],
+            )
+            .unwrap()
+        };
+        for i in 0..25 {
+            write(&theirs, &format!("k{i}"));
+        }
+        let mine = write(&ours, "mine");
+        let changes = ours.changes(0, 10).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            (changes[0].version, changes[0].key.as_slice()),
+            (mine, &b"mine"[..])
+        );
+        assert_eq!(ours.changes(mine, 10).unwrap(), vec![], "the end");
     }
 }

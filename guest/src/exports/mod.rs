@@ -66,6 +66,8 @@ struct Opened {
     engine: Rc<StoreEngine>,
     stores: StoreNames,
     layers: Layers,
+    /// The root's `read_only`: a migration writes, so it is refused too.
+    read_only: bool,
 }
 
 thread_local! {
@@ -83,7 +85,7 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
     // anything opens.
     let config = config::parse(&storage::config())?;
     let mut layers = Layers::default();
-    let storage = build(&config.root, &mut layers)?;
+    let storage = build(&config.root, &[], false, &mut layers)?;
     let opened = Rc::new(Opened {
         engine: Rc::new(
             Engine::new(storage, WasiClock)
@@ -92,42 +94,61 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
         ),
         stores: config.stores,
         layers,
+        read_only: config.root.read_only,
     });
     OPENED.with(|cell| *cell.borrow_mut() = Some(opened.clone()));
     Ok(opened)
 }
 
 /// The storage stack of `node`: its leaves opened through the host, its
-/// layers over them. A node's `prefix` puts its records under the prefix
-/// of what is below it (a layer's children are wrapped, so the layer sees
-/// the engine's keys); a `read_only` node below the root refuses commits
-/// (the root's is the engine's, which refuses before it reads).
-fn build(node: &Node, layers: &mut Layers) -> Result<Box<dyn Storage>, StoreError> {
-    let under = |storage: Box<dyn Storage>| -> Box<dyn Storage> {
-        match &node.prefix {
-            Some(prefix) => Box::new(Prefixed::new(storage, prefix.clone())),
-            None => storage,
-        }
-    };
+/// layers over them. A node's `prefix` puts its records under that prefix
+/// of what is below it. Prefixes are pushed down to the leaves (`inherited`
+/// is the ancestors' prefix, which comes after the node's own), so every
+/// layer works on the store's own keys: a caching layer sees buckets, and
+/// a migration copies only its store's records, never a neighbour's under
+/// another prefix of the same backend. A caching layer inside a migrating
+/// one is refused: the copy must read `from` as it is. A `read_only` node
+/// below the root refuses commits (the root's is the engine's, which
+/// refuses before it reads).
+fn build(
+    node: &Node,
+    inherited: &[u8],
+    migrating: bool,
+    layers: &mut Layers,
+) -> Result<Box<dyn Storage>, StoreError> {
+    let mut prefix = node.prefix.clone().unwrap_or_default();
+    prefix.extend_from_slice(inherited);
     let storage: Box<dyn Storage> = match &node.kind {
         NodeKind::Leaf(leaf) => {
-            let opened = WitStorage::open(leaf).map_err(|e| {
-                let e = StoreError::from(e);
-                match e {
-                    StoreError::InvalidConfig(why) if node.path != "$" => {
-                        StoreError::InvalidConfig(format!("`{}`: {why}", node.path))
-                    }
-                    e => e,
+            // A leaf below the root names itself in its errors.
+            let opened = WitStorage::open(leaf).map_err(|e| match e {
+                crate::engine::StorageError::Invalid(why) if node.path != "$" => {
+                    StoreError::InvalidConfig(format!("`{}`: {why}", node.path))
                 }
+                e @ (crate::engine::StorageError::Invalid(_)
+                | crate::engine::StorageError::Conflict { .. }
+                | crate::engine::StorageError::Compacted { .. }
+                | crate::engine::StorageError::ReadOnly
+                | crate::engine::StorageError::Unavailable(_)) => StoreError::from(e),
             })?;
-            under(Box::new(opened))
+            if prefix.is_empty() {
+                Box::new(opened)
+            } else {
+                Box::new(Prefixed::new(opened, prefix))
+            }
         }
         NodeKind::Caching {
             main,
             policy,
             buckets,
         } => {
-            let main = under(build(main, layers)?);
+            if migrating {
+                return Err(StoreError::InvalidConfig(format!(
+                    "`{}`: a caching layer inside a migrating layer is refused (a migration must read `from` as it is): put the cache above the migrating layer",
+                    node.path
+                )));
+            }
+            let main = build(main, &prefix, migrating, layers)?;
             let layer = Rc::new(Caching::new(
                 main,
                 WasiClock,
@@ -138,8 +159,8 @@ fn build(node: &Node, layers: &mut Layers) -> Result<Box<dyn Storage>, StoreErro
             Box::new(layer)
         }
         NodeKind::Migrating { from, to } => {
-            let from = under(build(from, layers)?);
-            let to = under(build(to, layers)?);
+            let from = build(from, &prefix, true, layers)?;
+            let to = build(to, &prefix, true, layers)?;
             let layer = Rc::new(Migrating::new(from, to));
             layers.migrations.push((node.path.clone(), layer.clone()));
             Box::new(layer)
@@ -152,9 +173,14 @@ fn build(node: &Node, layers: &mut Layers) -> Result<Box<dyn Storage>, StoreErro
     })
 }
 
-/// The configuration's migrating layer (the first, if it has several).
+/// The configuration's migrating layer (the first, if it has several);
+/// `read-only` if the store is.
 fn migration() -> Result<Rc<MigrationLayer>, StoreError> {
-    opened()?
+    let opened = opened()?;
+    if opened.read_only {
+        return Err(StoreError::ReadOnly);
+    }
+    opened
         .layers
         .migrations
         .first()

@@ -440,6 +440,8 @@ impl Registry {
         + std::marker::Sync
         + 'static,
     ) {
+        // The type's check stays (a factory replaced for the same fields,
+        // as the CLI's read-only file opener is); `register_check` replaces it.
         self.factories
             .insert(kind.to_string(), Arc::new(Immediate(factory)));
     }

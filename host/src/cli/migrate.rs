@@ -45,7 +45,8 @@ pub struct MigrateArgs {
     /// Ignore a checkpoint and copy from the start.
     #[arg(long)]
     pub restart: bool,
-    /// Only verify (and catch up what differs), copy nothing else.
+    /// Only catch up from `from`'s feed (from now) and verify; copy
+    /// nothing else.
     #[arg(long)]
     pub verify_only: bool,
 }
@@ -167,6 +168,20 @@ pub async fn run(
     args: MigrateArgs,
     default_checkpoint: PathBuf,
 ) -> anyhow::Result<std::process::ExitCode> {
+    run_from(store, config, args, default_checkpoint, 0).await
+}
+
+/// How often a copy starts again because `from`'s feed was compacted
+/// under it, before the migration gives up.
+const MAX_RESTARTS: u32 = 3;
+
+async fn run_from(
+    store: &Store,
+    config: &str,
+    args: MigrateArgs,
+    default_checkpoint: PathBuf,
+    restarts: u32,
+) -> anyhow::Result<std::process::ExitCode> {
     use sha2::Digest as _;
     let identity: String = sha2::Sha256::digest(config.as_bytes())
         .iter()
@@ -252,24 +267,28 @@ pub async fn run(
         match catch_up(store, &mut checkpoint, &path).await {
             Ok(()) => {}
             Err(Error::Compacted { oldest }) => {
+                if restarts >= MAX_RESTARTS {
+                    anyhow::bail!(
+                        "`from`'s change feed was compacted under the copy {} times (it keeps too few commits for a copy this long): raise `from`'s `retention`, or give a higher --rate",
+                        restarts + 1
+                    );
+                }
                 eprintln!(
                     "kvstash: `from`'s change feed no longer reaches back to version {} (it starts at {oldest}): copying again",
                     checkpoint.since
                 );
                 checkpoint.phase = "copy".into();
                 checkpoint.after = None;
+                checkpoint.records = 0;
+                checkpoint.bytes = 0;
                 checkpoint.since = store.current_version().await?;
                 checkpoint.save(&path)?;
-                return Box::pin(run(
-                    store,
-                    config,
-                    MigrateArgs {
-                        restart: false,
-                        ..args
-                    },
-                    path,
-                ))
-                .await;
+                let args = MigrateArgs {
+                    restart: false,
+                    verify_only: false,
+                    ..args
+                };
+                return Box::pin(run_from(store, config, args, path, restarts + 1)).await;
             }
             Err(e) => return Err(e.into()),
         }

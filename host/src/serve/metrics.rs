@@ -219,6 +219,8 @@ impl Metrics {
 }
 
 /// The caching layers' counters, by the layer's path (none without one).
+/// Gauges, not counters: they are summed over the instances idle at the
+/// scrape, so they may go down when one is busy or replaced.
 pub fn render_caches(caches: &[crate::api::CacheStats]) -> String {
     let mut out = String::new();
     if caches.is_empty() {
@@ -227,32 +229,32 @@ pub fn render_caches(caches: &[crate::api::CacheStats]) -> String {
     type Field = fn(&crate::api::CacheStats) -> u64;
     let families: [(&str, &str, &str, Field); 7] = [
         (
-            "kvstash_cache_hits_total",
-            "counter",
+            "kvstash_cache_hits",
+            "gauge",
             "Reads a caching layer answered from memory.",
             |c| c.hits,
         ),
         (
-            "kvstash_cache_misses_total",
-            "counter",
+            "kvstash_cache_misses",
+            "gauge",
             "Reads of cached buckets that went to the store.",
             |c| c.misses,
         ),
         (
-            "kvstash_cache_evictions_total",
-            "counter",
+            "kvstash_cache_evictions",
+            "gauge",
             "Entries dropped to stay within the policy's limits.",
             |c| c.evictions,
         ),
         (
-            "kvstash_cache_invalidations_total",
-            "counter",
+            "kvstash_cache_invalidations",
+            "gauge",
             "Entries dropped because the store changed them.",
             |c| c.invalidations,
         ),
         (
-            "kvstash_cache_syncs_total",
-            "counter",
+            "kvstash_cache_syncs",
+            "gauge",
             "Reads of the store's change feed that renewed the entries.",
             |c| c.syncs,
         ),
