@@ -122,32 +122,13 @@ impl<F: Storage, T: Storage> Migrating<F, T> {
     /// most `limit` of `from`'s, and every record of `to` in the same key
     /// range (those `from` lacks are deleted).
     pub fn copy_page(&self, after: Option<&[u8]>, limit: u32) -> Result<CopyPage, StorageError> {
-        let start = after.map(successor).unwrap_or_default();
-        let limit = limit.clamp(1, super::storage::MAX_SCAN);
-        let here = self.from.scan(&start, None, limit, false)?;
-        let full = here.len() >= limit as usize;
-        // The page's range: to its last key if there may be more, else to
-        // the end (where `to` may hold keys `from` has not).
-        let end = match (full, here.last()) {
-            (true, Some(last)) => Some(successor(&last.key)),
-            _ => None,
-        };
-        let mut keys: Vec<Vec<u8>> = here.iter().map(|e| e.key.clone()).collect();
+        let Page { here, there, full } = self.page(after, limit)?;
         let bytes = here.iter().map(|e| e.value.len() as u64).sum();
-        let mut there_from = start.clone();
-        loop {
-            let there =
-                self.to
-                    .scan(&there_from, end.as_deref(), super::storage::MAX_SCAN, false)?;
-            let more = there.len() >= super::storage::MAX_SCAN as usize;
-            if let Some(last) = there.last() {
-                there_from = successor(&last.key);
-            }
-            keys.extend(there.into_iter().map(|e| e.key));
-            if !more {
-                break;
-            }
-        }
+        let mut keys: Vec<Vec<u8>> = here
+            .iter()
+            .map(|e| e.key.clone())
+            .chain(there.into_iter().map(|e| e.key))
+            .collect();
         keys.sort();
         keys.dedup();
         let mut written = 0;
@@ -198,29 +179,7 @@ impl<F: Storage, T: Storage> Migrating<F, T> {
         after: Option<&[u8]>,
         limit: u32,
     ) -> Result<VerifyPage, StorageError> {
-        let start = after.map(successor).unwrap_or_default();
-        let limit = limit.clamp(1, super::storage::MAX_SCAN);
-        let here = self.from.scan(&start, None, limit, false)?;
-        let full = here.len() >= limit as usize;
-        let end = match (full, here.last()) {
-            (true, Some(last)) => Some(successor(&last.key)),
-            _ => None,
-        };
-        let mut there = Vec::new();
-        let mut there_from = start;
-        loop {
-            let page =
-                self.to
-                    .scan(&there_from, end.as_deref(), super::storage::MAX_SCAN, false)?;
-            let more = page.len() >= super::storage::MAX_SCAN as usize;
-            if let Some(last) = page.last() {
-                there_from = successor(&last.key);
-            }
-            there.extend(page);
-            if !more {
-                break;
-            }
-        }
+        let Page { here, there, full } = self.page(after, limit)?;
         let mut differing = Vec::new();
         let (mut i, mut j) = (0, 0);
         while i < here.len() || j < there.len() {
@@ -257,6 +216,45 @@ impl<F: Storage, T: Storage> Migrating<F, T> {
             to: summarise(&there),
             differing,
         })
+    }
+}
+
+/// The records of one page on both sides: at most `limit` of `from`'s
+/// after `after`, and every one of `to`'s in the same key range, which
+/// ends at `from`'s last key if there may be more, else at the end (where
+/// `to` may hold keys `from` has not).
+struct Page {
+    here: Vec<Entry>,
+    there: Vec<Entry>,
+    /// Whether `from` may have more after this page.
+    full: bool,
+}
+
+impl<F: Storage, T: Storage> Migrating<F, T> {
+    fn page(&self, after: Option<&[u8]>, limit: u32) -> Result<Page, StorageError> {
+        let start = after.map(successor).unwrap_or_default();
+        let limit = limit.clamp(1, super::storage::MAX_SCAN);
+        let here = self.from.scan(&start, None, limit, false)?;
+        let full = here.len() >= limit as usize;
+        let end = match (full, here.last()) {
+            (true, Some(last)) => Some(successor(&last.key)),
+            _ => None,
+        };
+        let mut there = Vec::new();
+        let mut there_from = start;
+        loop {
+            let page =
+                self.to
+                    .scan(&there_from, end.as_deref(), super::storage::MAX_SCAN, false)?;
+            let more = page.len() >= super::storage::MAX_SCAN as usize;
+            if let Some(last) = page.last() {
+                there_from = successor(&last.key);
+            }
+            there.extend(page);
+            if !more {
+                return Ok(Page { here, there, full });
+            }
+        }
     }
 }
 
