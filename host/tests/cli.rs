@@ -1424,6 +1424,20 @@ fn exported(dir: &Path, config: &str) -> Vec<String> {
     lines
 }
 
+/// Imports `n` records `{key}{i}` = i into `bucket` of the store `config`.
+fn preload(dir: &Path, config: &serde_json::Value, bucket: &str, key: &str, n: usize) {
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"bucket\":\"{bucket}\",\"key\":\"{key}{i}\",\"value\":{i}}}\n"))
+        .collect();
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let input = input.to_str().unwrap();
+    ok(kvstash(
+        dir,
+        &["--config", &config.to_string(), "import", input],
+    ));
+}
+
 /// A live migration, as the seed describes it: services write through
 /// the migrating layer (here, other processes, one `set` each) while
 /// `kvstash migrate` copies; it ends verified, `to` equal to `from`, and
@@ -1432,16 +1446,7 @@ fn a_migration_under_writes_from_other_processes(to: serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
     let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
-    let lines: String = (0..1500)
-        .map(|i| format!("{{\"bucket\":\"aliases\",\"key\":\"sensor{i}\",\"value\":{i}}}\n"))
-        .collect();
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, lines).unwrap();
-    let input = input.to_str().unwrap();
-    ok(kvstash(
-        dir.path(),
-        &["--config", &from.to_string(), "import", input],
-    ));
+    preload(dir.path(), &from, "aliases", "sensor", 1500);
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -1539,16 +1544,7 @@ fn an_interrupted_migration_resumes_from_its_checkpoint() {
     let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
     let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
     let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
-    let lines: String = (0..600)
-        .map(|i| format!("{{\"bucket\":\"b\",\"key\":\"k{i}\",\"value\":{i}}}\n"))
-        .collect();
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, lines).unwrap();
-    let input = input.to_str().unwrap();
-    ok(kvstash(
-        dir.path(),
-        &["--config", &from.to_string(), "import", input],
-    ));
+    preload(dir.path(), &from, "b", "k", 600);
     let mut run = spawn_kvstash(
         dir.path(),
         &[
