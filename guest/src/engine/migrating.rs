@@ -17,6 +17,14 @@
 //! the job has caught up, `to` holds what `from` holds, key by key, whatever
 //! was written meanwhile.
 //!
+//! **A later write takes over.** The layer's copy after a commit at
+//! version `v` only has to bring `to` up to a value read from `from` after
+//! `v`. When a retry finds a key at a version above `v` in `from`, a later
+//! commit wrote it, and that commit's own copy (which reads `from` after
+//! it) carries the duty; the key is dropped from this copy. So under many
+//! writers on one key every copy ends: either nobody wrote after it, and
+//! the contending copies all read the same value, or somebody did.
+//!
 //! Versions are `from`'s (`to` numbers its own commits); only records are
 //! copied, so after the switch the store's versions are `to`'s.
 
@@ -77,6 +85,13 @@ impl<F: Storage, T: Storage> Migrating<F, T> {
     /// Makes `to` hold what `from` holds for `keys` (see the module's
     /// doc); how many it wrote.
     pub fn copy(&self, keys: &[Vec<u8>]) -> Result<u32, StorageError> {
+        self.copy_since(keys, None)
+    }
+
+    /// [`Migrating::copy`] for the keys of a commit at `committed`: a key
+    /// `from` holds at a later version is left to that later commit's copy
+    /// (see the module's doc).
+    fn copy_since(&self, keys: &[Vec<u8>], committed: Option<u64>) -> Result<u32, StorageError> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -91,7 +106,11 @@ impl<F: Storage, T: Storage> Migrating<F, T> {
                     (None, None) => true,
                     _ => false,
                 };
-                if same {
+                let taken_over = matches!(
+                    (here, committed),
+                    (Some(h), Some(v)) if h.version > v
+                );
+                if same || taken_over {
                     continue;
                 }
                 checks.push(Check::unchanged(
@@ -325,7 +344,7 @@ impl<F: Storage, T: Storage> Storage for Migrating<F, T> {
         keys.sort();
         keys.dedup();
         for chunk in keys.chunks(COPY_CHUNK) {
-            if let Err(e) = self.copy(chunk) {
+            if let Err(e) = self.copy_since(chunk, Some(version)) {
                 return Err(StorageError::Unavailable(format!(
                     "committed to `from` at version {version}, but not copied to `to` ({}); run `kvstash migrate` again before switching to `to`",
                     describe(&e)
@@ -479,6 +498,84 @@ mod tests {
         // Copying again (what `copy` does on a conflict) finds nothing to do.
         assert_eq!(m.copy(&[b"k".to_vec()]).unwrap(), 0);
         assert_eq!(to.get(b"k").unwrap().unwrap().value, b"2");
+    }
+
+    /// `to` as other writers make it look: before each commit this copy
+    /// tries, a later write to the same key lands in `from` and is copied
+    /// to `to`, so the condition fails, and a still later one lands in
+    /// `from` (its copy is yet to come), so `to` is behind again.
+    struct Racing {
+        from: Mem,
+        to: Mem,
+        races: std::cell::Cell<u32>,
+    }
+
+    impl Storage for Racing {
+        fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
+            self.to.get(key)
+        }
+        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
+            self.to.get_many(keys)
+        }
+        fn scan(
+            &self,
+            start: &[u8],
+            end: Option<&[u8]>,
+            limit: u32,
+            reverse: bool,
+        ) -> Result<Vec<Entry>, StorageError> {
+            self.to.scan(start, end, limit, reverse)
+        }
+        fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
+            if self.races.get() > 0 {
+                self.races.set(self.races.get() - 1);
+                for w in &writes {
+                    let n = self.races.get().to_string();
+                    put(&*self.from, &w.key, Some(&n));
+                    put(&*self.to, &w.key, Some(&n));
+                    put(&*self.from, &w.key, Some(&format!("{n}, later")));
+                }
+            }
+            self.to.commit(checks, writes)
+        }
+        fn current_version(&self) -> Result<u64, StorageError> {
+            self.to.current_version()
+        }
+        fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
+            self.to.changes(since, limit)
+        }
+        fn commits_here(&self) -> u64 {
+            self.to.commits_here()
+        }
+    }
+
+    /// Many writers on one key: a copy that keeps losing to later writes'
+    /// copies leaves the key to them instead of failing the commit, and
+    /// `to` ends with the latest value. The migration job's copy, which no
+    /// commit follows, retries and says so when it cannot get through.
+    #[test]
+    fn a_later_write_takes_over_the_copy() {
+        let from = Rc::new(MemStorage::default());
+        let to = Rc::new(MemStorage::default());
+        let racing = Racing {
+            from: from.clone(),
+            to: to.clone(),
+            races: std::cell::Cell::new(1_000),
+        };
+        let m = Migrating::new(from.clone(), racing);
+        put(&m, b"k", Some("mine"));
+        assert_eq!(m.to.races.get(), 999, "one lost race, then taken over");
+        assert_eq!(to.get(b"k").unwrap().unwrap().value, b"999");
+
+        let job = m.copy(&[b"k".to_vec()]);
+        assert!(
+            matches!(&job, Err(StorageError::Unavailable(why)) if why.contains("kept changing")),
+            "{job:?}"
+        );
+        assert_eq!(m.to.races.get(), 999 - COPY_ATTEMPTS);
+        m.to.races.set(0);
+        assert_eq!(m.copy(&[b"k".to_vec()]).unwrap(), 1);
+        assert_eq!(records(&*to), records(&*from));
     }
 
     /// Writes that landed in `from` without reaching `to` (a failed copy)
