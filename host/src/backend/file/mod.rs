@@ -33,6 +33,9 @@
 //! process shares one [`FileBackend`] (`open_shared`). Another process is
 //! kept out by the log's lock (exclusive for a writer, shared for readers).
 
+#[cfg(test)]
+mod crash;
+mod disk;
 mod share;
 mod wal;
 
@@ -44,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Deserialize;
 
 use super::{
@@ -63,6 +66,7 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const FORMAT: u64 = 2;
 const FORMAT_WITHOUT_LOG: u64 = 1;
 
+use disk::Disk;
 use wal::{Record, Wal};
 
 /// The `file` backend's configuration.
@@ -77,6 +81,13 @@ pub struct FileConfig {
     /// Commits whose changes the change feed keeps.
     #[serde(default = "default_retention")]
     pub retention: u64,
+    /// Changes (one per key a commit wrote) the feed keeps at most, so a
+    /// bulk load of large commits does not keep a second copy of the store.
+    #[serde(default = "default_retention_entries")]
+    pub retention_entries: u64,
+    /// Bytes of keys and values the feed keeps at most.
+    #[serde(default = "default_retention_bytes")]
+    pub retention_bytes: u64,
     /// Most memory redb's page cache may use, in MiB (default: redb's
     /// 1024, filled only as pages are read). A small device caps it.
     #[serde(default)]
@@ -97,12 +108,28 @@ fn default_retention() -> u64 {
     DEFAULT_RETENTION
 }
 
+/// The feed's default limits besides commits: 100,000 changes, 8 MiB. The
+/// newest commit is always kept, whatever its size. Trimming happens at
+/// checkpoints, so the feed may hold up to `checkpoint_kb` more meanwhile.
+pub const DEFAULT_RETENTION_ENTRIES: u64 = 100_000;
+pub const DEFAULT_RETENTION_BYTES: u64 = 8 << 20;
+
+fn default_retention_entries() -> u64 {
+    DEFAULT_RETENTION_ENTRIES
+}
+
+fn default_retention_bytes() -> u64 {
+    DEFAULT_RETENTION_BYTES
+}
+
 impl FileConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             r#type: None,
             path: path.into(),
             retention: DEFAULT_RETENTION,
+            retention_entries: DEFAULT_RETENTION_ENTRIES,
+            retention_bytes: DEFAULT_RETENTION_BYTES,
             cache_mb: None,
             checkpoint_kb: None,
             read_only: false,
@@ -110,11 +137,16 @@ impl FileConfig {
     }
 
     pub fn from_json(config: serde_json::Value) -> Result<Self, BackendError> {
-        for (field, unit) in [("cache_mb", "MiB"), ("checkpoint_kb", "KiB")] {
+        let fields = [
+            ("cache_mb", "MiB", u64::from(u32::MAX)),
+            ("checkpoint_kb", "KiB", u64::from(u32::MAX)),
+            ("retention", "commits", u64::MAX),
+            ("retention_entries", "changes", u64::MAX),
+            ("retention_bytes", "bytes", u64::MAX),
+        ];
+        for (field, unit, most) in fields {
             if let Some(n) = config.get(field).filter(|n| !n.is_null())
-                && !n
-                    .as_u64()
-                    .is_some_and(|n| (1..=u64::from(u32::MAX)).contains(&n))
+                && !n.as_u64().is_some_and(|n| (1..=most).contains(&n))
             {
                 return Err(BackendError::Invalid(format!(
                     "file backend configuration: `{field}` must be a whole number of {unit}, at least 1 (got {n})"
@@ -645,7 +677,7 @@ impl FileBackend {
         };
         let backend = match backend {
             Some(backend) => Arc::new(backend),
-            None => Arc::new(Self::open(&path, config)?),
+            None => Arc::new(Self::open(Arc::new(disk::Real), &path, config, true)?),
         };
         let opened = Opened {
             backend: Arc::downgrade(&backend),
@@ -657,7 +689,8 @@ impl FileBackend {
 
     /// `None` when the file must be opened for writing first.
     fn open_read_only(path: &Path, config: &FileConfig) -> Result<Option<Self>, BackendError> {
-        if !path.is_file() {
+        // Missing, or made by a crash before redb wrote anything.
+        if std::fs::metadata(path).map_or(true, |m| !m.is_file() || m.len() == 0) {
             return Ok(None);
         }
         let (lock, records) = match wal::ReadLock::open(path)? {
@@ -691,10 +724,17 @@ impl FileBackend {
         }))
     }
 
-    fn open(path: &Path, config: &FileConfig) -> Result<Self, BackendError> {
+    /// The writer's open, its files on `disk`; `serve`: share the store
+    /// with other processes through a socket beside the file.
+    fn open(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        config: &FileConfig,
+        serve: bool,
+    ) -> Result<Self, BackendError> {
         // The log first: it holds the store's lock.
-        let (wal, records) = Wal::open(path)?;
-        let (db, meta) = match open_db(path, config) {
+        let (wal, records) = Wal::open(disk.clone(), path)?;
+        let (db, meta) = match open_db(&*disk, path, config) {
             Ok(opened) => opened,
             Err(e) => {
                 wal.discard_if_new();
@@ -709,6 +749,7 @@ impl FileBackend {
         let committer = Committer {
             state: state.clone(),
             wal,
+            disk,
             path: path.to_path_buf(),
             config: config.clone(),
             commits: commits.clone(),
@@ -726,7 +767,9 @@ impl FileBackend {
             queue: queue.clone(),
             commits: commits.subscribe(),
         };
-        let server = share::Server::start(path, holder).ok();
+        let server = serve
+            .then(|| share::Server::start(path, holder).ok())
+            .flatten();
         Ok(Self {
             state,
             read_only: false,
@@ -754,9 +797,11 @@ impl FileBackend {
 /// redb at `path` for a writer: read-only when it is a kvstash file of the
 /// current format that was closed cleanly, else read-write (creating it,
 /// making its tables, or raising its format).
-fn open_db(path: &Path, config: &FileConfig) -> Result<(Db, Meta), BackendError> {
-    if path.is_file() {
-        match config.builder().open_read_only(path) {
+fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<(Db, Meta), BackendError> {
+    // An empty file was made by a crash before redb wrote anything: new.
+    let existed = disk.file_len(path).is_some_and(|len| len > 0);
+    if existed {
+        match disk.open_db_read_only(&config.builder(), path) {
             Ok(db) => {
                 let meta = {
                     let txn = db.begin_read().map_err(unavailable)?;
@@ -770,17 +815,35 @@ fn open_db(path: &Path, config: &FileConfig) -> Result<(Db, Meta), BackendError>
             Err(e) => return Err(open_error(path, e)),
         }
     }
-    let existed = path.is_file();
-    let db = config
-        .builder()
-        .create(path)
-        .map_err(|e| open_error(path, e))?;
-    if !existed {
-        // redb does not sync the directory: without this, a power cut
-        // could lose the new file's name after a checkpoint reset the log.
-        wal::sync_parent(path)?;
+    if existed {
+        let db = disk
+            .create_db(&config.builder(), path)
+            .map_err(|e| open_error(path, e))?;
+        let meta = init_tables(&db, path)?;
+        return Ok((Db::Writing(db), meta));
     }
+    // A new file is made whole under another name, then renamed: a crash
+    // while redb writes its first pages leaves no half-made store behind
+    // (it would not open), only `PATH.new`, which the next open replaces.
+    let new = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".new");
+        PathBuf::from(name)
+    };
+    let io = |what: &str, e: std::io::Error| {
+        BackendError::Unavailable(format!("cannot {what} {}: {e}", new.display()))
+    };
+    if disk.file_len(&new).is_some() {
+        disk.remove(&new).map_err(|e| io("remove", e))?;
+    }
+    let db = disk
+        .create_db(&config.builder(), &new)
+        .map_err(|e| open_error(&new, e))?;
     let meta = init_tables(&db, path)?;
+    disk.rename(&new, path).map_err(|e| io("rename", e))?;
+    // redb does not sync the directory: without this, a power cut could
+    // lose the file's name after a checkpoint reset the log.
+    wal::sync_parent(disk, path)?;
     Ok((Db::Writing(db), meta))
 }
 
@@ -888,6 +951,7 @@ impl FileBackend {
 struct Committer {
     state: Arc<RwLock<State>>,
     wal: Wal,
+    disk: Arc<dyn Disk>,
     path: PathBuf,
     config: FileConfig,
     commits: Arc<tokio::sync::watch::Sender<u64>>,
@@ -1010,10 +1074,11 @@ impl Committer {
     }
 
     fn replace_with(&mut self, version: u64, entries: &[Entry]) -> Result<(), BackendError> {
-        checkpoint(&self.state, &self.path, &self.config, self.config.retention)?;
+        let disk = &*self.disk;
+        checkpoint(&self.state, disk, &self.path, &self.config)?;
         self.wal.reset()?;
         if !matches!(read(&self.state).db, Db::Writing(_)) {
-            reopen_for_writing(&mut write(&self.state), &self.path, &self.config)?;
+            reopen_for_writing(&mut write(&self.state), disk, &self.path, &self.config)?;
         }
         {
             let state = read(&self.state);
@@ -1036,6 +1101,7 @@ impl Committer {
                 let mut meta = txn.open_table(META).map_err(unavailable)?;
                 meta.insert("version", version).map_err(unavailable)?;
                 meta.insert("trimmed", version).map_err(unavailable)?;
+                meta.insert("feed_bytes", 0).map_err(unavailable)?;
                 meta.insert("replica", 1).map_err(unavailable)?;
             }
             txn.commit().map_err(unavailable)?;
@@ -1055,7 +1121,7 @@ impl Committer {
     /// Moves the log into redb (one durable transaction), then starts the
     /// log again. A failure leaves both as they were; it is retried later.
     fn checkpoint(&mut self) {
-        let result = checkpoint(&self.state, &self.path, &self.config, self.config.retention)
+        let result = checkpoint(&self.state, &*self.disk, &self.path, &self.config)
             .and_then(|()| self.wal.reset());
         match result {
             Ok(()) => {
@@ -1157,15 +1223,15 @@ fn plan(state: &State, batch: &[Request]) -> Result<Vec<Result<u64, BackendError
 }
 
 /// Writes the overlay into redb in one durable transaction (opening redb
-/// read-write if it is not yet), trims the change feed to `retention`
-/// commits, and empties the overlay. Runs on the committer thread, so the
+/// read-write if it is not yet), trims the change feed to the retention
+/// `config` sets, and empties the overlay. Runs on the committer thread, so the
 /// overlay cannot change meanwhile: reads go on under a read lock while
 /// redb commits, and wait only while the overlay is emptied.
 fn checkpoint(
     lock: &RwLock<State>,
+    disk: &dyn Disk,
     path: &Path,
     config: &FileConfig,
-    retention: u64,
 ) -> Result<(), BackendError> {
     let writing = {
         let state = read(lock);
@@ -1175,7 +1241,7 @@ fn checkpoint(
         matches!(state.db, Db::Writing(_))
     };
     if !writing {
-        reopen_for_writing(&mut write(lock), path, config)?;
+        reopen_for_writing(&mut write(lock), disk, path, config)?;
     }
     let trimmed = {
         let state = read(lock);
@@ -1183,7 +1249,7 @@ fn checkpoint(
             return Err(BackendError::Unavailable("redb is not writable".into()));
         };
         let txn = db.begin_write().map_err(unavailable)?;
-        let trimmed = write_overlay(&txn, &state, retention)?;
+        let trimmed = write_overlay(&txn, &state, config)?;
         txn.commit().map_err(unavailable)?;
         trimmed
     };
@@ -1202,6 +1268,7 @@ fn checkpoint(
 /// or closed, if that fails).
 fn reopen_for_writing(
     state: &mut State,
+    disk: &dyn Disk,
     path: &Path,
     config: &FileConfig,
 ) -> Result<(), BackendError> {
@@ -1209,7 +1276,7 @@ fn reopen_for_writing(
     // while they use it, and its shared table goes first.
     state.table = None;
     state.db = Db::Closed(format!("{} is being reopened", path.display()));
-    match config.builder().create(path) {
+    match disk.create_db(&config.builder(), path) {
         Ok(db) => {
             state.db = Db::Writing(db);
             state.table = data_table(&state.db);
@@ -1217,7 +1284,7 @@ fn reopen_for_writing(
         }
         Err(e) => {
             let e = open_error(path, e);
-            state.db = match config.builder().open_read_only(path) {
+            state.db = match disk.open_db_read_only(&config.builder(), path) {
                 Ok(db) => Db::Reading(db),
                 Err(again) => Db::Closed(format!(
                     "the file backend could not reopen {}: {again}",
@@ -1230,12 +1297,12 @@ fn reopen_for_writing(
     }
 }
 
-/// The overlay, its changes and the new `meta` into `txn`; the newest
-/// trimmed version after it.
+/// The overlay, its changes and the new `meta` into `txn`, the feed trimmed
+/// to `config`'s retention; the newest trimmed version after it.
 fn write_overlay(
     txn: &redb::WriteTransaction,
     state: &State,
-    retention: u64,
+    config: &FileConfig,
 ) -> Result<u64, BackendError> {
     let mut data = txn.open_table(DATA).map_err(unavailable)?;
     let mut meta = txn.open_table(META).map_err(unavailable)?;
@@ -1251,6 +1318,20 @@ fn write_overlay(
             }
         }
     }
+    // The feed's bytes are counted in `meta` (a file from before the
+    // count is counted once).
+    let mut bytes = match meta.get("feed_bytes").map_err(unavailable)? {
+        Some(bytes) => bytes.value(),
+        None => {
+            let mut bytes = 0u64;
+            for item in log.iter().map_err(unavailable)? {
+                let (_, change) = item.map_err(unavailable)?;
+                let (key, value) = change.value();
+                bytes += change_bytes(key, value);
+            }
+            bytes
+        }
+    };
     let mut index = 0u32;
     let mut last = 0;
     for change in &state.changes {
@@ -1262,18 +1343,54 @@ fn write_overlay(
             (change.key.as_slice(), change.value.as_deref()),
         )
         .map_err(unavailable)?;
+        bytes += change_bytes(&change.key, change.value.as_deref());
         index = index.saturating_add(1);
     }
     meta.insert("version", state.version).map_err(unavailable)?;
-    let cut = state.version.saturating_sub(retention);
-    if cut > state.trimmed {
-        log.retain_in(..(cut + 1, 0), |_, _| false)
-            .map_err(unavailable)?;
-        meta.insert("trimmed", cut).map_err(unavailable)?;
-        Ok(cut)
-    } else {
-        Ok(state.trimmed)
+    // Whole commits, oldest first, while any limit is passed; never the
+    // newest.
+    let cut = state.version.saturating_sub(config.retention);
+    let mut trimmed = state.trimmed;
+    let mut entries = log.len().map_err(unavailable)?;
+    loop {
+        let oldest = match log.first().map_err(unavailable)? {
+            Some((at, _)) => at.value().0,
+            None => break,
+        };
+        let over =
+            oldest <= cut || entries > config.retention_entries || bytes > config.retention_bytes;
+        if !over || oldest >= state.version {
+            break;
+        }
+        loop {
+            let first = log.first().map_err(unavailable)?;
+            let size = match &first {
+                Some((at, change)) if at.value().0 == oldest => {
+                    let (key, value) = change.value();
+                    change_bytes(key, value)
+                }
+                _ => break,
+            };
+            drop(first);
+            log.pop_first().map_err(unavailable)?;
+            bytes = bytes.saturating_sub(size);
+            entries = entries.saturating_sub(1);
+        }
+        trimmed = oldest;
     }
+    // A commit-count cut past the entries the log had (commits with no
+    // writes, or a feed emptied by a restore) still counts as trimmed.
+    trimmed = trimmed.max(cut.min(state.version));
+    meta.insert("feed_bytes", bytes).map_err(unavailable)?;
+    if trimmed > state.trimmed {
+        meta.insert("trimmed", trimmed).map_err(unavailable)?;
+    }
+    Ok(trimmed.max(state.trimmed))
+}
+
+/// The bytes one change takes in the feed's count.
+fn change_bytes(key: &[u8], value: Option<&[u8]>) -> u64 {
+    (key.len() + value.map_or(0, <[u8]>::len)) as u64
 }
 
 /// The absolute path of `path`, creating its directory.
@@ -1445,6 +1562,92 @@ mod tests {
             key: key.as_bytes().to_vec(),
             value: Some(value.as_bytes().to_vec()),
         }
+    }
+
+    /// The oldest version the feed still has changes after (what a watcher
+    /// may resume from).
+    async fn feed_floor(backend: &FileBackend) -> u64 {
+        match backend.changes(0, 1).await {
+            Err(BackendError::Compacted { oldest }) => oldest - 1,
+            Ok(_) => 0,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A bulk load of 100-key commits: the feed is bounded by changes and
+    /// by bytes, not only by commits, so the file does not keep a second
+    /// copy of the store; whole commits go, the newest stays.
+    #[tokio::test]
+    async fn the_feed_is_bounded_by_changes_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |backend: Arc<FileBackend>, from: usize| async move {
+            for c in from..from + 50 {
+                let writes = (0..100)
+                    .map(|k| write(&format!("k{c:03}-{k:03}"), &"v".repeat(90)))
+                    .collect();
+                backend.commit(vec![], writes).await.unwrap();
+            }
+            backend
+        };
+        // A checkpoint (where the feed is trimmed) after every commit.
+        let mut config = FileConfig::new(dir.path().join("entries.redb"));
+        config.checkpoint_kb = Some(1);
+        config.retention_entries = 1000;
+        let backend = load(FileBackend::open_shared(&config).unwrap(), 0).await;
+        drop(backend);
+        let backend = FileBackend::open_shared(&config).unwrap();
+        // 10 commits of 100 changes fit; whole commits only.
+        let floor = feed_floor(&backend).await;
+        assert_eq!(floor, 40, "commits 41-50 kept");
+        let kept = backend.changes(floor, 10_000).await.unwrap();
+        assert_eq!(kept.len(), 1000);
+        assert_eq!(kept[0].version, 41);
+        assert_eq!(
+            backend
+                .scan(&Scan {
+                    start: vec![],
+                    end: None,
+                    limit: 10_000,
+                    reverse: false
+                })
+                .await
+                .unwrap()
+                .len(),
+            5000
+        );
+
+        let mut config = FileConfig::new(dir.path().join("bytes.redb"));
+        config.checkpoint_kb = Some(1);
+        config.retention_bytes = 50_000; // each commit: 100 * (8 + 90) bytes
+        let backend = load(FileBackend::open_shared(&config).unwrap(), 0).await;
+        drop(backend);
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert_eq!(
+            feed_floor(&backend).await,
+            45,
+            "5 commits of 9,800 bytes fit"
+        );
+        // A commit larger than the limit on its own is kept (the newest).
+        let huge = (0..1000)
+            .map(|k| write(&format!("h{k:04}"), &"v".repeat(90)))
+            .collect();
+        let v = backend.commit(vec![], huge).await.unwrap();
+        drop(backend);
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert_eq!(feed_floor(&backend).await, v - 1);
+        assert_eq!(backend.changes(v - 1, 10_000).await.unwrap().len(), 1000);
+
+        // With the defaults, a bulk load of 1,000 such commits (100,000
+        // changes, 9.8 MB) keeps what fits in 8 MiB.
+        let path = dir.path().join("defaults.redb");
+        let mut backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        for from in (0..1000).step_by(50) {
+            backend = load(backend, from).await;
+        }
+        drop(backend);
+        let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        let kept = 1000 - feed_floor(&backend).await;
+        assert_eq!(kept, DEFAULT_RETENTION_BYTES / 9_800);
     }
 
     #[tokio::test]
@@ -1727,7 +1930,7 @@ mod tests {
         drop(FileBackend::open_shared(&FileConfig::new(&path)).unwrap());
         let mut bytes = std::fs::read(wal::path_of(&other)).unwrap();
         // Keep the header, lose the first record: versions 2 and 3 remain.
-        let (mut wal, records) = Wal::open(&other).unwrap();
+        let (mut wal, records) = Wal::open(Arc::new(disk::Real), &other).unwrap();
         assert_eq!(records.len(), 3);
         wal.reset().unwrap();
         wal.append(&[(2, &[write("x", "1")][..]), (3, &[write("x", "2")][..])])

@@ -24,10 +24,10 @@
 //! The file also carries the store's lock: a writer holds it exclusively,
 //! a reader shared, for as long as it has the store open.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::disk::{Disk, LogFile};
 use crate::backend::{BackendError, Write};
 
 const MAGIC: &[u8; 8] = b"KVSTWAL1";
@@ -65,7 +65,7 @@ pub(super) fn path_of(db: &Path) -> PathBuf {
 /// The log, open for appending, and the store's exclusive lock.
 #[derive(Debug)]
 pub(super) struct Wal {
-    file: File,
+    file: Box<dyn LogFile>,
     path: PathBuf,
     salt: u64,
     /// Where the next record goes.
@@ -77,6 +77,7 @@ pub(super) struct Wal {
     failed: Option<String>,
     /// Whether this open made the file.
     created: bool,
+    disk: std::sync::Arc<dyn Disk>,
 }
 
 /// A reader's hold on the log: its shared lock, for as long as the store is
@@ -104,14 +105,13 @@ fn damaged(path: &Path, why: impl std::fmt::Display) -> BackendError {
 impl Wal {
     /// Opens (creating) the log of the database `db` for writing, takes the
     /// store's exclusive lock, and returns the records it holds.
-    pub(super) fn open(db: &Path) -> Result<(Self, Vec<Record>), BackendError> {
+    pub(super) fn open(
+        disk: std::sync::Arc<dyn Disk>,
+        db: &Path,
+    ) -> Result<(Self, Vec<Record>), BackendError> {
         let path = path_of(db);
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let existed = disk.file_len(&path).is_some();
+        let file = disk
             .open(&path)
             .map_err(|e| io_error(&path, "cannot open the commit log", &e))?;
         match file.try_lock() {
@@ -122,13 +122,12 @@ impl Wal {
             }
         }
         if !existed {
-            sync_parent(&path)?;
+            sync_parent(&*disk, &path)?;
         }
         let allocated = file
-            .metadata()
-            .map_err(|e| io_error(&path, "cannot read the commit log", &e))?
-            .len();
-        let mut bytes = Bytes::new(&file, &path);
+            .len()
+            .map_err(|e| io_error(&path, "cannot read the commit log", &e))?;
+        let mut bytes = Bytes::new(&*file, &path);
         bytes.fill(HEADER_LEN as usize)?;
         let Some((salt, format)) = parse_header(&bytes.buf, &path)? else {
             // New, or created by a crash before its first header: empty.
@@ -140,6 +139,7 @@ impl Wal {
                 allocated,
                 failed: None,
                 created: !existed,
+                disk,
             };
             wal.write_header()?;
             return Ok((wal, Vec::new()));
@@ -153,6 +153,7 @@ impl Wal {
             allocated,
             failed: None,
             created: false,
+            disk,
         };
         if format != FORMAT {
             // Same salt: the records stay valid under the new header, and
@@ -167,7 +168,7 @@ impl Wal {
     /// this open made it, so a failed open leaves nothing behind.
     pub(super) fn discard_if_new(self) {
         if self.created {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = self.disk.remove(&self.path);
         }
     }
 
@@ -282,7 +283,7 @@ impl ReadLock {
 /// usually mostly zero-filled growth, or records from before the last
 /// checkpoint, which a one-shot open should not pay to read.
 struct Bytes<'f> {
-    file: &'f File,
+    file: &'f dyn LogFile,
     path: &'f Path,
     buf: Vec<u8>,
     eof: bool,
@@ -295,10 +296,10 @@ struct Bytes<'f> {
 const READ_STEP: usize = 16 << 10;
 
 impl<'f> Bytes<'f> {
-    fn new(file: &'f File, path: &'f Path) -> Self {
-        let len = file.metadata().map_or(usize::MAX, |m| {
-            usize::try_from(m.len()).unwrap_or(usize::MAX)
-        });
+    fn new(file: &'f dyn LogFile, path: &'f Path) -> Self {
+        let len = file
+            .len()
+            .map_or(usize::MAX, |len| usize::try_from(len).unwrap_or(usize::MAX));
         Self {
             file,
             path,
@@ -368,10 +369,9 @@ struct Sound {
     continues: bool,
 }
 
-pub(super) fn sync_parent(path: &Path) -> Result<(), BackendError> {
+pub(super) fn sync_parent(disk: &dyn Disk, path: &Path) -> Result<(), BackendError> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
+    disk.sync_dir(parent)
         .map_err(|e| io_error(parent, "cannot sync the directory", &e))
 }
 
@@ -560,6 +560,11 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+    use crate::backend::file::disk::Real;
+
+    fn open(db: &Path) -> Result<(Wal, Vec<Record>), BackendError> {
+        Wal::open(std::sync::Arc::new(Real), db)
+    }
 
     fn put(key: &str, value: &str) -> Write {
         Write {
@@ -576,7 +581,7 @@ mod tests {
     }
 
     fn three(db: &Path) {
-        let (mut wal, records) = Wal::open(db).unwrap();
+        let (mut wal, records) = open(db).unwrap();
         assert!(records.is_empty());
         wal.append(&[(1, &[put("a", "1"), put("b", "")][..])])
             .unwrap();
@@ -589,7 +594,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
         three(&db);
-        let (mut wal, records) = Wal::open(&db).unwrap();
+        let (mut wal, records) = open(&db).unwrap();
         let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
         assert_eq!(versions, [1, 2, 3]);
         assert_eq!(records[0].writes, [put("a", "1"), put("b", "")]);
@@ -601,7 +606,7 @@ mod tests {
         // The old records are still in the file, under the old salt.
         wal.append(&[(4, &[put("d", "4")][..])]).unwrap();
         drop(wal);
-        let (_, records) = Wal::open(&db).unwrap();
+        let (_, records) = open(&db).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].version, 4);
     }
@@ -618,14 +623,14 @@ mod tests {
         three(&db);
         let (lock, records) = ReadLock::open(&db).unwrap().unwrap();
         assert_eq!(records.len(), 3);
-        let err = Wal::open(&db).unwrap_err();
+        let err = open(&db).unwrap_err();
         assert!(
             format!("{err}").contains("in use by another process"),
             "{err}"
         );
         assert!(ReadLock::open(&db).unwrap().is_some(), "readers share");
         drop(lock);
-        let (_wal, _) = Wal::open(&db).unwrap();
+        let (_wal, _) = open(&db).unwrap();
         assert!(ReadLock::open(&db).is_err(), "a writer excludes readers");
     }
 
@@ -649,7 +654,7 @@ mod tests {
             // What was not written yet reads as the zero-filled growth.
             torn[cut..ends[3]].fill(0);
             std::fs::write(path_of(&db), &torn).unwrap();
-            let (wal, records) = Wal::open(&db).unwrap();
+            let (wal, records) = open(&db).unwrap();
             let whole = ends.iter().filter(|&&end| end <= cut).count() - 1;
             assert_eq!(records.len(), whole, "cut at {cut}");
             assert_eq!(wal.used() as usize, ends[whole] - HEADER_LEN as usize);
@@ -662,7 +667,7 @@ mod tests {
     fn long_logs_are_read_in_steps() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
-        let (mut wal, _) = Wal::open(&db).unwrap();
+        let (mut wal, _) = open(&db).unwrap();
         let sizes = [10usize, 40_000, 3, 16_000, 16_400, 100_000, 7];
         for (i, size) in sizes.iter().enumerate() {
             let value = "x".repeat(*size);
@@ -671,7 +676,7 @@ mod tests {
         }
         let used = wal.used();
         drop(wal);
-        let (wal, records) = Wal::open(&db).unwrap();
+        let (wal, records) = open(&db).unwrap();
         assert_eq!(wal.used(), used);
         let got: Vec<usize> = records
             .iter()
@@ -686,7 +691,7 @@ mod tests {
         let at = usize::try_from(HEADER_LEN + used).unwrap() - 200;
         bytes[at] ^= 1;
         std::fs::write(path_of(&db), &bytes).unwrap();
-        let err = Wal::open(&db).unwrap_err();
+        let err = open(&db).unwrap_err();
         assert!(format!("{err}").contains("damaged"), "{err}");
     }
 
@@ -699,7 +704,7 @@ mod tests {
         // A flipped bit in the first record's body: two sound records follow.
         bytes[HEADER_LEN as usize + RECORD_HEADER + 2] ^= 0x10;
         std::fs::write(path_of(&db), &bytes).unwrap();
-        let err = Wal::open(&db).unwrap_err();
+        let err = open(&db).unwrap_err();
         assert!(format!("{err}").contains("damaged"), "{err}");
         assert_eq!(std::fs::read(path_of(&db)).unwrap(), bytes, "untouched");
         let err = ReadLock::open(&db).unwrap_err();
@@ -720,7 +725,7 @@ mod tests {
 
     /// Groups (1), (2, 3, 4) and (5) in a new log at `db`.
     fn grouped(db: &Path) {
-        let (mut wal, _) = Wal::open(db).unwrap();
+        let (mut wal, _) = open(db).unwrap();
         wal.append(&[(1, &[put("a", "1")][..])]).unwrap();
         let v = "v".repeat(5000);
         wal.append(&[
@@ -757,7 +762,7 @@ mod tests {
             bytes[at[4]..].fill(0);
             bytes[at[2]..at[3]].fill(0);
         });
-        let (wal, records) = Wal::open(&db).unwrap();
+        let (wal, records) = open(&db).unwrap();
         let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
         assert_eq!(
             versions,
@@ -771,7 +776,7 @@ mod tests {
             bytes[at[4]..].fill(0);
             bytes[at[1] + RECORD_HEADER..at[2]].fill(0);
         });
-        let (_, records) = Wal::open(&other).unwrap();
+        let (_, records) = open(&other).unwrap();
         assert_eq!(records.len(), 1);
     }
 
@@ -782,7 +787,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
         let (_, bytes) = grouped_then(&db, |bytes, at| bytes[at[2] + RECORD_HEADER + 100] ^= 4);
-        let err = Wal::open(&db).unwrap_err();
+        let err = open(&db).unwrap_err();
         assert!(format!("{err}").contains("later group"), "{err}");
         assert_eq!(std::fs::read(path_of(&db)).unwrap(), bytes, "untouched");
     }
@@ -799,14 +804,14 @@ mod tests {
         encode(&mut bytes, salt, 2, &[put("b", "2")], false);
         bytes.resize(bytes.len() + 100, 0);
         std::fs::write(path_of(&db), &bytes).unwrap();
-        let (mut wal, records) = Wal::open(&db).unwrap();
+        let (mut wal, records) = open(&db).unwrap();
         assert_eq!(records.len(), 2);
         wal.append(&[(3, &[put("c", "3")][..]), (4, &[put("d", "4")][..])])
             .unwrap();
         drop(wal);
         let head = std::fs::read(path_of(&db)).unwrap();
         assert_eq!(parse_header(&head, &db).unwrap(), Some((salt, FORMAT)));
-        assert_eq!(Wal::open(&db).unwrap().1.len(), 4);
+        assert_eq!(open(&db).unwrap().1.len(), 4);
     }
 
     #[test]
@@ -814,12 +819,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
         std::fs::write(path_of(&db), b"some other file, not a log at all").unwrap();
-        assert!(matches!(Wal::open(&db), Err(BackendError::Invalid(_))));
+        assert!(matches!(open(&db), Err(BackendError::Invalid(_))));
         three(&dir.path().join("t.redb"));
         let mut bytes = std::fs::read(path_of(&dir.path().join("t.redb"))).unwrap();
         bytes[17] ^= 1;
         std::fs::write(path_of(&db), &bytes).unwrap();
-        let err = Wal::open(&db).unwrap_err();
+        let err = open(&db).unwrap_err();
         assert!(format!("{err}").contains("header"), "{err}");
     }
 
@@ -828,11 +833,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
         std::fs::write(path_of(&db), [0u8; 10]).unwrap();
-        let (mut wal, records) = Wal::open(&db).unwrap();
+        let (mut wal, records) = open(&db).unwrap();
         assert!(records.is_empty());
         wal.append(&[(1, &[put("a", "1")][..])]).unwrap();
         drop(wal);
-        assert_eq!(Wal::open(&db).unwrap().1.len(), 1);
+        assert_eq!(open(&db).unwrap().1.len(), 1);
     }
 
     #[test]
