@@ -20,6 +20,7 @@ mod caching;
 mod clock;
 mod doc;
 mod history;
+mod json;
 mod keys;
 mod lease;
 mod list;
@@ -189,8 +190,7 @@ impl Value {
     /// JSON text from an API caller: rejected unless it parses.
     pub fn json(text: String) -> Result<Self, StoreError> {
         check_size(text.len())?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)
-            .map_err(|e| StoreError::InvalidValue(format!("not valid JSON: {e}")))?;
+        json::check(&text).map_err(|e| StoreError::InvalidValue(format!("not valid JSON: {e}")))?;
         Ok(Value::Json(text))
     }
 
@@ -199,9 +199,7 @@ impl Value {
     pub fn sniff(bytes: Vec<u8>) -> Result<Self, StoreError> {
         check_size(bytes.len())?;
         Ok(match String::from_utf8(bytes) {
-            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() => {
-                Value::Json(text)
-            }
+            Ok(text) if json::check(&text).is_ok() => Value::Json(text),
             Ok(text) => Value::Bytes(text.into_bytes()),
             Err(not_utf8) => Value::Bytes(not_utf8.into_bytes()),
         })

@@ -282,6 +282,35 @@ fn bytes_and_json_values() {
     );
 }
 
+/// What a write accepts, every read can read: a document nested as deep
+/// as the check allows is read back whole and by path; one level deeper
+/// is refused when written (it was stored, then `path get` failed on it).
+#[test]
+fn json_accepted_is_json_readable() {
+    let e = engine();
+    let deepest = format!("{}1{}", "[".repeat(127), "]".repeat(127));
+    e.set("b", "deep", json(&deepest)).unwrap();
+    assert_eq!(e.get("b", "deep").unwrap().unwrap().value, json(&deepest));
+    let path = "/0".repeat(126);
+    assert_eq!(e.get_path("b", "deep", &path).unwrap().unwrap().0, "[1]");
+    for too_deep in [
+        format!("{}1{}", "[".repeat(128), "]".repeat(128)),
+        "[".repeat(100_000),
+    ] {
+        let err = Value::json(too_deep).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidValue(m) if m.contains("nesting deeper than 127 levels")),
+            "{err:?}"
+        );
+    }
+    for unreadable in ["1e400", "\"\\ud800\""] {
+        assert!(
+            matches!(Value::json(unreadable.into()), Err(StoreError::InvalidValue(_))),
+            "{unreadable}"
+        );
+    }
+}
+
 #[test]
 fn little_endian_counters_are_stored_as_eight_bytes() {
     // Spin's built-in store keeps draft2 counters as i64 LE bytes; an app
