@@ -1014,7 +1014,7 @@ impl storage::HostBackend for KvCtx {
 pub(crate) struct Instance {
     pub(crate) store: wasmtime::Store<KvCtx>,
     pub(crate) kv: Kvstash,
-    buckets: HashMap<String, ResourceAny>,
+    buckets: HashMap<String, ResourceAny, foldhash::fast::RandomState>,
 }
 
 /// Most bucket handles an instance keeps open.
@@ -1172,12 +1172,17 @@ impl Pool {
     }
 
     pub(crate) async fn acquire(&self) -> Result<Lease<'_>, Error> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Runtime("the store is closed".into()))?;
+        // A free permit is one atomic operation; waiting takes the
+        // semaphore's queue (and its lock).
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Runtime("the store is closed".into()))?,
+        };
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let instance = match idle {
             Some(instance) => instance,
@@ -1206,7 +1211,7 @@ impl Pool {
         Ok(Box::new(Instance {
             store,
             kv,
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
         }))
     }
 }
