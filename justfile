@@ -69,6 +69,7 @@ bench SIZES="1000,10000,100000,1000000" ROUNDS="3":
     python3 -m venv target/bench-venv || { apt-get install -y python3-venv && python3 -m venv target/bench-venv; }
     target/bench-venv/bin/pip install --quiet --disable-pip-version-check tinydb==4.9.0 jk_keyvaluestore==0.2019.9.17.1
     cargo run --release -p kvstash-bench -- --sizes {{SIZES}} --rounds {{ROUNDS}} --python target/bench-venv/bin/python
+    just bench-instructions
     just bench-remote
     just bench-serve
     just bench-bindings
@@ -104,6 +105,14 @@ bench-bindings ROUNDS="3":
     CARGO_TARGET_DIR={{justfile_directory()}}/target/python target/bench-bindings-venv/bin/pip install --quiet --disable-pip-version-check ./bindings/python tinydb==4.9.0 aiotinydb==2.0.0
     cd bindings/js && npm ci --no-audit --no-fund --loglevel=error && npm run build
     cargo run --release -p kvstash-bench --bin kvstash-bench-bindings -- --python target/bench-bindings-venv/bin/python --rounds {{ROUNDS}}
+
+# Instructions per get and per put (valgrind's callgrind; Debian package
+# valgrind) for kvstash on the memory backend and the bare boundary floor,
+# as ratios: the stable measure of the hot path on a noisy machine (~5 min);
+# bench/results/instructions.md.
+bench-instructions:
+    command -v valgrind >/dev/null || apt-get install -y valgrind
+    cargo run --release -p kvstash-bench --bin kvstash-bench-instructions
 
 # The remote backends against their raw clients on the same servers (etcd,
 # Redis, PostgreSQL, started on loopback), contended increments per backend,
