@@ -373,7 +373,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                 changes.push((key.clone(), record));
             }
             let extra = vec![(head_key.clone(), Some(next.encode()))];
-            match self.commit_changes(checks, changes, extra, false)? {
+            match self.commit_changes(checks, &changes, extra, false)? {
                 Committed::At(version) => return Ok(version),
                 Committed::Conflict if retry.again() => continue,
                 Committed::Conflict => return Err(StoreError::Contention),

@@ -138,12 +138,12 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     pub(super) fn commit_changes(
         &self,
         mut checks: Vec<Check>,
-        changes: Vec<(Vec<u8>, Option<Record>)>,
+        changes: &[(Vec<u8>, Option<Record>)],
         mut raw: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         record_history: bool,
     ) -> Result<Committed, StoreError> {
         let mut buckets: Vec<(&str, Rc<BucketMeta>)> = Vec::new();
-        for (key, record) in &changes {
+        for (key, record) in changes {
             let Some((bucket, user_key)) = keys::split_data_key(key) else {
                 continue;
             };

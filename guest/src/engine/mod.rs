@@ -359,12 +359,29 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         )])
     }
 
-    /// Commits writes that depend on no read: a read-modify-write that
-    /// reads nothing, so it still retries when the bucket rules changed.
+    /// Commits writes that depend on no read (the last write of a key
+    /// wins); retries when the bucket rules changed meanwhile. Nothing is
+    /// copied per attempt: the commit encodes from `changes`.
     fn commit_blind(&self, changes: Vec<(Vec<u8>, Option<Record>)>) -> Result<u64, StoreError> {
-        let ((), version) =
-            self.read_modify_write(&[], |_| Ok(txn::Decision::Write(changes.clone(), ())))?;
-        version.ok_or_else(|| StoreError::Storage("a blind write wrote nothing".into()))
+        self.writable()?;
+        let changes = if changes.len() > 1 {
+            let deduplicated: std::collections::BTreeMap<Vec<u8>, Option<Record>> =
+                changes.into_iter().collect();
+            deduplicated.into_iter().collect()
+        } else {
+            changes
+        };
+        if changes.is_empty() {
+            return Err(StoreError::Storage("a blind write wrote nothing".into()));
+        }
+        let mut retry = self.retry();
+        loop {
+            match self.commit_changes(Vec::new(), &changes, Vec::new(), true)? {
+                meta::Committed::At(version) => return Ok(version),
+                meta::Committed::Conflict if retry.again() => continue,
+                meta::Committed::Conflict => return Err(StoreError::Contention),
+            }
+        }
     }
 
     /// The live values of `user_keys`, one slot per key.

@@ -181,23 +181,26 @@ pub(super) enum Decision<T> {
 
 /// Storage writes for record writes, with the expiry-index entry of every
 /// record that has an expiry.
-pub(super) fn encode_writes(writes: Vec<(Vec<u8>, Option<Record>)>) -> Vec<Write> {
+pub(super) fn encode_writes(writes: &[(Vec<u8>, Option<Record>)]) -> Vec<Write> {
     let mut out = Vec::with_capacity(writes.len());
     for (key, record) in writes {
         match record {
             Some(record) => {
                 if let Some(at) = record.expires_at_ms {
                     out.push(Write {
-                        key: keys::expiry_key(at, &key),
+                        key: keys::expiry_key(at, key),
                         value: Some(Vec::new()),
                     });
                 }
                 out.push(Write {
-                    key,
+                    key: key.clone(),
                     value: Some(record.encode()),
                 });
             }
-            None => out.push(Write { key, value: None }),
+            None => out.push(Write {
+                key: key.clone(),
+                value: None,
+            }),
         }
     }
     out
@@ -251,7 +254,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
                 }
                 changes.into_iter().collect()
             };
-            match self.commit_changes(snapshot.guards(), changes, Vec::new(), record_history)? {
+            match self.commit_changes(snapshot.guards(), &changes, Vec::new(), record_history)? {
                 super::meta::Committed::At(version) => return Ok((answer, Some(version))),
                 super::meta::Committed::Conflict if retry.again() => continue,
                 super::meta::Committed::Conflict => return Err(StoreError::Contention),
