@@ -305,7 +305,10 @@ fn json_accepted_is_json_readable() {
     }
     for unreadable in ["1e400", "\"\\ud800\""] {
         assert!(
-            matches!(Value::json(unreadable.into()), Err(StoreError::InvalidValue(_))),
+            matches!(
+                Value::json(unreadable.into()),
+                Err(StoreError::InvalidValue(_))
+            ),
             "{unreadable}"
         );
     }
