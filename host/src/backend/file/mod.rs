@@ -427,6 +427,19 @@ impl State {
             return Ok(take_changes(newer(), limit));
         }
         let txn = self.db.readable()?.begin_read().map_err(unavailable)?;
+        // A checkpoint commits redb (trimming its feed by changes and
+        // bytes, maybe past `self.trimmed`) before it updates this state:
+        // this snapshot's own `trimmed` says what it still has.
+        let meta = txn.open_table(META).map_err(unavailable)?;
+        let stored_trimmed = meta
+            .get("trimmed")
+            .map_err(unavailable)?
+            .map_or(0, |g| g.value());
+        if since < stored_trimmed {
+            return Err(BackendError::Compacted {
+                oldest: stored_trimmed + 1,
+            });
+        }
         let log = txn.open_table(LOG).map_err(unavailable)?;
         let start = since.saturating_add(1);
         let mut failure = None;
