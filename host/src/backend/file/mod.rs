@@ -837,16 +837,24 @@ fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<(Db, Met
     }
     // A new file is made whole under another name, then renamed: a crash
     // while redb writes its first pages leaves no half-made store behind
-    // (it would not open), only `PATH.new`, which the next open replaces.
+    // (it would not open), only `PATH.kvstash-new`, which the next open
+    // replaces, unless it is a store itself (it has a commit log).
     let new = {
         let mut name = path.as_os_str().to_owned();
-        name.push(".new");
+        name.push(".kvstash-new");
         PathBuf::from(name)
     };
     let io = |what: &str, e: std::io::Error| {
         BackendError::Unavailable(format!("cannot {what} {}: {e}", new.display()))
     };
     if disk.file_len(&new).is_some() {
+        if disk.file_len(&wal::path_of(&new)).is_some() {
+            return Err(BackendError::Unavailable(format!(
+                "cannot make {}: {} is in the way and is a store of its own (it has a commit log); move one of them",
+                path.display(),
+                new.display()
+            )));
+        }
         disk.remove(&new).map_err(|e| io("remove", e))?;
     }
     let db = disk
@@ -1575,6 +1583,42 @@ mod tests {
             key: key.as_bytes().to_vec(),
             value: Some(value.as_bytes().to_vec()),
         }
+    }
+
+    /// A new store's file is made aside and renamed: a leftover from a
+    /// crash there is replaced, but a store of its own under that name is
+    /// never touched.
+    #[tokio::test]
+    async fn a_new_store_replaces_a_leftover_but_not_another_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let aside = dir.path().join("s.redb.kvstash-new");
+        std::fs::write(&aside, b"half a redb file").unwrap();
+        {
+            let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+            backend.commit(vec![], vec![write("a", "1")]).await.unwrap();
+        }
+        assert!(!aside.exists(), "the leftover was used and renamed");
+        let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        assert_eq!(backend.get(b"a").await.unwrap().unwrap().value, b"1");
+        drop(backend);
+
+        let other = dir.path().join("t.redb");
+        let in_the_way = dir.path().join("t.redb.kvstash-new");
+        {
+            let store = FileBackend::open_shared(&FileConfig::new(&in_the_way)).unwrap();
+            store
+                .commit(vec![], vec![write("mine", "1")])
+                .await
+                .unwrap();
+        }
+        let Err(err) = FileBackend::open_shared(&FileConfig::new(&other)) else {
+            panic!("opened beside another store");
+        };
+        assert!(err.to_string().contains("is a store of its own"), "{err}");
+        assert!(!other.exists());
+        let store = FileBackend::open_shared(&FileConfig::new(&in_the_way)).unwrap();
+        assert_eq!(store.get(b"mine").await.unwrap().unwrap().value, b"1");
     }
 
     /// The oldest version the feed still has changes after (what a watcher
