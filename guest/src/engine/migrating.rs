@@ -500,55 +500,6 @@ mod tests {
         assert_eq!(to.get(b"k").unwrap().unwrap().value, b"2");
     }
 
-    /// `to` as other writers make it look: before each commit this copy
-    /// tries, a later write to the same key lands in `from` and is copied
-    /// to `to`, so the condition fails, and a still later one lands in
-    /// `from` (its copy is yet to come), so `to` is behind again.
-    struct Racing {
-        from: Mem,
-        to: Mem,
-        races: std::cell::Cell<u32>,
-    }
-
-    impl Storage for Racing {
-        fn get(&self, key: &[u8]) -> Result<Option<Entry>, StorageError> {
-            self.to.get(key)
-        }
-        fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, StorageError> {
-            self.to.get_many(keys)
-        }
-        fn scan(
-            &self,
-            start: &[u8],
-            end: Option<&[u8]>,
-            limit: u32,
-            reverse: bool,
-        ) -> Result<Vec<Entry>, StorageError> {
-            self.to.scan(start, end, limit, reverse)
-        }
-        fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, StorageError> {
-            if self.races.get() > 0 {
-                self.races.set(self.races.get() - 1);
-                for w in &writes {
-                    let n = self.races.get().to_string();
-                    put(&*self.from, &w.key, Some(&n));
-                    put(&*self.to, &w.key, Some(&n));
-                    put(&*self.from, &w.key, Some(&format!("{n}, later")));
-                }
-            }
-            self.to.commit(checks, writes)
-        }
-        fn current_version(&self) -> Result<u64, StorageError> {
-            self.to.current_version()
-        }
-        fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, StorageError> {
-            self.to.changes(since, limit)
-        }
-        fn commits_here(&self) -> u64 {
-            self.to.commits_here()
-        }
-    }
-
     /// Many writers on one key: a copy that keeps losing to later writes'
     /// copies leaves the key to them instead of failing the commit, and
     /// `to` ends with the latest value. The migration job's copy, which no
@@ -557,14 +508,27 @@ mod tests {
     fn a_later_write_takes_over_the_copy() {
         let from = Rc::new(MemStorage::default());
         let to = Rc::new(MemStorage::default());
-        let racing = Racing {
-            from: from.clone(),
-            to: to.clone(),
-            races: std::cell::Cell::new(1_000),
-        };
+        // `to` as other writers make it look: before each commit the copy
+        // tries, a later write to the key lands in `from` and is copied to
+        // `to`, so the condition fails, and a still later one lands in
+        // `from` (its copy is yet to come), so `to` is behind again.
+        let races = Rc::new(std::cell::Cell::new(1_000u32));
+        let racing = super::super::tests::Hooked::new(to.clone()).before_commit({
+            let (from, races) = (from.clone(), races.clone());
+            move |to, _| {
+                if races.get() > 0 {
+                    races.set(races.get() - 1);
+                    let n = races.get().to_string();
+                    put(&*from, b"k", Some(&n));
+                    put(to, b"k", Some(&n));
+                    put(&*from, b"k", Some(&format!("{n}, later")));
+                }
+                None
+            }
+        });
         let m = Migrating::new(from.clone(), racing);
         put(&m, b"k", Some("mine"));
-        assert_eq!(m.to.races.get(), 999, "one lost race, then taken over");
+        assert_eq!(races.get(), 999, "one lost race, then taken over");
         assert_eq!(to.get(b"k").unwrap().unwrap().value, b"999");
 
         let job = m.copy(&[b"k".to_vec()]);
@@ -572,8 +536,8 @@ mod tests {
             matches!(&job, Err(StorageError::Unavailable(why)) if why.contains("kept changing")),
             "{job:?}"
         );
-        assert_eq!(m.to.races.get(), 999 - COPY_ATTEMPTS);
-        m.to.races.set(0);
+        assert_eq!(races.get(), 999 - COPY_ATTEMPTS);
+        races.set(0);
         assert_eq!(m.copy(&[b"k".to_vec()]).unwrap(), 1);
         assert_eq!(records(&*to), records(&*from));
     }
