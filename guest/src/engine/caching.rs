@@ -383,13 +383,16 @@ impl<S: Storage, C: Clock> Storage for Caching<S, C> {
             return self.main.get(key);
         };
         let now = self.clock.monotonic_us();
-        if self.usable(now) {
+        // A key not cached is read from the store without a sync: what it
+        // answers is current, and the next sync covers what comes after
+        // (a sync can cost several calls on a remote store, and a writer
+        // that lost a race finds its key dropped).
+        if self.holds(part, key) && self.usable(now) {
             if let Some(hit) = self.fresh(part, key, now) {
                 self.count(|s| s.hits += 1);
                 return Ok(hit);
             }
-            if self.holds(part, key)
-                && self.sync_due(part, now)
+            if self.sync_due(part, now)
                 && self.sync(now)
                 && let Some(hit) = self.fresh(part, key, now)
             {
@@ -420,8 +423,10 @@ impl<S: Storage, C: Clock> Storage for Caching<S, C> {
             }
         };
         let mut answers: Vec<Option<Option<Entry>>> = vec![None; keys.len()];
-        let cacheable = keys.iter().any(|key| self.part(key).is_some());
-        if cacheable && self.usable(now) {
+        let held = keys
+            .iter()
+            .any(|key| self.part(key).is_some_and(|part| self.holds(part, key)));
+        if held && self.usable(now) {
             look(&mut answers);
             let stale = answers.iter().zip(keys).any(|(answer, key)| {
                 answer.is_none()
