@@ -1260,51 +1260,36 @@ fn the_shell_completes_commands_and_keys_at_a_terminal() {
         &["--bucket", "names", "set", "environment_sensor_1", "-"],
         Some(r#"{"name":"backyard shed sensor","alias":[1,5,42]}"#),
     ));
-    // Python's pty module gives the shell a terminal; the script types one
-    // line at a time and waits for the prompt before the next.
+    // A pseudo-terminal (host/tests/support/terminal.py) gives the shell a
+    // terminal; the script types one line at a time and waits for the
+    // prompt before the next.
     let script = r#"
-import os, pty, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], [sys.argv[1], "--data", sys.argv[2], "shell"])
-seen = b""
-def until(text, timeout=30):
-    global seen
-    end = time.time() + timeout
-    while text not in seen:
-        if time.time() > end:
-            sys.stdout.write(seen.decode(errors="replace"))
-            sys.exit("timed out waiting for %r" % text)
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        seen += chunk
-    return seen
-def typed(keys, wait):
-    global seen
-    seen = b""
-    os.write(fd, keys)
-    return until(wait)
-until(b"kvstash:default> ")
-typed(b"use names\r", b"kvstash:names> ")
+import sys
+sys.path.insert(0, sys.argv[1])
+from terminal import Terminal
+term = Terminal([sys.argv[2], "--data", sys.argv[3], "shell"])
+term.until(b"kvstash:default> ")
+term.typed(b"use names\r", b"kvstash:names> ")
 # "ge<Tab>" completes to "get ", "env<Tab>" to the key.
-typed(b"ge\t", b"get ")
-typed(b"env\t", b"environment_sensor_1 ")
-out = typed(b"\r", b"kvstash:names> ")
+term.typed(b"ge\t", b"get ")
+term.typed(b"env\t", b"environment_sensor_1 ")
+out = term.typed(b"\r", b"kvstash:names> ")
 assert b'"name": "backyard shed sensor"' in out, out
 assert b'\r\n  "alias": [' in out or b'\n  "alias": [' in out, out
-typed(b"frobnicate\r", b"kvstash:names> ")
-typed(b"set display '\"front porch\"'\r", b"kvstash:names> ")
+term.typed(b"frobnicate\r", b"kvstash:names> ")
+term.typed(b"set display '\"front porch\"'\r", b"kvstash:names> ")
 # Up-arrow recalls the last line; edit it into a get of the new key.
-typed(b"\x1b[A", b"front porch")
-typed(b"\x15get display\r", b"kvstash:names> ")
-os.write(fd, b"exit\r")
-_, status = os.waitpid(pid, 0)
-sys.exit(os.waitstatus_to_exitcode(status))
+term.typed(b"\x1b[A", b"front porch")
+term.typed(b"\x15get display\r", b"kvstash:names> ")
+sys.exit(term.exit(b"exit\r"))
 "#;
     let out = Command::new("python3")
-        .args(["-c", script, env!("CARGO_BIN_EXE_kvstash")])
+        .args([
+            "-c",
+            script,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
+        ])
+        .arg(env!("CARGO_BIN_EXE_kvstash"))
         .arg(dir.path())
         .env_remove("KVSTASH_STORE")
         .env("TERM", "xterm")

@@ -30,8 +30,9 @@ impl Server {
         Self::serving(dir, extra, &[]).unwrap()
     }
 
-    /// `kvstash [global] serve --listen 127.0.0.1:0 [serve]`; its error
-    /// output if it does not start.
+    /// `kvstash [global] serve --listen 127.0.0.1:0 [serve]` (unless
+    /// `serve` has a `--listen` of its own); its error output if it does
+    /// not start.
     fn serving(dir: &Path, global: &[&str], serve: &[&str]) -> Result<Self, String> {
         Self::serving_with(dir, global, serve, &[])
     }
@@ -47,7 +48,13 @@ impl Server {
             .arg("--data")
             .arg(dir)
             .args(global)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(
+                (!serve.contains(&"--listen"))
+                    .then_some(["--listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(serve)
             .env_remove("KVSTASH_STORE")
             .envs(env.iter().copied())
@@ -463,6 +470,25 @@ fn transactions_paths_history_schemas_and_locks() {
             .post("/v1/txn", r#"{"mutations":[{"key":"k"}]}"#)
             .error(400)["code"],
         "invalid-argument"
+    );
+    // A batch has at most 1000 checks and mutations together.
+    let item = |i: usize| json!({"bucket": "aliases", "key": format!("bulk{i}"), "set": i});
+    let checks: Vec<Value> = (0..500)
+        .map(|i| json!({"bucket": "aliases", "key": format!("bulk{i}"), "absent": true}))
+        .collect();
+    let too_many = json!({"checks": checks, "mutations": (0..501).map(item).collect::<Vec<_>>()});
+    let error = server.post("/v1/txn", &too_many.to_string()).error(400);
+    assert_eq!(error["code"], "invalid-argument");
+    assert!(
+        error["message"].as_str().unwrap().contains("at most 1000"),
+        "{error}"
+    );
+    assert_eq!(server.get("/v1/buckets/aliases/keys/bulk0").status, 404);
+    let most = json!({"checks": checks, "mutations": (0..500).map(item).collect::<Vec<_>>()});
+    server.post("/v1/txn", &most.to_string()).expect(200);
+    assert_eq!(
+        server.get("/v1/buckets/aliases/keys/bulk499").expect(200)["value"],
+        499
     );
     assert_eq!(server.get(KEY).expect(200)["value"], json!([1, 5, 42]));
 
@@ -1421,6 +1447,60 @@ fn the_cli_works_on_a_served_store_with_a_storage_token() {
     );
 }
 
+/// `kvstash --server URL shell`, at a terminal: the shell on another
+/// host's store, with buckets and keys completed from what it serves.
+#[cfg(feature = "shell")]
+#[test]
+fn the_shell_works_on_a_served_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let full = token(&tokens, &["add", "host", "--storage", "write"]);
+    let server = Server::start(dir.path());
+    let url = format!("http://{}", server.addr);
+    let seeded = json!({"name": "backyard shed sensor"}).to_string();
+    remote_cli(&url, Some(&full), &["set", "environment_sensor_1", &seeded]).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+from terminal import Terminal
+term = Terminal([sys.argv[2], "--server", sys.argv[3], "--data", sys.argv[4], "shell"])
+term.until(b"kvstash:default> ")
+# "use al<Tab>" completes the served bucket, "get env<Tab>" its key.
+term.typed(b"use al\t", b"aliases ")
+term.typed(b"\r", b"kvstash:aliases> ")
+term.typed(b"get env\t", b"environment_sensor_1 ")
+out = term.typed(b"\r", b"kvstash:aliases> ")
+assert b'"name": "backyard shed sensor"' in out, out
+term.typed(b"set display '\"front porch\"'\r", b"kvstash:aliases> ")
+sys.exit(term.exit(b"exit\r"))
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
+        ])
+        .arg(env!("CARGO_BIN_EXE_kvstash"))
+        .arg(&url)
+        .arg(home.path())
+        .env_remove("KVSTASH_STORE")
+        .env("KVSTASH_TOKEN", &full)
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The shell wrote the server's store, and kept no store of its own.
+    let display = remote_cli(&url, Some(&full), &["get", "display"]);
+    assert_eq!(display.unwrap(), "\"front porch\"");
+    assert!(!home.path().join("kvstash.redb").exists());
+}
+
 #[test]
 fn a_served_store_is_reached_over_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -1580,6 +1660,52 @@ fn replication_until(replica: &Server, done: impl Fn(&Value) -> bool) -> Value {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A replica whose primary is not up yet answers reads with 503 (and
+/// `Retry-After`), says why in `/healthz` and `/v1/replication`, and once
+/// the primary is there copies it and serves it.
+#[test]
+fn a_replica_answers_503_until_it_has_copied_its_primary() {
+    let (primary_dir, replica_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tokens = primary_dir.path().join("tokens.json");
+    let follower = token(&tokens, &["add", "replica", "--storage", "read"]);
+    let admin = token(&tokens, &["add", "admin", "--write", "*"]);
+    let listen = format!("127.0.0.1:{}", kvstash_test_servers::free_port());
+    let primary_url = format!("http://{listen}");
+    let replica = Server::serving_with(
+        replica_dir.path(),
+        &[],
+        &["--replica-of", &primary_url],
+        &[("KVSTASH_PRIMARY_TOKEN", &follower)],
+    )
+    .unwrap();
+    let report = replication_until(&replica, |r| r["last_error"].is_string());
+    assert_eq!(report["state"], "syncing", "{report}");
+    let read = replica.get("/v1/buckets/aliases/keys/sensor");
+    assert!(read.header("retry-after").is_some(), "{read:?}");
+    assert_eq!(read.error(503)["code"], "unavailable");
+    let health = replica.get("/healthz");
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["status"], "syncing");
+
+    let primary = Server::serving(primary_dir.path(), &[], &["--listen", &listen]).unwrap();
+    let version = primary
+        .as_token(
+            &admin,
+            "PUT",
+            "/v1/buckets/aliases/keys/sensor",
+            Some("[1,5,42]"),
+        )
+        .expect(200)["version"]
+        .as_u64()
+        .unwrap();
+    replication_until(&replica, |r| {
+        r["state"] == "following" && r["applied"].as_u64() >= Some(version)
+    });
+    let read = replica.get("/v1/buckets/aliases/keys/sensor").expect(200);
+    assert_eq!(read, json!({"value": [1, 5, 42], "version": version}));
+    assert_eq!(replica.get("/healthz").status, 200);
 }
 
 /// Every item of every bucket of `server` (key, value, version), as read

@@ -295,7 +295,7 @@ fn entry(e: Option<kvstash::Entry>) -> Json {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_case_holds_on_memory_and_file_storage() {
+async fn every_case_holds_on_memory_file_and_served_storage() {
     let cases: Json = serde_json::from_str(include_str!("../conformance/cases.json")).unwrap();
     let cases = cases["cases"].as_array().unwrap();
     assert!(cases.len() >= 9);
@@ -303,9 +303,26 @@ async fn every_case_holds_on_memory_and_file_storage() {
     for (n, case) in cases.iter().enumerate() {
         let name = case["name"].as_str().unwrap();
         let path = dir.path().join(format!("case-{n}.redb"));
+        // Another host's store: a `kvstash serve` here on a file store of
+        // its own, reached through its `/v1/storage` routes.
+        let served = Store::open(
+            &json!({"type": "file", "path": dir.path().join(format!("served-{n}.redb"))})
+                .to_string(),
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(kvstash::serve::serve(
+            served,
+            listener,
+            kvstash::serve::ServeOptions::default(),
+            std::future::pending(),
+        ));
         for config in [
             json!({"type": "memory"}),
             json!({"type": "file", "path": path}),
+            json!({"type": "server", "url": url}),
         ] {
             let mut runner = Runner {
                 store: Store::open(&config.to_string()).await.unwrap(),

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use kvstash::{Check, Error, Store};
 use serde_json::json;
 
+#[macro_use]
+mod common;
+
 async fn file_store(dir: &tempfile::TempDir) -> Store {
     let config = json!({"type": "file", "path": dir.path().join("s.redb")}).to_string();
     Store::open(&config).await.unwrap()
@@ -49,9 +52,9 @@ async fn a_lock_has_one_holder_until_released_or_expired() {
     assert!(renewed.expires_at > next.expires_at);
 }
 
-#[tokio::test]
-async fn lock_waits_for_a_release_and_wakes_at_once() {
-    let store = Store::open(r#"{"type":"memory"}"#).await.unwrap();
+// On every backend: a waiter wakes at the release (the backend's commit
+// announcement), and gives up at its deadline.
+on_every_backend!(a_waiter_wakes_at_the_release, |store| {
     let held = store
         .acquire("l", Duration::from_secs(60), Some("first"))
         .await
@@ -92,11 +95,11 @@ async fn lock_waits_for_a_release_and_wakes_at_once() {
         matches!(timed_out, Err(Error::Locked { .. })),
         "{timed_out:?}"
     );
-}
+});
 
-#[tokio::test]
-async fn an_expired_lease_frees_the_lock_and_fences_its_holder_out() {
-    let store = Store::open(r#"{"type":"memory"}"#).await.unwrap();
+// On every backend: an expired lease frees its lock, and a write fenced by
+// its token is refused once another holder has the lock.
+on_every_backend!(an_expired_lease_is_fenced_out, |store| {
     let stale = store
         .acquire("leader", Duration::from_millis(50), Some("node-1"))
         .await
@@ -132,4 +135,4 @@ async fn an_expired_lease_frees_the_lock_and_fences_its_holder_out() {
             .as_deref(),
         Some("node-2")
     );
-}
+});

@@ -18,12 +18,64 @@ async fn next(stream: &mut (impl futures::Stream<Item = Result<Event, Error>> + 
         .expect("no error")
 }
 
+#[macro_use]
+mod common;
+
+// On every backend: a bucket's events under a prefix, live (woken by the
+// backend's commit announcements, not by polling) and replayed from a
+// version, each commit once and in version order.
+on_every_backend!(a_watch_is_live_and_replays, |store| {
+    let b = store.bucket("devices");
+    let start = b.set_json("sensor/0", &0).await.unwrap();
+    let watching = |since| WatchOptions {
+        prefix: Some("sensor/".into()),
+        since,
+        poll_interval: Duration::from_secs(3600),
+    };
+    let mut live = Box::pin(b.watch(watching(None)).await.unwrap());
+    let v1 = b
+        .set_json("sensor/1", &json!({"alias": [1, 5, 42]}))
+        .await
+        .unwrap();
+    b.set_json("other", &1).await.unwrap();
+    store
+        .bucket("elsewhere")
+        .set_json("sensor/1", &1)
+        .await
+        .unwrap();
+    let v2 = b.delete_if_version("sensor/1", v1).await.unwrap();
+    let seen = [next(&mut live).await, next(&mut live).await];
+    let mut replay = Box::pin(b.watch(watching(Some(start))).await.unwrap());
+    let replayed = [next(&mut replay).await, next(&mut replay).await];
+    for events in [&seen, &replayed] {
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.version, e.key.as_str(), e.kind))
+                .collect::<Vec<_>>(),
+            [
+                (v1, "sensor/1", EventKind::Set),
+                (v2, "sensor/1", EventKind::Delete)
+            ]
+        );
+    }
+    assert_eq!(
+        seen[0]
+            .value
+            .clone()
+            .unwrap()
+            .parse::<serde_json::Value>()
+            .unwrap(),
+        json!({"alias": [1, 5, 42]})
+    );
+});
+
 #[tokio::test]
 async fn a_watcher_sees_writes_from_another_handle_at_once() {
-    // The file backend is single-process (redb locks the file), so the
-    // second writer is a second store handle in this process: its own
-    // instances, sharing only the backend, as another process would on a
-    // remote backend.
+    // The second writer is a second store handle in this process: its own
+    // instances, sharing only the backend. (Other processes reach a held
+    // file store through its holder: host/tests/cli.rs
+    // `a_client_is_told_of_commits`.)
     let dir = tempfile::tempdir().unwrap();
     let config = json!({"type": "file", "path": dir.path().join("s.redb")}).to_string();
     let watcher = Store::open(&config).await.unwrap();

@@ -725,7 +725,7 @@ async fn as_replica(State(s): State<Arc<Served>>, request: Request, next: Next) 
     if route.is_some() && !service && !replica.serves_reads() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "storage",
+            "unavailable",
             format!(
                 "this replica is copying the store of {}; it serves reads once it has",
                 replica.primary()

@@ -56,6 +56,41 @@ macro_rules! on_every_backend {
                 $body
             }
 
+            #[tokio::test]
+            async fn caching_etcd() {
+                let Some(server) = kvstash_test_servers::Etcd::shared() else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let config = json!({"type": "caching", "main":
+                    {"type": "etcd", "endpoints": server.endpoints(), "namespace": namespace},
+                    "policy": {"timeout_ms": 60000}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn caching_postgres() {
+                let Some(server) = kvstash_test_servers::Postgres::shared() else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let config = json!({"type": "caching", "main":
+                    {"type": "postgres", "url": server.url(), "namespace": namespace},
+                    "policy": {"timeout_ms": 60000}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn caching_server() {
+                let url = common::served_memory().await;
+                let config = json!({"type": "caching", "main": {"type": "server", "url": url},
+                    "policy": {"timeout_ms": 60000, "max_entries": 50}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
             // The migrating layer, mid-migration: reads from `from`, every
             // write copied to `to`; all of the store's behaviour is `from`'s.
             #[tokio::test]
@@ -67,19 +102,43 @@ macro_rules! on_every_backend {
                 $body
             }
 
+            // And between remote stores: etcd to PostgreSQL, Redis to
+            // another host's `kvstash serve`.
+            #[tokio::test]
+            async fn migrating_etcd_to_postgres() {
+                let (Some(etcd), Some(postgres)) = (
+                    kvstash_test_servers::Etcd::shared(),
+                    kvstash_test_servers::Postgres::shared(),
+                ) else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let config = json!({"type": "migrating",
+                    "from": {"type": "etcd", "endpoints": etcd.endpoints(), "namespace": namespace},
+                    "to": {"type": "postgres", "url": postgres.url(), "namespace": namespace}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
+            #[tokio::test]
+            async fn migrating_redis_to_server() {
+                let Some(redis) = kvstash_test_servers::Redis::shared() else {
+                    return;
+                };
+                let namespace = kvstash_test_servers::unique(stringify!($name));
+                let url = common::served_memory().await;
+                let config = json!({"type": "migrating",
+                    "from": {"type": "redis", "url": redis.url(), "namespace": namespace},
+                    "to": {"type": "server", "url": url}});
+                let $store = Store::open(&config.to_string()).await.unwrap();
+                $body
+            }
+
             // Another host's store: `kvstash serve` (in this process) on a
             // memory store, reached through its `/v1/storage` routes.
             #[tokio::test]
             async fn server() {
-                let served = Store::open(r#"{"type":"memory"}"#).await.unwrap();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let url = format!("http://{}", listener.local_addr().unwrap());
-                tokio::spawn(kvstash::serve::serve(
-                    served,
-                    listener,
-                    kvstash::serve::ServeOptions::default(),
-                    std::future::pending(),
-                ));
+                let url = common::served_memory().await;
                 let config = json!({"type": "server", "url": url});
                 let $store = Store::open(&config.to_string()).await.unwrap();
                 $body
@@ -123,4 +182,19 @@ macro_rules! on_every_backend {
             }
         }
     };
+}
+
+/// A `kvstash serve` in this process on a memory store of its own; its URL.
+/// It serves until the test's runtime ends.
+pub async fn served_memory() -> String {
+    let served = kvstash::Store::open(r#"{"type":"memory"}"#).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(kvstash::serve::serve(
+        served,
+        listener,
+        kvstash::serve::ServeOptions::default(),
+        std::future::pending(),
+    ));
+    url
 }

@@ -1,0 +1,49 @@
+"""A program driven through a pseudo-terminal, as a person types at it.
+
+Used by the `kvstash shell` tests (host/tests/cli.rs, host/tests/serve.rs):
+
+    term = Terminal([kvstash, "--data", dir, "shell"])
+    term.until(b"kvstash:default> ")
+    out = term.typed(b"get k\r", b"kvstash:default> ")
+    sys.exit(term.exit(b"exit\r"))
+"""
+
+import os
+import pty
+import sys
+import time
+
+
+class Terminal:
+    def __init__(self, argv):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execv(argv[0], argv)
+        self.seen = b""
+
+    def until(self, text, timeout=30):
+        """Reads until `text` has been shown; what was shown since the last
+        keys typed. On a timeout, prints it and exits non-zero."""
+        end = time.time() + timeout
+        while text not in self.seen:
+            if time.time() > end:
+                sys.stdout.write(self.seen.decode(errors="replace"))
+                sys.exit("timed out waiting for %r" % text)
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                break
+            self.seen += chunk
+        return self.seen
+
+    def typed(self, keys, wait):
+        """Types `keys`, then waits for `wait`; returns what was shown."""
+        self.seen = b""
+        os.write(self.fd, keys)
+        return self.until(wait)
+
+    def exit(self, keys):
+        """Types `keys` (the line that ends the program); its exit code."""
+        os.write(self.fd, keys)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
