@@ -364,7 +364,23 @@ fn migrating(mut fields: Map<String, Value>, path: &str) -> Result<NodeKind, Sto
     only(&fields, path, &["type", "from", "to"])?;
     let from = child(&mut fields, path, "from")?;
     let to = child(&mut fields, path, "to")?;
+    for side in [&from, &to] {
+        uncached(side)?;
+    }
     Ok(NodeKind::Migrating { from, to })
+}
+
+/// Refuses a caching layer at or below `node`, a side of a migration: the
+/// copy must read `from` as it is, and write `to` as it is.
+fn uncached(node: &Node) -> Result<(), StoreError> {
+    match &node.kind {
+        NodeKind::Leaf(_) => Ok(()),
+        NodeKind::Caching { .. } => Err(invalid(
+            &node.path,
+            "is a caching layer inside a migrating layer, which is refused (a migration must read `from` as it is): put the cache above the migrating layer",
+        )),
+        NodeKind::Migrating { from, to } => uncached(from).and_then(|()| uncached(to)),
+    }
 }
 
 #[cfg(test)]
@@ -437,6 +453,14 @@ mod tests {
             (r#"{"type":3}"#, "`$.type`"),
             (r#"{"type":"memory","prefix":""}"#, "`$.prefix`"),
             (r#"{"type":"memory","read_only":"yes"}"#, "`$.read_only`"),
+            (
+                r#"{"type":"migrating","from":{"type":"memory"},"to":{"type":"caching","main":{"type":"memory"}}}"#,
+                "`$.to` is a caching layer inside a migrating layer",
+            ),
+            (
+                r#"{"type":"migrating","from":{"type":"migrating","from":{"type":"memory"},"to":{"type":"caching","main":{"type":"memory"}}},"to":{"type":"memory"}}"#,
+                "`$.from.to` is a caching layer",
+            ),
             (
                 r#"{"type":"memory","retry_deadline_ms":-1}"#,
                 "`$.retry_deadline_ms`",

@@ -1310,6 +1310,73 @@ sys.exit(term.exit(b"exit\r"))
     assert!(history.contains("use names"), "{history}");
 }
 
+/// The caching layer's counters, as `kvstash stats` prints them in a shell
+/// (one store open for the whole session, so they count what it did):
+/// write-through, the least recently used culled, a hit, a miss.
+#[cfg(feature = "shell")]
+#[test]
+fn the_shells_stats_count_the_caches_hits_misses_and_evictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"type": "caching",
+        "main": {"type": "file", "path": dir.path().join("s.redb")},
+        "policy": {"max_entries": 2, "cull_to_percent": 50, "timeout_ms": 600000}})
+    .to_string();
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+from terminal import Terminal
+term = Terminal([sys.argv[2], "--data", sys.argv[3], "--config", sys.argv[4], "shell"])
+prompt = b"kvstash:default> "
+term.until(prompt)
+for line in [b"set a 1", b"set b 2", b"set c 3", b"get c", b"get a"]:
+    term.typed(line + b"\r", prompt)
+out = term.typed(b"stats\r", prompt)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(term.exit(b"exit\r"))
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
+        ])
+        .arg(env!("CARGO_BIN_EXE_kvstash"))
+        .arg(dir.path())
+        .arg(&config)
+        .env_remove("KVSTASH_STORE")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    assert!(
+        out.status.success(),
+        "{shown}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The third set went past 2 entries: culled to 1 (c), a and b evicted;
+    // `get c` hit, `get a` missed.
+    let stats: serde_json::Value = shown
+        .lines()
+        .find_map(|line| serde_json::from_str(line.trim()).ok())
+        .unwrap_or_else(|| panic!("no stats in:\n{shown}"));
+    let cache = &stats["caches"][0];
+    assert_eq!(
+        (
+            &cache["hits"],
+            &cache["misses"],
+            &cache["evictions"],
+            &cache["entries"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(2),
+            &serde_json::json!(2)
+        ),
+        "{stats}"
+    );
+}
+
 /// A layered configuration is checked whole before anything opens, and
 /// its errors name the offending field by its path.
 #[test]
@@ -1345,6 +1412,11 @@ fn a_bad_configuration_tree_is_refused_naming_the_field() {
             serde_json::json!({"type": "migrating", "from": {"type": "file", "path": from},
                    "to": {"type": "etcdd"}}),
             "`$.to`: unknown backend type `etcdd`",
+        ),
+        (
+            serde_json::json!({"type": "migrating", "from": {"type": "file", "path": from},
+                   "to": {"type": "caching", "main": {"type": "file", "path": to}}}),
+            "`$.to` is a caching layer inside a migrating layer",
         ),
     ];
     for (config, needle) in cases {
@@ -1578,6 +1650,166 @@ fn an_interrupted_migration_resumes_from_its_checkpoint() {
         exported(dir.path(), &to.to_string()),
         exported(dir.path(), &from.to_string())
     );
+}
+
+/// A verification that finds `to` different from `from` (a record changed
+/// and one added in `to` behind the layer's back) says so and fails; a new
+/// copy makes the two equal again. And `--rate` holds the copy back.
+#[test]
+fn a_verification_finds_what_differs_and_a_copy_mends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
+    let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
+    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    preload(dir.path(), &from, "b", "k", 150);
+    let started = Instant::now();
+    ok(migrate(
+        dir.path(),
+        &config,
+        &["--batch", "10", "--rate", "100"],
+    ));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "150 records at 100 per second: {:?}",
+        started.elapsed()
+    );
+    let to = to.to_string();
+    ok(kvstash(
+        dir.path(),
+        &["--config", &to, "-b", "b", "set", "k7", "\"changed\""],
+    ));
+    ok(kvstash(
+        dir.path(),
+        &["--config", &to, "-b", "other", "set", "extra", "1"],
+    ));
+
+    let o = migrate(dir.path(), &config, &["--verify-only"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(stderr(&o).contains("still differs"), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(summary["verified"], false, "{summary}");
+    assert_eq!(summary["differing"], 2, "{summary}");
+    assert_eq!(
+        summary["buckets"],
+        serde_json::json!([
+            // The same count, a different checksum; and a bucket only `to` has.
+            {"bucket": "b", "from": 150, "to": 150, "same": false},
+            {"bucket": "other", "from": 0, "to": 1, "same": false},
+        ])
+    );
+
+    let o = ok(migrate(dir.path(), &config, &["--restart"]));
+    assert!(stdout(&o).contains("\"verified\":true"), "{}", stdout(&o));
+    assert_eq!(
+        exported(dir.path(), &to),
+        exported(dir.path(), &from.to_string())
+    );
+}
+
+/// A copy longer than `from`'s change feed reaches back (three commits
+/// kept, and writers commit more while the copy runs) cannot be caught up
+/// from the feed: the copy starts again, and ends verified with every
+/// acknowledged write.
+#[test]
+fn a_feed_compacted_under_the_copy_starts_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb"),
+        "retention": 3, "retention_entries": 3, "checkpoint_kb": 1});
+    let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
+    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    preload(dir.path(), &from, "b", "k", 300);
+    let run = spawn_kvstash(
+        dir.path(),
+        &[
+            "--config", &config, "migrate", "--batch", "10", "--rate", "100",
+        ],
+    );
+    // Writes through the layer while the copy runs (it takes 3 s).
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..12 {
+        ok(kvstash(
+            dir.path(),
+            &[
+                "--config",
+                &config,
+                "-b",
+                "b",
+                "set",
+                &format!("k{}", i * 23),
+                &format!("\"w{i}\""),
+            ],
+        ));
+    }
+    let o = run.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("copying again"), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(summary["verified"], true, "{summary}");
+    let to = to.to_string();
+    assert_eq!(
+        exported(dir.path(), &to),
+        exported(dir.path(), &from.to_string())
+    );
+    let got = stdout(&ok(kvstash(
+        dir.path(),
+        &["--config", &to, "-b", "b", "get", "k253"],
+    )));
+    assert_eq!(got.trim(), "\"w11\"");
+}
+
+/// At a terminal, `kvstash migrate` shows its progress: records, bytes,
+/// rate and time left.
+#[test]
+fn a_migration_at_a_terminal_shows_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
+    let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
+    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    preload(dir.path(), &from, "b", "k", 200);
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+from terminal import Terminal
+term = Terminal([sys.argv[2], "--data", sys.argv[3], "--config", sys.argv[4],
+    "migrate", "--batch", "10", "--rate", "100"])
+code = term.wait()
+sys.stdout.write(term.seen.decode(errors="replace"))
+sys.exit(code)
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
+        ])
+        .arg(env!("CARGO_BIN_EXE_kvstash"))
+        .arg(dir.path())
+        .arg(&config)
+        .env_remove("KVSTASH_STORE")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "⠁ copy [=====>    ] 60/200 records, 1.2 KiB (99/s, ETA 1s)"
+    assert!(
+        shows_a_progress_line(&shown),
+        "no progress line with records, bytes, rate and ETA:\n{shown}"
+    );
+    assert!(shown.contains("\"verified\":true"), "{shown}");
+}
+
+/// Whether `shown` has a progress line: `N/200 records, SIZE (RATE/s, ETA …)`.
+fn shows_a_progress_line(shown: &str) -> bool {
+    shown.split(['\r', '\n']).any(|line| {
+        line.contains("/200 records, ")
+            && (line.contains(" B (") || line.contains("KiB ("))
+            && line.contains("/s, ETA ")
+    })
 }
 
 /// Without a migrating layer there is nothing to migrate.

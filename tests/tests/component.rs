@@ -405,7 +405,7 @@ async fn configuration_errors_surface_at_open() {
         ),
         (
             r#"{"type":"migrating","from":{"type":"caching","main":{"type":"memory"}},"to":{"type":"memory"}}"#,
-            "`$.from`: a caching layer inside a migrating layer is refused",
+            "`$.from` is a caching layer inside a migrating layer, which is refused",
         ),
     ] {
         match Store::open(config).await {

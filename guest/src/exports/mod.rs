@@ -85,7 +85,7 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
     // anything opens.
     let config = config::parse(&storage::config())?;
     let mut layers = Layers::default();
-    let storage = build(&config.root, &[], false, &mut layers)?;
+    let storage = build(&config.root, &[], &mut layers)?;
     let opened = Rc::new(Opened {
         engine: Rc::new(
             Engine::new(storage, WasiClock)
@@ -106,14 +106,13 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
 /// is the ancestors' prefix, which comes after the node's own), so every
 /// layer works on the store's own keys: a caching layer sees buckets, and
 /// a migration copies only its store's records, never a neighbour's under
-/// another prefix of the same backend. A caching layer inside a migrating
-/// one is refused: the copy must read `from` as it is. A `read_only` node
+/// another prefix of the same backend. (A caching layer inside a migrating
+/// one was refused when the configuration was parsed.) A `read_only` node
 /// below the root refuses commits (the root's is the engine's, which
 /// refuses before it reads).
 fn build(
     node: &Node,
     inherited: &[u8],
-    migrating: bool,
     layers: &mut Layers,
 ) -> Result<Box<dyn Storage>, StoreError> {
     let mut prefix = node.prefix.clone().unwrap_or_default();
@@ -142,13 +141,7 @@ fn build(
             policy,
             buckets,
         } => {
-            if migrating {
-                return Err(StoreError::InvalidConfig(format!(
-                    "`{}`: a caching layer inside a migrating layer is refused (a migration must read `from` as it is): put the cache above the migrating layer",
-                    node.path
-                )));
-            }
-            let main = build(main, &prefix, migrating, layers)?;
+            let main = build(main, &prefix, layers)?;
             let layer = Rc::new(Caching::new(
                 main,
                 WasiClock,
@@ -159,8 +152,8 @@ fn build(
             Box::new(layer)
         }
         NodeKind::Migrating { from, to } => {
-            let from = build(from, &prefix, true, layers)?;
-            let to = build(to, &prefix, true, layers)?;
+            let from = build(from, &prefix, layers)?;
+            let to = build(to, &prefix, layers)?;
             let layer = Rc::new(Migrating::new(from, to));
             layers.migrations.push((node.path.clone(), layer.clone()));
             Box::new(layer)

@@ -47,3 +47,18 @@ class Terminal:
         os.write(self.fd, keys)
         _, status = os.waitpid(self.pid, 0)
         return os.waitstatus_to_exitcode(status)
+
+    def wait(self, timeout=120):
+        """Reads what the program shows until it exits; its exit code.
+        Everything it showed is in `seen`."""
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.seen += chunk
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
