@@ -2,8 +2,12 @@
 //! (maturin builds the native module) into a virtualenv under `target/`,
 //! then its pytest suite (`bindings/python/tests/test_*.py`).
 //!
-//! The package builds in its own cargo target dir (`target/python`): this
-//! test runs inside `cargo test`, which holds the workspace's.
+//! The package builds with the dev profile in the workspace's target dir
+//! (`MATURIN_PEP517_ARGS=--profile dev`), so it reuses what `cargo test`
+//! just compiled and only links the module: 50 s for this test instead of
+//! 8.5 min with a release build of its own (cargo does not hold the target
+//! dir's lock while tests run). What it checks does not depend on the
+//! profile; a user's `pip install` builds in release.
 
 // Test code: a broken assumption should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -26,7 +30,8 @@ fn the_python_package_installs_and_passes_its_tests() {
     install
         .args(["--force-reinstall", "--no-deps"])
         .arg(package)
-        .env("CARGO_TARGET_DIR", target.join("python"));
+        .env("CARGO_TARGET_DIR", &target)
+        .env("MATURIN_PEP517_ARGS", "--profile dev");
     run(&mut install);
     run(Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
