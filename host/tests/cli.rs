@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/terminal.rs"]
+mod terminal;
+
 fn kvstash(data: &Path, args: &[&str]) -> Output {
     kvstash_with(data, args, None)
 }
@@ -1264,10 +1267,7 @@ fn the_shell_completes_commands_and_keys_at_a_terminal() {
     // terminal; the script types one line at a time and waits for the
     // prompt before the next.
     let script = r#"
-import sys
-sys.path.insert(0, sys.argv[1])
-from terminal import Terminal
-term = Terminal([sys.argv[2], "--data", sys.argv[3], "shell"])
+term = Terminal([sys.argv[1], "--data", sys.argv[2], "shell"])
 term.until(b"kvstash:default> ")
 term.typed(b"use names\r", b"kvstash:names> ")
 # "ge<Tab>" completes to "get ", "env<Tab>" to the key.
@@ -1283,24 +1283,7 @@ term.typed(b"\x1b[A", b"front porch")
 term.typed(b"\x15get display\r", b"kvstash:names> ")
 sys.exit(term.exit(b"exit\r"))
 "#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
-        ])
-        .arg(env!("CARGO_BIN_EXE_kvstash"))
-        .arg(dir.path())
-        .env_remove("KVSTASH_STORE")
-        .env("TERM", "xterm")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    terminal::run(script, &[dir.path().as_os_str()], &[]);
     let got = stdout(&ok(kvstash(
         dir.path(),
         &["--bucket", "names", "get", "display"],
@@ -1322,10 +1305,7 @@ fn the_shells_stats_count_the_caches_hits_misses_and_evictions() {
         "policy": {"max_entries": 2, "cull_to_percent": 50, "timeout_ms": 600000}})
     .to_string();
     let script = r#"
-import sys
-sys.path.insert(0, sys.argv[1])
-from terminal import Terminal
-term = Terminal([sys.argv[2], "--data", sys.argv[3], "--config", sys.argv[4], "shell"])
+term = Terminal([sys.argv[1], "--data", sys.argv[2], "--config", sys.argv[3], "shell"])
 prompt = b"kvstash:default> "
 term.until(prompt)
 for line in [b"set a 1", b"set b 2", b"set c 3", b"get c", b"get a"]:
@@ -1334,25 +1314,7 @@ out = term.typed(b"stats\r", prompt)
 sys.stdout.write(out.decode(errors="replace"))
 sys.exit(term.exit(b"exit\r"))
 "#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
-        ])
-        .arg(env!("CARGO_BIN_EXE_kvstash"))
-        .arg(dir.path())
-        .arg(&config)
-        .env_remove("KVSTASH_STORE")
-        .env("TERM", "xterm")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-    assert!(
-        out.status.success(),
-        "{shown}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let shown = terminal::run(script, &[dir.path().as_os_str(), config.as_ref()], &[]);
     // The third set went past 2 entries: culled to 1 (c), a and b evicted;
     // `get c` hit, `get a` missed.
     let stats: serde_json::Value = shown
@@ -1767,34 +1729,13 @@ fn a_migration_at_a_terminal_shows_its_progress() {
     let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
     preload(dir.path(), &from, "b", "k", 200);
     let script = r#"
-import sys
-sys.path.insert(0, sys.argv[1])
-from terminal import Terminal
-term = Terminal([sys.argv[2], "--data", sys.argv[3], "--config", sys.argv[4],
+term = Terminal([sys.argv[1], "--data", sys.argv[2], "--config", sys.argv[3],
     "migrate", "--batch", "10", "--rate", "100"])
 code = term.wait()
 sys.stdout.write(term.seen.decode(errors="replace"))
 sys.exit(code)
 "#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
-        ])
-        .arg(env!("CARGO_BIN_EXE_kvstash"))
-        .arg(dir.path())
-        .arg(&config)
-        .env_remove("KVSTASH_STORE")
-        .env("TERM", "xterm")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{shown}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let shown = terminal::run(script, &[dir.path().as_os_str(), config.as_ref()], &[]);
     // "⠁ copy [=====>    ] 60/200 records, 1.2 KiB (99/s, ETA 1s)"
     assert!(
         shows_a_progress_line(&shown),

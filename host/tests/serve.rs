@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[cfg(feature = "shell")]
+#[path = "support/terminal.rs"]
+mod terminal;
+
 /// A `kvstash serve` process on a free loopback port; killed when dropped.
 struct Server {
     child: Child,
@@ -1461,10 +1465,7 @@ fn the_shell_works_on_a_served_store() {
     remote_cli(&url, Some(&full), &["set", "environment_sensor_1", &seeded]).unwrap();
     let home = tempfile::tempdir().unwrap();
     let script = r#"
-import sys
-sys.path.insert(0, sys.argv[1])
-from terminal import Terminal
-term = Terminal([sys.argv[2], "--server", sys.argv[3], "--data", sys.argv[4], "shell"])
+term = Terminal([sys.argv[1], "--server", sys.argv[2], "--data", sys.argv[3], "shell"])
 term.until(b"kvstash:default> ")
 # "use al<Tab>" completes the served bucket, "get env<Tab>" its key.
 term.typed(b"use al\t", b"aliases ")
@@ -1475,25 +1476,10 @@ assert b'"name": "backyard shed sensor"' in out, out
 term.typed(b"set display '\"front porch\"'\r", b"kvstash:aliases> ")
 sys.exit(term.exit(b"exit\r"))
 "#;
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support"),
-        ])
-        .arg(env!("CARGO_BIN_EXE_kvstash"))
-        .arg(&url)
-        .arg(home.path())
-        .env_remove("KVSTASH_STORE")
-        .env("KVSTASH_TOKEN", &full)
-        .env("TERM", "xterm")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    terminal::run(
+        script,
+        &[url.as_ref(), home.path().as_os_str()],
+        &[("KVSTASH_TOKEN", &full)],
     );
     // The shell wrote the server's store, and kept no store of its own.
     let display = remote_cli(&url, Some(&full), &["get", "display"]);

@@ -15,6 +15,9 @@ use kvstash::{
 };
 use serde_json::{Value as Json, json};
 
+#[allow(unused_macros)] // on_every_backend!: the cases run on their own list of stores
+mod common;
+
 struct Runner {
     store: Store,
     config: Json,
@@ -305,20 +308,8 @@ async fn every_case_holds_on_memory_file_and_served_storage() {
         let path = dir.path().join(format!("case-{n}.redb"));
         // Another host's store: a `kvstash serve` here on a file store of
         // its own, reached through its `/v1/storage` routes.
-        let served = Store::open(
-            &json!({"type": "file", "path": dir.path().join(format!("served-{n}.redb"))})
-                .to_string(),
-        )
-        .await
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(kvstash::serve::serve(
-            served,
-            listener,
-            kvstash::serve::ServeOptions::default(),
-            std::future::pending(),
-        ));
+        let served = json!({"type": "file", "path": dir.path().join(format!("served-{n}.redb"))});
+        let url = common::served(served).await;
         for config in [
             json!({"type": "memory"}),
             json!({"type": "file", "path": path}),

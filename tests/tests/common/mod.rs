@@ -84,7 +84,7 @@ macro_rules! on_every_backend {
 
             #[tokio::test]
             async fn caching_server() {
-                let url = common::served_memory().await;
+                let url = common::served(json!({"type": "memory"})).await;
                 let config = json!({"type": "caching", "main": {"type": "server", "url": url},
                     "policy": {"timeout_ms": 60000, "max_entries": 50}});
                 let $store = Store::open(&config.to_string()).await.unwrap();
@@ -126,7 +126,7 @@ macro_rules! on_every_backend {
                     return;
                 };
                 let namespace = kvstash_test_servers::unique(stringify!($name));
-                let url = common::served_memory().await;
+                let url = common::served(json!({"type": "memory"})).await;
                 let config = json!({"type": "migrating",
                     "from": {"type": "redis", "url": redis.url(), "namespace": namespace},
                     "to": {"type": "server", "url": url}});
@@ -138,7 +138,7 @@ macro_rules! on_every_backend {
             // memory store, reached through its `/v1/storage` routes.
             #[tokio::test]
             async fn server() {
-                let url = common::served_memory().await;
+                let url = common::served(json!({"type": "memory"})).await;
                 let config = json!({"type": "server", "url": url});
                 let $store = Store::open(&config.to_string()).await.unwrap();
                 $body
@@ -184,10 +184,10 @@ macro_rules! on_every_backend {
     };
 }
 
-/// A `kvstash serve` in this process on a memory store of its own; its URL.
-/// It serves until the test's runtime ends.
-pub async fn served_memory() -> String {
-    let served = kvstash::Store::open(r#"{"type":"memory"}"#).await.unwrap();
+/// A `kvstash serve` in this process on a store of its own (`config`); its
+/// URL. It serves until the test's runtime ends.
+pub async fn served(config: serde_json::Value) -> String {
+    let served = kvstash::Store::open(&config.to_string()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(kvstash::serve::serve(
