@@ -322,6 +322,14 @@ impl KvstashSubject {
         Self::open(config, Some(path.to_path_buf())).await
     }
 
+    /// A store in the redb file `path` whose page cache is capped at
+    /// `cache_mb` MiB (`"cache_mb"`): what a small device configures.
+    pub async fn file_capped(path: &Path, cache_mb: u32) -> Result<Self, BenchError> {
+        let config =
+            serde_json::json!({"type": "file", "path": path, "cache_mb": cache_mb}).to_string();
+        Self::open(config, Some(path.to_path_buf())).await
+    }
+
     /// The same file store, held by another process (`kvstash watch`, this
     /// program) and used through its socket: what a second process pays.
     pub async fn file_through_holder(path: &Path) -> Result<Self, BenchError> {
@@ -555,6 +563,11 @@ pub async fn built_in(name: &str, dir: &Path) -> Result<Option<Box<dyn Subject>>
         "kvstash-memory" => Some(Box::new(KvstashSubject::memory().await?)),
         "kvstash-file" => Some(Box::new(
             KvstashSubject::file(&dir.join("kvstash.redb")).await?,
+        )),
+        // Not in `BUILT_IN`: `--one` only (kvstash-bench runs it at 1M keys
+        // for its peak RSS).
+        "kvstash-file-32m" => Some(Box::new(
+            KvstashSubject::file_capped(&dir.join("kvstash.redb"), 32).await?,
         )),
         // Not in `BUILT_IN`: `--one` only, for docs/design.md's comparison.
         "kvstash-file-shared" => Some(Box::new(
