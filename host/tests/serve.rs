@@ -1657,7 +1657,22 @@ fn a_replica_answers_503_until_it_has_copied_its_primary() {
     let tokens = primary_dir.path().join("tokens.json");
     let follower = token(&tokens, &["add", "replica", "--storage", "read"]);
     let admin = token(&tokens, &["add", "admin", "--write", "*"]);
-    let listen = format!("127.0.0.1:{}", kvstash_test_servers::free_port());
+    // The primary's address, kept by a listener that drops every connection
+    // until the primary starts there (so no other socket takes the port).
+    let keeper = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = keeper.local_addr().unwrap().to_string();
+    keeper.set_nonblocking(true).unwrap();
+    let kept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let keeping = {
+        let kept = kept.clone();
+        std::thread::spawn(move || {
+            while kept.load(std::sync::atomic::Ordering::Relaxed) {
+                if keeper.accept().is_err() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
     let primary_url = format!("http://{listen}");
     let replica = Server::serving_with(
         replica_dir.path(),
@@ -1675,6 +1690,8 @@ fn a_replica_answers_503_until_it_has_copied_its_primary() {
     assert_eq!(health.status, 503);
     assert_eq!(health.json()["status"], "syncing");
 
+    kept.store(false, std::sync::atomic::Ordering::Relaxed);
+    keeping.join().unwrap();
     let primary = Server::serving(primary_dir.path(), &[], &["--listen", &listen]).unwrap();
     let version = primary
         .as_token(

@@ -100,8 +100,9 @@ on_every_backend!(a_waiter_wakes_at_the_release, |store| {
 // On every backend: an expired lease frees its lock, and a write fenced by
 // its token is refused once another holder has the lock.
 on_every_backend!(an_expired_lease_is_fenced_out, |store| {
+    // Long enough for an acquire and a commit on a slow remote store.
     let stale = store
-        .acquire("leader", Duration::from_millis(50), Some("node-1"))
+        .acquire("leader", Duration::from_secs(1), Some("node-1"))
         .await
         .unwrap();
     let write = |token: u64, who: &'static str| {
@@ -113,7 +114,7 @@ on_every_backend!(an_expired_lease_is_fenced_out, |store| {
             .commit()
     };
     write(stale.token, "node-1").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let fresh = store
         .acquire("leader", Duration::from_secs(30), Some("node-2"))
         .await

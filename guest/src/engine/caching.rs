@@ -898,4 +898,37 @@ mod tests {
         assert_eq!(value(&b, &k).as_deref(), Some("2"));
         assert_eq!(b.stats().hits, 1, "and then served it from memory");
     }
+
+    /// A key the cache does not hold is read from the store without a
+    /// sync, even after other instances wrote; the next read of a key it
+    /// does hold syncs, and drops what they changed.
+    #[test]
+    fn a_key_not_cached_is_read_without_a_sync() {
+        let store = Rc::new(MemStorage::default());
+        let clock = Rc::new(ManualClock::at(1_000_000));
+        let layer = || {
+            Caching::new(
+                store.clone(),
+                clock.clone(),
+                CachePolicy {
+                    timeout_ms: 60_000,
+                    ..CachePolicy::default()
+                },
+                BTreeMap::new(),
+            )
+        };
+        let (a, b) = (layer(), layer());
+        let (held, other) = (key("b", "held"), key("b", "other"));
+        put(&a, &held, "1");
+        put(&a, &other, "1");
+        assert_eq!(value(&b, &held).as_deref(), Some("1"));
+        put(&a, &held, "2");
+        put(&a, &other, "2");
+        assert_eq!(value(&b, &other).as_deref(), Some("2"), "not held: read");
+        assert_eq!(b.stats().syncs, 0);
+        assert_eq!(value(&b, &held).as_deref(), Some("2"), "held: synced");
+        let stats = b.stats();
+        assert_eq!((stats.syncs, stats.invalidations), (1, 2), "{stats:?}");
+        assert_eq!(value(&b, &other).as_deref(), Some("2"));
+    }
 }

@@ -10,6 +10,8 @@ Used by the `kvstash shell` tests (host/tests/cli.rs, host/tests/serve.rs):
 
 import os
 import pty
+import select
+import signal
 import sys
 import time
 
@@ -21,18 +23,29 @@ class Terminal:
             os.execv(argv[0], argv)
         self.seen = b""
 
+    def _read(self, end):
+        """The next output, b"" at the program's end; on reaching `end`
+        (a time), kills the program and exits non-zero."""
+        left = end - time.time()
+        if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+            os.kill(self.pid, signal.SIGKILL)
+            sys.stdout.write(self.seen.decode(errors="replace"))
+            sys.exit("timed out")
+        try:
+            return os.read(self.fd, 4096)
+        except OSError:  # EIO: the program closed the terminal
+            return b""
+
     def until(self, text, timeout=30):
         """Reads until `text` has been shown; what was shown since the last
-        keys typed. On a timeout, prints it and exits non-zero."""
+        keys typed. Exits non-zero (after printing it) on a timeout, or if
+        the program ends first."""
         end = time.time() + timeout
         while text not in self.seen:
-            if time.time() > end:
+            chunk = self._read(end)
+            if not chunk:
                 sys.stdout.write(self.seen.decode(errors="replace"))
-                sys.exit("timed out waiting for %r" % text)
-            try:
-                chunk = os.read(self.fd, 4096)
-            except OSError:
-                break
+                sys.exit("ended before showing %r" % text)
             self.seen += chunk
         return self.seen
 
@@ -45,18 +58,14 @@ class Terminal:
     def exit(self, keys):
         """Types `keys` (the line that ends the program); its exit code."""
         os.write(self.fd, keys)
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
+        return self.wait()
 
     def wait(self, timeout=120):
         """Reads what the program shows until it exits; its exit code.
         Everything it showed is in `seen`."""
         end = time.time() + timeout
-        while time.time() < end:
-            try:
-                chunk = os.read(self.fd, 4096)
-            except OSError:
-                break
+        while True:
+            chunk = self._read(end)
             if not chunk:
                 break
             self.seen += chunk
