@@ -870,8 +870,10 @@ mod tests {
     /// Another instance of this host (its own cache over the same store):
     /// a write through one is seen by the other's next read, without
     /// waiting for the timeout (`commits_here` moved).
-    #[test]
-    fn another_instances_writes_are_seen_at_once() {
+    type Layer = Caching<Rc<MemStorage>, Rc<ManualClock>>;
+
+    /// Two instances' caching layers on one store (a minute's timeout).
+    fn two_instances() -> (Layer, Layer) {
         let store = Rc::new(MemStorage::default());
         let clock = Rc::new(ManualClock::at(1_000_000));
         let layer = || {
@@ -885,7 +887,12 @@ mod tests {
                 BTreeMap::new(),
             )
         };
-        let (a, b) = (layer(), layer());
+        (layer(), layer())
+    }
+
+    #[test]
+    fn another_instances_writes_are_seen_at_once() {
+        let (a, b) = two_instances();
         let k = key("b", "k");
         put(&a, &k, "1");
         assert_eq!(value(&b, &k).as_deref(), Some("1"));
@@ -904,20 +911,7 @@ mod tests {
     /// does hold syncs, and drops what they changed.
     #[test]
     fn a_key_not_cached_is_read_without_a_sync() {
-        let store = Rc::new(MemStorage::default());
-        let clock = Rc::new(ManualClock::at(1_000_000));
-        let layer = || {
-            Caching::new(
-                store.clone(),
-                clock.clone(),
-                CachePolicy {
-                    timeout_ms: 60_000,
-                    ..CachePolicy::default()
-                },
-                BTreeMap::new(),
-            )
-        };
-        let (a, b) = (layer(), layer());
+        let (a, b) = two_instances();
         let (held, other) = (key("b", "held"), key("b", "other"));
         put(&a, &held, "1");
         put(&a, &other, "1");
