@@ -1530,6 +1530,15 @@ fn a_migration_under_writes_from_other_processes(to: serde_json::Value) {
     );
 }
 
+/// A migration between two file stores in `dir`: `from`, `to`, and the
+/// migrating configuration over them (JSON text).
+fn file_to_file(dir: &Path) -> (serde_json::Value, serde_json::Value, String) {
+    let from = serde_json::json!({"type": "file", "path": dir.join("from.redb")});
+    let to = serde_json::json!({"type": "file", "path": dir.join("to.redb")});
+    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    (from, to, config)
+}
+
 /// The `to` (or `from`) child of a migrating configuration, as JSON text.
 fn config_of(config: &str, side: &str) -> String {
     let tree: serde_json::Value = serde_json::from_str(config).unwrap();
@@ -1560,9 +1569,7 @@ fn a_file_to_etcd_migration_under_load_loses_nothing() {
 #[test]
 fn an_interrupted_migration_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
-    let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
-    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    let (from, to, config) = file_to_file(dir.path());
     preload(dir.path(), &from, "b", "k", 600);
     let mut run = spawn_kvstash(
         dir.path(),
@@ -1620,9 +1627,7 @@ fn an_interrupted_migration_resumes_from_its_checkpoint() {
 #[test]
 fn a_verification_finds_what_differs_and_a_copy_mends_it() {
     let dir = tempfile::tempdir().unwrap();
-    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
-    let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
-    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    let (from, to, config) = file_to_file(dir.path());
     preload(dir.path(), &from, "b", "k", 150);
     let started = Instant::now();
     ok(migrate(
@@ -1724,9 +1729,7 @@ fn a_feed_compacted_under_the_copy_starts_it_again() {
 #[test]
 fn a_migration_at_a_terminal_shows_its_progress() {
     let dir = tempfile::tempdir().unwrap();
-    let from = serde_json::json!({"type": "file", "path": dir.path().join("from.redb")});
-    let to = serde_json::json!({"type": "file", "path": dir.path().join("to.redb")});
-    let config = serde_json::json!({"type": "migrating", "from": from, "to": to}).to_string();
+    let (from, _, config) = file_to_file(dir.path());
     preload(dir.path(), &from, "b", "k", 200);
     let script = r#"
 term = Terminal([sys.argv[1], "--data", sys.argv[2], "--config", sys.argv[3],
