@@ -36,6 +36,7 @@
 #[cfg(test)]
 mod crash;
 mod disk;
+mod line;
 mod share;
 mod wal;
 
@@ -184,8 +185,9 @@ pub struct FileBackend {
     /// The newest committed version, for watchers. Every handle on this
     /// file in this process shares this backend, so it sees every commit.
     commits: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Where commits queue for the committer; `None` once dropping.
-    queue: Option<std::sync::mpsc::Sender<Request>>,
+    /// Where commits meet the committer; `None` for a reader.
+    line: Option<Arc<line::Line>>,
+    /// The committer thread: checkpoints, and commits while others do.
     committer: Option<std::thread::JoinHandle<()>>,
     counters: Arc<Counters>,
     /// A reader's shared lock on the store, held while it is open.
@@ -548,13 +550,15 @@ impl std::fmt::Debug for FileBackend {
 }
 
 impl Drop for FileBackend {
-    /// Closes the queue and waits for the committer to finish what it has,
+    /// Closes the line and waits for the committer to finish what it has,
     /// then closes redb and the log, so the file is free to reopen as soon
     /// as this returns (and an open waiting for it goes on).
     fn drop(&mut self) {
-        // The server first: it holds a sender of the queue.
+        // The server first: it commits through the line.
         self.server.take();
-        self.queue.take();
+        if let Some(line) = self.line.take() {
+            line.close();
+        }
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
         }
@@ -728,7 +732,7 @@ impl FileBackend {
             state: Arc::new(RwLock::new(state)),
             read_only: true,
             path: path.to_path_buf(),
-            queue: None,
+            line: None,
             committer: None,
             counters: Arc::new(Counters::default()),
             read_lock: lock,
@@ -758,7 +762,6 @@ impl FileBackend {
         let commits = Arc::new(tokio::sync::watch::Sender::new(state.version));
         let counters = Arc::new(Counters::default());
         let state = Arc::new(RwLock::new(state));
-        let (queue, requests) = std::sync::mpsc::channel();
         let committer = Committer {
             state: state.clone(),
             wal,
@@ -769,15 +772,19 @@ impl FileBackend {
             counters: counters.clone(),
             checkpoint_failed: None,
         };
+        let line = Arc::new(line::Line::new(committer));
         let committer = std::thread::Builder::new()
             .name("kvstash-commit".into())
-            .spawn(move || committer.run(&requests))
+            .spawn({
+                let line = line.clone();
+                move || line.run()
+            })
             .map_err(|e| BackendError::Unavailable(format!("cannot start the committer: {e}")))?;
         // Without a socket (a directory this process may not write, say)
         // the store is not shared: other processes find it in use.
         let holder = share::Holder {
             state: state.clone(),
-            queue: queue.clone(),
+            line: line.clone(),
             commits: commits.subscribe(),
         };
         let server = serve
@@ -788,7 +795,7 @@ impl FileBackend {
             read_only: false,
             path: path.to_path_buf(),
             commits,
-            queue: Some(queue),
+            line: Some(line),
             committer: Some(committer),
             counters,
             read_lock: None,
@@ -982,33 +989,6 @@ struct Committer {
 }
 
 impl Committer {
-    /// Takes the first waiting commit, gathers the others that are waiting,
-    /// logs them all with one fsync, answers each; checkpoints when the log
-    /// has grown.
-    fn run(mut self, requests: &std::sync::mpsc::Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
-            if matches!(first.op, Op::Restore(..)) {
-                self.restore(first);
-                continue;
-            }
-            let (batch, left) = gather(first, requests);
-            self.commit_group(batch);
-            match left {
-                Some(next) if matches!(next.op, Op::Restore(..)) => self.restore(next),
-                // Too large to join the group: a group of its own.
-                Some(next) => self.commit_group(vec![next]),
-                None => {}
-            }
-            if self.wal.used() >= self.config.checkpoint_bytes() {
-                self.checkpoint();
-            }
-        }
-        let on_close = CLOSE_CHECKPOINT_BYTES.min(self.config.checkpoint_bytes());
-        if self.wal.used() >= on_close {
-            self.checkpoint();
-        }
-    }
-
     fn commit_group(&mut self, batch: Vec<Request>) {
         use std::sync::atomic::Ordering::Relaxed;
         let mut results = match &self.checkpoint_failed {
@@ -1154,34 +1134,6 @@ impl Committer {
             Err(e) => self.checkpoint_failed = Some(e),
         }
     }
-}
-
-/// `first` and the commits waiting after it, up to the group's limits
-/// ([`MAX_GROUP_OPS`], [`MAX_GROUP_BYTES`]); and the one taken that did not
-/// fit, if any.
-fn gather(
-    first: Request,
-    requests: &std::sync::mpsc::Receiver<Request>,
-) -> (Vec<Request>, Option<Request>) {
-    let mut ops = first.checks().len() + first.writes.len();
-    let mut bytes = wal::record_len(&first.writes);
-    let mut batch = vec![first];
-    while ops < MAX_GROUP_OPS && bytes < MAX_GROUP_BYTES {
-        let Ok(next) = requests.try_recv() else {
-            break;
-        };
-        if matches!(next.op, Op::Restore(..)) {
-            return (batch, Some(next));
-        }
-        let size = wal::record_len(&next.writes);
-        if bytes + size > MAX_GROUP_BYTES {
-            return (batch, Some(next));
-        }
-        ops += next.checks().len() + next.writes.len();
-        bytes += size;
-        batch.push(next);
-    }
-    (batch, None)
 }
 
 fn read(state: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
@@ -1433,29 +1385,27 @@ fn canonical(path: &Path) -> Result<PathBuf, BackendError> {
     Ok(parent.join(name))
 }
 
-/// A commit through the committer's `queue`.
+/// A commit through the committer's `line`, on this thread if `inline`
+/// and nobody else is committing ([`line::Line::ask`]).
 async fn commit(
-    queue: Option<&std::sync::mpsc::Sender<Request>>,
+    line: Option<&Arc<line::Line>>,
     checks: Vec<Check>,
     writes: Vec<Write>,
+    inline: bool,
 ) -> Result<u64, BackendError> {
     validate_commit(&checks, &writes)?;
-    ask(queue, Op::Commit(checks), writes).await
+    ask(line, Op::Commit(checks), writes, inline).await
 }
 
-/// `op` through the committer's `queue`.
 async fn ask(
-    queue: Option<&std::sync::mpsc::Sender<Request>>,
+    line: Option<&Arc<line::Line>>,
     op: Op,
     writes: Vec<Write>,
+    inline: bool,
 ) -> Result<u64, BackendError> {
-    let stopped = || BackendError::Unavailable("the file backend's committer stopped".into());
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    queue
-        .ok_or_else(stopped)?
-        .send(Request { op, writes, reply })
-        .map_err(|_| stopped())?;
-    answer.await.map_err(|_| stopped())?
+    let line = line
+        .ok_or_else(|| BackendError::Unavailable("the file backend's committer stopped".into()))?;
+    line.ask(op, writes, inline).await
 }
 
 /// How long [`open`] waits for a store that another process holds without
@@ -1521,7 +1471,7 @@ impl Backend for FileBackend {
             validate_commit(&checks, &writes)?;
             return Err(BackendError::ReadOnly);
         }
-        commit(self.queue.as_ref(), checks, writes).await
+        commit(self.line.as_ref(), checks, writes, true).await
     }
 
     async fn current_version(&self) -> Result<u64, BackendError> {
@@ -1553,7 +1503,7 @@ impl Backend for FileBackend {
         if self.read_only {
             return Err(BackendError::ReadOnly);
         }
-        ask(self.queue.as_ref(), Op::Replicated(version), writes)
+        ask(self.line.as_ref(), Op::Replicated(version), writes, true)
             .await
             .map(drop)
     }
@@ -1563,9 +1513,10 @@ impl Backend for FileBackend {
             return Err(BackendError::ReadOnly);
         }
         ask(
-            self.queue.as_ref(),
+            self.line.as_ref(),
             Op::Restore(version, entries),
             Vec::new(),
+            true,
         )
         .await
         .map(drop)
@@ -2015,7 +1966,8 @@ mod tests {
     }
 
     /// A group stops before the commit that would take it past
-    /// [`MAX_GROUP_BYTES`]; that one comes back to be logged on its own.
+    /// [`MAX_GROUP_BYTES`]; that one starts the next group. A restore is a
+    /// group of its own.
     #[test]
     fn a_group_takes_what_fits() {
         let big = || {
@@ -2024,28 +1976,43 @@ mod tests {
                 value: Some(vec![0; MAX_GROUP_BYTES / 3]),
             }])
         };
-        let (queue, requests) = std::sync::mpsc::channel();
-        for _ in 0..4 {
-            queue.send(big()).unwrap();
-        }
-        let (batch, left) = gather(big(), &requests);
-        assert_eq!(batch.len(), 2);
-        assert!(left.is_some());
-        let (batch, left) = gather(request(vec![write("a", "1")]), &requests);
-        assert_eq!(batch.len(), 3, "the rest fits");
-        assert!(left.is_none());
+        let sizes = |waiting: &mut std::collections::VecDeque<Request>| {
+            std::iter::from_fn(|| line::next_group(waiting))
+                .map(|group| match group {
+                    line::Group::Commits(batch) => batch.len(),
+                    line::Group::Restore(_) => 0,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut waiting: std::collections::VecDeque<Request> = (0..5).map(|_| big()).collect();
+        waiting.push_back(request(vec![write("a", "1")]));
+        assert_eq!(
+            sizes(&mut waiting),
+            [2, 2, 2],
+            "two of a third each, then the rest"
+        );
         let huge = request(vec![Write {
             key: b"k".to_vec(),
             value: Some(vec![0; MAX_GROUP_BYTES + 1]),
         }]);
-        queue.send(request(vec![write("a", "1")])).unwrap();
-        let (batch, left) = gather(huge, &requests);
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let restore = Request {
+            op: Op::Restore(1, Vec::new()),
+            writes: Vec::new(),
+            reply,
+        };
+        let mut waiting = std::collections::VecDeque::from([
+            huge,
+            request(vec![write("a", "1")]),
+            request(vec![write("b", "1")]),
+            restore,
+            request(vec![write("c", "1")]),
+        ]);
         assert_eq!(
-            (batch.len(), left.is_none()),
-            (1, true),
-            "a large first one alone"
+            sizes(&mut waiting),
+            [1, 2, 0, 1],
+            "a large first one alone; a restore alone"
         );
-        assert!(requests.try_recv().is_ok(), "the next one still waits");
     }
 
     /// Dropping the last handle closes the file on that thread (with a

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Request, State, read};
+use super::{State, read};
 use crate::backend::{
     Backend, BackendError, Change, Check, Entry, Scan, Write, validate_commit, validate_get_many,
     validate_key, validate_scan,
@@ -123,7 +123,7 @@ fn lost(path: &Path, e: impl std::fmt::Display) -> BackendError {
 /// What the holder's server needs of its backend.
 pub(super) struct Holder {
     pub(super) state: Arc<RwLock<State>>,
-    pub(super) queue: std::sync::mpsc::Sender<Request>,
+    pub(super) line: Arc<super::line::Line>,
     pub(super) commits: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -341,7 +341,7 @@ async fn answer(holder: &Holder, call: Call) -> Result<Answer, BackendError> {
             }
             state().scan(&scan).map(Answer::Scanned)
         }
-        Call::Commit(checks, writes) => super::commit(Some(&holder.queue), checks, writes)
+        Call::Commit(checks, writes) => super::commit(Some(&holder.line), checks, writes, false)
             .await
             .map(Answer::Version),
         Call::CurrentVersion => Ok(Answer::Version(state().version)),
