@@ -142,8 +142,11 @@ pub async fn measure(
 ) -> Result<Measured, BenchError> {
     let mut out = Measured::default();
     let start = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
-        let items: Vec<(String, String)> = chunk.iter().map(|&i| (key(i), value(i))).collect();
+    // In chunks, so the harness holds 1000 items at a time, not N.
+    for first in (0..n).step_by(1000) {
+        let items: Vec<(String, String)> = (first..n.min(first + 1000))
+            .map(|i| (key(i), value(i)))
+            .collect();
         subject.load(&items).await?;
     }
     out.load_s = start.elapsed().as_secs_f64();
@@ -441,7 +444,11 @@ impl Subject for KvstashSubject {
         Ok(Some(elapsed))
     }
     fn disk_bytes(&self) -> Option<u64> {
-        self.path.as_deref().map(disk_usage)
+        // The redb file and its commit log beside it: together the store.
+        let path = self.path.as_deref()?;
+        let mut log = path.as_os_str().to_owned();
+        log.push("-wal");
+        Some(disk_usage(path) + disk_usage(Path::new(&log)))
     }
 }
 
