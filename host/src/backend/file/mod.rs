@@ -1267,6 +1267,7 @@ const COMPACT_REWRITTEN: u64 = 1000;
 /// off) when at least an eighth of it, and [`COMPACT_FREE_BYTES`], is free,
 /// if this backend's checkpoints replaced or removed `rewritten` ≥
 /// [`COMPACT_REWRITTEN`] stored keys.
+///
 /// Checkpoints write many keys in one transaction, and redb copies each page
 /// it changes, so a checkpoint of random keys leaves a page free for every
 /// one it rewrote: at a million keys, a fifth of the file. redb reuses
