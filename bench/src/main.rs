@@ -162,6 +162,18 @@ async fn main() -> anyhow::Result<()> {
                 ratio(rate / single)
             );
         }
+        println!(
+            "{} writers into memory: {:.0} puts/s (the CPU ceiling; {} of it durable)",
+            bench::CEILING_WRITERS,
+            d.memory_ceiling,
+            ratio(
+                d.writers
+                    .get(&bench::CEILING_WRITERS)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+                    / d.memory_ceiling
+            )
+        );
         return Ok(());
     }
     let exe = std::env::current_exe()?;
@@ -546,6 +558,15 @@ impl Report<'_> {
                 ratio(rate / single)
             )?;
         }
+        let most = d.writers.get(&bench::CEILING_WRITERS).copied();
+        writeln!(
+            out,
+            "| {} concurrent writers into kvstash-memory (the CPU ceiling: no sync to wait for) | {:.0} puts/s | durable {}, {} 1 writer |",
+            bench::CEILING_WRITERS,
+            d.memory_ceiling,
+            ratio(most.unwrap_or(f64::NAN) / d.memory_ceiling),
+            ratio(d.memory_ceiling / single)
+        )?;
 
         writeln!(
             out,

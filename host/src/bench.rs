@@ -478,11 +478,17 @@ pub async fn concurrent_puts(
 ) -> Result<f64, BenchError> {
     let path = dir.join(format!("writers-{writers}.redb"));
     let config = serde_json::json!({"type": "file", "path": path}).to_string();
+    puts_into(&config, writers, per_writer).await
+}
+
+/// Puts per second into a new store of `config` with `writers` concurrent
+/// writers.
+async fn puts_into(config: &str, writers: usize, per_writer: usize) -> Result<f64, BenchError> {
     let options = StoreOptions {
         max_instances: writers.max(1),
         ..bench_options()
     };
-    let store = Store::open_with(&config, options).await?;
+    let store = Store::open_with(config, options).await?;
     let puts = |from: usize, count: usize| {
         let tasks: Vec<_> = (0..writers)
             .map(|w| {
@@ -520,12 +526,20 @@ pub struct DurableWrites {
     pub fsync_latency_ms: f64,
     /// Writers → puts per second.
     pub writers: BTreeMap<usize, f64>,
+    /// The same puts by [`CEILING_WRITERS`] writers into a memory store:
+    /// the machine's CPU ceiling for them, with nothing to wait for.
+    #[serde(default)]
+    pub memory_ceiling: f64,
 }
+
+/// The writers of [`DurableWrites::memory_ceiling`].
+pub const CEILING_WRITERS: usize = 64;
 
 /// Measures [`DurableWrites`] `rounds` times (interleaved) and keeps medians.
 pub async fn durable_writes(dir: &Path, rounds: usize) -> Result<DurableWrites, BenchError> {
     let plan = [(1usize, 400usize), (8, 200), (64, 50)];
     let mut fsyncs = Vec::new();
+    let mut ceilings = Vec::new();
     let mut rates: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds.max(1) {
         let round_dir = dir.join(format!("durable-{round}"));
@@ -535,11 +549,14 @@ pub async fn durable_writes(dir: &Path, rounds: usize) -> Result<DurableWrites, 
             let rate = concurrent_puts(&round_dir, writers, per_writer).await?;
             rates.entry(writers).or_default().push(rate);
         }
+        let memory = r#"{"type":"memory"}"#;
+        ceilings.push(puts_into(memory, CEILING_WRITERS, 200).await?);
         std::fs::remove_dir_all(&round_dir)?;
     }
     Ok(DurableWrites {
         fsync_latency_ms: median(fsyncs),
         writers: rates.into_iter().map(|(w, r)| (w, median(r))).collect(),
+        memory_ceiling: median(ceilings),
     })
 }
 

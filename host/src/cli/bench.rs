@@ -94,6 +94,12 @@ pub(super) async fn bench(
             rate / single
         )?;
     }
+    writeln!(
+        out,
+        "{} concurrent writers into memory: {:.0} puts/s (the CPU ceiling for the writers above)",
+        bench::CEILING_WRITERS,
+        durable.memory_ceiling
+    )?;
     #[cfg(feature = "compiler")]
     writeln!(
         out,
