@@ -36,6 +36,9 @@ struct Queue {
     /// The turn is the committer thread's.
     handed: bool,
     closed: bool,
+    /// A commit panicked while it had the turn: the line is closed, and
+    /// the close leaves the log as it is, for the next open to replay.
+    failed: bool,
 }
 
 /// What [`next_group`] takes off the front of a line.
@@ -77,10 +80,15 @@ impl Line {
         let request = Request { op, writes, reply };
         let here = if inline { may_block() } else { None };
         if self.enqueue(request, here.is_some())? {
+            // From here this caller has the turn: should anything panic
+            // before it gives it up (`block_in_place` itself, or the
+            // commit), the line fails rather than wait for it forever.
+            let guard = FailOnUnwind(self);
             match here {
                 Some(Blocking::InPlace) => tokio::task::block_in_place(|| self.take_turn()),
                 _ => self.take_turn(),
             }
+            std::mem::forget(guard);
         }
         answer.await.map_err(|_| stopped())?
     }
@@ -107,36 +115,37 @@ impl Line {
     /// then gives the turn up, or hands it to the committer thread if more
     /// came meanwhile or a checkpoint is due.
     fn take_turn(&self) {
-        // Should the commit panic, the thread takes the turn, so the line
-        // does not stop.
-        struct HandOnUnwind<'a>(&'a Line);
-        impl Drop for HandOnUnwind<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.hand_over();
-                }
-            }
-        }
-        let guard = HandOnUnwind(self);
         let mut committer = lock(&self.committer);
         let waiting = std::mem::take(&mut lock(&self.queue).waiting);
         committer.commit_all(waiting);
         let due = committer.checkpoint_due();
         drop(committer);
-        std::mem::forget(guard);
         let mut queue = lock(&self.queue);
         if due || !queue.waiting.is_empty() {
             queue.handed = true;
-            self.wake.notify_one();
         } else {
             queue.busy = false;
         }
+        // The thread takes the turn, or (closing) may now finish.
+        if queue.handed || queue.closed {
+            self.wake.notify_one();
+        }
     }
 
-    fn hand_over(&self) {
+    /// A commit panicked while it had the turn. Its group may be in the log
+    /// but not in the state (so the next versions would repeat), and the
+    /// committer may be half-way: the line stops, as a dead committer
+    /// thread did before. Every waiting commit is answered "stopped" (its
+    /// outcome unknown), later ones are refused, and the close leaves the
+    /// log for the next open to replay.
+    fn fail(&self) {
         let mut queue = lock(&self.queue);
-        queue.handed = true;
-        self.wake.notify_one();
+        queue.failed = true;
+        queue.closed = true;
+        queue.busy = false;
+        queue.handed = false;
+        queue.waiting.clear();
+        self.wake.notify_all();
     }
 
     /// No more commits: the committer thread finishes what waits, then
@@ -157,13 +166,17 @@ impl Line {
                         break;
                     }
                     if queue.closed && !queue.busy {
+                        let failed = queue.failed;
                         drop(queue);
-                        lock(&self.committer).close();
+                        if !failed {
+                            lock(&self.committer).close();
+                        }
                         return;
                     }
                     queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
             }
+            let guard = FailOnUnwind(self);
             let mut committer = lock(&self.committer);
             loop {
                 if committer.checkpoint_due() {
@@ -180,6 +193,19 @@ impl Line {
                 };
                 committer.commit_all(waiting);
             }
+            drop(committer);
+            std::mem::forget(guard);
+        }
+    }
+}
+
+/// Fails the line ([`Line::fail`]) if dropped while its thread panics.
+struct FailOnUnwind<'a>(&'a Line);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail();
         }
     }
 }

@@ -2132,6 +2132,151 @@ mod tests {
         }
     }
 
+    /// A disk whose log syncs panic once `panic` is set.
+    #[derive(Debug)]
+    struct PanickingDisk {
+        panic: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    #[derive(Debug)]
+    struct PanickingFile {
+        file: Box<dyn disk::LogFile>,
+        panic: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl disk::LogFile for PanickingFile {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            self.file.read_at(buf, offset)
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.file.write_all_at(buf, offset)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            assert!(
+                !self.panic.load(std::sync::atomic::Ordering::Relaxed),
+                "a bug in a sync"
+            );
+            self.file.sync_data()
+        }
+        fn try_lock(&self) -> Result<(), std::fs::TryLockError> {
+            self.file.try_lock()
+        }
+    }
+
+    impl Disk for PanickingDisk {
+        fn file_len(&self, path: &Path) -> Option<u64> {
+            disk::Real.file_len(path)
+        }
+        fn open(&self, path: &Path) -> std::io::Result<Box<dyn disk::LogFile>> {
+            Ok(Box::new(PanickingFile {
+                file: disk::Real.open(path)?,
+                panic: self.panic.clone(),
+            }))
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            disk::Real.sync_dir(dir)
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            disk::Real.remove(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            disk::Real.rename(from, to)
+        }
+        fn create_db(
+            &self,
+            builder: &redb::Builder,
+            path: &Path,
+        ) -> Result<Database, redb::DatabaseError> {
+            disk::Real.create_db(builder, path)
+        }
+        fn open_db_read_only(
+            &self,
+            builder: &redb::Builder,
+            path: &Path,
+        ) -> Result<redb::ReadOnlyDatabase, redb::DatabaseError> {
+            disk::Real.open_db_read_only(builder, path)
+        }
+    }
+
+    /// A commit that panics while it has the turn, on the committer thread
+    /// (a current-thread runtime) or on its caller's (a multi-threaded one),
+    /// stops the line: later commits are refused at once instead of
+    /// waiting forever, the backend closes, and the next open has every
+    /// commit acknowledged before.
+    #[test]
+    fn a_panicking_commit_stops_the_line_and_loses_nothing_acknowledged() {
+        for flavor in ["current", "multi"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.redb");
+            let config = FileConfig::new(&path);
+            let runtime = match flavor {
+                "current" => tokio::runtime::Builder::new_current_thread(),
+                _ => tokio::runtime::Builder::new_multi_thread(),
+            }
+            .enable_all()
+            .build()
+            .unwrap();
+            let panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let disk = Arc::new(PanickingDisk {
+                panic: panic.clone(),
+            });
+            let backend = Arc::new(FileBackend::open(disk, &path, &config, false).unwrap());
+            runtime.block_on(async {
+                backend
+                    .commit(vec![], vec![write("kept", "1")])
+                    .await
+                    .unwrap();
+                panic.store(true, std::sync::atomic::Ordering::Relaxed);
+                let b = backend.clone();
+                // The caller's own task panics when it commits inline; a
+                // commit on the thread answers `unavailable`.
+                let first =
+                    tokio::spawn(async move { b.commit(vec![], vec![write("lost", "2")]).await })
+                        .await;
+                match flavor {
+                    "current" => assert!(
+                        matches!(first, Ok(Err(BackendError::Unavailable(_)))),
+                        "{flavor}: {first:?}"
+                    ),
+                    _ => assert!(first.is_err_and(|e| e.is_panic()), "{flavor}"),
+                }
+                let later = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    backend.commit(vec![], vec![write("later", "3")]),
+                )
+                .await
+                .expect("a commit after the panic is answered, not left waiting");
+                assert!(
+                    matches!(later, Err(BackendError::Unavailable(_))),
+                    "{flavor}: {later:?}"
+                );
+            });
+            drop(runtime);
+            let backend = Arc::into_inner(backend).unwrap();
+            let (done, closed) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                drop(backend);
+                done.send(()).unwrap();
+            });
+            closed
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the backend closes after a panic");
+            let again = FileBackend::open_shared(&config).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                assert!(again.get(b"kept").await.unwrap().is_some(), "{flavor}");
+                assert!(again.get(b"later").await.unwrap().is_none(), "{flavor}");
+                again.commit(vec![], vec![write("new", "4")]).await.unwrap();
+            });
+        }
+    }
+
     /// A close that finds much of redb's file free compacts it, and
     /// everything is still there after; a close with little free does not.
     #[tokio::test]
