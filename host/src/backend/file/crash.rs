@@ -171,6 +171,10 @@ impl LogFile for SimHandle {
         self.sync()
     }
 
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        StorageBackend::set_len(self, len)
+    }
+
     fn try_lock(&self) -> Result<(), TryLockError> {
         Ok(())
     }
@@ -345,8 +349,8 @@ impl Rng {
 const KEYS: u64 = 10;
 
 /// Two sessions of commits (1 to 3 keys, some deletes, some conditional on
-/// the version the model expects, some made to fail their check), with a
-/// close and a reopen between them and at the end.
+/// the version the model expects, some made to fail their check; the very
+/// last one large), with a close and a reopen between them and at the end.
 async fn workload(sim: &Arc<Sim>, seed: u64, commits: usize) -> Outcomes {
     let mut rng = Rng(seed);
     let mut out = Outcomes::default();
@@ -366,7 +370,12 @@ async fn workload(sim: &Arc<Sim>, seed: u64, commits: usize) -> Outcomes {
                 .map(|k| Write {
                     key: format!("k{k}").into_bytes(),
                     value: (rng.below(5) != 0).then(|| {
-                        let len = 20 + rng.below(200) as usize;
+                        let mut len = 20 + rng.below(200) as usize;
+                        if session == 1 && i + 1 == commits {
+                            // The last commit grows the log past one step,
+                            // so the close cuts it back (`Wal::shrink`).
+                            len = 300_000;
+                        }
                         format!("s{session} c{i} ").repeat(len / 8).into_bytes()
                     }),
                 })

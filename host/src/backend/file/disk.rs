@@ -37,6 +37,7 @@ pub(super) trait LogFile: Send + Sync + Debug {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
     /// The exclusive lock, for as long as this file is open.
     fn try_lock(&self) -> Result<(), TryLockError>;
 }
@@ -103,6 +104,10 @@ impl LogFile for File {
 
     fn sync_data(&self) -> io::Result<()> {
         File::sync_data(self)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
     }
 
     fn try_lock(&self) -> Result<(), TryLockError> {

@@ -2161,6 +2161,9 @@ mod tests {
             );
             self.file.sync_data()
         }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
         fn try_lock(&self) -> Result<(), std::fs::TryLockError> {
             self.file.try_lock()
         }
@@ -2343,6 +2346,53 @@ mod tests {
             closed,
             "nothing to compact"
         );
+    }
+
+    /// A close cuts the log back to what it holds, keeping the records a
+    /// small log leaves unchecked for the next open to replay.
+    #[tokio::test]
+    async fn a_close_cuts_the_log_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        let log = wal::path_of(&path);
+        let mut config = FileConfig::new(&path);
+        config.checkpoint_kb = Some(512);
+        let backend = FileBackend::open_shared(&config).unwrap();
+        // One commit of ~600 KiB grows the log past it; its checkpoint
+        // starts the log again, and the small commits after it stay in the
+        // log through the close (under `CLOSE_CHECKPOINT_BYTES`).
+        let writes = (0..600)
+            .map(|i| Write {
+                key: format!("big{i:03}").into_bytes(),
+                value: Some(vec![b'b'; 1000]),
+            })
+            .collect();
+        backend.commit(vec![], writes).await.unwrap();
+        for i in 0..10 {
+            backend
+                .commit(vec![], vec![write(&format!("small{i}"), "s")])
+                .await
+                .unwrap();
+        }
+        assert_eq!(backend.sync_stats().checkpoints, 1);
+        let grown = std::fs::metadata(&log).unwrap().len();
+        assert!(grown >= 600_000, "the log grew to {grown}");
+        drop(backend);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 256 << 10);
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert_eq!(backend.current_version().await.unwrap(), 11);
+        assert_eq!(backend.get(b"small9").await.unwrap().unwrap().version, 11);
+        assert_eq!(
+            backend.get(b"big599").await.unwrap().unwrap().value,
+            vec![b'b'; 1000]
+        );
+        backend
+            .commit(vec![], vec![write("later", "x")])
+            .await
+            .unwrap();
+        drop(backend);
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert_eq!(backend.get(b"later").await.unwrap().unwrap().version, 12);
     }
 
     /// Reads on another thread while checkpoints run after nearly every

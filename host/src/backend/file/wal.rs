@@ -4,7 +4,8 @@
 //! here; redb only takes the log's records in batches at a checkpoint
 //! (`super::checkpoint`), after which the log starts again from its header.
 //!
-//! The file is never shortened on the way: a checkpoint writes a new header
+//! The file is not shortened while open (only a close cuts it back,
+//! [`Wal::shrink`]): a checkpoint writes a new header
 //! with a new salt and later records overwrite the old ones in place, so an
 //! append changes no file metadata and its `fdatasync` writes only data
 //! (SQLite reuses its `-wal` file the same way). Growth is zero-filled ahead
@@ -239,6 +240,26 @@ impl Wal {
             ));
         }
         result
+    }
+
+    /// On close: the file cut back to what its records use, rounded up to
+    /// a [`GROW`] step, so a closed store does not keep the zero-filled or
+    /// stale space its busiest moment grew the log to (SQLite removes its
+    /// `-wal` on the last close). Nothing beyond [`Self::used`] counts, so a
+    /// crash during the cut loses nothing. A failure leaves the file larger.
+    pub(super) fn shrink(&mut self) {
+        let keep = self.end.div_ceil(GROW) * GROW;
+        if self.failed.is_some() || self.allocated <= keep {
+            return;
+        }
+        if self
+            .file
+            .set_len(keep)
+            .and_then(|()| self.file.sync_data())
+            .is_ok()
+        {
+            self.allocated = keep;
+        }
     }
 
     fn write_header(&mut self) -> Result<(), BackendError> {
