@@ -157,9 +157,10 @@ async fn main() -> anyhow::Result<()> {
         println!("raw fsync {:.3} ms", d.fsync_latency_ms);
         for (writers, rate) in &d.writers {
             println!(
-                "{writers} writer(s): {rate:.0} puts/s, {} fsync rate, {} one writer",
+                "{writers} writer(s): {rate:.0} puts/s, {} fsync rate, {} one writer{}",
                 ratio(rate * d.fsync_latency_ms / 1e3),
-                ratio(rate / single)
+                ratio(rate / single),
+                cpu_note(&d, *writers)
             );
         }
         println!(
@@ -553,9 +554,10 @@ impl Report<'_> {
         for (writers, rate) in &d.writers {
             writeln!(
                 out,
-                "| {writers} concurrent writer(s) | {rate:.0} puts/s | {} fsync rate, {} 1 writer |",
+                "| {writers} concurrent writer(s) | {rate:.0} puts/s | {} fsync rate, {} 1 writer{} |",
                 ratio(rate / fsync_rate),
-                ratio(rate / single)
+                ratio(rate / single),
+                cpu_note(d, *writers)
             )?;
         }
         let most = d.writers.get(&bench::CEILING_WRITERS).copied();
@@ -752,6 +754,19 @@ impl Target {
             goal,
             unit: "×",
         }
+    }
+}
+
+/// The CPU time per put of `writers` durable writers, and the rate the
+/// machine's cores allow at it.
+fn cpu_note(d: &DurableWrites, writers: usize) -> String {
+    match (d.cpu_us_per_put.get(&writers), d.cpu_bound(writers)) {
+        (Some(us), Some(bound)) => format!(
+            "; {us:.1} µs CPU per put, so {} cores allow {bound:.0}/s ({} 1 writer)",
+            d.cores,
+            ratio(bound / d.writers.get(&1).copied().unwrap_or(f64::NAN))
+        ),
+        _ => String::new(),
     }
 }
 

@@ -469,21 +469,29 @@ pub fn raw_fsync_latency(dir: &Path, rounds: usize) -> Result<Duration, BenchErr
     Ok(start.elapsed() / u32::try_from(rounds.max(1)).unwrap_or(1))
 }
 
-/// Durable puts per second into a new file store with `writers` concurrent
-/// writers, each awaiting its own acknowledgement.
+/// Durable puts into a new file store with `writers` concurrent writers,
+/// each awaiting its own acknowledgement.
 pub async fn concurrent_puts(
     dir: &Path,
     writers: usize,
     per_writer: usize,
-) -> Result<f64, BenchError> {
+) -> Result<Puts, BenchError> {
     let path = dir.join(format!("writers-{writers}.redb"));
     let config = serde_json::json!({"type": "file", "path": path}).to_string();
     puts_into(&config, writers, per_writer).await
 }
 
-/// Puts per second into a new store of `config` with `writers` concurrent
-/// writers.
-async fn puts_into(config: &str, writers: usize, per_writer: usize) -> Result<f64, BenchError> {
+/// What a run of [`concurrent_puts`] came to.
+#[derive(Clone, Copy, Debug)]
+pub struct Puts {
+    pub per_second: f64,
+    /// The whole process's CPU time (every thread: the writers', the
+    /// committer's, the checkpoints') per put; `None` where unknown.
+    pub cpu_us_per_put: Option<f64>,
+}
+
+/// Puts into a new store of `config` with `writers` concurrent writers.
+async fn puts_into(config: &str, writers: usize, per_writer: usize) -> Result<Puts, BenchError> {
     let options = StoreOptions {
         max_instances: writers.max(1),
         ..bench_options()
@@ -512,9 +520,31 @@ async fn puts_into(config: &str, writers: usize, per_writer: usize) -> Result<f6
     // Unmeasured: the store makes a guest instance per concurrent writer
     // on first use, which is not what this measures.
     puts(0, WARM_UP).await?;
+    let cpu = process_cpu_seconds();
     let start = Instant::now();
     puts(writers * WARM_UP, per_writer).await?;
-    Ok(rate(writers * per_writer, start.elapsed()))
+    let elapsed = start.elapsed();
+    let total = writers * per_writer;
+    let cpu_us_per_put = cpu
+        .zip(process_cpu_seconds())
+        .map(|(before, after)| (after - before) * 1e6 / total as f64);
+    Ok(Puts {
+        per_second: rate(total, elapsed),
+        cpu_us_per_put,
+    })
+}
+
+/// CPU time this process has used, all its threads (Linux
+/// `/proc/self/stat`, in the kernel's 10 ms ticks); `None` elsewhere.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: state is the first, utime and stime the 12th and 13th.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // USER_HZ is 100 on every Linux ABI.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// Puts per writer before [`concurrent_puts`] starts its clock.
@@ -526,36 +556,63 @@ pub struct DurableWrites {
     pub fsync_latency_ms: f64,
     /// Writers → puts per second.
     pub writers: BTreeMap<usize, f64>,
+    /// Writers → the process's CPU time per put, in µs (every thread).
+    #[serde(default)]
+    pub cpu_us_per_put: BTreeMap<usize, f64>,
+    /// The machine's cores (`available_parallelism`): with
+    /// [`Self::cpu_us_per_put`], the most puts per second its CPU allows.
+    #[serde(default)]
+    pub cores: usize,
     /// The same puts by [`CEILING_WRITERS`] writers into a memory store:
     /// the machine's CPU ceiling for them, with nothing to wait for.
     #[serde(default)]
     pub memory_ceiling: f64,
 }
 
+impl DurableWrites {
+    /// Puts per second the CPU allows `writers` durable writers at their
+    /// measured CPU time per put, if every core were busy.
+    pub fn cpu_bound(&self, writers: usize) -> Option<f64> {
+        let us = self.cpu_us_per_put.get(&writers)?;
+        (*us > 0.0).then(|| self.cores as f64 * 1e6 / us)
+    }
+}
+
 /// The writers of [`DurableWrites::memory_ceiling`].
 pub const CEILING_WRITERS: usize = 64;
 
+/// Writers and puts per writer of [`durable_writes`]. Sustained: the 64
+/// writers' 76,800 puts (~8 MiB of log) pass two checkpoints, as a
+/// steady load does; a lone writer checkpoints every ~38,000 puts (~5 s),
+/// ~1% of its time, so its shorter run is fair.
+const WRITER_PLAN: [(usize, usize); 3] = [(1, 1000), (8, 1000), (64, 1200)];
+
 /// Measures [`DurableWrites`] `rounds` times (interleaved) and keeps medians.
 pub async fn durable_writes(dir: &Path, rounds: usize) -> Result<DurableWrites, BenchError> {
-    let plan = [(1usize, 400usize), (8, 200), (64, 50)];
     let mut fsyncs = Vec::new();
     let mut ceilings = Vec::new();
     let mut rates: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds.max(1) {
         let round_dir = dir.join(format!("durable-{round}"));
         std::fs::create_dir_all(&round_dir)?;
         fsyncs.push(raw_fsync_latency(&round_dir, 200)?.as_secs_f64() * 1e3);
-        for (writers, per_writer) in plan {
-            let rate = concurrent_puts(&round_dir, writers, per_writer).await?;
-            rates.entry(writers).or_default().push(rate);
+        for (writers, per_writer) in WRITER_PLAN {
+            let puts = concurrent_puts(&round_dir, writers, per_writer).await?;
+            rates.entry(writers).or_default().push(puts.per_second);
+            if let Some(us) = puts.cpu_us_per_put {
+                cpu.entry(writers).or_default().push(us);
+            }
         }
         let memory = r#"{"type":"memory"}"#;
-        ceilings.push(puts_into(memory, CEILING_WRITERS, 200).await?);
+        ceilings.push(puts_into(memory, CEILING_WRITERS, 200).await?.per_second);
         std::fs::remove_dir_all(&round_dir)?;
     }
     Ok(DurableWrites {
         fsync_latency_ms: median(fsyncs),
         writers: rates.into_iter().map(|(w, r)| (w, median(r))).collect(),
+        cpu_us_per_put: cpu.into_iter().map(|(w, c)| (w, median(c))).collect(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
         memory_ceiling: median(ceilings),
     })
 }

@@ -627,6 +627,7 @@ fn bench_measures_every_built_in_subject_and_leaves_the_store_alone() {
         assert!(!row.contains("failed") && !row.contains("skipped"), "{row}");
     }
     assert!(table.contains("64 concurrent writers:"), "{table}");
+    assert!(table.contains("us CPU per put: "), "{table}");
     assert!(
         !dir.path().join("kvstash.redb").exists(),
         "bench must not create or touch the user's store"

@@ -87,12 +87,23 @@ pub(super) async fn bench(
     )?;
     let single = durable.writers.get(&1).copied().unwrap_or(f64::NAN);
     for (writers, rate) in &durable.writers {
-        writeln!(
+        write!(
             out,
-            "{writers} concurrent writers: {rate:.0} durable puts/s ({:.2}x the fsync rate, {:.1}x 1 writer)",
+            "{writers} concurrent writers: {rate:.0} durable puts/s ({:.2}x the fsync rate, {:.1}x 1 writer",
             rate / fsync_rate,
             rate / single
         )?;
+        if let (Some(us), Some(bound)) = (
+            durable.cpu_us_per_put.get(writers),
+            durable.cpu_bound(*writers),
+        ) {
+            write!(
+                out,
+                "; {us:.1} us CPU per put: {} cores allow {bound:.0}/s",
+                durable.cores
+            )?;
+        }
+        writeln!(out, ")")?;
     }
     writeln!(
         out,
