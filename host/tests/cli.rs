@@ -1168,7 +1168,20 @@ fn watchers_that_leave_free_the_holders_descriptors() {
     let holder = Killed(spawn_kvstash(dir.path(), &["watch", "--since", "1"]));
     wait_until_served(dir.path());
     let pid = holder.0.id();
-    let idle = open_sockets(pid);
+    // The socket file appears once it is bound, which may be before the
+    // holder made every socket it keeps (once it failed with 5 against 4
+    // "idle"): idle is a count that held still for 200 ms.
+    let idle = {
+        let mut last = open_sockets(pid);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = open_sockets(pid);
+            if now == last {
+                break now;
+            }
+            last = now;
+        }
+    };
     let wait_for = |what: &str, done: &dyn Fn(usize) -> bool| {
         let started = std::time::Instant::now();
         loop {
