@@ -2132,19 +2132,22 @@ mod tests {
         }
     }
 
-    /// A disk whose log syncs panic once `panic` is set.
-    #[derive(Debug)]
-    struct PanickingDisk {
+    /// A disk whose log syncs panic once `panic` is set, and take 2 ms
+    /// more while `slow` is.
+    #[derive(Debug, Default)]
+    struct FaultyDisk {
         panic: Arc<std::sync::atomic::AtomicBool>,
+        slow: Arc<std::sync::atomic::AtomicBool>,
     }
 
     #[derive(Debug)]
-    struct PanickingFile {
+    struct FaultyFile {
         file: Box<dyn disk::LogFile>,
         panic: Arc<std::sync::atomic::AtomicBool>,
+        slow: Arc<std::sync::atomic::AtomicBool>,
     }
 
-    impl disk::LogFile for PanickingFile {
+    impl disk::LogFile for FaultyFile {
         fn len(&self) -> std::io::Result<u64> {
             self.file.len()
         }
@@ -2159,6 +2162,9 @@ mod tests {
                 !self.panic.load(std::sync::atomic::Ordering::Relaxed),
                 "a bug in a sync"
             );
+            if self.slow.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
             self.file.sync_data()
         }
         fn set_len(&self, len: u64) -> std::io::Result<()> {
@@ -2169,14 +2175,15 @@ mod tests {
         }
     }
 
-    impl Disk for PanickingDisk {
+    impl Disk for FaultyDisk {
         fn file_len(&self, path: &Path) -> Option<u64> {
             disk::Real.file_len(path)
         }
         fn open(&self, path: &Path) -> std::io::Result<Box<dyn disk::LogFile>> {
-            Ok(Box::new(PanickingFile {
+            Ok(Box::new(FaultyFile {
                 file: disk::Real.open(path)?,
                 panic: self.panic.clone(),
+                slow: self.slow.clone(),
             }))
         }
         fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
@@ -2222,10 +2229,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-            let panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let disk = Arc::new(PanickingDisk {
-                panic: panic.clone(),
-            });
+            let disk = Arc::new(FaultyDisk::default());
+            let panic = disk.panic.clone();
             let backend = Arc::new(FileBackend::open(disk, &path, &config, false).unwrap());
             runtime.block_on(async {
                 backend
@@ -2278,6 +2283,60 @@ mod tests {
                 again.commit(vec![], vec![write("new", "4")]).await.unwrap();
             });
         }
+    }
+
+    /// A caller's commit on a multi-threaded runtime blocks its thread
+    /// directly while commits are fast, and goes through `block_in_place`
+    /// once they are slow (here 2 ms a sync), until they are fast again.
+    #[test]
+    fn slow_commits_move_off_the_callers_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let disk = Arc::new(FaultyDisk::default());
+        let slow = disk.slow.clone();
+        let backend = FileBackend::open(disk, &path, &FileConfig::new(&path), false).unwrap();
+        let line = backend.line.clone().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let commit = |i: usize| {
+            runtime
+                .block_on(backend.commit(vec![], vec![write(&format!("k{i}"), "v")]))
+                .unwrap()
+        };
+        for i in 0..5 {
+            commit(i);
+        }
+        assert!(line.commits_are_fast(), "a tmpfs or disk sync is fast");
+        slow.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut i = 5;
+        while line.commits_are_fast() {
+            commit(i);
+            i += 1;
+            assert!(i < 20, "2 ms syncs never counted as slow");
+        }
+        slow.store(false, std::sync::atomic::Ordering::Relaxed);
+        while !line.commits_are_fast() {
+            commit(i);
+            i += 1;
+            assert!(i < 200, "fast syncs never counted as fast again");
+        }
+        drop((runtime, line));
+        drop(backend);
+        let again = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let newest = format!("k{}", i - 1);
+        assert!(
+            runtime
+                .block_on(again.get(newest.as_bytes()))
+                .unwrap()
+                .is_some()
+        );
     }
 
     /// A close that finds much of redb's file free compacts it, and
