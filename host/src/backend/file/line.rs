@@ -12,12 +12,18 @@
 //! project's VM those took 40–60 µs each, almost as long as the sync
 //! itself (~100 µs). Concurrent writers still share one sync per group.
 //!
+//! A caller's turn commits one group (its own commit, and what queued
+//! behind it and fits): more, and any checkpoint, are the committer
+//! thread's, so a caller's thread never waits for much.
+//!
 //! On a multi-threaded Tokio runtime, a caller's commit blocks its worker
-//! thread directly while recent commits took under [`DIRECT_MAX`]: handing
-//! the worker's other tasks to another thread (`block_in_place`) costs
-//! another wake-up, and a lone writer ran ~35% slower with it (6.5–7.3k
-//! against 8.1–10.2k puts/s here). Slower commits (a slow disk, a sync that
-//! stalls) switch to `block_in_place`, so the other tasks never wait long.
+//! thread directly while recent turns took under [`DIRECT_MAX`] and the
+//! commit is small ([`DIRECT_GROUP_BYTES`]; never a replica's restore):
+//! handing the worker's other tasks to another thread (`block_in_place`)
+//! costs another wake-up, and a lone writer ran ~25% slower with it
+//! (6.5–7.3k against 8.1–10.2k puts/s here). Slower turns (a slow disk, a
+//! sync that stalls) switch to `block_in_place`, so other tasks do not wait
+//! behind a slow disk.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +51,9 @@ pub(super) struct Line {
 /// directly while callers' turns took less than this lately, and runs in
 /// `block_in_place` otherwise (see the module's documentation).
 pub(super) const DIRECT_MAX: Duration = Duration::from_micros(500);
+
+/// The most record bytes a turn that blocks its worker directly commits.
+const DIRECT_GROUP_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct Queue {
@@ -109,8 +118,10 @@ impl Line {
     ) -> Result<u64, BackendError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = Request { op, writes, reply };
+        let light = !matches!(request.op, Op::Restore(..))
+            && wal::record_len(&request.writes) <= DIRECT_GROUP_BYTES;
         let here = if inline {
-            may_block(self.commits_are_fast())
+            may_block(light && self.commits_are_fast())
         } else {
             None
         };
@@ -120,8 +131,11 @@ impl Line {
             // commit), the line fails rather than wait for it forever.
             let guard = FailOnUnwind(self);
             match here {
-                Some(Blocking::InPlace) => tokio::task::block_in_place(|| self.take_turn()),
-                _ => self.take_turn(),
+                Some(Blocking::InPlace) => {
+                    tokio::task::block_in_place(|| self.take_turn(MAX_GROUP_BYTES));
+                }
+                Some(Blocking::Directly) if light => self.take_turn(DIRECT_GROUP_BYTES),
+                _ => self.take_turn(MAX_GROUP_BYTES),
             }
             std::mem::forget(guard);
         }
@@ -146,14 +160,19 @@ impl Line {
         Ok(inline)
     }
 
-    /// A caller's turn: commits what waits now (its own commit among it),
-    /// then gives the turn up, or hands it to the committer thread if more
-    /// came meanwhile or a checkpoint is due.
-    fn take_turn(&self) {
+    /// A caller's turn: commits the group at the front of the line (its own
+    /// commit first, and what queued behind it, up to `max_bytes` of
+    /// records), then gives the turn up, or hands it to the committer
+    /// thread if more waits or a checkpoint is due.
+    fn take_turn(&self, max_bytes: usize) {
         let mut committer = lock(&self.committer);
-        let waiting = std::mem::take(&mut lock(&self.queue).waiting);
+        let group = next_group(&mut lock(&self.queue).waiting, max_bytes);
         let started = Instant::now();
-        committer.commit_all(waiting);
+        match group {
+            Some(Group::Commits(batch)) => committer.commit_group(batch),
+            Some(Group::Restore(request)) => committer.restore(request),
+            None => {}
+        }
         self.note_turn(started.elapsed());
         let due = committer.checkpoint_due();
         drop(committer);
@@ -277,7 +296,7 @@ fn may_block(fast: bool) -> Option<Blocking> {
 impl Committer {
     /// Commits `waiting` in order, in groups ([`next_group`]).
     fn commit_all(&mut self, mut waiting: VecDeque<Request>) {
-        while let Some(group) = next_group(&mut waiting) {
+        while let Some(group) = next_group(&mut waiting, MAX_GROUP_BYTES) {
             match group {
                 Group::Commits(batch) => self.commit_group(batch),
                 Group::Restore(request) => self.restore(request),
@@ -308,9 +327,11 @@ impl Committer {
 }
 
 /// The next group off the front of `waiting`: a restore alone, or commits
-/// up to the group's limits ([`MAX_GROUP_OPS`], [`MAX_GROUP_BYTES`]; the
-/// first may be larger, up to [`wal::MAX_RECORD`]).
-pub(super) fn next_group(waiting: &mut VecDeque<Request>) -> Option<Group> {
+/// up to the group's limits ([`MAX_GROUP_OPS`], and `max_bytes` of records,
+/// at most [`MAX_GROUP_BYTES`]; the first may be larger, up to
+/// [`wal::MAX_RECORD`]).
+pub(super) fn next_group(waiting: &mut VecDeque<Request>, max_bytes: usize) -> Option<Group> {
+    let max_bytes = max_bytes.min(MAX_GROUP_BYTES);
     let first = waiting.pop_front()?;
     if matches!(first.op, Op::Restore(..)) {
         return Some(Group::Restore(first));
@@ -318,12 +339,12 @@ pub(super) fn next_group(waiting: &mut VecDeque<Request>) -> Option<Group> {
     let mut ops = first.checks().len() + first.writes.len();
     let mut bytes = wal::record_len(&first.writes);
     let mut batch = vec![first];
-    while ops < MAX_GROUP_OPS && bytes < MAX_GROUP_BYTES {
+    while ops < MAX_GROUP_OPS && bytes < max_bytes {
         let Some(next) = waiting.front() else {
             break;
         };
         let size = wal::record_len(&next.writes);
-        if matches!(next.op, Op::Restore(..)) || bytes + size > MAX_GROUP_BYTES {
+        if matches!(next.op, Op::Restore(..)) || bytes + size > max_bytes {
             break;
         }
         ops += next.checks().len() + next.writes.len();

@@ -2062,7 +2062,7 @@ mod tests {
             }])
         };
         let sizes = |waiting: &mut std::collections::VecDeque<Request>| {
-            std::iter::from_fn(|| line::next_group(waiting))
+            std::iter::from_fn(|| line::next_group(waiting, MAX_GROUP_BYTES))
                 .map(|group| match group {
                     line::Group::Commits(batch) => batch.len(),
                     line::Group::Restore(_) => 0,
@@ -2098,6 +2098,13 @@ mod tests {
             [1, 2, 0, 1],
             "a large first one alone; a restore alone"
         );
+        // A smaller limit (a turn that blocks its worker directly) stops
+        // the group sooner, and caps it at the largest limit.
+        let mut waiting: std::collections::VecDeque<Request> = (0..3).map(|_| big()).collect();
+        let first = line::next_group(&mut waiting, 1 << 20);
+        assert!(matches!(first, Some(line::Group::Commits(batch)) if batch.len() == 1));
+        let rest = line::next_group(&mut waiting, usize::MAX);
+        assert!(matches!(rest, Some(line::Group::Commits(batch)) if batch.len() == 2));
     }
 
     /// Dropping the last handle closes the file on that thread (with a
