@@ -134,8 +134,8 @@ impl Line {
                 Some(Blocking::InPlace) => {
                     tokio::task::block_in_place(|| self.take_turn(MAX_GROUP_BYTES));
                 }
-                Some(Blocking::Directly) if light => self.take_turn(DIRECT_GROUP_BYTES),
-                _ => self.take_turn(MAX_GROUP_BYTES),
+                Some(Blocking::OnWorker) => self.take_turn(DIRECT_GROUP_BYTES),
+                Some(Blocking::Directly) | None => self.take_turn(MAX_GROUP_BYTES),
             }
             std::mem::forget(guard);
         }
@@ -268,9 +268,12 @@ impl Drop for FailOnUnwind<'_> {
 
 /// How a caller may run a commit (an append and its sync) on its thread.
 enum Blocking {
-    /// Outside any async runtime, or on a multi-threaded one while commits
-    /// are fast: just run it.
+    /// Outside any async runtime: just run it.
     Directly,
+    /// On a multi-threaded Tokio runtime, while commits are fast and this
+    /// one is small: run it on the worker, and commit no more than
+    /// [`DIRECT_GROUP_BYTES`] in the turn.
+    OnWorker,
     /// On a multi-threaded Tokio runtime, in `block_in_place`: the
     /// worker's other tasks move to another thread meanwhile, so a slow
     /// disk stalls only this caller.
@@ -286,7 +289,7 @@ fn may_block(fast: bool) -> Option<Blocking> {
     match Handle::try_current() {
         Err(_) => Some(Blocking::Directly),
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => Some(match fast {
-            true => Blocking::Directly,
+            true => Blocking::OnWorker,
             false => Blocking::InPlace,
         }),
         Ok(_) => None,
