@@ -38,6 +38,7 @@ mod crash;
 mod disk;
 mod line;
 mod share;
+mod stored;
 mod wal;
 
 pub use share::Client;
@@ -56,18 +57,22 @@ use super::{
     validate_commit, validate_get_many, validate_key, validate_scan,
 };
 
-const DATA: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("data");
+/// Formats 1 and 2's tables, read only to migrate them.
+const DATA_2: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("data");
 /// A change-feed entry: the key and its new value (`None`: deleted).
 type LogValue<'a> = (&'a [u8], Option<&'a [u8]>);
-const LOG: TableDefinition<'_, (u64, u32), LogValue<'_>> = TableDefinition::new("log");
+const LOG_2: TableDefinition<'_, (u64, u32), LogValue<'_>> = TableDefinition::new("log");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// The file format: 2 has the commit log beside it. A format-1 file (no
-/// log) is read as it is and raised to 2 by its first writer.
-const FORMAT: u64 = 2;
+/// The file format: 3 checksums every record and change ([`stored`]); 2
+/// had the commit log beside it, 1 had no log. A format-1 or 2 file is
+/// migrated to 3 by its first open.
+const FORMAT: u64 = 3;
+const FORMAT_WITH_LOG: u64 = 2;
 const FORMAT_WITHOUT_LOG: u64 = 1;
 
 use disk::Disk;
+use stored::{FEED, RECORDS};
 use wal::{Record, Wal};
 
 /// The `file` backend's configuration.
@@ -86,7 +91,8 @@ pub struct FileConfig {
     /// bulk load of large commits does not keep a second copy of the store.
     #[serde(default = "default_retention_entries")]
     pub retention_entries: u64,
-    /// Bytes of keys and values the feed keeps at most.
+    /// Bytes of keys and values the feed keeps at most. A key's newest
+    /// value is not copied into the feed, so it does not count.
     #[serde(default = "default_retention_bytes")]
     pub retention_bytes: u64,
     /// Memory the backend may cache in, in MiB (default: unbounded but for
@@ -238,12 +244,27 @@ impl Closing {
 }
 
 /// The data table as of some checkpoint.
-type DataTable = redb::ReadOnlyTable<&'static [u8], (u64, &'static [u8])>;
+type DataTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// One record of a range of it.
 type StoredItem<'a> = (
     redb::AccessGuard<'a, &'static [u8]>,
-    redb::AccessGuard<'a, (u64, &'static [u8])>,
+    redb::AccessGuard<'a, &'static [u8]>,
 );
+
+/// The version and record redb stores under `key`, or the error that says
+/// it is damaged.
+fn decode(key: &[u8], stored: &[u8]) -> Result<(u64, Vec<u8>), BackendError> {
+    stored::decode_record(key, stored)
+        .map(|(version, record)| (version, record.to_vec()))
+        .map_err(|damage| corrupt(&format!("the record of key {}", key.escape_ascii()), damage))
+}
+
+/// The error for damage found in redb's file.
+fn corrupt(what: &str, damage: stored::Damage) -> BackendError {
+    BackendError::Unavailable(format!(
+        "corrupt data in the file backend: {what} {damage}; nothing was changed"
+    ))
+}
 
 /// The redb database: opened read-only while nothing needs writing to it
 /// (opening and closing it read-write costs four fsyncs), read-write from
@@ -304,6 +325,9 @@ struct Meta {
     /// A replica's file (written by its first restore): its versions are
     /// its primary's, and may skip.
     replica: bool,
+    /// Records an older format's file had, rewritten by this open's
+    /// migration (their old pages are free: the close compacts them).
+    migrated: u64,
 }
 
 impl State {
@@ -365,7 +389,7 @@ impl State {
             return Ok(TableRef::Shared(table));
         }
         let txn = self.db.readable()?.begin_read().map_err(unavailable)?;
-        Ok(TableRef::Own(txn.open_table(DATA).map_err(unavailable)?))
+        Ok(TableRef::Own(txn.open_table(RECORDS).map_err(unavailable)?))
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
@@ -377,14 +401,14 @@ impl State {
             }));
         }
         let table = self.table()?;
-        let found = table.get(key).map_err(unavailable)?;
-        Ok(found.map(|g| {
-            let (version, value) = g.value();
-            Entry {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                version,
-            }
+        let Some(found) = table.get(key).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let (version, value) = decode(key, found.value())?;
+        Ok(Some(Entry {
+            key: key.to_vec(),
+            value,
+            version,
         }))
     }
 
@@ -394,8 +418,15 @@ impl State {
             return Ok(slot.as_ref().map(|(version, _)| *version));
         }
         let table = self.table()?;
-        let found = table.get(key).map_err(unavailable)?;
-        Ok(found.map(|g| g.value().0))
+        let Some(found) = table.get(key).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let version = stored::decode_record(key, found.value())
+            .map_err(|damage| {
+                corrupt(&format!("the record of key {}", key.escape_ascii()), damage)
+            })?
+            .0;
+        Ok(Some(version))
     }
 
     fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
@@ -408,10 +439,11 @@ impl State {
         let stored = table.range::<&[u8]>(range).map_err(unavailable)?;
         let to_entry = |item: Result<_, redb::StorageError>| {
             let (k, v): StoredItem<'_> = item.map_err(unavailable)?;
-            let (version, value) = v.value();
+            let key = k.value();
+            let (version, value) = decode(key, v.value())?;
             Ok(Entry {
-                key: k.value().to_vec(),
-                value: value.to_vec(),
+                key: key.to_vec(),
+                value,
                 version,
             })
         };
@@ -454,7 +486,8 @@ impl State {
                 oldest: stored_trimmed + 1,
             });
         }
-        let log = txn.open_table(LOG).map_err(unavailable)?;
+        let log = txn.open_table(FEED).map_err(unavailable)?;
+        let records = txn.open_table(RECORDS).map_err(unavailable)?;
         let start = since.saturating_add(1);
         let mut failure = None;
         // Only up to `base`: a checkpoint commits redb before it empties
@@ -462,20 +495,11 @@ impl State {
         let stored = log
             .range((start, 0)..=(self.base, u32::MAX))
             .map_err(unavailable)?
-            .map_while(|item| match item {
-                Ok((k, v)) => {
-                    let (version, _) = k.value();
-                    let (key, value) = v.value();
-                    Some(Change {
-                        version,
-                        key: key.to_vec(),
-                        value: value.map(<[u8]>::to_vec),
-                    })
-                }
-                Err(e) => {
-                    failure = Some(unavailable(e));
-                    None
-                }
+            .map_while(|item| {
+                let change = item
+                    .map_err(unavailable)
+                    .and_then(|(k, v)| stored_change(&records, k.value(), v.value()));
+                change.map_err(|e| failure = Some(e)).ok()
             });
         let changes = take_changes(stored.chain(newer()), limit);
         match failure {
@@ -485,10 +509,44 @@ impl State {
     }
 }
 
+/// The feed's change at `at`, stored as `value`, with its value from
+/// `records` if the feed does not hold it.
+fn stored_change(
+    records: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    at: (u64, u32),
+    value: &[u8],
+) -> Result<Change, BackendError> {
+    let what = || format!("the change feed's entry {}.{}", at.0, at.1);
+    let (key, change) = stored::decode_change(at, value).map_err(|d| corrupt(&what(), d))?;
+    let value = match change {
+        stored::Change::Deleted => None,
+        stored::Change::Value(record) => Some(record.to_vec()),
+        stored::Change::Current => {
+            let current = records.get(key).map_err(unavailable)?;
+            match current.map(|g| decode(key, g.value())).transpose()? {
+                Some((version, record)) if version == at.0 => Some(record),
+                _ => {
+                    return Err(BackendError::Unavailable(format!(
+                        "corrupt data in the file backend: {} refers to version {} of key {}, which the store does not hold; nothing was changed",
+                        what(),
+                        at.0,
+                        key.escape_ascii()
+                    )));
+                }
+            }
+        }
+    };
+    Ok(Change {
+        version: at.0,
+        key: key.to_vec(),
+        value,
+    })
+}
+
 /// A read transaction's data table: redb as of its last checkpoint.
 fn data_table(db: &Db) -> Option<DataTable> {
     let txn = db.readable().ok()?.begin_read().ok()?;
-    txn.open_table(DATA).ok()
+    txn.open_table(RECORDS).ok()
 }
 
 /// The shared data table, or a read's own when there is none.
@@ -675,8 +733,9 @@ impl FileBackend {
     /// Opens (creating if needed) the database at `config.path`, or returns
     /// the handle this process already has on it.
     ///
-    /// A read-only open of a file that is missing, or was not closed
-    /// cleanly (redb must repair it, which writes), opens it for writing.
+    /// A read-only open of a file that is missing, was not closed cleanly
+    /// (redb must repair it, which writes) or has an older format (which
+    /// is migrated), opens it for writing.
     pub fn open_shared(config: &FileConfig) -> Result<Arc<Self>, BackendError> {
         let path = canonical(&config.path)?;
         let mut open = loop {
@@ -731,11 +790,12 @@ impl FileBackend {
             Err(redb::DatabaseError::RepairAborted) => return Ok(None),
             Err(e) => return Err(open_error(path, e)),
         };
+        // An older format is migrated, which writes.
         let meta = {
             let txn = db.begin_read().map_err(unavailable)?;
             match read_meta(&txn, path)? {
-                Some(meta) => meta,
-                None => return Ok(None),
+                Some(meta) if meta.format == FORMAT => meta,
+                _ => return Ok(None),
             }
         };
         let state = State::new(Db::Reading(db), meta, records, config, path)?;
@@ -783,7 +843,7 @@ impl FileBackend {
             commits: commits.clone(),
             counters: counters.clone(),
             checkpoint_failed: None,
-            rewritten: 0,
+            rewritten: meta.migrated,
         };
         let line = Arc::new(line::Line::new(committer));
         let committer = std::thread::Builder::new()
@@ -915,13 +975,21 @@ fn read_meta(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<Meta>, B
     };
     let format = match field("format")? {
         None => return Ok(None),
-        Some(format @ (FORMAT_WITHOUT_LOG | FORMAT)) => format,
+        Some(format @ (FORMAT_WITHOUT_LOG | FORMAT_WITH_LOG | FORMAT)) => format,
         Some(other) => return Err(wrong_format(path, other)),
     };
-    for exists in [
-        txn.open_table(DATA).map(drop),
-        txn.open_table(LOG).map(drop),
-    ] {
+    let exist = if format == FORMAT {
+        [
+            txn.open_table(RECORDS).map(drop),
+            txn.open_table(FEED).map(drop),
+        ]
+    } else {
+        [
+            txn.open_table(DATA_2).map(drop),
+            txn.open_table(LOG_2).map(drop),
+        ]
+    };
+    for exists in exist {
         if let Err(e) = exists {
             return table(e);
         }
@@ -931,33 +999,34 @@ fn read_meta(txn: &redb::ReadTransaction, path: &Path) -> Result<Option<Meta>, B
         version: field("version")?.unwrap_or(0),
         trimmed: field("trimmed")?.unwrap_or(0),
         replica: field("replica")? == Some(1),
+        migrated: 0,
     }))
 }
 
 fn wrong_format(path: &Path, format: u64) -> BackendError {
     BackendError::Invalid(format!(
-        "{} has kvstash file format {format}; this build reads formats {FORMAT_WITHOUT_LOG} and {FORMAT}",
+        "{} has kvstash file format {format}; this build reads formats {FORMAT_WITHOUT_LOG} to {FORMAT}",
         path.display()
     ))
 }
 
-/// Makes kvstash's tables in a new file, or raises a format-1 file to the
-/// current format (so a build that does not know the log refuses the file
-/// instead of missing the commits in it); returns its `meta`.
+/// Makes kvstash's tables in a new file, or migrates a format-1 or 2 file
+/// to the current format (so a build that does not know it refuses the
+/// file instead of misreading it); returns its `meta`.
 fn init_tables(db: &Database, path: &Path) -> Result<Meta, BackendError> {
     let txn = db.begin_write().map_err(unavailable)?;
     let meta = {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let format = meta.get("format").map_err(unavailable)?.map(|g| g.value());
-        match format {
-            None | Some(FORMAT_WITHOUT_LOG) => {
-                meta.insert("format", FORMAT).map_err(unavailable)?;
-            }
-            Some(FORMAT) => {}
+        let migrated = match format {
+            None => 0,
+            Some(FORMAT_WITHOUT_LOG | FORMAT_WITH_LOG) => migrate(&txn, &mut meta)?,
+            Some(FORMAT) => 0,
             Some(other) => return Err(wrong_format(path, other)),
-        }
-        txn.open_table(DATA).map_err(unavailable)?;
-        txn.open_table(LOG).map_err(unavailable)?;
+        };
+        meta.insert("format", FORMAT).map_err(unavailable)?;
+        txn.open_table(RECORDS).map_err(unavailable)?;
+        txn.open_table(FEED).map_err(unavailable)?;
         let field = |name: &str| -> Result<u64, BackendError> {
             Ok(meta
                 .get(name)
@@ -969,10 +1038,56 @@ fn init_tables(db: &Database, path: &Path) -> Result<Meta, BackendError> {
             version: field("version")?,
             trimmed: field("trimmed")?,
             replica: field("replica")? == 1,
+            migrated,
         }
     };
     txn.commit().map_err(unavailable)?;
     Ok(meta)
+}
+
+/// Rewrites a format-1 or 2 file's records and change feed as format 3's
+/// in `txn` (one transaction: a crash leaves the old file) and drops the
+/// old tables; how many records it rewrote.
+fn migrate(
+    txn: &redb::WriteTransaction,
+    meta: &mut redb::Table<'_, &str, u64>,
+) -> Result<u64, BackendError> {
+    let mut buf = Vec::new();
+    let mut count = 0;
+    let mut bytes = 0;
+    {
+        let old = txn.open_table(DATA_2).map_err(unavailable)?;
+        let mut records = txn.open_table(RECORDS).map_err(unavailable)?;
+        for item in old.iter().map_err(unavailable)? {
+            let (key, value) = item.map_err(unavailable)?;
+            let (version, record) = value.value();
+            stored::encode_record(key.value(), version, record, &mut buf);
+            records
+                .insert(key.value(), buf.as_slice())
+                .map_err(unavailable)?;
+            count += 1;
+        }
+        let log = txn.open_table(LOG_2).map_err(unavailable)?;
+        let mut feed = txn.open_table(FEED).map_err(unavailable)?;
+        for item in log.iter().map_err(unavailable)? {
+            let (at, value) = item.map_err(unavailable)?;
+            let (at, (key, value)) = (at.value(), value.value());
+            let change = match value {
+                None => stored::Change::Deleted,
+                Some(value) => match old.get(key).map_err(unavailable)? {
+                    Some(current) if current.value() == (at.0, value) => stored::Change::Current,
+                    _ => stored::Change::Value(value),
+                },
+            };
+            stored::encode_change(at, key, change, &mut buf);
+            feed.insert(at, buf.as_slice()).map_err(unavailable)?;
+            bytes += stored::change_bytes(key, change);
+        }
+    }
+    txn.delete_table(DATA_2).map_err(unavailable)?;
+    txn.delete_table(LOG_2).map_err(unavailable)?;
+    meta.insert("feed_bytes", bytes).map_err(unavailable)?;
+    Ok(count)
 }
 
 impl FileBackend {
@@ -1104,16 +1219,15 @@ impl Committer {
             };
             let txn = db.begin_write().map_err(unavailable)?;
             {
-                let mut data = txn.open_table(DATA).map_err(unavailable)?;
+                let mut data = txn.open_table(RECORDS).map_err(unavailable)?;
                 data.retain(|_, _| false).map_err(unavailable)?;
+                let mut buf = Vec::new();
                 for entry in entries {
-                    data.insert(
-                        entry.key.as_slice(),
-                        (entry.version, entry.value.as_slice()),
-                    )
-                    .map_err(unavailable)?;
+                    stored::encode_record(&entry.key, entry.version, &entry.value, &mut buf);
+                    data.insert(entry.key.as_slice(), buf.as_slice())
+                        .map_err(unavailable)?;
                 }
-                let mut log = txn.open_table(LOG).map_err(unavailable)?;
+                let mut log = txn.open_table(FEED).map_err(unavailable)?;
                 log.retain(|_, _| false).map_err(unavailable)?;
                 let mut meta = txn.open_table(META).map_err(unavailable)?;
                 meta.insert("version", version).map_err(unavailable)?;
@@ -1362,46 +1476,89 @@ fn write_overlay(
     state: &State,
     config: &FileConfig,
 ) -> Result<(u64, u64), BackendError> {
-    let mut data = txn.open_table(DATA).map_err(unavailable)?;
+    let mut data = txn.open_table(RECORDS).map_err(unavailable)?;
     let mut meta = txn.open_table(META).map_err(unavailable)?;
-    let mut log = txn.open_table(LOG).map_err(unavailable)?;
+    let mut log = txn.open_table(FEED).map_err(unavailable)?;
     let mut rewritten = 0;
+    let mut buf = Vec::new();
+    // Replaced records the feed may still refer to (`Change::Current`),
+    // by version: their changes get the old value.
+    let mut displaced: BTreeMap<u64, HashMap<&[u8], Vec<u8>>> = BTreeMap::new();
     for (key, slot) in &state.overlay {
         let old = match slot {
-            Some((version, value)) => data
-                .insert(key.as_slice(), (*version, value.as_slice()))
-                .map_err(unavailable)?
-                .is_some(),
-            None => data.remove(key.as_slice()).map_err(unavailable)?.is_some(),
+            Some((version, value)) => {
+                stored::encode_record(key, *version, value, &mut buf);
+                data.insert(key.as_slice(), buf.as_slice())
+                    .map_err(unavailable)?
+            }
+            None => data.remove(key.as_slice()).map_err(unavailable)?,
         };
-        rewritten += u64::from(old);
+        let Some(old) = old else { continue };
+        rewritten += 1;
+        // A damaged record cannot be rescued: a change that refers to it
+        // stays damaged, and is reported when read.
+        if let Ok((version, record)) = stored::decode_record(key, old.value())
+            && version > state.trimmed
+        {
+            displaced
+                .entry(version)
+                .or_default()
+                .insert(key.as_slice(), record.to_vec());
+        }
     }
-    // The feed's bytes are counted in `meta` (a file from before the
-    // count is counted once).
+    // The feed's bytes are counted in `meta` (a migration counts them).
     let mut bytes = match meta.get("feed_bytes").map_err(unavailable)? {
         Some(bytes) => bytes.value(),
         None => {
             let mut bytes = 0u64;
             for item in log.iter().map_err(unavailable)? {
-                let (_, change) = item.map_err(unavailable)?;
-                let (key, value) = change.value();
-                bytes += change_bytes(key, value);
+                let (at, change) = item.map_err(unavailable)?;
+                bytes += stored::decode_change(at.value(), change.value())
+                    .map_or(0, |(key, change)| stored::change_bytes(key, change));
             }
             bytes
         }
     };
+    for (&version, records) in &displaced {
+        let mut keep = Vec::new();
+        for item in log
+            .range((version, 0)..=(version, u32::MAX))
+            .map_err(unavailable)?
+        {
+            let (at, change) = item.map_err(unavailable)?;
+            if let Ok((key, stored::Change::Current)) =
+                stored::decode_change(at.value(), change.value())
+                && let Some((&key, record)) = records.get_key_value(key)
+            {
+                keep.push((at.value(), key, record));
+            }
+        }
+        for (at, key, record) in keep {
+            stored::encode_change(at, key, stored::Change::Value(record), &mut buf);
+            log.insert(at, buf.as_slice()).map_err(unavailable)?;
+            bytes += record.len() as u64;
+        }
+    }
     let mut index = 0u32;
     let mut last = 0;
     for change in &state.changes {
         if change.version != last {
             (last, index) = (change.version, 0);
         }
-        log.insert(
-            (change.version, index),
-            (change.key.as_slice(), change.value.as_deref()),
-        )
-        .map_err(unavailable)?;
-        bytes += change_bytes(&change.key, change.value.as_deref());
+        // The newest change of a key leaves its value to the records table.
+        let kept = match (&change.value, state.overlay.get(&change.key)) {
+            (Some(value), Some(Some((version, current))))
+                if *version == change.version && current == value =>
+            {
+                stored::Change::Current
+            }
+            (Some(value), _) => stored::Change::Value(value),
+            (None, _) => stored::Change::Deleted,
+        };
+        stored::encode_change((change.version, index), &change.key, kept, &mut buf);
+        log.insert((change.version, index), buf.as_slice())
+            .map_err(unavailable)?;
+        bytes += stored::change_bytes(&change.key, kept);
         index = index.saturating_add(1);
     }
     meta.insert("version", state.version).map_err(unavailable)?;
@@ -1424,8 +1581,8 @@ fn write_overlay(
             let first = log.first().map_err(unavailable)?;
             let size = match &first {
                 Some((at, change)) if at.value().0 == oldest => {
-                    let (key, value) = change.value();
-                    change_bytes(key, value)
+                    stored::decode_change(at.value(), change.value())
+                        .map_or(0, |(key, change)| stored::change_bytes(key, change))
                 }
                 _ => break,
             };
@@ -1444,11 +1601,6 @@ fn write_overlay(
         meta.insert("trimmed", trimmed).map_err(unavailable)?;
     }
     Ok((trimmed.max(state.trimmed), rewritten))
-}
-
-/// The bytes one change takes in the feed's count.
-fn change_bytes(key: &[u8], value: Option<&[u8]>) -> u64 {
-    (key.len() + value.map_or(0, <[u8]>::len)) as u64
 }
 
 /// The absolute path of `path`, creating its directory.
@@ -1621,6 +1773,13 @@ mod tests {
         }
     }
 
+    fn delete(key: &str) -> Write {
+        Write {
+            key: key.as_bytes().to_vec(),
+            value: None,
+        }
+    }
+
     /// A new store's file is made aside and renamed: a leftover from a
     /// crash there is replaced, but a store of its own under that name is
     /// never touched.
@@ -1709,20 +1868,37 @@ mod tests {
             5000
         );
 
+        // The bytes the feed holds count: keys, and values no longer
+        // current (a current value is the records table's, not copied).
         let mut config = FileConfig::new(dir.path().join("bytes.redb"));
         config.checkpoint_kb = Some(1);
-        config.retention_bytes = 50_000; // each commit: 100 * (8 + 90) bytes
+        config.retention_bytes = 50_000;
         let backend = load(FileBackend::open_shared(&config).unwrap(), 0).await;
+        assert_eq!(
+            feed_floor(&backend).await,
+            0,
+            "50 commits of 800 bytes of keys"
+        );
+        // The same keys again: the first load's values are copied into its
+        // changes (100 * (8 + 90) bytes a commit), and those go first.
+        let backend = load(backend, 0).await;
         drop(backend);
         let backend = FileBackend::open_shared(&config).unwrap();
         assert_eq!(
             feed_floor(&backend).await,
-            45,
-            "5 commits of 9,800 bytes fit"
+            49,
+            "the second load (50 * 800 bytes) and the first load's last commit (9,800) fit"
+        );
+        let kept = backend.changes(49, 10_000).await.unwrap();
+        assert_eq!(kept.len(), 5100);
+        assert!(
+            kept[..100]
+                .iter()
+                .all(|c| c.version == 50 && c.value.is_some())
         );
         // A commit larger than the limit on its own is kept (the newest).
         let huge = (0..1000)
-            .map(|k| write(&format!("h{k:04}"), &"v".repeat(90)))
+            .map(|k| write(&format!("h{k:04}{}", "-".repeat(60)), "v"))
             .collect();
         let v = backend.commit(vec![], huge).await.unwrap();
         drop(backend);
@@ -1730,8 +1906,9 @@ mod tests {
         assert_eq!(feed_floor(&backend).await, v - 1);
         assert_eq!(backend.changes(v - 1, 10_000).await.unwrap().len(), 1000);
 
-        // With the defaults, a bulk load of 1,000 such commits (100,000
-        // changes, 9.8 MB) keeps what fits in 8 MiB.
+        // With the defaults, a bulk load of 1,000 such commits keeps its
+        // 100,000 changes (800 KB of keys); one more commit's 100 push the
+        // oldest commit out.
         let path = dir.path().join("defaults.redb");
         let mut backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
         for from in (0..1000).step_by(50) {
@@ -1739,8 +1916,15 @@ mod tests {
         }
         drop(backend);
         let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
-        let kept = 1000 - feed_floor(&backend).await;
-        assert_eq!(kept, DEFAULT_RETENTION_BYTES / 9_800);
+        assert_eq!(feed_floor(&backend).await, 0);
+        let backend = load(backend, 1000).await;
+        drop(backend);
+        let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
+        assert_eq!(
+            feed_floor(&backend).await,
+            50,
+            "{DEFAULT_RETENTION_ENTRIES} changes kept"
+        );
     }
 
     #[tokio::test]
@@ -1963,45 +2147,112 @@ mod tests {
         assert_eq!(backend.changes(0, 10).await.unwrap().len(), 1);
     }
 
-    /// A store from before the commit log (format 1) opens as it is, and its
-    /// first writer raises it to format 2, which older builds refuse.
+    /// A store of format 1 (before the commit log) or 2 (before checksums)
+    /// is migrated by its first open, a read-only one included: the same
+    /// records and change feed, in format 3's tables, which older builds
+    /// refuse. Changes that referred to a current value keep their value
+    /// once a later checkpoint replaces it.
     #[tokio::test]
-    async fn a_format_1_store_is_read_and_raised() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
+    async fn older_formats_are_migrated_by_their_first_open() {
+        for format in [FORMAT_WITHOUT_LOG, FORMAT_WITH_LOG] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("old.redb");
             {
-                let mut meta = txn.open_table(META).unwrap();
-                meta.insert("format", 1).unwrap();
-                meta.insert("version", 7).unwrap();
-                let mut data = txn.open_table(DATA).unwrap();
-                data.insert(&b"a"[..], (7, &b"old"[..])).unwrap();
-                let mut log = txn.open_table(LOG).unwrap();
-                log.insert((7, 0), (&b"a"[..], Some(&b"old"[..]))).unwrap();
+                let db = Database::create(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                {
+                    let mut meta = txn.open_table(META).unwrap();
+                    meta.insert("format", format).unwrap();
+                    meta.insert("version", 7).unwrap();
+                    let mut data = txn.open_table(DATA_2).unwrap();
+                    data.insert(&b"a"[..], (7, &b"new"[..])).unwrap();
+                    data.insert(&b"b"[..], (5, &b"bee"[..])).unwrap();
+                    let mut log = txn.open_table(LOG_2).unwrap();
+                    log.insert((5, 0), (&b"b"[..], Some(&b"bee"[..]))).unwrap();
+                    log.insert((6, 0), (&b"a"[..], Some(&b"old"[..]))).unwrap();
+                    log.insert((7, 0), (&b"a"[..], Some(&b"new"[..]))).unwrap();
+                    log.insert((7, 1), (&b"c"[..], None)).unwrap();
+                }
+                txn.commit().unwrap();
             }
-            txn.commit().unwrap();
-        }
-        let mut config = FileConfig::new(&path);
-        config.read_only = true;
-        {
+            let change = |version, key: &str, value: Option<&str>| Change {
+                version,
+                key: key.into(),
+                value: value.map(Into::into),
+            };
+            let mut feed = vec![
+                change(5, "b", Some("bee")),
+                change(6, "a", Some("old")),
+                change(7, "a", Some("new")),
+                change(7, "c", None),
+            ];
+            let mut config = FileConfig::new(&path);
+            config.read_only = true;
+            {
+                let backend = FileBackend::open_shared(&config).unwrap();
+                let a = backend.get(b"a").await.unwrap().unwrap();
+                assert_eq!((a.version, a.value), (7, b"new".to_vec()));
+                assert_eq!(backend.scan(&all()).await.unwrap().len(), 2);
+                assert_eq!(backend.changes(4, 10).await.unwrap(), feed);
+            }
+            {
+                let db = redb::ReadOnlyDatabase::open(&path).unwrap();
+                let txn = db.begin_read().unwrap();
+                let meta = read_meta(&txn, &path).unwrap().unwrap();
+                assert_eq!((meta.format, meta.version), (FORMAT, 7), "from {format}");
+                assert!(txn.open_table(DATA_2).is_err() && txn.open_table(LOG_2).is_err());
+                let records = txn.open_table(RECORDS).unwrap();
+                let b = records.get(&b"b"[..]).unwrap().unwrap();
+                assert_eq!(stored::decode_record(b"b", b.value()), Ok((5, &b"bee"[..])));
+                let feed = txn.open_table(FEED).unwrap();
+                let kinds: Vec<_> = feed
+                    .iter()
+                    .unwrap()
+                    .map(|item| {
+                        let (at, value) = item.unwrap();
+                        let (at, value) = (at.value(), value.value().to_vec());
+                        stored::decode_change(at, &value).unwrap().1 == stored::Change::Current
+                    })
+                    .collect();
+                assert_eq!(kinds, [true, false, true, false], "from {format}");
+            }
+            // Replace both current values, through a checkpoint (the close's).
+            config.read_only = false;
+            config.checkpoint_kb = Some(1);
+            {
+                let backend = FileBackend::open_shared(&config).unwrap();
+                let big = "x".repeat(2000);
+                let version = backend
+                    .commit(vec![], vec![write("a", &big), delete("b")])
+                    .await
+                    .unwrap();
+                assert_eq!(version, 8);
+                feed.push(change(8, "a", Some(&big)));
+                feed.push(change(8, "b", None));
+                assert_eq!(backend.changes(4, 10).await.unwrap(), feed);
+            }
+            {
+                let db = redb::ReadOnlyDatabase::open(&path).unwrap();
+                let txn = db.begin_read().unwrap();
+                let meta = read_meta(&txn, &path).unwrap().unwrap();
+                assert_eq!(meta.version, 8, "checkpointed");
+                let feed = txn.open_table(FEED).unwrap();
+                let stored = |at| feed.get(at).unwrap().unwrap().value().to_vec();
+                let now = stored((7, 0));
+                assert_eq!(
+                    stored::decode_change((7, 0), &now),
+                    Ok((&b"a"[..], stored::Change::Value(b"new")))
+                );
+                let now = stored((5, 0));
+                assert_eq!(
+                    stored::decode_change((5, 0), &now),
+                    Ok((&b"b"[..], stored::Change::Value(b"bee")))
+                );
+            }
             let backend = FileBackend::open_shared(&config).unwrap();
-            assert!(backend.is_read_only());
-            assert_eq!(backend.get(b"a").await.unwrap().unwrap().version, 7);
+            assert_eq!(backend.changes(4, 10).await.unwrap(), feed, "from {format}");
+            assert_eq!(backend.get(b"b").await.unwrap(), None);
         }
-        assert!(!wal::path_of(&path).exists(), "a reader makes no log");
-        {
-            let backend = FileBackend::open_shared(&FileConfig::new(&path)).unwrap();
-            assert_eq!(
-                backend.commit(vec![], vec![write("b", "2")]).await.unwrap(),
-                8
-            );
-        }
-        let db = redb::ReadOnlyDatabase::open(&path).unwrap();
-        let txn = db.begin_read().unwrap();
-        let meta = read_meta(&txn, &path).unwrap().unwrap();
-        assert_eq!((meta.format, meta.version), (FORMAT, 7));
     }
 
     /// A log whose versions skip (damage, or a log from another store) is
