@@ -38,9 +38,9 @@ pub(super) enum Damage {
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Damage::Short => "it is cut short",
-            Damage::Checksum => "it fails its checksum",
-            Damage::Malformed => "its header is malformed",
+            Damage::Short => "is cut short",
+            Damage::Checksum => "fails its checksum",
+            Damage::Malformed => "has a malformed header",
         })
     }
 }
