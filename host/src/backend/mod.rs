@@ -37,7 +37,8 @@ use async_trait::async_trait;
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdBackend;
 pub use file::{
-    Client as FileClient, FileBackend, FileConfig, GROUP_SLOTS, SyncStats, open as open_file,
+    CheckReport as FileCheck, Client as FileClient, FileBackend, FileConfig, GROUP_SLOTS,
+    SyncStats, check as check_file, open as open_file,
 };
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]

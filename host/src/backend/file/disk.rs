@@ -29,6 +29,16 @@ pub(super) trait Disk: Send + Sync + Debug {
         builder: &Builder,
         path: &Path,
     ) -> Result<redb::ReadOnlyDatabase, DatabaseError>;
+    /// redb on the file at `path` after its integrity check, which writes
+    /// nothing to the file (`verify.rs`); `None` where damage is not what
+    /// is simulated (the crash tests' disk).
+    fn open_db_verified(
+        &self,
+        _builder: Builder,
+        _path: &Path,
+    ) -> Option<Result<Database, DatabaseError>> {
+        None
+    }
 }
 
 /// A file of the [`Disk`].
@@ -86,6 +96,14 @@ impl Disk for Real {
         path: &Path,
     ) -> Result<redb::ReadOnlyDatabase, DatabaseError> {
         builder.open_read_only(path)
+    }
+
+    fn open_db_verified(
+        &self,
+        builder: Builder,
+        path: &Path,
+    ) -> Option<Result<Database, DatabaseError>> {
+        Some(super::verify::open_verified(builder, path))
     }
 }
 

@@ -315,13 +315,15 @@ impl Committer {
     }
 
     /// On close: a checkpoint if the log holds much, so that the next open
-    /// (a one-shot CLI call, say) has little to replay, and the log cut back
-    /// to what it holds ([`wal::Wal::shrink`]); then redb's file compacted
+    /// (a one-shot CLI call, say) has little to replay, the log sealed
+    /// ([`wal::Wal::seal`]) and cut back to what it holds
+    /// ([`wal::Wal::shrink`]); then redb's file compacted
     /// if much of it is free ([`super::compact_if_sparse`]).
     fn close(&mut self) {
         if self.wal.used() >= CLOSE_CHECKPOINT_BYTES.min(self.config.checkpoint_bytes()) {
             self.checkpoint();
         }
+        self.wal.seal();
         self.wal.shrink();
         if self.checkpoint_failed.is_none() {
             super::compact_if_sparse(&self.state, &*self.disk, &self.path, self.rewritten);

@@ -22,6 +22,12 @@
 //! record's group was synced, so the bad record is damage, and the open is
 //! refused rather than dropping acknowledged commits.
 //!
+//! A clean close seals the log: its header then says where the records end,
+//! so a bad record before that is damage too, wherever it is (the last
+//! group included, which no later group vouches for). Appends after a
+//! seal leave it standing: it only says that everything before it was
+//! acknowledged.
+//!
 //! The file also carries the store's lock: a writer holds it exclusively,
 //! a reader shared, for as long as it has the store open.
 
@@ -32,12 +38,15 @@ use super::disk::{Disk, LogFile};
 use crate::backend::{BackendError, Write};
 
 const MAGIC: &[u8; 8] = b"KVSTWAL1";
-/// The header: magic, format (u32), zero (u32), salt (u64), crc32 of the
-/// 24 bytes before (u32), zero (u32); all little-endian.
+/// The header: magic, format (u32), sealed end (u32: where the records
+/// ended at the last clean close, 0 if none), salt (u64), crc32 of the 24
+/// bytes before (u32), zero (u32); all little-endian.
 pub(super) const HEADER_LEN: u64 = 32;
-const FORMAT: u32 = 2;
-/// Format 1 had no group flag (every record started its own group); it is
-/// read, and its header raised to 2 before anything is appended.
+const FORMAT: u32 = 3;
+/// Format 2 had no seal (its word was zero); format 1 no group flag either
+/// (every record started its own group). Both are read, and the header
+/// raised to 3 before anything is appended.
+const FORMAT_WITHOUT_SEAL: u32 = 2;
 const FORMAT_WITHOUT_GROUPS: u32 = 1;
 /// A record: u32 length word, u32 crc32 of (salt, length word, body), body.
 /// The length word is the body's length, with [`CONTINUES`] set on every
@@ -71,6 +80,8 @@ pub(super) struct Wal {
     salt: u64,
     /// Where the next record goes.
     end: u64,
+    /// The sealed end the header holds.
+    sealed: u64,
     /// Bytes allocated (zero-filled or written) from the start.
     allocated: u64,
     /// Set after a failed write or sync: what is on disk is unknown, so
@@ -130,13 +141,19 @@ impl Wal {
             .map_err(|e| io_error(&path, "cannot read the commit log", &e))?;
         let mut bytes = Bytes::new(&*file, &path);
         bytes.fill(HEADER_LEN as usize)?;
-        let Some((salt, format)) = parse_header(&bytes.buf, &path)? else {
+        let Some(Header {
+            salt,
+            format,
+            sealed,
+        }) = parse_header(&bytes.buf, &path)?
+        else {
             // New, or created by a crash before its first header: empty.
             let mut wal = Self {
                 file,
                 path,
                 salt: initial_salt(),
                 end: HEADER_LEN,
+                sealed: 0,
                 allocated,
                 failed: None,
                 created: !existed,
@@ -145,12 +162,13 @@ impl Wal {
             wal.write_header()?;
             return Ok((wal, Vec::new()));
         };
-        let (records, end) = parse_records(&mut bytes, salt, &path)?;
+        let (records, end) = parse_records(&mut bytes, salt, sealed, &path)?;
         let mut wal = Self {
             file,
             path,
             salt,
             end,
+            sealed,
             allocated,
             failed: None,
             created: false,
@@ -158,8 +176,9 @@ impl Wal {
         };
         if format != FORMAT {
             // Same salt: the records stay valid under the new header, and
-            // a build that reads only format 1 refuses the file instead of
-            // taking a continued record for a torn one.
+            // a build that reads only an older format refuses the file
+            // instead of taking a continued record for a torn one (format
+            // 1) or a sealed end for damage it cannot see (format 2).
             wal.write_header()?;
         }
         Ok((wal, records))
@@ -232,6 +251,7 @@ impl Wal {
         }
         self.salt = self.salt.wrapping_add(1);
         self.end = HEADER_LEN;
+        self.sealed = 0;
         let result = self.write_header();
         if let Err(e) = &result {
             self.failed = Some(format!(
@@ -240,6 +260,27 @@ impl Wal {
             ));
         }
         result
+    }
+
+    /// On a clean close: the header says where the records end, so that
+    /// the next open refuses damage anywhere before it (see the module
+    /// comment). Nothing to do for an empty log, or one already sealed
+    /// where it ends; a failure leaves the log unsealed (and is caught by
+    /// the next append).
+    pub(super) fn seal(&mut self) {
+        if self.failed.is_some() || self.end == HEADER_LEN || self.end == self.sealed {
+            return;
+        }
+        // A log too long for the header's word stays unsealed (a checkpoint
+        // comes long before, at `checkpoint_kb`).
+        if u32::try_from(self.end).is_err() {
+            return;
+        }
+        let unsealed = self.sealed;
+        self.sealed = self.end;
+        if self.write_header().is_err() {
+            self.sealed = unsealed;
+        }
     }
 
     /// On close: the file cut back to what its records use, rounded up to
@@ -263,7 +304,7 @@ impl Wal {
     }
 
     fn write_header(&mut self) -> Result<(), BackendError> {
-        let header = header(self.salt);
+        let header = header(self.salt, self.sealed);
         self.file
             .write_all_at(&header, 0)
             .and_then(|()| self.file.sync_data())
@@ -293,7 +334,7 @@ impl ReadLock {
         let mut bytes = Bytes::new(&file, &path);
         bytes.fill(HEADER_LEN as usize)?;
         let records = match parse_header(&bytes.buf, &path)? {
-            Some((salt, _)) => parse_records(&mut bytes, salt, &path)?.0,
+            Some(header) => parse_records(&mut bytes, header.salt, header.sealed, &path)?.0,
             None => Vec::new(),
         };
         Ok(Some((Self { _file: file }, records)))
@@ -403,23 +444,32 @@ fn initial_salt() -> u64 {
     (now as u64) ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-fn header(salt: u64) -> [u8; HEADER_LEN as usize] {
-    header_of_format(salt, FORMAT)
+fn header(salt: u64, sealed: u64) -> [u8; HEADER_LEN as usize] {
+    header_of_format(salt, FORMAT, u32::try_from(sealed).unwrap_or(0))
 }
 
-fn header_of_format(salt: u64, format: u32) -> [u8; HEADER_LEN as usize] {
+fn header_of_format(salt: u64, format: u32, sealed: u32) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&format.to_le_bytes());
+    h[12..16].copy_from_slice(&sealed.to_le_bytes());
     h[16..24].copy_from_slice(&salt.to_le_bytes());
     let crc = crc32fast::hash(&h[..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// The salt and format of a sound header; `None` for a file that never got
-/// one (empty or all zeros: created by a crash before its first header).
-fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<(u64, u32)>, BackendError> {
+/// A sound header's fields.
+struct Header {
+    salt: u64,
+    format: u32,
+    /// Where the records ended at the last clean close (0: unsealed).
+    sealed: u64,
+}
+
+/// A sound header; `None` for a file that never got one (empty or all
+/// zeros: created by a crash before its first header).
+fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<Header>, BackendError> {
     let head = &bytes[..bytes.len().min(HEADER_LEN as usize)];
     if head.iter().all(|&b| b == 0) {
         return Ok(None);
@@ -435,15 +485,29 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<(u64, u32)>, Backend
         return Err(damaged(path, "its header fails its checksum"));
     }
     let format = word(8);
-    if format != FORMAT && format != FORMAT_WITHOUT_GROUPS {
+    if !(FORMAT_WITHOUT_GROUPS..=FORMAT).contains(&format) {
         return Err(BackendError::Invalid(format!(
-            "{} has commit log format {format}; this build reads formats {FORMAT_WITHOUT_GROUPS} and {FORMAT}",
+            "{} has commit log format {format}; this build reads formats {FORMAT_WITHOUT_GROUPS} to {FORMAT}",
             path.display(),
         )));
     }
+    let sealed = match format {
+        FORMAT_WITHOUT_GROUPS | FORMAT_WITHOUT_SEAL => 0,
+        _ => u64::from(word(12)),
+    };
+    if sealed != 0 && sealed < HEADER_LEN {
+        return Err(damaged(
+            path,
+            format_args!("its header seals it at offset {sealed}, inside the header"),
+        ));
+    }
     let mut salt = [0u8; 8];
     salt.copy_from_slice(&head[16..24]);
-    Ok(Some((u64::from_le_bytes(salt), format)))
+    Ok(Some(Header {
+        salt: u64::from_le_bytes(salt),
+        format,
+        sealed,
+    }))
 }
 
 fn encode(buf: &mut Vec<u8>, salt: u64, version: u64, writes: &[Write], continues: bool) {
@@ -510,10 +574,13 @@ fn sound_record(bytes: &[u8], at: usize, salt: u64) -> Option<(&[u8], usize, boo
     (record_crc(salt, word, body) == crc).then_some((body, body_at + len, word & CONTINUES != 0))
 }
 
-/// The records from the header on, and the offset after the last sound one.
+/// The records from the header on, and the offset after the last sound one;
+/// an error if a record before `sealed` is not sound, or one is followed
+/// by a later group.
 fn parse_records(
     bytes: &mut Bytes<'_>,
     salt: u64,
+    sealed: u64,
     path: &Path,
 ) -> Result<(Vec<Record>, u64), BackendError> {
     let mut records = Vec::new();
@@ -527,6 +594,14 @@ fn parse_records(
         })?;
         records.push(record);
         at = sound.next;
+    }
+    if (at as u64) < sealed {
+        return Err(damaged(
+            path,
+            format_args!(
+                "the record at offset {at} is bad, and the log's last close found sound records up to offset {sealed}"
+            ),
+        ));
     }
     // Not sound at `at`: torn, unless a later group follows. Its length
     // field may itself be torn, so this looks where it says the next
@@ -664,7 +739,7 @@ mod tests {
         let db = dir.path().join("s.redb");
         three(&db);
         let full = std::fs::read(path_of(&db)).unwrap();
-        let (salt, _) = parse_header(&full, &db).unwrap().unwrap();
+        let salt = parse_header(&full, &db).unwrap().unwrap().salt;
         let mut ends = vec![HEADER_LEN as usize];
         while let Some((_, next, _)) = sound_record(&full, *ends.last().unwrap(), salt) {
             ends.push(next);
@@ -735,7 +810,7 @@ mod tests {
     /// The offsets of the records in the log of `db`, and its salt.
     fn record_offsets(db: &Path) -> (Vec<usize>, u64) {
         let full = std::fs::read(path_of(db)).unwrap();
-        let (salt, _) = parse_header(&full, db).unwrap().unwrap();
+        let salt = parse_header(&full, db).unwrap().unwrap().salt;
         let mut at = vec![HEADER_LEN as usize];
         while let Some((_, next, _)) = sound_record(&full, *at.last().unwrap(), salt) {
             at.push(next);
@@ -820,7 +895,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
         let salt = 99;
-        let mut bytes = header_of_format(salt, FORMAT_WITHOUT_GROUPS).to_vec();
+        let mut bytes = header_of_format(salt, FORMAT_WITHOUT_GROUPS, 0).to_vec();
         encode(&mut bytes, salt, 1, &[put("a", "1")], false);
         encode(&mut bytes, salt, 2, &[put("b", "2")], false);
         bytes.resize(bytes.len() + 100, 0);
@@ -831,8 +906,95 @@ mod tests {
             .unwrap();
         drop(wal);
         let head = std::fs::read(path_of(&db)).unwrap();
-        assert_eq!(parse_header(&head, &db).unwrap(), Some((salt, FORMAT)));
+        let header = parse_header(&head, &db).unwrap().unwrap();
+        assert_eq!((header.salt, header.format), (salt, FORMAT));
         assert_eq!(open(&db).unwrap().1.len(), 4);
+    }
+
+    /// A clean close's seal: damage anywhere before it refuses the open,
+    /// the last group's included (unsealed, that group reads as torn and
+    /// is dropped). Appends after the seal keep it; an append torn after
+    /// it is dropped as before.
+    #[test]
+    fn a_sealed_log_refuses_damage_anywhere_before_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        grouped(&db);
+        let unsealed = std::fs::read(path_of(&db)).unwrap();
+        let (starts, _) = record_offsets(&db);
+        let last = *starts.last().unwrap();
+        let mut flipped = unsealed.clone();
+        flipped[last + RECORD_HEADER + 2] ^= 1;
+        std::fs::write(path_of(&db), &flipped).unwrap();
+        assert_eq!(
+            open(&db).unwrap().1.len(),
+            4,
+            "unsealed: the last group reads as torn"
+        );
+        std::fs::write(path_of(&db), &unsealed).unwrap();
+        {
+            let (mut wal, records) = open(&db).unwrap();
+            assert_eq!(records.len(), 5);
+            wal.seal();
+        }
+        let sealed = std::fs::read(path_of(&db)).unwrap();
+        let header = parse_header(&sealed, &db).unwrap().unwrap();
+        let end = usize::try_from(header.sealed).unwrap();
+        assert!(end > last, "sealed after the last record");
+        for at in HEADER_LEN as usize..end {
+            for bit in [0x01, 0x80] {
+                let mut bytes = sealed.clone();
+                bytes[at] ^= bit;
+                std::fs::write(path_of(&db), &bytes).unwrap();
+                let err = open(&db).unwrap_err();
+                assert!(format!("{err}").contains("damaged"), "flip at {at}: {err}");
+                assert!(ReadLock::open(&db).is_err(), "flip at {at}, read-only");
+            }
+        }
+        // Appends after the seal, then one torn: the seal stands, and the
+        // torn append is dropped, not taken for damage.
+        std::fs::write(path_of(&db), &sealed).unwrap();
+        {
+            let (mut wal, records) = open(&db).unwrap();
+            assert_eq!(records.len(), 5);
+            wal.append(&[(6, &[put("e", "6")][..])]).unwrap();
+            wal.append(&[(7, &[put("f", "7")][..])]).unwrap();
+        }
+        let mut bytes = std::fs::read(path_of(&db)).unwrap();
+        let (starts, _) = record_offsets(&db);
+        let torn = *starts.last().unwrap();
+        bytes[torn + RECORD_HEADER + 1] ^= 1;
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (_, records) = open(&db).unwrap();
+        assert_eq!(
+            records.last().unwrap().version,
+            6,
+            "the torn append is dropped"
+        );
+        let header = parse_header(&bytes, &db).unwrap().unwrap();
+        assert_eq!(header.sealed as usize, end, "the seal stands");
+    }
+
+    /// A format-2 log (no seal) is read and raised like format 1's.
+    #[test]
+    fn a_format_2_log_is_read_and_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        let salt = 7;
+        let mut bytes = header_of_format(salt, FORMAT_WITHOUT_SEAL, 0).to_vec();
+        encode(&mut bytes, salt, 1, &[put("a", "1")], false);
+        bytes.resize(bytes.len() + 100, 0);
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (mut wal, records) = open(&db).unwrap();
+        assert_eq!(records.len(), 1);
+        wal.seal();
+        drop(wal);
+        let header = parse_header(&std::fs::read(path_of(&db)).unwrap(), &db)
+            .unwrap()
+            .unwrap();
+        assert_eq!((header.salt, header.format), (salt, FORMAT));
+        assert!(header.sealed > HEADER_LEN);
+        assert_eq!(open(&db).unwrap().1.len(), 1);
     }
 
     #[test]
