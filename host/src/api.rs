@@ -69,7 +69,7 @@ pub enum Error {
     Contention,
     /// The lock is held by another lease (with this fencing token, until
     /// `expires_at`).
-    #[error("locked: held with token {token}{} until {expires_at:?}", owner.as_ref().map(|o| format!(" by `{o}`")).unwrap_or_default())]
+    #[error("locked: held with token {token}{} until {}", owner.as_ref().map(|o| format!(" by `{o}`")).unwrap_or_default(), rfc3339(*expires_at))]
     Locked {
         token: u64,
         expires_at: SystemTime,
@@ -1430,4 +1430,30 @@ impl Bucket {
         bucket_call!(self, |api, store, handle| api
             .call_delete_many(store, handle, keys))
     }
+}
+
+/// A time as RFC 3339 UTC, to the millisecond: `2026-11-23T21:05:00.123Z`.
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        ms % 1000
+    )
 }

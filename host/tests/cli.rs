@@ -353,6 +353,19 @@ fn transactions_from_json() {
     .unwrap();
     assert_eq!(meta["version"], version);
     assert!(meta["expires_at"].is_string());
+    // `-` is standard input, as for `set KEY -` and `import -`.
+    let dashed = r#"{"mutations": [{"key": "dashed", "set": true}]}"#;
+    ok(kvstash_with(dir.path(), &["txn", "-"], Some(dashed)));
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "dashed"]))),
+        "true\n"
+    );
+    let records = "{\"bucket\":\"default\",\"key\":\"imported\",\"value\":1}\n";
+    ok(kvstash_with(dir.path(), &["import", "-"], Some(records)));
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "imported"]))),
+        "1\n"
+    );
     // The same transaction again: its checks fail now.
     let lost = kvstash_with(dir.path(), &["txn"], Some(txn));
     assert_eq!(lost.status.code(), Some(3));
@@ -463,6 +476,14 @@ fn locks_from_the_command_line() {
     let held = kvstash(dir.path(), &["lock", "acquire", "deploy", "--ttl", "1h"]);
     assert_eq!(held.status.code(), Some(3));
     assert!(stderr(&held).contains("locked"), "{}", stderr(&held));
+    // The holder's expiry as the lease printed it (RFC 3339), not Rust's
+    // `SystemTime { tv_sec: … }`.
+    let until = lease["expires_at"].as_str().unwrap();
+    assert!(
+        stderr(&held).contains(&format!("by `ci` until {until}")),
+        "{}",
+        stderr(&held)
+    );
     let status: serde_json::Value = serde_json::from_str(&stdout(&ok(kvstash(
         dir.path(),
         &["lock", "status", "deploy"],

@@ -131,8 +131,9 @@ enum Command {
         #[command(subcommand)]
         op: PathCommand,
     },
-    /// Apply a transaction read as JSON from FILE or standard input:
-    /// {"checks":[…],"mutations":[…]}; prints its version. See docs/semantics.md.
+    /// Apply a transaction read as JSON from FILE (none or `-`: standard
+    /// input): {"checks":[…],"mutations":[…]}; prints its version. See
+    /// docs/semantics.md.
     Txn { file: Option<PathBuf> },
     /// Print the bucket's items as JSON Lines: {"key","value"|"bytes","version"}.
     List {
@@ -225,7 +226,7 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Read records (from FILE or standard input): JSON Lines as `export`
+    /// Read records (from FILE; none or `-`: standard input): JSON Lines as `export`
     /// writes them; a TinyDB JSON file (`--from tinydb`: each table becomes
     /// the bucket of the same name, TinyDB's default table `_default`, each
     /// document a key named by its id); or a jk_keyvaluestore directory
@@ -1115,7 +1116,7 @@ async fn execute(
             }
         },
         Command::Txn { file } => {
-            let text = match &file {
+            let text = match &stdin_if_dash(file) {
                 Some(path) => std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?,
                 None => {
@@ -1378,6 +1379,10 @@ async fn execute(
             eprintln!("exported {count} records");
         }
         Command::Import { file, from } => {
+            let file = match from {
+                ImportFormat::JkDir => file,
+                ImportFormat::Jsonl | ImportFormat::Tinydb => stdin_if_dash(file),
+            };
             let records = match (from, &file) {
                 (ImportFormat::Jsonl, Some(path)) => read_records(std::io::BufReader::new(
                     std::fs::File::open(path)
@@ -1563,35 +1568,18 @@ fn not_found(key: &str, bucket: &str) -> String {
     format!("key `{key}` not found in bucket `{bucket}`")
 }
 
+/// A command's input file: `None` (standard input) for none or `-`, the
+/// one convention of every command that reads a file or standard input
+/// (`set KEY -` too).
+fn stdin_if_dash(file: Option<PathBuf>) -> Option<PathBuf> {
+    file.filter(|path| path.as_os_str() != "-")
+}
+
 fn parse_value(text: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(text).with_context(|| format!("`{text}` is not valid JSON"))
 }
 
-/// A time as RFC 3339 UTC, to the millisecond: `2026-11-23T21:05:00.123Z`.
-pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        ms % 1000
-    )
-}
+pub(crate) use crate::api::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -796,7 +796,11 @@ impl FileBackend {
             return Ok(backend);
         };
         let backend = match config.read_only {
-            true => Self::open_read_only(&path, config)?,
+            // A panic inside redb opening a damaged file is an error.
+            true => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::open_read_only(&path, config)
+            }))
+            .unwrap_or_else(|panic| Err(redb_panicked(&path, &*panic)))?,
             false => None,
         };
         let backend = match backend {
@@ -861,7 +865,7 @@ impl FileBackend {
     ) -> Result<Self, BackendError> {
         // The log first: it holds the store's lock.
         let (wal, records) = Wal::open(disk.clone(), path)?;
-        let (db, meta) = match open_db(&*disk, path, config) {
+        let (db, meta) = match open_db_guarded(&*disk, path, config) {
             Ok(opened) => opened,
             Err(e) => {
                 wal.discard_if_new();
@@ -923,6 +927,43 @@ impl FileBackend {
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// `read` on the state, a panic inside redb turned into the error for
+    /// corrupt data: redb verifies no checksum when it reads, and a
+    /// damaged page of a file too large to verify at open may make it
+    /// panic. The process, and every other store in it, goes on.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&State) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let state = self.state();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&state)))
+            .unwrap_or_else(|panic| Err(redb_panicked(&self.path, &*panic)))
+    }
+}
+
+/// The error for a panic inside redb, reading the file at `path`.
+fn redb_panicked(path: &Path, panic: &(dyn std::any::Any + Send)) -> BackendError {
+    let why = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    BackendError::Unavailable(format!(
+        "corrupt data in the file backend: redb failed reading {} ({why}), which a damaged page does; nothing was changed (`kvstash check` names the damage)",
+        path.display()
+    ))
+}
+
+/// [`open_db`] with a panic inside redb, opening a damaged file it did not
+/// verify, turned into an error.
+fn open_db_guarded(
+    disk: &dyn Disk,
+    path: &Path,
+    config: &FileConfig,
+) -> Result<(Db, Meta), BackendError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_db(disk, path, config)))
+        .unwrap_or_else(|panic| Err(redb_panicked(path, &*panic)))
 }
 
 /// redb at `path` for a writer: read-only when it is a kvstash file of the
@@ -1804,13 +1845,12 @@ impl Backend for FileBackend {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Entry>, BackendError> {
         validate_key(key)?;
-        self.state().get(key)
+        self.read(|state| state.get(key))
     }
 
     async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Entry>>, BackendError> {
         validate_get_many(keys)?;
-        let state = self.state();
-        keys.iter().map(|key| state.get(key)).collect()
+        self.read(|state| keys.iter().map(|key| state.get(key)).collect())
     }
 
     async fn scan(&self, scan: &Scan) -> Result<Vec<Entry>, BackendError> {
@@ -1818,7 +1858,7 @@ impl Backend for FileBackend {
         if scan.is_empty() {
             return Ok(Vec::new());
         }
-        self.state().scan(scan)
+        self.read(|state| state.scan(scan))
     }
 
     async fn commit(&self, checks: Vec<Check>, writes: Vec<Write>) -> Result<u64, BackendError> {
@@ -1834,7 +1874,7 @@ impl Backend for FileBackend {
     }
 
     async fn changes(&self, since: u64, limit: u32) -> Result<Vec<Change>, BackendError> {
-        self.state().changes(since, limit)
+        self.read(|state| state.changes(since, limit))
     }
 
     fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -2224,6 +2264,56 @@ mod tests {
             harmless[1]
         );
         assert!(refused[0] > 0 && refused[1] > 0);
+    }
+
+    /// With verification at open turned off, damage at any offset of the
+    /// redb file (every third) may go unseen, but never ends the process:
+    /// redb's panics on a damaged page are errors.
+    #[test]
+    fn unverified_damage_is_an_error_not_a_panic() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let config = FileConfig {
+            checkpoint_kb: Some(1),
+            verify_mb: Some(0),
+            ..FileConfig::new(&path)
+        };
+        let keys = ["k0", "k1", "k2", "k3", "k4", "k5"];
+        runtime.block_on(async {
+            let backend = FileBackend::open_shared(&config).unwrap();
+            for key in keys {
+                backend
+                    .commit(vec![], vec![write(key, &"v".repeat(300))])
+                    .await
+                    .unwrap();
+            }
+        });
+        let db = std::fs::read(&path).unwrap();
+        let log = std::fs::read(wal::path_of(&path)).unwrap();
+        let mut errors = 0;
+        for at in (0..db.len()).step_by(3) {
+            let mut damaged = db.clone();
+            damaged[at] ^= 1 << (at % 8);
+            std::fs::write(&path, &damaged).unwrap();
+            std::fs::write(wal::path_of(&path), &log).unwrap();
+            let config = FileConfig {
+                read_only: at % 2 == 1,
+                ..config.clone()
+            };
+            let seen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(async {
+                    let backend = FileBackend::open_shared(&config)?;
+                    everything(&backend, &keys).await
+                })
+            }));
+            match seen {
+                Err(_) => panic!("byte {at} damaged: a panic reached the caller"),
+                Ok(Err(_)) => errors += 1,
+                Ok(Ok(_)) => {}
+            }
+        }
+        assert!(errors > 0);
     }
 
     fn all() -> Scan {
