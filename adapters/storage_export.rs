@@ -24,6 +24,7 @@ fn to_wit(e: StorageError) -> wit::StorageError {
         StorageError::ReadOnly => wit::StorageError::ReadOnly,
         StorageError::Invalid(why) => wit::StorageError::Invalid(why),
         StorageError::Unavailable(why) => wit::StorageError::Unavailable(why),
+        StorageError::Corrupt(why) => wit::StorageError::Corrupt(why),
     }
 }
 

@@ -26,6 +26,7 @@ fn from_wit(e: wit::StorageError) -> StorageError {
         wit::StorageError::ReadOnly => StorageError::ReadOnly,
         wit::StorageError::Invalid(why) => StorageError::Invalid(why),
         wit::StorageError::Unavailable(why) => StorageError::Unavailable(why),
+        wit::StorageError::Corrupt(why) => StorageError::Corrupt(why),
     }
 }
 

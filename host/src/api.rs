@@ -87,6 +87,11 @@ pub enum Error {
     /// have been made (a failed sync, a lost reply): read back to find out.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// What the store's backend holds is damaged; the message names what.
+    /// Nothing was served and nothing written: the data is not lost to
+    /// a retry, but `kvstash check` (file stores) says what to recover.
+    #[error("{0}")]
+    Corrupt(String),
     /// A value did not (de)serialize as the requested Rust type.
     #[error("value does not match the requested type: {0}")]
     Serde(String),
@@ -128,6 +133,7 @@ impl Error {
             Error::LeaseLost(_) => "lease-lost",
             Error::Compacted { .. } => "compacted",
             Error::Storage(_) => "storage",
+            Error::Corrupt(_) => "corrupt",
             Error::Trap(_) => "trap",
             Error::Runtime(_) => "runtime",
         }
@@ -171,6 +177,7 @@ impl From<wit::Error> for Error {
             },
             wit::Error::LeaseLost(why) => Error::LeaseLost(why),
             wit::Error::Storage(why) => Error::Storage(why),
+            wit::Error::Corrupt(why) => Error::Corrupt(why),
         }
     }
 }

@@ -550,7 +550,7 @@ impl StorageCalls {
         calls.fetch_add(1, Relaxed);
         if matches!(
             result,
-            Err(BackendError::Unavailable(_) | BackendError::Invalid(_))
+            Err(BackendError::Unavailable(_) | BackendError::Invalid(_) | BackendError::Corrupt(_))
         ) {
             failures.fetch_add(1, Relaxed);
         }
@@ -623,7 +623,8 @@ fn at_path(path: &str, e: BackendError) -> BackendError {
         | BackendError::Conflict { .. }
         | BackendError::Compacted { .. }
         | BackendError::ReadOnly
-        | BackendError::Unavailable(_)) => e,
+        | BackendError::Unavailable(_)
+        | BackendError::Corrupt(_)) => e,
     }
 }
 
@@ -855,6 +856,7 @@ fn to_wit(e: BackendError) -> storage::StorageError {
         BackendError::ReadOnly => storage::StorageError::ReadOnly,
         BackendError::Invalid(why) => storage::StorageError::Invalid(why),
         BackendError::Unavailable(why) => storage::StorageError::Unavailable(why),
+        BackendError::Corrupt(why) => storage::StorageError::Corrupt(why),
     }
 }
 
@@ -1114,6 +1116,7 @@ impl Pool {
             | BackendError::Compacted { .. }
             | BackendError::ReadOnly
             | BackendError::Unavailable(_)) => Error::Storage(e.to_string()),
+            BackendError::Corrupt(why) => Error::Corrupt(why),
         })
     }
 

@@ -1846,13 +1846,18 @@ fn a_damaged_file_is_refused_by_every_command_and_named_by_check() {
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stdout(&o));
         assert!(stdout(&o).is_empty(), "{args:?} printed {}", stdout(&o));
         assert!(
-            stderr(&o).contains("corrupt data in the file backend")
+            stderr(&o).starts_with("kvstash: error: corrupt data in the file backend")
                 && stderr(&o).contains("integrity check"),
             "{args:?}: {}",
             stderr(&o)
         );
     }
     assert_eq!(std::fs::read(&file).unwrap(), bytes, "nothing was written");
+    // A typed error to a program: `corrupt`, not a storage failure.
+    let config = serde_json::json!({"type": "file", "path": file}).to_string();
+    let e = kvstash::BlockingStore::open(&config).err().unwrap();
+    assert_eq!(e.code(), "corrupt", "{e}");
+    assert!(matches!(e, kvstash::Error::Corrupt(_)));
     let o = kvstash(dir.path(), &["check"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(

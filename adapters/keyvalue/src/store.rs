@@ -58,7 +58,7 @@ impl From<KvError> for StorageError {
 }
 
 fn corrupt(what: &str) -> StorageError {
-    StorageError::Unavailable(format!("damaged {what} in the key/value store"))
+    StorageError::Corrupt(format!("damaged {what} in the key/value store"))
 }
 
 fn busy() -> StorageError {

@@ -456,14 +456,14 @@ fn damaged_records_are_errors_not_panics() {
         .insert("kvstash/head".into(), b"xx".to_vec());
     assert!(matches!(
         storage(&map).get(b"a"),
-        Err(StorageError::Unavailable(_))
+        Err(StorageError::Corrupt(_))
     ));
     map.borrow_mut().remove("kvstash/head");
     map.borrow_mut()
         .insert(codec::record_key(b"a"), b"bad".to_vec());
     assert!(matches!(
         storage(&map).get(b"a"),
-        Err(StorageError::Unavailable(_))
+        Err(StorageError::Corrupt(_))
     ));
 }
 

@@ -29,6 +29,11 @@ export class CompactedError extends KvstashError {}
  * retrying a write that is not idempotent.
  */
 export class StorageError extends KvstashError {}
+/**
+ * What the store's backend holds is damaged (a checksum failed); nothing
+ * was served or written.
+ */
+export class CorruptError extends StorageError {}
 /** The lock is held by another lease (`holder`). */
 export class LockedError extends KvstashError {}
 /** The lease no longer holds its lock. */
@@ -100,6 +105,8 @@ export function fromWit(e) {
       return new LeaseLostError(`lease lost: ${val}`, tag);
     case 'storage':
       return new StorageError(`storage failed: ${String(val).replace(/^(storage failed: )+/, '')}`, tag);
+    case 'corrupt':
+      return new CorruptError(String(val), tag);
     default:
       return new KvstashError(`${tag}: ${JSON.stringify(val)}`, tag);
   }

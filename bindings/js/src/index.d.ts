@@ -212,6 +212,8 @@ export class CompactedError extends KvstashError {
  * is not idempotent.
  */
 export class StorageError extends KvstashError {}
+/** What the store's backend holds is damaged (a checksum failed); nothing was served or written. */
+export class CorruptError extends StorageError {}
 export class LockedError extends KvstashError {
   readonly holder: { token: number; expiresAt: Date; owner: string | null };
 }

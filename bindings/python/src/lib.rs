@@ -66,6 +66,12 @@ pyo3::create_exception!(
     KvstashError,
     "The backend failed or is unavailable. A read wrote nothing; a write may or may not have been made: read back to find out."
 );
+pyo3::create_exception!(
+    kvstash,
+    CorruptError,
+    StorageError,
+    "What the store's backend holds is damaged (a checksum failed); nothing was served or written. `kvstash check` names the damage."
+);
 
 pyo3::create_exception!(
     kvstash,
@@ -124,6 +130,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         | Error::Serde(_) => (InvalidError::new_err(message), vec![]),
         Error::Locked { .. } => (LockedError::new_err(message), vec![]),
         Error::LeaseLost(_) => (LeaseLostError::new_err(message), vec![]),
+        Error::Corrupt(_) => (CorruptError::new_err(message), vec![]),
         // Errors added to the API later: still a KvstashError.
         _ => (KvstashError::new_err(message), vec![]),
     };
@@ -921,6 +928,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ReadOnlyError", py.get_type::<ReadOnlyError>())?;
     m.add("CompactedError", py.get_type::<CompactedError>())?;
     m.add("StorageError", py.get_type::<StorageError>())?;
+    m.add("CorruptError", py.get_type::<CorruptError>())?;
     m.add("LockedError", py.get_type::<LockedError>())?;
     m.add("LeaseLostError", py.get_type::<LeaseLostError>())?;
     Ok(())

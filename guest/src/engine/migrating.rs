@@ -372,7 +372,9 @@ fn describe(e: &StorageError) -> String {
         StorageError::Conflict { .. } => "a conflict".into(),
         StorageError::Compacted { oldest } => format!("compacted before {oldest}"),
         StorageError::ReadOnly => "`to` is read-only".into(),
-        StorageError::Invalid(why) | StorageError::Unavailable(why) => why.clone(),
+        StorageError::Invalid(why)
+        | StorageError::Unavailable(why)
+        | StorageError::Corrupt(why) => why.clone(),
     }
 }
 

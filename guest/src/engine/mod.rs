@@ -157,6 +157,8 @@ impl std::fmt::Display for StoreError {
                 "changes before version {oldest} are no longer retained; resume from {oldest} or later"
             ),
             StoreError::Storage(why) => write!(f, "storage failed: {why}"),
+            // The backend's own messages say "corrupt data in …" already.
+            StoreError::Corrupt(why) if why.starts_with("corrupt data") => f.write_str(why),
             StoreError::Corrupt(why) => write!(f, "corrupt data in storage: {why}"),
         }
     }
@@ -168,6 +170,7 @@ impl From<StorageError> for StoreError {
             StorageError::ReadOnly => StoreError::ReadOnly,
             StorageError::Invalid(why) => StoreError::InvalidConfig(why),
             StorageError::Unavailable(why) => StoreError::Storage(why),
+            StorageError::Corrupt(why) => StoreError::Corrupt(why),
             // Conflicts are handled where they can happen; one that escapes
             // is a storage failure as far as the caller can tell.
             StorageError::Conflict { index, current } => StoreError::Storage(format!(

@@ -69,6 +69,8 @@ pub enum StorageError {
     ReadOnly,
     Invalid(String),
     Unavailable(String),
+    /// What the backend stores is damaged; nothing was served or written.
+    Corrupt(String),
 }
 
 /// The byte-shaped storage the engine runs on. Every method may be called

@@ -128,7 +128,8 @@ fn build(
                 | crate::engine::StorageError::Conflict { .. }
                 | crate::engine::StorageError::Compacted { .. }
                 | crate::engine::StorageError::ReadOnly
-                | crate::engine::StorageError::Unavailable(_)) => StoreError::from(e),
+                | crate::engine::StorageError::Unavailable(_)
+                | crate::engine::StorageError::Corrupt(_)) => StoreError::from(e),
             })?;
             if prefix.is_empty() {
                 Box::new(opened)

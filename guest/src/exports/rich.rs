@@ -34,7 +34,7 @@ impl From<StoreError> for types::Error {
             StoreError::LeaseLost(why) => types::Error::LeaseLost(why),
             // The host's error says "storage failed: " itself.
             StoreError::Storage(why) => types::Error::Storage(why),
-            e @ StoreError::Corrupt(_) => types::Error::Storage(e.to_string()),
+            e @ StoreError::Corrupt(_) => types::Error::Corrupt(e.to_string()),
         }
     }
 }

@@ -155,6 +155,11 @@ pub enum BackendError {
     /// file backend: check the disk, then close and reopen the store.
     #[error("{0}")]
     Unavailable(String),
+    /// What the backend stores is damaged (a checksum failed, a page does
+    /// not hold together); the message names what. Nothing was served and
+    /// nothing written. For the file backend: `kvstash check`.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// What a storage engine must provide. Small, byte-shaped and atomic; see

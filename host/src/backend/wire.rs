@@ -322,6 +322,7 @@ pub fn code_of(e: &BackendError) -> &'static str {
         BackendError::ReadOnly => "read-only",
         BackendError::Invalid(_) => "invalid-argument",
         BackendError::Unavailable(_) => "storage",
+        BackendError::Corrupt(_) => "corrupt",
     }
 }
 
@@ -340,7 +341,10 @@ impl From<&BackendError> for WireError {
                 wire.current = Some(*current);
             }
             BackendError::Compacted { oldest } => wire.oldest = Some(*oldest),
-            BackendError::ReadOnly | BackendError::Invalid(_) | BackendError::Unavailable(_) => {}
+            BackendError::ReadOnly
+            | BackendError::Invalid(_)
+            | BackendError::Unavailable(_)
+            | BackendError::Corrupt(_) => {}
         }
         wire
     }
@@ -361,6 +365,7 @@ impl WireError {
             "read-only" => BackendError::ReadOnly,
             "invalid-argument" => BackendError::Invalid(self.message.clone()),
             "storage" => BackendError::Unavailable(self.message.clone()),
+            "corrupt" => BackendError::Corrupt(self.message.clone()),
             _ => return None,
         })
     }
@@ -387,6 +392,7 @@ mod tests {
             BackendError::ReadOnly,
             BackendError::Invalid("bad".into()),
             BackendError::Unavailable("down".into()),
+            BackendError::Corrupt("a page fails its checksum".into()),
         ] {
             let body = serde_json::to_string(&ErrorBody {
                 error: WireError::from(&e),

@@ -420,7 +420,7 @@ fn status_of(e: &Error) -> StatusCode {
         Error::ReadOnly => StatusCode::FORBIDDEN,
         Error::Compacted { .. } => StatusCode::GONE,
         Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Trap(_) | Error::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::Corrupt(_) | Error::Trap(_) | Error::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -48,6 +48,8 @@ impl From<BackendError> for ApiError {
             BackendError::ReadOnly => StatusCode::FORBIDDEN,
             BackendError::Invalid(_) => StatusCode::BAD_REQUEST,
             BackendError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Not the server's fault to retry, nor the request's to fix.
+            BackendError::Corrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = ErrorBody {
             error: WireError::from(&e),

@@ -297,7 +297,7 @@ fn decode(key: &[u8], stored: &[u8]) -> Result<(u64, Vec<u8>), BackendError> {
 
 /// The error for damage found in redb's file.
 fn corrupt(what: &str, damage: stored::Damage) -> BackendError {
-    BackendError::Unavailable(format!(
+    BackendError::Corrupt(format!(
         "corrupt data in the file backend: {what} {damage}; nothing was changed"
     ))
 }
@@ -562,7 +562,7 @@ fn stored_change(
             match current.map(|g| decode(key, g.value())).transpose()? {
                 Some((version, record)) if version == at.0 => Some(record),
                 _ => {
-                    return Err(BackendError::Unavailable(format!(
+                    return Err(BackendError::Corrupt(format!(
                         "corrupt data in the file backend: {} refers to version {} of key {}, which the store does not hold; nothing was changed",
                         what(),
                         at.0,
@@ -949,7 +949,7 @@ fn redb_panicked(path: &Path, panic: &(dyn std::any::Any + Send)) -> BackendErro
         .map(|s| (*s).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
-    BackendError::Unavailable(format!(
+    BackendError::Corrupt(format!(
         "corrupt data in the file backend: redb failed reading {} ({why}), which a damaged page does; nothing was changed (`kvstash check` names the damage)",
         path.display()
     ))
@@ -1054,7 +1054,7 @@ impl Verified {
         if *verified == read {
             return Ok(());
         }
-        Err(BackendError::Unavailable(format!(
+        Err(BackendError::Corrupt(format!(
             "corrupt data in the file backend: the newest commit of {} fails redb's integrity check (it reads as version {}, the last intact commit is at {}); nothing was changed",
             path.display(),
             read.map_or_else(|| "none".to_string(), |v| v.to_string()),
@@ -1093,7 +1093,7 @@ fn damaged_db(path: &Path, e: redb::DatabaseError) -> BackendError {
         } else {
             "its pages do not hold together"
         };
-        return BackendError::Unavailable(format!(
+        return BackendError::Corrupt(format!(
             "corrupt data in the file backend: {} fails redb's integrity check: {what} (redb: {why}); nothing was changed",
             path.display()
         ));

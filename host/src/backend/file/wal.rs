@@ -108,8 +108,8 @@ fn in_use(db: &Path) -> BackendError {
 }
 
 fn damaged(path: &Path, why: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable(format!(
-        "the commit log {} is damaged: {why}; nothing was changed (move it aside to open the store without the commits it holds)",
+    BackendError::Corrupt(format!(
+        "corrupt data in the file backend: the commit log {} is damaged: {why}; nothing was changed (move it aside to open the store without the commits it holds)",
         path.display()
     ))
 }
