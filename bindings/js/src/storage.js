@@ -45,6 +45,8 @@ export const DEFAULT_RETENTION = 10_000;
 /** A storage error, thrown as the WIT variant `storage-error`. */
 const invalid = (why) => ({ tag: 'invalid', val: why });
 const unavailable = (why) => ({ tag: 'unavailable', val: why });
+/** Damage found in what the store holds: the WIT `corrupt` case. */
+const corrupt = (why) => ({ tag: 'corrupt', val: why });
 
 const str = (bytes) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
 const bytes = (s) => new Uint8Array(Buffer.from(s, 'latin1'));
@@ -695,7 +697,7 @@ class FileEngine extends Engine {
 
   /** Applies the record at `at`; its end, or undefined if it is the torn tail. */
   replay(data, at) {
-    const damaged = (what) => unavailable(`${this.path} is damaged at byte ${at} (${what}); nothing was changed`);
+    const damaged = (what) => corrupt(`${this.path} is damaged at byte ${at} (${what}); nothing was changed`);
     // Bad at `at`: the torn tail, unless a sound record follows `from`.
     const bad = (from, what) => {
       if (soundRecordAfter(data, from)) throw damaged(what);

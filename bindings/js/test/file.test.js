@@ -201,7 +201,9 @@ test('a torn last record is cut off; damage elsewhere refuses to open and change
     damaged[at] ^= 0x40;
     writeFileSync(path, damaged);
     await assert.rejects(open(path), (e) => {
-      assert.ok(e instanceof kvstash.StorageError, String(e));
+      assert.ok(e instanceof kvstash.CorruptError, String(e));
+      assert.ok(e instanceof kvstash.StorageError, 'a CorruptError is a StorageError');
+      assert.equal(e.code, 'corrupt');
       assert.match(e.message, /damaged at byte/);
       return true;
     });

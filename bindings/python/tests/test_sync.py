@@ -146,10 +146,34 @@ def test_threads_share_a_store(store):
 def test_every_error_is_a_kvstash_error():
     for name in [
         "InvalidError", "ConflictError", "NotFoundError", "ContentionError", "ReadOnlyError",
-        "CompactedError", "StorageError", "LockedError", "LeaseLostError",
+        "CompactedError", "StorageError", "CorruptError", "LockedError", "LeaseLostError",
     ]:
         assert issubclass(getattr(kvstash, name), kvstash.KvstashError), name
+    assert issubclass(kvstash.CorruptError, kvstash.StorageError)
     assert issubclass(kvstash.KvstashError, Exception)
+
+
+def test_a_damaged_file_is_a_corrupt_error(tmp_path):
+    # Four bytes flipped in the header of the redb page holding a record:
+    # the open refuses the store with CorruptError, and writes nothing.
+    path = tmp_path / "s.redb"
+    config = {"type": "file", "path": str(path), "checkpoint_kb": 1}
+    store = kvstash.open(config)
+    for i in range(300):
+        store.bucket("devices").set(f"sensor_{i:03}", {"alias": f"sensor {i}"})
+    del store
+    data = bytearray(path.read_bytes())
+    at = data.find(b"sensor_150")
+    assert at > 0, "the record is in redb's file"
+    page = at - at % 4096
+    for j in range(page + 2, page + 6):
+        data[j] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(kvstash.CorruptError) as raised:
+        kvstash.open(config)
+    assert raised.value.code == "corrupt"
+    assert "integrity check" in str(raised.value)
+    assert path.read_bytes() == bytes(data)
 
 
 def test_readme_example(tmp_path, monkeypatch, capsys):
