@@ -1860,6 +1860,13 @@ fn a_damaged_file_is_refused_by_every_command_and_named_by_check() {
     assert!(matches!(e, kvstash::Error::Corrupt(_)));
     let o = kvstash(dir.path(), &["check"]);
     assert_eq!(o.status.code(), Some(1));
+    let memory = kvstash(dir.path(), &["--config", r#"{"type":"memory"}"#, "check"]);
+    assert_eq!(memory.status.code(), Some(1));
+    assert!(
+        stderr(&memory).contains("verifies file stores"),
+        "{}",
+        stderr(&memory)
+    );
     assert!(
         stdout(&o).contains("damaged:") && stdout(&o).contains("integrity check"),
         "{}",

@@ -3231,5 +3231,14 @@ mod tests {
         );
         let missing = check(&FileConfig::new(dir.path().join("none.redb"))).unwrap_err();
         assert!(format!("{missing}").contains("no store"), "{missing}");
+        // A store a writer holds is not checked under it.
+        std::fs::write(&log, {
+            bytes[wal::HEADER_LEN as usize + 10] ^= 1;
+            &bytes
+        })
+        .unwrap();
+        let _writer = FileBackend::open_shared(&config).unwrap();
+        let held = check(&config).unwrap_err();
+        assert!(is_in_use(&held), "{held}");
     }
 }
