@@ -18,6 +18,7 @@ use std::collections::HashMap;
 #[cfg(feature = "compiler")]
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 #[cfg(feature = "compiler")]
@@ -92,6 +93,19 @@ pub struct StoreOptions {
     /// How often a background task removes expired keys (`None`: never;
     /// expired keys are invisible either way, the sweep reclaims space).
     pub sweep_interval: Option<std::time::Duration>,
+    /// Most time one call may spend running guest code (`None`: no limit).
+    /// Waits for the backend do not count. It is counted in ticks of
+    /// [`TICK`] (10 ms), so a call stops within a tick past it; the call then
+    /// gets [`Error::Trap`], its instance is discarded and the store keeps
+    /// serving. Long enough for any legitimate call: the heaviest (a
+    /// transaction of the largest batch) takes milliseconds.
+    pub call_time_limit: Option<std::time::Duration>,
+    /// A kvstash guest component to run instead of the one this build
+    /// embeds: one built with other features (the tests' looping guest), or
+    /// a newer build. It must have the same world; it is compiled once per
+    /// process (and cached like the embedded one).
+    #[cfg(feature = "compiler")]
+    pub guest: Option<Arc<[u8]>>,
 }
 
 impl Default for StoreOptions {
@@ -102,6 +116,9 @@ impl Default for StoreOptions {
             cache_dir: default_cache_dir(),
             registry: Registry::default(),
             sweep_interval: Some(std::time::Duration::from_secs(60)),
+            call_time_limit: Some(std::time::Duration::from_secs(10)),
+            #[cfg(feature = "compiler")]
+            guest: None,
         }
     }
 }
@@ -161,7 +178,75 @@ pub(crate) fn engine_config() -> wasmtime::Config {
     // writing them to a memfd and mapping that copy-on-write: as fast for
     // one instance (a one-shot CLI makes one) and four syscalls fewer.
     config.memory_init_cow(false);
+    // Every call's guest time is bounded (`StoreOptions::call_time_limit`):
+    // compiled code checks the epoch at function entries and loop heads.
+    config.epoch_interruption(true);
     config
+}
+
+/// How often the store engine's epoch advances while a call runs: the unit
+/// of [`StoreOptions::call_time_limit`], and how often a long call yields
+/// to the executor.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Calls running on the store engine. The ticker thread advances the
+/// epoch only while there is one, and sleeps (no wakeups) otherwise.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// The ticker thread, unparked when a call starts on an idle process.
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+
+/// A call in progress, for the ticker; see [`RUNNING`].
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        if RUNNING.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(ticker) = TICKER.get()
+        {
+            ticker.unpark();
+        }
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The process's store engine (every guest component runs on it), with
+/// its ticker thread.
+fn store_engine() -> Result<Engine, Error> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            #[allow(unused_mut, reason = "changed only where the component runs in place")]
+            let mut config = engine_config();
+            #[cfg(all(kvstash_precompiled, not(feature = "compiler")))]
+            config.with_custom_code_memory(Some(Arc::new(InPlace)));
+            let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+            let ticking = engine.clone();
+            let ticker = std::thread::Builder::new()
+                .name("kvstash-ticker".into())
+                .spawn(move || {
+                    loop {
+                        // A start after this load unparks; one before it
+                        // is seen by it: no tick is missed.
+                        while RUNNING.load(Ordering::Acquire) == 0 {
+                            std::thread::park();
+                        }
+                        std::thread::sleep(TICK);
+                        ticking.increment_epoch();
+                    }
+                })
+                .map_err(|e| format!("starting the ticker thread: {e}"))?;
+            let _ = TICKER.set(ticker.thread().clone());
+            Ok(engine)
+        })
+        .clone()
+        .map_err(Error::Runtime)
 }
 
 static RUNTIME: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
@@ -172,7 +257,9 @@ impl Runtime {
     pub(crate) fn get(cache_dir: Option<&Path>) -> Result<Arc<Runtime>, Error> {
         RUNTIME
             .get_or_init(|| {
-                Runtime::load(cache_dir)
+                let engine = store_engine().map_err(|e| e.to_string())?;
+                load_component(&engine, cache_dir)
+                    .and_then(|(component, loaded)| Runtime::link(engine, component, loaded))
                     .map(Arc::new)
                     .map_err(|e| format!("{e:#}"))
             })
@@ -180,13 +267,35 @@ impl Runtime {
             .map_err(Error::Runtime)
     }
 
-    fn load(cache_dir: Option<&Path>) -> wasmtime::Result<Runtime> {
-        #[allow(unused_mut, reason = "changed only where the component runs in place")]
-        let mut config = engine_config();
-        #[cfg(all(kvstash_precompiled, not(feature = "compiler")))]
-        config.with_custom_code_memory(Some(Arc::new(InPlace)));
-        let engine = Engine::new(&config)?;
-        let (component, loaded) = load_component(&engine, cache_dir)?;
+    /// The runtime of another guest component ([`StoreOptions::guest`]),
+    /// compiled (or taken from the cache) on first use in this process.
+    #[cfg(feature = "compiler")]
+    pub(crate) fn for_guest(guest: &[u8], cache_dir: Option<&Path>) -> Result<Arc<Runtime>, Error> {
+        static OTHERS: Mutex<Vec<(String, Arc<Runtime>)>> = Mutex::new(Vec::new());
+        let digest: String = Sha256::digest(guest)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if digest == GUEST_SHA256 {
+            return Runtime::get(cache_dir);
+        }
+        let mut others = OTHERS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, runtime)) = others.iter().find(|(d, _)| *d == digest) {
+            return Ok(runtime.clone());
+        }
+        let engine = store_engine()?;
+        let runtime =
+            load_cached_keyed(&engine, &[digest.as_bytes()], "kvstash", cache_dir, || {
+                Ok(guest.to_vec())
+            })
+            .and_then(|(component, loaded)| Runtime::link(engine, component, loaded))
+            .map(Arc::new)
+            .map_err(|e| Error::Runtime(format!("loading the guest component: {e:#}")))?;
+        others.push((digest, runtime.clone()));
+        Ok(runtime)
+    }
+
+    fn link(engine: Engine, component: Component, loaded: Loaded) -> wasmtime::Result<Runtime> {
         let mut linker = Linker::<KvCtx>::new(&engine);
         add_guest_wasi_to_linker(&mut linker)?;
         Kvstash::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |ctx| ctx)?;
@@ -766,6 +875,8 @@ pub struct KvCtx {
     table: ResourceTable,
     limits: StoreLimits,
     shared: Arc<Shared>,
+    /// Ticks the current call has run guest code for (see [`TICK`]).
+    ticks: u32,
     #[cfg(feature = "apps")]
     http: WasiHttpCtx,
     #[cfg(feature = "apps")]
@@ -780,6 +891,7 @@ impl KvCtx {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(memory_limit).build(),
             shared,
+            ticks: 0,
             #[cfg(feature = "apps")]
             http: WasiHttpCtx::new(),
             #[cfg(feature = "apps")]
@@ -1061,6 +1173,8 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<Box<Instance>>>,
     permits: Arc<Semaphore>,
     memory_limit: usize,
+    /// [`StoreOptions::call_time_limit`] in ticks; `None`: no limit.
+    tick_limit: Option<u32>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -1074,13 +1188,24 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub(crate) fn new(config: String, options: &StoreOptions) -> Result<Self, Error> {
+        #[cfg(feature = "compiler")]
+        let runtime = match &options.guest {
+            Some(guest) => Runtime::for_guest(guest, options.cache_dir.as_deref())?,
+            None => Runtime::get(options.cache_dir.as_deref())?,
+        };
+        #[cfg(not(feature = "compiler"))]
         let runtime = Runtime::get(options.cache_dir.as_deref())?;
+        let tick_limit = options.call_time_limit.map(|limit| {
+            let ticks = limit.as_nanos().div_ceil(TICK.as_nanos()).max(1);
+            u32::try_from(ticks).unwrap_or(u32::MAX)
+        });
         Ok(Self {
             runtime,
             shared: Arc::new(Shared::new(config, options.registry.clone())),
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(options.max_instances.max(1))),
             memory_limit: options.memory_limit,
+            tick_limit,
         })
     }
 
@@ -1175,6 +1300,7 @@ impl Pool {
     }
 
     pub(crate) async fn acquire(&self) -> Result<Lease<'_>, Error> {
+        let running = Running::start();
         // A free permit is one atomic operation; waiting takes the
         // semaphore's queue (and its lock).
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -1187,14 +1313,19 @@ impl Pool {
                 .map_err(|_| Error::Runtime("the store is closed".into()))?,
         };
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let instance = match idle {
+        let mut instance = match idle {
             Some(instance) => instance,
             None => self.instantiate().await?,
         };
+        // The call's budget starts now: a deadline one tick away, and no
+        // ticks counted yet.
+        instance.store.data_mut().ticks = 0;
+        instance.store.set_epoch_deadline(1);
         Ok(Lease {
             pool: self,
             instance: Some(instance),
             _permit: permit,
+            _running: running,
         })
     }
 
@@ -1205,6 +1336,21 @@ impl Pool {
             self.memory_limit,
         );
         let mut store = ctx.into_store(&self.runtime.engine);
+        let limit = self.tick_limit;
+        store.epoch_deadline_callback(move |mut ctx| {
+            let ticks = &mut ctx.data_mut().ticks;
+            *ticks = ticks.saturating_add(1);
+            match limit {
+                Some(limit) if *ticks > limit => Err(wasmtime::format_err!(
+                    "the call ran guest code for over {} ms, its limit \
+                     (StoreOptions::call_time_limit); it was stopped",
+                    u64::from(limit) * TICK.as_millis() as u64
+                )),
+                // A long call yields to the executor every tick, so it
+                // holds no thread from the callers beside it.
+                _ => Ok(wasmtime::UpdateDeadline::Yield(1)),
+            }
+        });
         let kv = self
             .runtime
             .pre
@@ -1226,6 +1372,7 @@ pub(crate) struct Lease<'p> {
     pool: &'p Pool,
     instance: Option<Box<Instance>>,
     _permit: OwnedSemaphorePermit,
+    _running: Running,
 }
 
 impl Lease<'_> {

@@ -99,6 +99,47 @@ fn build() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
+    // The guest with its test-only `runaway` feature (a call that never
+    // returns), for the host's call-time-limit tests: its own target
+    // directory, as the feature would otherwise rebuild the real guest.
+    for input in ["src", "Cargo.toml"] {
+        println!(
+            "cargo::rerun-if-changed={}",
+            root.join("guest").join(input).display()
+        );
+    }
+    let runaway_target = root.join("target").join("guest-runaway");
+    let mut cmd = build_support::nested_cargo(&root);
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "kvstash-guest",
+        "--features",
+        "runaway",
+        "--target",
+        "wasm32-wasip2",
+        "--target-dir",
+    ])
+    .arg(&runaway_target);
+    build_support::run(cmd, "the runaway guest")?;
+    let wasm = runaway_target
+        .join("wasm32-wasip2")
+        .join("release")
+        .join("kvstash_guest.wasm");
+    if !wasm.is_file() {
+        return Err(format!(
+            "the runaway guest build produced no {}",
+            wasm.display()
+        ));
+    }
+    writeln!(
+        consts,
+        "pub const RUNAWAY_GUEST: &str = {:?};",
+        wasm.display().to_string()
+    )
+    .map_err(|e| e.to_string())?;
+
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|_| "OUT_DIR is not set")?);
     std::fs::write(out.join("apps.rs"), consts).map_err(|e| e.to_string())?;
     Ok(())

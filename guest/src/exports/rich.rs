@@ -253,6 +253,10 @@ impl api::GuestBucket for Bucket {
     }
 
     fn get(&self, key: String) -> Result<Option<types::Entry>, types::Error> {
+        #[cfg(feature = "runaway")]
+        if key == "kvstash-test-runaway" {
+            runaway();
+        }
         Ok(engine()?.get(&self.name, &key)?.map(entry_out))
     }
 
@@ -416,5 +420,14 @@ impl api::GuestBucket for Bucket {
 
     fn delete_many(&self, keys: Vec<String>) -> Result<u32, types::Error> {
         Ok(engine()?.delete_many(&self.name, &keys)?)
+    }
+}
+
+/// A call that never returns (the `runaway` feature, for tests only).
+#[cfg(feature = "runaway")]
+fn runaway() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
     }
 }

@@ -5,6 +5,8 @@
 //! `MISSING` (an import nobody provides), `ESCAPE` (imports kvstash's own
 //! storage interface), `NET` (tries a socket and an outgoing HTTP request)
 //! and `HTTP` (a wasi:http handler);
-//! and `EXAMPLE_SPIN`, the Spin SDK app in `examples/spin`.
+//! `EXAMPLE_SPIN`, the Spin SDK app in `examples/spin`; and `RUNAWAY_GUEST`,
+//! the kvstash guest built with its test-only `runaway` feature (a `get` of
+//! `kvstash-test-runaway` never returns).
 
 include!(concat!(env!("OUT_DIR"), "/apps.rs"));

@@ -1,0 +1,179 @@
+//! Guest limits (issue 16): a call that runs away is stopped at its time
+//! limit, a call that needs more memory than its instance may have traps;
+//! either way the caller gets an error, the instance is replaced, nothing
+//! acknowledged is lost, and the calls beside it keep being served.
+//!
+//! The runaway is the real guest built with its test-only `runaway`
+//! feature (`kvstash_test_artifacts::RUNAWAY_GUEST`): a `get` of
+//! `kvstash-test-runaway` never returns.
+
+// Test code: a broken assumption should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvstash::{Error, Store, StoreOptions};
+use kvstash_test_artifacts as artifacts;
+use serde_json::json;
+
+const RUNAWAY: &str = "kvstash-test-runaway";
+
+fn runaway_options(limit: Duration, instances: usize) -> StoreOptions {
+    StoreOptions {
+        guest: Some(Arc::from(std::fs::read(artifacts::RUNAWAY_GUEST).unwrap())),
+        call_time_limit: Some(limit),
+        max_instances: instances,
+        ..StoreOptions::default()
+    }
+}
+
+/// A hang here is the failure this file tests for; fail instead of hanging.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not return"))
+}
+
+fn assert_stopped(outcome: Result<Option<kvstash::Entry>, Error>) {
+    match outcome {
+        Err(Error::Trap(why)) => assert!(
+            why.contains("its limit") && why.contains("call_time_limit"),
+            "the error should name the time limit: {why}"
+        ),
+        other => panic!("a runaway call should be stopped with a trap, got {other:?}"),
+    }
+}
+
+// One thread: the runaway must yield to the calls beside it, not only be
+// stopped in the end.
+#[tokio::test(flavor = "current_thread")]
+async fn a_runaway_call_is_stopped_and_the_calls_beside_it_are_served() {
+    let store = Store::open_with(
+        r#"{"type":"memory"}"#,
+        runaway_options(Duration::from_millis(300), 2),
+    )
+    .await
+    .unwrap();
+    let bucket = store.bucket("b");
+    bucket.set_json("kept", &json!({"n": 1})).await.unwrap();
+
+    let runaway = {
+        let bucket = store.bucket("b");
+        async move {
+            let outcome = bucket.get(RUNAWAY).await;
+            (outcome, Instant::now())
+        }
+    };
+    let beside = {
+        let bucket = store.bucket("b");
+        async move {
+            // Give the runaway its start, then work while it runs.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for i in 0..20 {
+                bucket.set_json(&format!("k{i}"), &i).await.unwrap();
+            }
+            Instant::now()
+        }
+    };
+    let ((outcome, stopped_at), served_at) =
+        within("the runaway", async { tokio::join!(runaway, beside) }).await;
+    assert_stopped(outcome);
+    assert!(
+        served_at < stopped_at,
+        "the other calls should be served while the runaway runs"
+    );
+
+    // The instance was replaced: the store serves on, and nothing
+    // acknowledged was lost.
+    assert_eq!(
+        bucket.get_json::<serde_json::Value>("kept").await.unwrap(),
+        Some(json!({"n": 1}))
+    );
+    for i in 0..20 {
+        assert_eq!(
+            bucket.get_json::<i64>(&format!("k{i}")).await.unwrap(),
+            Some(i)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaways_on_every_instance_are_each_stopped_and_the_file_store_keeps_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({"type": "file", "path": dir.path().join("s")}).to_string();
+    let store = Store::open_with(&config, runaway_options(Duration::from_millis(200), 2))
+        .await
+        .unwrap();
+    let bucket = store.bucket("b");
+    for i in 0..10 {
+        bucket.set_json(&format!("k{i}"), &i).await.unwrap();
+    }
+    // More runaways than instances, at once: each is stopped, and so each
+    // frees its instance for the next.
+    let runaways: Vec<_> = (0..4)
+        .map(|_| {
+            let bucket = store.bucket("b");
+            tokio::spawn(async move { bucket.get(RUNAWAY).await })
+        })
+        .collect();
+    for runaway in runaways {
+        assert_stopped(within("a runaway", runaway).await.unwrap());
+    }
+    bucket.set_json("after", &true).await.unwrap();
+    drop(bucket);
+    drop(store);
+
+    let store = Store::open(&config).await.unwrap();
+    let bucket = store.bucket("b");
+    for i in 0..10 {
+        assert_eq!(
+            bucket.get_json::<i64>(&format!("k{i}")).await.unwrap(),
+            Some(i)
+        );
+    }
+    assert_eq!(bucket.get_json::<bool>("after").await.unwrap(), Some(true));
+}
+
+#[tokio::test]
+async fn without_a_limit_the_same_call_is_not_stopped() {
+    let mut options = runaway_options(Duration::from_millis(1), 1);
+    options.call_time_limit = None;
+    let store = Store::open_with(r#"{"type":"memory"}"#, options)
+        .await
+        .unwrap();
+    let bucket = store.bucket("b");
+    let outcome = tokio::time::timeout(Duration::from_millis(500), bucket.get(RUNAWAY)).await;
+    assert!(
+        outcome.is_err(),
+        "with no limit the runaway should still run"
+    );
+    // The abandoned call's instance was discarded, not returned mid-call.
+    bucket.set_json("k", &1).await.unwrap();
+    assert_eq!(bucket.get_json::<i64>("k").await.unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn a_value_larger_than_the_instance_memory_traps_and_the_old_value_stays() {
+    let options = StoreOptions {
+        memory_limit: 16 << 20,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(r#"{"type":"memory"}"#, options)
+        .await
+        .unwrap();
+    let bucket = store.bucket("b");
+    bucket
+        .set_json("doc", &json!({"small": true}))
+        .await
+        .unwrap();
+    let huge = vec![b'x'; 32 << 20];
+    match bucket.set_bytes("doc", &huge).await {
+        Err(Error::Trap(_)) => {}
+        other => panic!("a value past the instance's memory should trap, got {other:?}"),
+    }
+    assert_eq!(
+        bucket.get_json::<serde_json::Value>("doc").await.unwrap(),
+        Some(json!({"small": true}))
+    );
+}
