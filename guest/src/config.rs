@@ -16,6 +16,9 @@
 //! The root also accepts:
 //! - `"retry_deadline_ms": N` — how long a write retries races it lost to
 //!   other writers (with backoff) before `contention`; 10,000 by default;
+//! - `"limits": {"key_bytes": N, "value_bytes": N, "depth": N, "batch": N}`
+//!   — what the store accepts ([`Limits`]: 4096, 8 MiB, 127 and 1000 by
+//!   default, at most [`Limits::MOST`]); any may be left out;
 //! - `"stores": {"NAME": "BUCKET", …}` — the store names (`wasi:keyvalue`
 //!   identifiers, Spin labels) apps may open, and the bucket each opens; see
 //!   [`StoreNames`].
@@ -30,13 +33,14 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 pub use crate::engine::CachePolicy;
-use crate::engine::{StoreError, validate_bucket};
+use crate::engine::{Limits, StoreError, validate_bucket};
 
 /// A parsed configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
     pub root: Node,
     pub retry_deadline_ms: u64,
+    pub limits: Limits,
     pub stores: StoreNames,
 }
 
@@ -160,7 +164,7 @@ fn field_path(path: &str, name: &str) -> String {
 }
 
 /// The fields only the root may have.
-const ROOT_OPTIONS: [&str; 2] = ["retry_deadline_ms", "stores"];
+const ROOT_OPTIONS: [&str; 3] = ["retry_deadline_ms", "limits", "stores"];
 
 pub fn parse(text: &str) -> Result<StoreConfig, StoreError> {
     let value: Value = serde_json::from_str(text)
@@ -180,6 +184,10 @@ pub fn parse(text: &str) -> Result<StoreConfig, StoreError> {
             ));
         }
     };
+    let limits = match fields.remove("limits") {
+        None | Some(Value::Null) => Limits::DEFAULT,
+        Some(value) => parse_limits(value)?,
+    };
     let stores = match fields.remove("stores") {
         None | Some(Value::Null) => StoreNames::default(),
         Some(value) => StoreNames::parse(value, "$.stores")?,
@@ -188,8 +196,42 @@ pub fn parse(text: &str) -> Result<StoreConfig, StoreError> {
     Ok(StoreConfig {
         root,
         retry_deadline_ms,
+        limits,
         stores,
     })
+}
+
+/// `$.limits`: each field a whole number from 1 to its [`Limits::MOST`].
+fn parse_limits(value: Value) -> Result<Limits, StoreError> {
+    let Value::Object(fields) = value else {
+        return Err(invalid("$.limits", "must be a JSON object"));
+    };
+    let mut limits = Limits::DEFAULT;
+    for (name, value) in fields {
+        let (slot, most) = match name.as_str() {
+            "key_bytes" => (&mut limits.key_bytes, Limits::MOST.key_bytes),
+            "value_bytes" => (&mut limits.value_bytes, Limits::MOST.value_bytes),
+            "depth" => (&mut limits.depth, Limits::MOST.depth),
+            "batch" => (&mut limits.batch, Limits::MOST.batch),
+            _ => {
+                return Err(invalid(
+                    &field_path("$.limits", &name),
+                    "is not a limit (key_bytes, value_bytes, depth, batch)",
+                ));
+            }
+        };
+        *slot = value
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| (1..=most).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    &field_path("$.limits", &name),
+                    &format!("must be a whole number from 1 to {most}"),
+                )
+            })?;
+    }
+    Ok(limits)
 }
 
 /// The node whose fields are `fields`, at `path`.
@@ -469,6 +511,31 @@ mod tests {
                 r#"{"type":"memory","retry_deadline_ms":1e9}"#,
                 "`$.retry_deadline_ms`",
             ),
+            (r#"{"type":"memory","limits":[]}"#, "`$.limits` must be"),
+            (
+                r#"{"type":"memory","limits":{"keys":10}}"#,
+                "`$.limits.keys` is not a limit",
+            ),
+            (
+                r#"{"type":"memory","limits":{"depth":0}}"#,
+                "`$.limits.depth` must be a whole number from 1 to 127",
+            ),
+            (
+                r#"{"type":"memory","limits":{"depth":128}}"#,
+                "`$.limits.depth` must be a whole number from 1 to 127",
+            ),
+            (
+                r#"{"type":"memory","limits":{"value_bytes":67108865}}"#,
+                "`$.limits.value_bytes` must be a whole number from 1 to 67108864",
+            ),
+            (
+                r#"{"type":"memory","limits":{"batch":"10"}}"#,
+                "`$.limits.batch`",
+            ),
+            (
+                r#"{"type":"memory","limits":{"key_bytes":1.5}}"#,
+                "`$.limits.key_bytes`",
+            ),
             (r#"{"type":"memory","stores":[]}"#, "`$.stores`"),
             (r#"{"type":"memory","stores":{"a":3}}"#, "`$.stores.a`"),
             (
@@ -533,6 +600,33 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn limits_default_and_may_be_set_one_by_one() {
+        assert_eq!(
+            parse(r#"{"type":"memory"}"#).unwrap().limits,
+            Limits::DEFAULT
+        );
+        let c = parse(r#"{"type":"memory","limits":{"depth":8,"batch":50}}"#).unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                depth: 8,
+                batch: 50,
+                ..Limits::DEFAULT
+            }
+        );
+        let most = r#"{"type":"memory","limits":{"key_bytes":65536,"value_bytes":67108864,"depth":127,"batch":10000}}"#;
+        assert_eq!(parse(most).unwrap().limits, Limits::MOST);
+        // Not a leaf's field: the backend never sees it.
+        assert_eq!(
+            parse(r#"{"type":"memory","limits":{"depth":8}}"#)
+                .unwrap()
+                .root
+                .leaves(),
+            vec![r#"{"type":"memory"}"#]
+        );
     }
 
     #[test]

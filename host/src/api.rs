@@ -1148,12 +1148,14 @@ impl Bucket {
 
     /// Stores JSON text (validated by the store); returns the new version.
     pub async fn set_json_text(&self, key: &str, json: &str) -> Result<u64, Error> {
+        self.store.pool.check_value_len(json.len())?;
         bucket_call!(self, |api, store, handle| api
             .call_set(store, handle, key, json))
     }
 
     /// Stores raw bytes; returns the new version.
     pub async fn set_bytes(&self, key: &str, value: &[u8]) -> Result<u64, Error> {
+        self.store.pool.check_value_len(value.len())?;
         bucket_call!(self, |api, store, handle| api
             .call_set_bytes(store, handle, key, value))
     }
@@ -1167,6 +1169,10 @@ impl Bucket {
         options: &WriteOptions,
     ) -> Result<u64, Error> {
         let value = value.into_wit();
+        self.store.pool.check_value_len(match &value {
+            wit::Value::Json(text) => text.len(),
+            wit::Value::Bytes(bytes) => bytes.len(),
+        })?;
         let options = wit::WriteOptions {
             if_version: options.if_version,
             if_absent: options.if_absent,

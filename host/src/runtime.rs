@@ -681,7 +681,20 @@ impl StorageCalls {
 /// itself (guest/src/config.rs) and so never passes to `backend.open`.
 const NODE_OPTIONS: [&str; 2] = ["prefix", "read_only"];
 /// ... and those of its root.
-const ROOT_OPTIONS: [&str; 2] = ["retry_deadline_ms", "stores"];
+const ROOT_OPTIONS: [&str; 3] = ["retry_deadline_ms", "limits", "stores"];
+
+/// The guest's default `limits.value_bytes` (guest/src/engine/limits.rs).
+const DEFAULT_VALUE_BYTES: usize = 8 << 20;
+
+/// `limits.value_bytes` of the configuration `config` (its default if
+/// absent; one the guest will refuse is left to the guest to name).
+fn configured_value_bytes(config: &str) -> usize {
+    serde_json::from_str::<serde_json::Value>(config)
+        .ok()
+        .and_then(|c| c.get("limits")?.get("value_bytes")?.as_u64())
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(DEFAULT_VALUE_BYTES)
+}
 
 /// The leaves of the configuration tree `config`, by their path (`$`,
 /// `$.main`, `$.main.from`, …), without the options the guest handles:
@@ -1175,6 +1188,9 @@ pub(crate) struct Pool {
     memory_limit: usize,
     /// [`StoreOptions::call_time_limit`] in ticks; `None`: no limit.
     tick_limit: Option<u32>,
+    /// The configuration's `limits.value_bytes`, checked before a value is
+    /// copied into an instance (the guest checks it again).
+    value_bytes: usize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -1199,6 +1215,7 @@ impl Pool {
             let ticks = limit.as_nanos().div_ceil(TICK.as_nanos()).max(1);
             u32::try_from(ticks).unwrap_or(u32::MAX)
         });
+        let value_bytes = configured_value_bytes(&config);
         Ok(Self {
             runtime,
             shared: Arc::new(Shared::new(config, options.registry.clone())),
@@ -1206,7 +1223,27 @@ impl Pool {
             permits: Arc::new(Semaphore::new(options.max_instances.max(1))),
             memory_limit: options.memory_limit,
             tick_limit,
+            value_bytes,
         })
+    }
+
+    /// A value of `len` bytes is refused, as the guest would refuse it,
+    /// before it is copied into an instance: a value larger than an
+    /// instance's memory would otherwise trap instead of being refused.
+    /// The configuration's `limits.value_bytes`.
+    #[cfg(feature = "serve")]
+    pub(crate) fn value_bytes(&self) -> usize {
+        self.value_bytes
+    }
+
+    pub(crate) fn check_value_len(&self, len: usize) -> Result<(), Error> {
+        if len > self.value_bytes {
+            return Err(Error::InvalidValue(format!(
+                "value is {len} bytes, at most {} are allowed (limits.value_bytes)",
+                self.value_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Commit notifications of every backend this store has opened that

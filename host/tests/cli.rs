@@ -103,6 +103,129 @@ fn errors_are_one_line_and_non_zero() {
 }
 
 #[test]
+fn configured_limits_refuse_oversize_input_and_keep_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({
+        "type": "file",
+        "path": dir.path().join("limited.redb"),
+        "limits": {"key_bytes": 8, "value_bytes": 64, "depth": 3, "batch": 2}
+    })
+    .to_string();
+    let with = |args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        kvstash_with(dir.path(), &all, stdin)
+    };
+    ok(with(&["set", "k", "[1]"], None));
+    let big = format!("\"{}\"", "x".repeat(100));
+    let txn = r#"{"mutations":[{"key":"a","set":1},{"key":"b","set":1},{"key":"c","set":1}]}"#;
+    for (args, stdin, needle) in [
+        (&["set", "123456789", "1"][..], None, "limits.key_bytes"),
+        (&["set", "k", &big][..], None, "limits.value_bytes"),
+        (
+            &["set", "k", "-"][..],
+            Some(big.as_str()),
+            "limits.value_bytes",
+        ),
+        (
+            &["set", "k", "[[[[1]]]]"][..],
+            None,
+            "nesting deeper than 3 levels",
+        ),
+        (&["txn", "-"][..], Some(txn), "limits.batch"),
+    ] {
+        let o = with(args, stdin);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("kvstash: error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(stdout(&ok(with(&["get", "k"], None))), "[1]\n");
+    assert_eq!(stdout(&ok(with(&["list", "--keys"], None))), "k\n");
+    let refused = kvstash(
+        dir.path(),
+        &[
+            "--config",
+            r#"{"type":"memory","limits":{"depth":500}}"#,
+            "get",
+            "k",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("`$.limits.depth` must be a whole number from 1 to 127"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn odd_bytes_and_odd_keys_from_the_command_line() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    ok(kvstash(dir.path(), &["set", "k", "1"]));
+    // A key that is not UTF-8: a usage error, nothing run.
+    let o = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .arg("--data")
+        .arg(dir.path())
+        .args([
+            "set".as_ref(),
+            std::ffi::OsStr::from_bytes(b"\xff\xfe"),
+            "2".as_ref(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid UTF-8"), "{}", stderr(&o));
+    // A value on standard input that is not UTF-8: refused as JSON or a
+    // string, taken whole as bytes.
+    let raw = [0xff, 0xfe, 0x00, b'\n'];
+    for form in [&[][..], &["--string"][..]] {
+        let mut args = vec!["set", "k", "-"];
+        args.extend_from_slice(form);
+        let o = kvstash_bytes(dir.path(), &args, &raw);
+        assert_eq!(o.status.code(), Some(1), "{form:?}");
+        assert!(stderr(&o).contains("not UTF-8 (byte 0)"), "{}", stderr(&o));
+    }
+    assert_eq!(stdout(&ok(kvstash(dir.path(), &["get", "k"]))), "1\n");
+    ok(kvstash_bytes(
+        dir.path(),
+        &["set", "raw", "-", "--bytes"],
+        &raw,
+    ));
+    assert_eq!(ok(kvstash(dir.path(), &["get", "raw"])).stdout, raw);
+    // A key that looks like a path is a key, not a path.
+    ok(kvstash(dir.path(), &["set", "../../etc/passwd", "\"x\""]));
+    assert_eq!(
+        stdout(&ok(kvstash(dir.path(), &["get", "../../etc/passwd"]))),
+        "\"x\"\n"
+    );
+    let mut files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["kvstash.redb", "kvstash.redb-wal"]);
+}
+
+/// `kvstash --data DATA ARGS` with `stdin` as its standard input.
+fn kvstash_bytes(data: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvstash"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
 fn value_forms_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     ok(kvstash(

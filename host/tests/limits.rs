@@ -159,9 +159,9 @@ async fn a_value_larger_than_the_instance_memory_traps_and_the_old_value_stays()
         memory_limit: 16 << 20,
         ..StoreOptions::default()
     };
-    let store = Store::open_with(r#"{"type":"memory"}"#, options)
-        .await
-        .unwrap();
+    // Allowed by the configuration, so it reaches the instance.
+    let config = r#"{"type":"memory","limits":{"value_bytes":67108864}}"#;
+    let store = Store::open_with(config, options).await.unwrap();
     let bucket = store.bucket("b");
     bucket
         .set_json("doc", &json!({"small": true}))
@@ -176,4 +176,69 @@ async fn a_value_larger_than_the_instance_memory_traps_and_the_old_value_stays()
         bucket.get_json::<serde_json::Value>("doc").await.unwrap(),
         Some(json!({"small": true}))
     );
+}
+
+#[tokio::test]
+async fn configured_limits_are_typed_errors_at_the_rust_api() {
+    let config = json!({
+        "type": "memory",
+        "limits": {"key_bytes": 16, "value_bytes": 1024, "depth": 8, "batch": 4}
+    })
+    .to_string();
+    let store = Store::open(&config).await.unwrap();
+    let bucket = store.bucket("b");
+    bucket.set_json("k", &1).await.unwrap();
+    let cases: Vec<(&str, Result<u64, Error>, &str)> = vec![
+        (
+            "a long key",
+            bucket.set_json(&"k".repeat(17), &1).await,
+            "limits.key_bytes",
+        ),
+        (
+            "a large value",
+            bucket.set_bytes("k", &[0; 1025]).await,
+            "limits.value_bytes",
+        ),
+        (
+            "a deep value",
+            bucket.set_json_text("k", "[[[[[[[[[1]]]]]]]]]").await,
+            "limits.depth",
+        ),
+        (
+            "a long batch",
+            bucket
+                .set_many(&["a", "b", "c", "d", "e"].map(|k| (k.to_string(), "1".to_string())))
+                .await,
+            "limits.batch",
+        ),
+    ];
+    for (what, outcome, names) in cases {
+        match outcome {
+            Err(e @ (Error::InvalidKey(_) | Error::InvalidValue(_))) => {
+                assert!(e.to_string().contains(names), "{what}: {e}")
+            }
+            other => panic!("{what} should be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(bucket.get_json::<i64>("k").await.unwrap(), Some(1));
+    let page = bucket.list(&kvstash::ListOptions::default()).await.unwrap();
+    let keys: Vec<&str> = page.items.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["k"]);
+}
+
+#[tokio::test]
+async fn a_value_past_every_limit_is_refused_before_it_reaches_an_instance() {
+    // Larger than an instance's whole memory: refused by the host with the
+    // guest's own error, not a trap.
+    let store = Store::open(r#"{"type":"memory"}"#).await.unwrap();
+    let bucket = store.bucket("b");
+    let huge = vec![b'x'; 300 << 20];
+    match bucket.set_bytes("k", &huge).await {
+        Err(Error::InvalidValue(why)) => assert!(
+            why.contains("314572800 bytes, at most 8388608") && why.contains("limits.value_bytes"),
+            "{why}"
+        ),
+        other => panic!("a 300 MiB value should be an invalid value, got {other:?}"),
+    }
+    assert_eq!(bucket.get("k").await.unwrap(), None);
 }

@@ -331,6 +331,28 @@ fn bad_requests_get_typed_errors_and_change_nothing() {
     );
     let long_key = format!("/v1/buckets/b/keys/{}", "k".repeat(5000));
     assert_eq!(server.put(&long_key, "1").error(400)["code"], "invalid-key");
+    // Not UTF-8 once percent-decoded.
+    let not_utf8 = server.put("/v1/buckets/b/keys/%ff%fe", "1").error(400);
+    assert_eq!(not_utf8["code"], "invalid-key", "{not_utf8}");
+    let not_utf8 = server.put("/v1/buckets/%ff/keys/k", "1").error(400);
+    assert_eq!(not_utf8["code"], "invalid-bucket", "{not_utf8}");
+    // A key that looks like a path is a key.
+    server
+        .put("/v1/buckets/b/keys/..%2F..%2Fetc%2Fpasswd", "2")
+        .expect(200);
+    assert_eq!(
+        server
+            .get("/v1/buckets/b/keys/..%2F..%2Fetc%2Fpasswd")
+            .expect(200)["value"],
+        2
+    );
+    let body_not_utf8 = server.send(
+        "PUT",
+        KEY,
+        &[("Content-Type", "application/json")],
+        Some(b"\"\xff\""),
+    );
+    assert_eq!(body_not_utf8.status, 400);
     let control = "/v1/buckets/a%01b/keys/k";
     assert_eq!(
         server.put(control, "1").error(400)["code"],
@@ -700,6 +722,70 @@ impl Events {
             }
         }
     }
+}
+
+#[test]
+fn configured_limits_are_400s_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({
+        "type": "file",
+        "path": dir.path().join("l.redb"),
+        "limits": {"key_bytes": 8, "value_bytes": 64, "depth": 3, "batch": 2}
+    })
+    .to_string();
+    let server = Server::start_with(dir.path(), &["--config", &config]);
+    server.put("/v1/buckets/b/keys/k", "[1]").expect(200);
+    let long_key = "/v1/buckets/b/keys/123456789";
+    let too_long = server.put(long_key, "1").error(400);
+    assert_eq!(too_long["code"], "invalid-key");
+    assert!(
+        too_long["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.key_bytes")
+    );
+    let big = format!("\"{}\"", "x".repeat(100));
+    assert_eq!(
+        server.put("/v1/buckets/b/keys/k", &big).error(400)["code"],
+        "invalid-value"
+    );
+    let deep = server.put("/v1/buckets/b/keys/k", "[[[[1]]]]").error(400);
+    assert!(deep["message"].as_str().unwrap().contains("limits.depth"));
+    let txn = json!({"mutations": [
+        {"bucket": "b", "key": "a", "set": 1},
+        {"bucket": "b", "key": "b", "set": 1},
+        {"bucket": "b", "key": "c", "set": 1},
+    ]});
+    let batch = server.post("/v1/txn", &txn.to_string()).error(400);
+    assert!(batch["message"].as_str().unwrap().contains("limits.batch"));
+    assert_eq!(
+        server.get("/v1/buckets/b/keys/k").expect(200)["value"],
+        json!([1])
+    );
+    assert_eq!(
+        server.get("/v1/buckets/b/keys/a").error(404)["code"],
+        "not-found"
+    );
+}
+
+#[test]
+fn a_store_configured_for_larger_values_takes_larger_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({
+        "type": "file",
+        "path": dir.path().join("big.redb"),
+        "limits": {"value_bytes": 12 << 20}
+    })
+    .to_string();
+    let server = Server::start_with(dir.path(), &["--config", &config]);
+    // 9 MiB: past the default limit's body, within this store's.
+    let nine = format!("\"{}\"", "x".repeat(9 << 20));
+    server.put("/v1/buckets/b/keys/big", &nine).expect(200);
+    let thirteen = format!("\"{}\"", "x".repeat(13 << 20));
+    let refused = server.put("/v1/buckets/b/keys/big", &thirteen);
+    assert_eq!(refused.status, 413);
+    let got = server.get("/v1/buckets/b/keys/big").expect(200);
+    assert_eq!(got["value"].as_str().map(str::len), Some(9 << 20));
 }
 
 #[test]

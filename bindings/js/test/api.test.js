@@ -28,6 +28,26 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 for (const [backend, openStore] of Object.entries(backends)) {
   describe(`on ${backend} storage`, () => {
+    test('configured limits are InvalidErrors that write nothing', async (t) => {
+      const config =
+        backend === 'memory'
+          ? { type: 'memory' }
+          : { type: 'file', path: join(dir, `limits-${files++}.kvlog`) };
+      config.limits = { key_bytes: 8, value_bytes: 64, depth: 3 };
+      const store = await closing(t, kvstash.open(config, { sweepInterval: 0 }));
+      const b = store.bucket('b');
+      await b.set('k', [1]);
+      await assert.rejects(b.set('123456789', 1), { name: 'InvalidError', code: 'invalid-key', message: /limits\.key_bytes/ });
+      await assert.rejects(b.set('k', 'x'.repeat(100)), { name: 'InvalidError', code: 'invalid-value', message: /limits\.value_bytes/ });
+      await assert.rejects(b.set('k', [[[[1]]]]), { name: 'InvalidError', code: 'invalid-value', message: /limits\.depth/ });
+      assert.deepEqual((await b.get('k')).value, [1]);
+      await assert.rejects(kvstash.open({ type: 'memory', limits: { depth: 500 } }), {
+        name: 'InvalidError',
+        code: 'invalid-config',
+        message: /limits\.depth/,
+      });
+    });
+
     test('values and versions', async (t) => {
       const store = await closing(t, openStore());
       const b = store.bucket('b');

@@ -120,11 +120,38 @@ def test_bad_input_is_typed_and_harmless(store):
         store.bucket("").get("k")
     with pytest.raises(TypeError):
         b.set("k", object())
+    # A str that is not UTF-8 (a lone surrogate) is refused by Python's
+    # own conversion, before the store sees it.
+    with pytest.raises(UnicodeEncodeError):
+        b.set("\udcff", 1)
+    with pytest.raises(kvstash.InvalidError, match="cursor"):
+        b.list(cursor="garbage")
+    # A key that looks like a path is a key.
+    b.set("../../etc/passwd", 2)
+    assert b.get("../../etc/passwd").value == 2
     assert b.get("k").value == 1
     with pytest.raises(kvstash.InvalidError):
         kvstash.open({"type": "nope"})
     with pytest.raises(kvstash.InvalidError):
         kvstash.open(42)
+
+
+def test_configured_limits_are_invalid_errors():
+    store = kvstash.open(
+        {"type": "memory", "limits": {"key_bytes": 8, "value_bytes": 64, "depth": 3}}
+    )
+    b = store.bucket("b")
+    b.set("k", [1])
+    for key, value, names in [
+        ("123456789", 1, "limits.key_bytes"),
+        ("k", "x" * 100, "limits.value_bytes"),
+        ("k", [[[[1]]]], "limits.depth"),
+    ]:
+        with pytest.raises(kvstash.InvalidError, match=names):
+            b.set(key, value)
+    assert b.get("k").value == [1]
+    with pytest.raises(kvstash.InvalidError, match="limits.depth"):
+        kvstash.open({"type": "memory", "limits": {"depth": 500}}).bucket("b").get("k")
 
 
 def test_threads_share_a_store(store):

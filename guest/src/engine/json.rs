@@ -1,7 +1,7 @@
 //! The JSON syntax check of every value written as JSON: RFC 8259, with
 //! the limits of the parser that reads values back (serde_json's), so that
 //! what is accepted can be read by every operation. Nesting deeper than
-//! [`MAX_DEPTH`], a number too large for a double (`1e400`) and an escaped
+//! `limits.depth` (at most [`MAX_DEPTH`]), a number too large for a double (`1e400`) and an escaped
 //! lone surrogate (`"\ud800"`) are refused here, where serde_json's
 //! skipping parser (used before) let them in and reading them failed.
 //!
@@ -18,11 +18,20 @@ pub const MAX_DEPTH: usize = 127;
 pub struct Invalid {
     pub what: &'static str,
     pub at: usize,
+    /// The limit `what` names, if it names one.
+    pub limit: Option<usize>,
 }
 
 impl std::fmt::Display for Invalid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at byte {}", self.what, self.at)
+        match self.limit {
+            Some(n) => write!(
+                f,
+                "{} {n} levels (limits.depth) at byte {}",
+                self.what, self.at
+            ),
+            None => write!(f, "{} at byte {}", self.what, self.at),
+        }
     }
 }
 
@@ -31,14 +40,17 @@ impl std::fmt::Display for Invalid {
 struct Stack {
     bits: [u64; 2],
     depth: usize,
+    /// The deepest nesting allowed, at most [`MAX_DEPTH`].
+    max: usize,
 }
 
 impl Stack {
     fn push(&mut self, object: bool, at: usize) -> Result<(), Invalid> {
-        if self.depth >= MAX_DEPTH {
+        if self.depth >= self.max {
             return Err(Invalid {
-                what: "nesting deeper than 127 levels",
+                what: "nesting deeper than",
                 at,
+                limit: Some(self.max),
             });
         }
         let (word, bit) = (self.depth / 64, self.depth % 64);
@@ -58,15 +70,28 @@ impl Stack {
     }
 }
 
-/// Checks that `text` is one JSON value (with surrounding whitespace).
+/// Checks that `text` is one JSON value (with surrounding whitespace),
+/// nested at most `limits.depth` deep.
 pub fn check(text: &str) -> Result<(), Invalid> {
+    check_nested(text, super::limits().depth)
+}
+
+/// [`check`], nested at most `max` deep (at most [`MAX_DEPTH`]).
+pub fn check_nested(text: &str, max: usize) -> Result<(), Invalid> {
     let b = text.as_bytes();
     let mut i = 0;
     let mut stack = Stack {
         bits: [0; 2],
         depth: 0,
+        max: max.min(MAX_DEPTH),
     };
-    let err = |what, at| Err(Invalid { what, at });
+    let err = |what, at| {
+        Err(Invalid {
+            what,
+            at,
+            limit: None,
+        })
+    };
     // Each turn reads one value at `i`, then what closes or continues
     // the containers around it.
     'value: loop {
@@ -143,6 +168,7 @@ fn member_key(b: &[u8], i: usize) -> Result<usize, Invalid> {
         return Err(Invalid {
             what: "expected a string key",
             at: i,
+            limit: None,
         });
     }
     let i = skip_ws(b, string(b, i)?);
@@ -150,6 +176,7 @@ fn member_key(b: &[u8], i: usize) -> Result<usize, Invalid> {
         return Err(Invalid {
             what: "expected `:`",
             at: i,
+            limit: None,
         });
     }
     Ok(i + 1)
@@ -161,6 +188,7 @@ fn literal(b: &[u8], i: usize, word: &[u8]) -> Result<usize, Invalid> {
         _ => Err(Invalid {
             what: "expected `true`, `false` or `null`",
             at: i,
+            limit: None,
         }),
     }
 }
@@ -183,6 +211,7 @@ fn string(b: &[u8], start: usize) -> Result<usize, Invalid> {
                 return Err(Invalid {
                     what: "a control character in a string",
                     at: i,
+                    limit: None,
                 });
             }
             Some(_) => i += 1,
@@ -190,6 +219,7 @@ fn string(b: &[u8], start: usize) -> Result<usize, Invalid> {
                 return Err(Invalid {
                     what: "a string without its closing `\"`",
                     at: start,
+                    limit: None,
                 });
             }
         }
@@ -199,7 +229,13 @@ fn string(b: &[u8], start: usize) -> Result<usize, Invalid> {
 /// The escape at `i` (its `\`); the offset after it. Surrogates must come
 /// in pairs, as a UTF-8 reader needs them.
 fn escape(b: &[u8], i: usize) -> Result<usize, Invalid> {
-    let bad = |what| Err(Invalid { what, at: i });
+    let bad = |what| {
+        Err(Invalid {
+            what,
+            at: i,
+            limit: None,
+        })
+    };
     match b.get(i + 1) {
         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
         Some(b'u') => {
@@ -238,7 +274,13 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
 /// (`1e400`) is refused, as serde_json refuses to read it.
 fn number(text: &str, start: usize) -> Result<usize, Invalid> {
     let b = text.as_bytes();
-    let bad = |what, at| Err(Invalid { what, at });
+    let bad = |what, at| {
+        Err(Invalid {
+            what,
+            at,
+            limit: None,
+        })
+    };
     let digits = |mut i: usize| {
         while b.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
@@ -400,8 +442,8 @@ mod tests {
         }
         let deep = "[".repeat(100_000);
         assert_eq!(
-            check(&deep).unwrap_err().what,
-            "nesting deeper than 127 levels"
+            check(&deep).unwrap_err().to_string(),
+            "nesting deeper than 127 levels (limits.depth) at byte 127"
         );
     }
 

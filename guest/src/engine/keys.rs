@@ -13,10 +13,9 @@
 //!   by scanning `"x"` up to now, in O(expired keys).
 
 use super::StoreError;
+use super::limits::{Limits, limits};
 
-pub const MAX_KEY_LEN: usize = 4096;
 pub const MAX_BUCKET_LEN: usize = 256;
-pub const MAX_VALUE_LEN: usize = 8 * 1024 * 1024;
 
 /// A delete of this key in a commit marks the commit's deletes as
 /// expirations (the sweep and lazy reclamation write it), so watchers can
@@ -50,9 +49,10 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() {
         return Err(StoreError::InvalidKey("key is empty".into()));
     }
-    if key.len() > MAX_KEY_LEN {
+    let most = limits().key_bytes;
+    if key.len() > most {
         return Err(StoreError::InvalidKey(format!(
-            "key is {} bytes, at most {MAX_KEY_LEN} are allowed",
+            "key is {} bytes, at most {most} are allowed (limits.key_bytes)",
             key.len()
         )));
     }
@@ -172,7 +172,8 @@ pub fn decode_cursor(cursor: &str, reverse: bool) -> Result<String, StoreError> 
         CURSOR_TAG
     };
     let hex = cursor.strip_prefix(tag).ok_or(StoreError::InvalidCursor)?;
-    if hex.len() % 2 != 0 || hex.len() > 2 * MAX_KEY_LEN {
+    // Any stored key, whatever the limit is now.
+    if hex.len() % 2 != 0 || hex.len() > 2 * Limits::MOST.key_bytes {
         return Err(StoreError::InvalidCursor);
     }
     let nibble = |c: u8| match c {
@@ -256,8 +257,8 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        assert!(validate_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
-        assert!(validate_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+        assert!(validate_key(&"k".repeat(Limits::DEFAULT.key_bytes)).is_ok());
+        assert!(validate_key(&"k".repeat(Limits::DEFAULT.key_bytes + 1)).is_err());
         assert!(validate_key("").is_err());
         assert!(validate_bucket("").is_err());
         assert!(validate_bucket("a\nb").is_err());

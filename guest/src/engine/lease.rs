@@ -14,7 +14,7 @@
 use serde_json::{Value as Json, json};
 
 use super::txn::{Decision, Stored};
-use super::{Clock, Engine, Now, Record, Storage, StoreError, expiry, keys};
+use super::{Clock, Engine, Now, Record, Storage, StoreError, expiry};
 
 const LOCK_TAG: u8 = b'l';
 
@@ -37,10 +37,11 @@ pub struct Holder {
 }
 
 pub(super) fn lock_key(name: &str) -> Result<Vec<u8>, StoreError> {
-    if name.is_empty() || name.len() > keys::MAX_KEY_LEN {
-        return Err(StoreError::InvalidKey(
-            "a lock name is 1 to 4096 bytes".into(),
-        ));
+    let most = super::limits().key_bytes;
+    if name.is_empty() || name.len() > most {
+        return Err(StoreError::InvalidKey(format!(
+            "a lock name is 1 to {most} bytes (limits.key_bytes)"
+        )));
     }
     let mut key = Vec::with_capacity(1 + name.len());
     key.push(LOCK_TAG);
@@ -95,10 +96,11 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         owner: Option<&str>,
     ) -> Result<Lease, StoreError> {
         let key = lock_key(name)?;
-        if owner.is_some_and(|o| o.len() > keys::MAX_KEY_LEN) {
-            return Err(StoreError::InvalidArgument(
-                "an owner is at most 4096 bytes".into(),
-            ));
+        let most = super::limits().key_bytes;
+        if owner.is_some_and(|o| o.len() > most) {
+            return Err(StoreError::InvalidArgument(format!(
+                "an owner is at most {most} bytes (limits.key_bytes)"
+            )));
         }
         self.writable()?;
         let now = self.now();

@@ -2,8 +2,8 @@
 //! keys only, and cursors that stay valid across concurrent writes.
 
 use super::{
-    Clock, DEFAULT_LIST_LIMIT, Engine, MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_SCAN, Record, Storage,
-    StoreError, Value, Versioned, keys,
+    Clock, DEFAULT_LIST_LIMIT, Engine, MAX_LIST_LIMIT, MAX_SCAN, Record, Storage, StoreError,
+    Value, Versioned, keys,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,9 +54,9 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         let bucket_prefix = keys::bucket_prefix(bucket);
         let bound = |text: &Option<String>, what: &str| -> Result<Option<Vec<u8>>, StoreError> {
             match text {
-                Some(t) if t.len() > MAX_KEY_LEN => Err(StoreError::InvalidKey(format!(
-                    "{what} is longer than a key"
-                ))),
+                Some(t) if t.len() > super::limits().key_bytes => Err(StoreError::InvalidKey(
+                    format!("{what} is longer than a key"),
+                )),
                 Some(t) => {
                     let mut k = bucket_prefix.clone();
                     k.extend_from_slice(t.as_bytes());

@@ -23,6 +23,7 @@ mod history;
 mod json;
 mod keys;
 mod lease;
+mod limits;
 mod list;
 mod meta;
 mod migrating;
@@ -39,8 +40,9 @@ pub use caching::{CachePolicy, CacheStats, Caching};
 pub use clock::{Clock, ManualClock, Now};
 pub use doc::Pointer;
 pub use history::MAX_HISTORY;
-pub use keys::{MAX_BUCKET_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, validate_bucket};
+pub use keys::{MAX_BUCKET_LEN, validate_bucket};
 pub use lease::{Holder, Lease};
+pub use limits::{Limits, limits, set_limits};
 pub use list::{Item, ListOptions, ListPage};
 pub use meta::BucketMeta;
 pub use migrating::{CopyPage, Migrating, Summary, VerifyPage};
@@ -53,9 +55,6 @@ pub use storage::{Change, Check, Entry, MAX_SCAN, MemStorage, Storage, StorageEr
 pub use txn::{Condition, Mutation, Op, Swap, TxnCheck, WriteOptions};
 pub use watch::{Event, EventKind, WatchPage};
 
-/// Most keys one batch call (`get-many`, `set-many`, `delete-many`) takes,
-/// and most checks plus mutations in one transaction.
-pub const MAX_BATCH: usize = 1000;
 /// Default and largest page of `list`.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 1000;
@@ -242,9 +241,10 @@ impl Value {
 }
 
 fn check_size(len: usize) -> Result<(), StoreError> {
-    if len > MAX_VALUE_LEN {
+    let most = limits().value_bytes;
+    if len > most {
         return Err(StoreError::InvalidValue(format!(
-            "value is {len} bytes, at most {MAX_VALUE_LEN} are allowed"
+            "value is {len} bytes, at most {most} are allowed (limits.value_bytes)"
         )));
     }
     Ok(())
@@ -559,9 +559,10 @@ impl Counter for LittleEndianI64 {
 }
 
 fn check_batch_len(len: usize) -> Result<(), StoreError> {
-    if len > MAX_BATCH {
+    let most = limits().batch;
+    if len > most {
         return Err(StoreError::InvalidKey(format!(
-            "{len} keys in one call, at most {MAX_BATCH} are allowed"
+            "{len} keys in one call, at most {most} are allowed (limits.batch)"
         )));
     }
     Ok(())

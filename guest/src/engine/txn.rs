@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 
 use super::{
-    Clock, Counter, Engine, MAX_BATCH, Now, Record, Storage, StoreError, Value, Versioned,
-    check_size, doc, expiry, keys,
+    Clock, Counter, Engine, Now, Record, Storage, StoreError, Value, Versioned, check_size, doc,
+    expiry, keys,
 };
 use crate::engine::storage::{Check, Write};
 
@@ -267,9 +267,10 @@ impl<S: Storage, C: Clock> Engine<S, C> {
     /// the store's current version, and nothing is written). A failing check
     /// is reported as [`StoreError::CheckFailed`] with its index.
     pub fn transact(&self, checks: &[TxnCheck], mutations: &[Mutation]) -> Result<u64, StoreError> {
-        if checks.len() + mutations.len() > MAX_BATCH {
+        let most = super::limits().batch;
+        if checks.len() + mutations.len() > most {
             return Err(StoreError::InvalidArgument(format!(
-                "a transaction has at most {MAX_BATCH} checks and mutations"
+                "a transaction has at most {most} checks and mutations (limits.batch)"
             )));
         }
         let now = self.now();
@@ -671,6 +672,10 @@ impl Prepared {
                 }
                 let text = document.to_string();
                 check_size(text.len())?;
+                // A document the write made too deep could not be read back.
+                super::json::check(&text).map_err(|e| {
+                    StoreError::InvalidValue(format!("the document would be refused: {e}"))
+                })?;
                 let mut record = Record::json(text);
                 record.expires_at_ms = keep_or_new(&base);
                 Ok(Some(record))

@@ -52,7 +52,7 @@ impl<S: Storage, C: Clock> Engine<S, C> {
         limit: u32,
     ) -> Result<WatchPage, StoreError> {
         keys::validate_bucket(bucket)?;
-        if prefix.is_some_and(|p| p.len() > super::MAX_KEY_LEN) {
+        if prefix.is_some_and(|p| p.len() > super::limits().key_bytes) {
             return Err(StoreError::InvalidKey("prefix is longer than a key".into()));
         }
         let Some(since) = since else {

@@ -10,7 +10,7 @@ use super::{Component, KvError, engine, open_store};
 use crate::bindings::exports::wasi::keyvalue0_2_0_draft as kv1;
 use crate::bindings::exports::wasi::keyvalue0_2_0_draft2 as kv2;
 use crate::engine::{
-    ListOptions, LittleEndianI64, MAX_BATCH, MAX_LIST_LIMIT, StoreError, Swap, Value,
+    ListOptions, LittleEndianI64, MAX_LIST_LIMIT, StoreError, Swap, Value, limits,
 };
 macro_rules! kv_error {
     ($module:ident) => {
@@ -47,7 +47,7 @@ type KeyValue = (String, Vec<u8>);
 fn kv_get_many(bucket: &str, keys: Vec<String>) -> Result<Vec<Option<KeyValue>>, StoreError> {
     let engine = engine()?;
     let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(MAX_BATCH) {
+    for chunk in keys.chunks(limits().batch) {
         let values = engine.get_many(bucket, chunk)?;
         out.extend(
             chunk
@@ -59,7 +59,7 @@ fn kv_get_many(bucket: &str, keys: Vec<String>) -> Result<Vec<Option<KeyValue>>,
     Ok(out)
 }
 
-/// Atomic per chunk of [`MAX_BATCH`] pairs (the standard asks for no atomicity).
+/// Atomic per chunk of `limits.batch` pairs (the standard asks for no atomicity).
 fn kv_set_many(bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
     let engine = engine()?;
     let pairs = pairs
@@ -68,14 +68,14 @@ fn kv_set_many(bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<(), StoreE
         .collect::<Result<Vec<_>, StoreError>>()?;
     let mut pairs = pairs.into_iter().peekable();
     while pairs.peek().is_some() {
-        engine.set_many(bucket, pairs.by_ref().take(MAX_BATCH).collect())?;
+        engine.set_many(bucket, pairs.by_ref().take(limits().batch).collect())?;
     }
     Ok(())
 }
 
 fn kv_delete_many(bucket: &str, keys: &[String]) -> Result<(), StoreError> {
     let engine = engine()?;
-    for chunk in keys.chunks(MAX_BATCH) {
+    for chunk in keys.chunks(limits().batch) {
         engine.delete_many(bucket, chunk)?;
     }
     Ok(())
@@ -245,9 +245,10 @@ impl kv2::atomics::Guest for Component {
     fn swap(cas: kv2::atomics::Cas, value: Vec<u8>) -> Result<(), kv2::atomics::CasError> {
         let store_error = |e: StoreError| kv2::atomics::CasError::StoreError(e.into());
         let cas: Cas = cas.into_inner();
+        // First: opening the configuration sets the limits checked below.
+        let engine = engine().map_err(store_error)?;
         let value = Value::sniff(value).map_err(store_error)?;
         let expected = cas.seen.as_ref().map(|(_, version)| *version);
-        let engine = engine().map_err(store_error)?;
         match engine
             .swap(&cas.bucket, &cas.key, expected, value)
             .map_err(store_error)?

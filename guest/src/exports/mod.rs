@@ -84,6 +84,7 @@ fn opened() -> Result<Rc<Opened>, StoreError> {
     // The whole tree is parsed (and refused, naming the field) before
     // anything opens.
     let config = config::parse(&storage::config())?;
+    crate::engine::set_limits(config.limits);
     let mut layers = Layers::default();
     let storage = build(&config.root, &[], &mut layers)?;
     let opened = Rc::new(Opened {

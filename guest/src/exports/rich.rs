@@ -138,6 +138,8 @@ impl api::Guest for Component {
         checks: Vec<types::Check>,
         mutations: Vec<types::Mutation>,
     ) -> Result<u64, types::Error> {
+        // First: opening the configuration sets the limits checked below.
+        let engine = engine()?;
         let checks = checks
             .into_iter()
             .map(check_in)
@@ -146,7 +148,7 @@ impl api::Guest for Component {
             .into_iter()
             .map(mutation_in)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(engine()?.transact(&checks, &mutations)?)
+        Ok(engine.transact(&checks, &mutations)?)
     }
 
     fn sweep(limit: u32) -> Result<u32, types::Error> {
@@ -411,11 +413,13 @@ impl api::GuestBucket for Bucket {
     }
 
     fn set_many(&self, entries: Vec<(String, String)>) -> Result<u64, types::Error> {
+        // First: opening the configuration sets the limits checked below.
+        let engine = engine()?;
         let pairs = entries
             .into_iter()
             .map(|(key, value)| Ok((key, Value::json(value)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(engine()?.set_many(&self.name, pairs)?)
+        Ok(engine.set_many(&self.name, pairs)?)
     }
 
     fn delete_many(&self, keys: Vec<String>) -> Result<u32, types::Error> {

@@ -1053,22 +1053,30 @@ async fn execute(
             if_absent,
         } => {
             let value = if value == "-" {
-                let mut buf = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
                     .context("reading the value from standard input")?;
-                // Like `$(…)` in a shell: the final newline is the pipe's,
-                // not the value's (JSON ignores surrounding whitespace anyway).
                 if bytes {
-                    buf
-                } else if string {
-                    buf.strip_suffix('\n').unwrap_or(&buf).to_string()
+                    // Raw bytes are taken whole, whatever they are.
+                    Value::Bytes(buf)
                 } else {
-                    buf.trim().to_string()
+                    let text = String::from_utf8(buf).map_err(|e| {
+                        anyhow::anyhow!(
+                            "the value on standard input is not UTF-8 (byte {}); \
+                             `--bytes` stores raw bytes",
+                            e.utf8_error().valid_up_to()
+                        )
+                    })?;
+                    // Like `$(…)` in a shell: the final newline is the
+                    // pipe's, not the value's (JSON ignores surrounding
+                    // whitespace anyway).
+                    if string {
+                        Value::json(text.strip_suffix('\n').unwrap_or(&text))?
+                    } else {
+                        Value::Json(text.trim().to_string())
+                    }
                 }
-            } else {
-                value
-            };
-            let value = if bytes {
+            } else if bytes {
                 Value::Bytes(value.into_bytes())
             } else if string {
                 Value::json(&value)?

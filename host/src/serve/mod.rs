@@ -46,9 +46,13 @@ pub use replica::ReplicaOf;
 /// The OpenAPI 3.0 document of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// The largest request body: a largest value (8 MiB) with room for a
-/// transaction document's framing.
-pub const MAX_BODY: usize = 8 * 1024 * 1024 + 64 * 1024;
+/// The largest request body at the default limits: a largest value (8 MiB)
+/// with room for a transaction document's framing. A store configured for
+/// larger values (`limits.value_bytes`) takes bodies of that plus 64 KiB.
+pub const MAX_BODY: usize = 8 * 1024 * 1024 + BODY_FRAMING;
+
+/// What a body may have beyond its largest value.
+const BODY_FRAMING: usize = 64 * 1024;
 
 /// The largest TTL the store takes (100 years), as the API documents it.
 const MAX_TTL_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
@@ -219,6 +223,7 @@ pub fn router(store: Store) -> Router {
 
 fn routes(served: Arc<Served>) -> Router {
     let keys = "/v1/buckets/{bucket}/keys/{key}";
+    let body_limit = MAX_BODY.max(served.store.pool.value_bytes() + BODY_FRAMING);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
@@ -278,7 +283,7 @@ fn routes(served: Arc<Served>) -> Router {
             served.clone(),
             measure,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(served)
 }
 
@@ -456,6 +461,18 @@ impl From<Error> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> Self {
+        // A key or bucket that is not UTF-8 once percent-decoded is a bad
+        // key or bucket, as the store would call it.
+        if let PathRejection::FailedToDeserializePathParams(failed) = &e
+            && let axum::extract::path::ErrorKind::InvalidUtf8InPathParam { key } = failed.kind()
+        {
+            let code = match key.as_str() {
+                "bucket" => "invalid-bucket",
+                "key" | "name" => "invalid-key",
+                _ => "invalid-argument",
+            };
+            return Self::bad_request(code, format!("the {key} is not UTF-8 once percent-decoded"));
+        }
         Self::bad_request("invalid-argument", e.body_text())
     }
 }
@@ -473,7 +490,8 @@ impl From<BytesRejection> for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid-value",
                 format!(
-                    "the request body is too large: at most {MAX_BODY} bytes ({} for /v1/storage)",
+                    "the request body is too large: at most the store's largest value \
+                     (limits.value_bytes, 8 MiB by default) plus 64 KiB ({} for /v1/storage)",
                     storage::MAX_STORAGE_BODY
                 ),
             );

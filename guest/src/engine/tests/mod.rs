@@ -61,7 +61,7 @@ fn invalid_input_is_rejected_and_stores_nothing() {
         Err(StoreError::InvalidValue(_))
     ));
     assert!(matches!(
-        Value::json(" ".repeat(MAX_VALUE_LEN + 1)),
+        Value::json(" ".repeat(Limits::DEFAULT.value_bytes + 1)),
         Err(StoreError::InvalidValue(_))
     ));
     assert!(matches!(
@@ -76,9 +76,9 @@ fn invalid_input_is_rejected_and_stores_nothing() {
         e.set("b\n", "k", json("1")),
         Err(StoreError::InvalidBucket(_))
     ));
-    let long = "k".repeat(MAX_KEY_LEN + 1);
+    let long = "k".repeat(Limits::DEFAULT.key_bytes + 1);
     assert!(matches!(e.get("b", &long), Err(StoreError::InvalidKey(_))));
-    let too_many: Vec<(String, Value)> = (0..=MAX_BATCH)
+    let too_many: Vec<(String, Value)> = (0..=Limits::DEFAULT.batch)
         .map(|i| (i.to_string(), json("1")))
         .collect();
     assert!(matches!(
@@ -483,6 +483,7 @@ fn mem_storage_change_feed_and_compaction() {
 mod faults;
 mod history;
 mod leases;
+mod limits;
 /// xorshift64*, so failures of random tests replay by seed.
 pub(super) struct Rng(pub(super) u64);
 

@@ -235,7 +235,7 @@ fn a_failing_mutation_fails_the_transaction() {
 #[test]
 fn transaction_limits_and_bad_input() {
     let e = engine();
-    let many: Vec<Mutation> = (0..=MAX_BATCH)
+    let many: Vec<Mutation> = (0..=Limits::DEFAULT.batch)
         .map(|i| mutation("b", &i.to_string(), Op::Delete))
         .collect();
     assert!(matches!(
