@@ -38,6 +38,15 @@ cross *TARGETS:
 torture rounds="1000":
     KVSTASH_TORTURE_ROUNDS={{rounds}} cargo test -p kvstash --test torture -- --nocapture
 
+# Linearizability under faults (issue 16, tests/tests/linearizability.rs):
+# ROUNDS histories per test of tasks on the memory and file backends,
+# processes sharing a file store (one killed with SIGKILL each round),
+# tasks on Redis (killed and restarted) and on a 3-member etcd cluster
+# (its leader killed), each checked by kvstash_tests::history::check. The
+# tests run one of each.
+linearizability rounds="20":
+    KVSTASH_LINEARIZABILITY_ROUNDS={{rounds}} cargo test -p kvstash-tests --test linearizability -- --nocapture
+
 # Formatting and lints; warnings are errors.
 lint:
     cargo fmt --all --check

@@ -8,6 +8,13 @@
 //!                                            # between accounts a0..a{ACCOUNTS-1}
 //! hammer CONFIG watch BUCKET KEY COUNT       # prints `version value` of KEY's
 //!                                            # events, from version 0, COUNT of them
+//! hammer CONFIG history BUCKET KEYS COUNT CLIENT SEED
+//!                                            # COUNT random operations of a
+//!                                            # linearizability history
+//!                                            # (kvstash_tests::history), each
+//!                                            # as a `B op time` line before it
+//!                                            # and an `E result time` line
+//!                                            # after (JSON; ns since the epoch)
 //! ```
 //!
 //! Prints `ok N` or `contention N` counts and exits 0 if every call
@@ -28,6 +35,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `value` as one line of JSON.
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 fn number(text: Option<&String>) -> Result<u64, String> {
@@ -107,6 +119,39 @@ async fn run(args: &[String]) -> Result<(), String> {
                     println!("{} {}", event.version, String::from_utf8_lossy(&value));
                     seen += 1;
                 }
+            }
+        }
+        "history" => {
+            use kvstash_tests::history::{Workload, run};
+            use std::io::Write as _;
+            let keys = usize::try_from(number(rest.first())?).map_err(|e| e.to_string())?;
+            let count = number(rest.get(1))?;
+            let client = u32::try_from(number(rest.get(2))?).map_err(|e| e.to_string())?;
+            let mut workload = Workload::new(client, keys, number(rest.get(3))?);
+            let now = || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            };
+            let mut out = std::io::stdout().lock();
+            for _ in 0..count {
+                let op = workload.op();
+                // Written before the call, so a kill mid-call leaves it open.
+                writeln!(out, "B {} {}", json(&op), now()).map_err(|e| e.to_string())?;
+                out.flush().map_err(|e| e.to_string())?;
+                let ret = run(&store, &bucket, &op).await.map_err(|e| e.to_string())?;
+                let line = match &ret {
+                    Some(ret) => format!("E {} {}", json(ret), now()),
+                    // Certainly without effect: left out.
+                    None => format!("X null {}", now()),
+                };
+                writeln!(out, "{line}").map_err(|e| e.to_string())?;
+                out.flush().map_err(|e| e.to_string())?;
+                if let Some(ret) = ret {
+                    workload.saw(&op, &ret);
+                }
+                ok += 1;
             }
         }
         other => return Err(format!("unknown job `{other}`")),
