@@ -47,6 +47,27 @@ torture rounds="1000":
 linearizability rounds="20":
     KVSTASH_LINEARIZABILITY_ROUNDS={{rounds}} cargo test -p kvstash-tests --test linearizability -- --nocapture
 
+# Fuzzing (issue 16, fuzz/): every target on random inputs for SECONDS
+# each, and the saved regressions (the tests run them 2 s each).
+fuzz-ci seconds="10":
+    BOLERO_RANDOM_TEST_TIME_MS={{seconds}}000 cargo test -p kvstash-fuzz --test targets -- --nocapture
+
+# Coverage-guided fuzzing of one of the guest's targets (config, json,
+# pointer, schema, record, model) with libFuzzer on stable Rust, for
+# SECONDS: built with the flags `cargo fuzz build -s none` uses, its corpus
+# kept in target/libfuzzer/corpus/TARGET, a crash written to
+# target/libfuzzer/crashes/TARGET/ (copy it to fuzz/regressions/TARGET/
+# once fixed, where the tests replay it).
+fuzz target="json" seconds="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions" \
+        cargo build --manifest-path fuzz/libfuzzer/Cargo.toml --release --target "$host" --target-dir target/libfuzzer --bin {{target}}
+    mkdir -p target/libfuzzer/corpus/{{target}} target/libfuzzer/crashes/{{target}}
+    target/libfuzzer/"$host"/release/{{target}} -max_total_time={{seconds}} \
+        -artifact_prefix=target/libfuzzer/crashes/{{target}}/ target/libfuzzer/corpus/{{target}}
+
 # Formatting and lints; warnings are errors.
 lint:
     cargo fmt --all --check

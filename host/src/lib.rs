@@ -29,6 +29,8 @@ pub mod bench;
 mod bindings;
 mod blocking;
 pub mod cli;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 #[cfg(feature = "apps")]
 pub mod run;
 mod runtime;

@@ -16,6 +16,8 @@
 #[cfg(feature = "etcd")]
 mod etcd;
 mod file;
+#[cfg(feature = "fuzzing")]
+pub use file::fuzzing as file_fuzzing;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -36,7 +36,7 @@ mod bench;
 mod migrate;
 #[cfg(feature = "shell")]
 mod shell;
-mod transfer;
+pub(crate) mod transfer;
 mod txn;
 
 use bench::bench;

@@ -13,14 +13,14 @@ use crate::api::Value;
 
 /// One line of an export.
 #[derive(Debug)]
-pub(super) struct Record {
-    pub(super) bucket: String,
-    pub(super) key: String,
-    pub(super) value: Value,
+pub(crate) struct Record {
+    pub(crate) bucket: String,
+    pub(crate) key: String,
+    pub(crate) value: Value,
 }
 
 /// Parses every line before anything is written, so a bad file writes nothing.
-pub(super) fn read_records(input: impl BufRead) -> anyhow::Result<Vec<Record>> {
+pub(crate) fn read_records(input: impl BufRead) -> anyhow::Result<Vec<Record>> {
     let mut records = Vec::new();
     for (index, line) in input.lines().enumerate() {
         let number = index + 1;
@@ -136,7 +136,7 @@ fn is_object(json: &str) -> bool {
 /// becomes the bucket of the same name (TinyDB's default table is
 /// `_default`), each document a key (its id) holding the document's text
 /// as TinyDB wrote it.
-pub(super) fn read_tinydb(text: &str) -> anyhow::Result<Vec<Record>> {
+pub(crate) fn read_tinydb(text: &str) -> anyhow::Result<Vec<Record>> {
     use serde_json::value::RawValue;
     // TinyDB reads an empty file as an empty database.
     if text.trim().is_empty() {

@@ -43,6 +43,8 @@ mod check;
 #[cfg(test)]
 mod crash;
 mod disk;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod line;
 mod share;
 mod stored;

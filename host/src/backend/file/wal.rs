@@ -474,11 +474,16 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<Option<Header>, BackendErro
     if head.iter().all(|&b| b == 0) {
         return Ok(None);
     }
-    if head.len() < HEADER_LEN as usize || &head[..8] != MAGIC {
-        return Err(BackendError::Invalid(format!(
-            "{} is not a kvstash commit log",
-            path.display()
-        )));
+    // The log is kvstash's by its name: a header that is not a log's is
+    // damage (or another program's file in its place), not a setting.
+    if head.len() < HEADER_LEN as usize {
+        return Err(damaged(path, "its header is cut short"));
+    }
+    if &head[..8] != MAGIC {
+        return Err(damaged(
+            path,
+            "its header is not a kvstash commit log's (damaged, or another program's file)",
+        ));
     }
     let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
     if word(24) != crc32fast::hash(&head[..24]) {
