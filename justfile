@@ -73,8 +73,10 @@ lint:
     cargo fmt --all --check
     cargo fmt --manifest-path tests/apps/Cargo.toml --check
     cargo fmt --manifest-path examples/spin/Cargo.toml --check
+    cargo fmt --manifest-path fuzz/libfuzzer/Cargo.toml --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy -p kvstash --no-default-features --all-targets -- -D warnings
+    cargo clippy -p kvstash-fuzz --no-default-features --all-targets -- -D warnings
     cargo clippy -p kvstash-guest -p kvstash-floor -p kvstash-keyvalue-adapter -p kvstash-memory-adapter --target wasm32-wasip2 -- -D warnings
     cargo clippy --manifest-path tests/apps/Cargo.toml --target wasm32-wasip2 --target-dir target/apps -- -D warnings
     cargo clippy --manifest-path examples/spin/Cargo.toml --target wasm32-wasip2 --release --target-dir target/examples -- -D warnings

@@ -1006,8 +1006,14 @@ mod tests {
     fn a_foreign_or_damaged_header_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.redb");
+        // The log is kvstash's by its name: another header is damage (or
+        // another program's file in its place), never taken for a log.
         std::fs::write(path_of(&db), b"some other file, not a log at all").unwrap();
-        assert!(matches!(open(&db), Err(BackendError::Invalid(_))));
+        let err = open(&db).unwrap_err();
+        assert!(matches!(err, BackendError::Corrupt(_)), "{err:?}");
+        assert!(format!("{err}").contains("another program's file"), "{err}");
+        std::fs::write(path_of(&db), b"short").unwrap();
+        assert!(matches!(open(&db), Err(BackendError::Corrupt(_))));
         three(&dir.path().join("t.redb"));
         let mut bytes = std::fs::read(path_of(&dir.path().join("t.redb"))).unwrap();
         bytes[17] ^= 1;
