@@ -1929,6 +1929,101 @@ fn migrate_needs_a_migrating_configuration() {
 /// instead of listing fewer records, nothing is written, and `check` names
 /// the damage; the undamaged store checks sound.
 #[test]
+fn repair_salvages_what_is_intact_into_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: String = (0..1000)
+        .map(|i| {
+            format!(
+                "{{\"bucket\":\"devices\",\"key\":\"sensor_{i:03}\",\"value\":{{\"alias\":\"sensor {i}\",\"id\":[1,5,{i}]}}}}\n"
+            )
+        })
+        .collect();
+    ok(kvstash_with(dir.path(), &["import"], Some(&records)));
+    ok(kvstash(
+        dir.path(),
+        &["lock", "acquire", "deploy", "--ttl", "1h"],
+    ));
+    let exported = stdout(&ok(kvstash(dir.path(), &["export"])));
+    let meta = |data: &Path| {
+        stdout(&ok(kvstash(
+            data,
+            &["--bucket", "devices", "get", "sensor_500", "--meta"],
+        )))
+    };
+    let original_meta = meta(dir.path());
+
+    // A sound store: everything, at the same versions.
+    let whole = dir.path().join("whole");
+    let repaired = ok(kvstash(
+        dir.path(),
+        &["repair", whole.join("kvstash.redb").to_str().unwrap()],
+    ));
+    assert!(
+        stdout(&repaired).contains("nothing was lost"),
+        "{}",
+        stdout(&repaired)
+    );
+    assert!(stdout(&ok(kvstash(&whole, &["check"]))).contains("sound"));
+    assert_eq!(stdout(&ok(kvstash(&whole, &["export"]))), exported);
+    assert_eq!(meta(&whole), original_meta);
+    let lock = |data: &Path| stdout(&ok(kvstash(data, &["lock", "status", "deploy"])));
+    assert!(lock(&whole).contains("token"), "{}", lock(&whole));
+    assert_eq!(
+        lock(&whole),
+        lock(dir.path()),
+        "the store's own records (a lock) came along"
+    );
+    // It will not write over a store.
+    let again = kvstash(
+        dir.path(),
+        &["repair", whole.join("kvstash.redb").to_str().unwrap()],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("writes a new store"),
+        "{}",
+        stderr(&again)
+    );
+
+    // One damaged leaf page: every other record, none changed.
+    let file = dir.path().join("kvstash.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"sensor_417").unwrap();
+    let page = at - at % 4096;
+    for b in &mut bytes[page + 2..page + 6] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let salvaged = dir.path().join("salvaged");
+    let repaired = ok(kvstash(
+        dir.path(),
+        &["repair", salvaged.join("kvstash.redb").to_str().unwrap()],
+    ));
+    let report = stdout(&repaired);
+    assert!(report.contains("lost: the records after key"), "{report}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "the damaged store is unchanged"
+    );
+    assert!(stdout(&ok(kvstash(&salvaged, &["check"]))).contains("sound"));
+    let kept = stdout(&ok(kvstash(&salvaged, &["export"])));
+    let original: std::collections::HashSet<&str> = exported.lines().collect();
+    let kept: Vec<&str> = kept.lines().collect();
+    assert!(
+        kept.iter().all(|line| original.contains(line)),
+        "a salvaged record differs from the original"
+    );
+    assert!(
+        (900..1000).contains(&kept.len()),
+        "{} of 1000 records salvaged",
+        kept.len()
+    );
+    assert!(!kept.iter().any(|l| l.contains("\"sensor_417\"")));
+    eprintln!("{report}");
+}
+
+#[test]
 fn a_damaged_file_is_refused_by_every_command_and_named_by_check() {
     let dir = tempfile::tempdir().unwrap();
     let records: String = (0..1000)
@@ -1986,7 +2081,7 @@ fn a_damaged_file_is_refused_by_every_command_and_named_by_check() {
     let memory = kvstash(dir.path(), &["--config", r#"{"type":"memory"}"#, "check"]);
     assert_eq!(memory.status.code(), Some(1));
     assert!(
-        stderr(&memory).contains("verifies file stores"),
+        stderr(&memory).contains("works on file stores"),
         "{}",
         stderr(&memory)
     );

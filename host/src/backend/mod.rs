@@ -40,7 +40,8 @@ use async_trait::async_trait;
 pub use etcd::EtcdBackend;
 pub use file::{
     CheckReport as FileCheck, Client as FileClient, FileBackend, FileConfig, GROUP_SLOTS,
-    SyncStats, check as check_file, open as open_file,
+    Salvaged as FileSalvage, SyncStats, check as check_file, open as open_file,
+    salvage as salvage_file,
 };
 pub use memory::MemoryBackend;
 #[cfg(feature = "postgres")]

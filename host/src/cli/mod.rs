@@ -21,7 +21,7 @@
 //! - `bench` — `kvstash bench`
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -200,6 +200,15 @@ enum Command {
     /// their versions, and the commit log. Prints what it checked, or each
     /// thing that is wrong and exits 1. See docs/reliability.md.
     Check,
+    /// Salvage what is intact of a damaged file store into a new store at
+    /// INTO, which must not exist; the damaged store is not changed. Every
+    /// record that passes its checksum is kept with its version, and the
+    /// commit log's sound commits on top. Prints what was lost. See
+    /// docs/reliability.md.
+    Repair {
+        /// The new store's file.
+        into: PathBuf,
+    },
     /// Copy a migrating store's `from` into its `to` while it is in use,
     /// then verify them (records and a checksum per bucket): the store's
     /// configuration must be {"type":"migrating","from":…,"to":…}, as the
@@ -804,16 +813,50 @@ async fn open_store(config: &str, command: &Command) -> anyhow::Result<Store> {
 }
 
 /// `kvstash check` on the store `config` names.
-fn check(config: &str) -> anyhow::Result<std::process::ExitCode> {
+/// The file store `config` names, for `check` and `repair`.
+fn file_config(config: &str, command: &str) -> anyhow::Result<crate::backend::FileConfig> {
     let tree: serde_json::Value =
         serde_json::from_str(config).context("the store configuration is not valid JSON")?;
     let kind = tree.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if kind != "file" {
         bail!(
-            "`kvstash check` verifies file stores; this store's type is {kind:?} (its own server checks what it stores)"
+            "`kvstash {command}` works on file stores; this store's type is {kind:?} (its own server checks what it stores)"
         );
     }
-    let config = crate::backend::FileConfig::from_json(tree)?;
+    Ok(crate::backend::FileConfig::from_json(tree)?)
+}
+
+/// `kvstash repair INTO`.
+fn repair(config: &str, into: &Path) -> anyhow::Result<std::process::ExitCode> {
+    let config = file_config(config, "repair")?;
+    let salvaged = crate::backend::salvage_file(&config, into)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: records read: {} ({} damaged); commits from its log: {}",
+        salvaged.from.display(),
+        salvaged.records,
+        salvaged.damaged_records,
+        salvaged.log_commits
+    )?;
+    for lost in &salvaged.lost {
+        writeln!(out, "lost: {lost}")?;
+    }
+    if salvaged.lost.is_empty() {
+        writeln!(out, "nothing was lost")?;
+    }
+    writeln!(
+        out,
+        "{}: {} records, version {} (the damaged store is unchanged)",
+        salvaged.into.display(),
+        salvaged.written,
+        salvaged.version
+    )?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn check(config: &str) -> anyhow::Result<std::process::ExitCode> {
+    let config = file_config(config, "check")?;
     let report = crate::backend::check_file(&config)?;
     let mut out = std::io::stdout().lock();
     if report.format == 0 {
@@ -925,6 +968,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     if let Command::Check = &cli.command {
         let config = resolve_config(cli.config.as_deref(), cli.data)?;
         return check(&config);
+    }
+    if let Command::Repair { into } = &cli.command {
+        let config = resolve_config(cli.config.as_deref(), cli.data)?;
+        return repair(&config, into);
     }
     if let Command::Info = &cli.command {
         println!("{}", info()?);
@@ -1437,7 +1484,11 @@ async fn execute(
             }
             eprintln!("imported {count} records");
         }
-        Command::Bench { .. } | Command::Info | Command::Check | Command::Migrate(_) => {
+        Command::Bench { .. }
+        | Command::Info
+        | Command::Check
+        | Command::Repair { .. }
+        | Command::Migrate(_) => {
             bail!("this command does not run on an open store")
         }
         #[cfg(feature = "shell")]

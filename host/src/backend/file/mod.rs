@@ -46,12 +46,14 @@ mod disk;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod line;
+mod salvage;
 mod share;
 mod stored;
 mod verify;
 mod wal;
 
 pub use check::{Report as CheckReport, check};
+pub use salvage::{Salvaged, salvage};
 pub use share::Client;
 
 use std::collections::{BTreeMap, HashMap};

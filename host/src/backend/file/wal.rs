@@ -341,6 +341,51 @@ impl ReadLock {
     }
 }
 
+/// What [`salvage`] read: the store's shared lock (`None`: there is no
+/// log), the sound records, and what was wrong, if anything.
+pub(super) type Salvaged = (Option<ReadLock>, Vec<Record>, Option<String>);
+
+/// For `kvstash repair`: the store's shared lock, the sound records of
+/// its log from the start up to the first that is not (whatever its seal
+/// says), and what was wrong, if anything.
+pub(super) fn salvage(db: &Path) -> Result<Salvaged, BackendError> {
+    let path = path_of(db);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Vec::new(), None)),
+        Err(e) => return Err(io_error(&path, "cannot open the commit log", &e)),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(db)),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&path, "cannot lock", &e)),
+    }
+    let mut bytes = Bytes::new(&file, &path);
+    bytes.fill(HEADER_LEN as usize)?;
+    let header = match parse_header(&bytes.buf, &path) {
+        Ok(Some(header)) => header,
+        Ok(None) => return Ok((Some(ReadLock { _file: file }), Vec::new(), None)),
+        Err(e) => {
+            let why = format!("the commit log, whose commits are lost: {e}");
+            return Ok((Some(ReadLock { _file: file }), Vec::new(), Some(why)));
+        }
+    };
+    // What the store's open would say of the log, if anything.
+    let damage = parse_records(&mut bytes, header.salt, header.sealed, &path)
+        .err()
+        .map(|e| format!("the commit log's commits after the first damaged one: {e}"));
+    let mut records = Vec::new();
+    let mut at = HEADER_LEN as usize;
+    while let Some(sound) = bytes.sound_at(at, header.salt)? {
+        let Some(record) = decode(&bytes.buf[sound.body]) else {
+            break;
+        };
+        records.push(record);
+        at = sound.next;
+    }
+    Ok((Some(ReadLock { _file: file }), records, damage))
+}
+
 /// The start of the log, read as far as parsing needs: the file is
 /// usually mostly zero-filled growth, or records from before the last
 /// checkpoint, which a one-shot open should not pay to read.
@@ -1000,6 +1045,42 @@ mod tests {
         assert_eq!((header.salt, header.format), (salt, FORMAT));
         assert!(header.sealed > HEADER_LEN);
         assert_eq!(open(&db).unwrap().1.len(), 1);
+    }
+
+    #[test]
+    fn salvage_takes_the_sound_records_before_the_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        grouped(&db);
+        {
+            let (mut wal, _) = open(&db).unwrap();
+            wal.seal();
+        }
+        let (starts, _) = record_offsets(&db);
+        let sound = std::fs::read(path_of(&db)).unwrap();
+        let (_, all, damage) = salvage(&db).unwrap();
+        assert_eq!((all.len(), damage), (5, None));
+        // Damage inside the fourth record: the sealed log is refused, and
+        // a salvage takes the three before it.
+        let mut bytes = sound.clone();
+        bytes[starts[3] + RECORD_HEADER + 2] ^= 1;
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        assert!(open(&db).is_err());
+        let (lock, records, damage) = salvage(&db).unwrap();
+        assert!(lock.is_some());
+        assert_eq!(records, all[..3].to_vec());
+        assert!(damage.unwrap().contains("damaged"));
+        // A damaged header: nothing to take, and said so.
+        let mut bytes = sound;
+        bytes[3] ^= 1;
+        std::fs::write(path_of(&db), &bytes).unwrap();
+        let (_, records, damage) = salvage(&db).unwrap();
+        assert!(records.is_empty());
+        assert!(damage.unwrap().contains("commits are lost"));
+        // No log: nothing, and nothing wrong.
+        std::fs::remove_file(path_of(&db)).unwrap();
+        let (lock, records, damage) = salvage(&db).unwrap();
+        assert!(lock.is_none() && records.is_empty() && damage.is_none());
     }
 
     #[test]
