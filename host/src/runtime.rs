@@ -1211,6 +1211,11 @@ impl Pool {
         };
         #[cfg(not(feature = "compiler"))]
         let runtime = Runtime::get(options.cache_dir.as_deref())?;
+        // A write that lost a race retries for the configuration's
+        // `retry_deadline_ms`, each of its pauses (50 µs to 20 ms) a wait
+        // that counts a tick: at the defaults (10 s each) such a write
+        // counts well under the limit and ends in `contention`; a longer
+        // `retry_deadline_ms` needs a longer limit (docs/reliability.md).
         let tick_limit = options.call_time_limit.map(|limit| {
             let ticks = limit.as_nanos().div_ceil(TICK.as_nanos()).max(1);
             u32::try_from(ticks).unwrap_or(u32::MAX)
@@ -1308,9 +1313,12 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let mut taken = Vec::new();
         while let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            let Some(instance) = idle.pop() else {
+            let Some(mut instance) = idle.pop() else {
                 break;
             };
+            // A call's budget, as `acquire` gives one.
+            instance.store.data_mut().ticks = 0;
+            instance.store.set_epoch_deadline(1);
             taken.push((instance, permit));
         }
         taken

@@ -1995,10 +1995,11 @@ fn repair_salvages_what_is_intact_into_a_new_store() {
     }
     std::fs::write(&file, &bytes).unwrap();
     let salvaged = dir.path().join("salvaged");
-    let repaired = ok(kvstash(
+    let repaired = kvstash(
         dir.path(),
         &["repair", salvaged.join("kvstash.redb").to_str().unwrap()],
-    ));
+    );
+    assert_eq!(repaired.status.code(), Some(1), "something was lost");
     let report = stdout(&repaired);
     assert!(report.contains("lost: the records after key"), "{report}");
     assert_eq!(

@@ -349,7 +349,8 @@ impl<'h> Search<'h> {
         let mut lanes = vec![Vec::new(); clients.len()];
         let mut unknown = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            match e.ret {
+            // An outcome of `Unknown` is unknown, whatever `ret` says.
+            match e.ret.filter(|_| e.result != Ret::Unknown) {
                 Some(_) => {
                     let lane = clients.binary_search(&e.client).unwrap_or_default();
                     lanes[lane].push(i);

@@ -852,7 +852,12 @@ fn repair(config: &str, into: &Path) -> anyhow::Result<std::process::ExitCode> {
         salvaged.written,
         salvaged.version
     )?;
-    Ok(std::process::ExitCode::SUCCESS)
+    // Like `check`: 1 says the new store lacks something the old one had.
+    Ok(if salvaged.lost.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 fn check(config: &str) -> anyhow::Result<std::process::ExitCode> {

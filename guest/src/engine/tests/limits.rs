@@ -151,6 +151,19 @@ fn what_was_stored_under_larger_limits_stays_readable() {
     let page = e.list("b", &ListOptions::default()).unwrap();
     assert_eq!(page.items.len(), 2);
     assert!(page.items.iter().any(|i| i.key == long_key));
+    // Paging goes on past a long key (its cursor names it).
+    let back = ListOptions {
+        limit: Some(1),
+        reverse: true,
+        ..ListOptions::default()
+    };
+    let first = e.list("b", &back).unwrap();
+    assert_eq!(first.items[0].key, long_key);
+    let next = ListOptions {
+        cursor: first.cursor.clone(),
+        ..back
+    };
+    assert_eq!(e.list("b", &next).unwrap().items[0].key, "big");
     assert_eq!(
         e.get("b", "big").unwrap().unwrap().value,
         Value::Bytes(vec![7; 1000])

@@ -69,7 +69,13 @@ pub fn salvage(config: &FileConfig, into: &Path) -> Result<Salvaged, BackendErro
     report.lost.extend(log_damage);
     let mut records: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
     let mut version = 0;
-    match config.builder().open_read_only(&from) {
+    // redb may panic opening a damaged file it does not verify.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        config.builder().open_read_only(&from)
+    }))
+    .map_err(|panic| redb_panicked(&from, &*panic).to_string())
+    .and_then(|opened| opened.map_err(|e| e.to_string()));
+    match opened {
         Ok(db) => version = scan(&db, &from, &mut records, &mut report),
         Err(e) => report.lost.push(format!(
             "redb cannot open {} ({e}): none of its records could be read, only the log's commits",
@@ -109,26 +115,46 @@ fn scan(
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
             .unwrap_or_else(|panic| Err(redb_panicked(path, &*panic)))
     };
-    let Ok(txn) = db.begin_read() else {
+    let mut txn = None;
+    let began = guarded(&mut || {
+        txn = Some(db.begin_read().map_err(unavailable)?);
+        Ok(())
+    });
+    let Some(txn) = txn else {
+        let why = began.err().map(|e| e.to_string()).unwrap_or_default();
         report
             .lost
-            .push(format!("redb cannot read {}", path.display()));
+            .push(format!("redb cannot read {}: {why}", path.display()));
         return 0;
     };
     let mut version = None;
+    let mut format = None;
     let meta = guarded(&mut || {
-        version = read_meta(&txn, path)?.map(|m| m.version);
+        let meta = read_meta(&txn, path)?;
+        version = meta.as_ref().map(|m| m.version);
+        format = meta.map(|m| m.format);
         Ok(())
     });
     if let Err(e) = meta {
         report.lost.push(format!("its meta table: {e}"));
     }
-    let table = match txn.open_table(RECORDS) {
-        Ok(table) => table,
-        Err(e) => {
-            report.lost.push(format!("its records table: {e}"));
-            return version.unwrap_or(0);
-        }
+    if format.is_some_and(|f| f != super::FORMAT) {
+        report.lost.push(format!(
+            "{} has an older format, whose records `kvstash repair` does not read: open it once \
+             with kvstash (which raises its format), then repair it",
+            path.display()
+        ));
+        return version.unwrap_or(0);
+    }
+    let mut table = None;
+    let opened = guarded(&mut || {
+        table = Some(txn.open_table(RECORDS).map_err(unavailable)?);
+        Ok(())
+    });
+    let Some(table) = table else {
+        let why = opened.err().map(|e| e.to_string()).unwrap_or_default();
+        report.lost.push(format!("its records table: {why}"));
+        return version.unwrap_or(0);
     };
     let mut take = |key: &[u8], value: &[u8], report: &mut Salvaged| {
         report.records += 1;
@@ -199,6 +225,29 @@ fn write_store(
     if let Some(dir) = into.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
     }
+    // Written aside and renamed when whole: a repair that fails leaves no
+    // store that looks repaired.
+    let mut partial = into.as_os_str().to_owned();
+    partial.push(".repairing");
+    let partial = PathBuf::from(partial);
+    let _ = std::fs::remove_file(&partial);
+    let written = write_file(config, &partial, records, version)
+        .and_then(|()| std::fs::rename(&partial, into).map_err(|e| failed(&e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
+}
+
+fn write_file(
+    config: &FileConfig,
+    into: &Path,
+    records: &BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
+    version: u64,
+) -> Result<(), BackendError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        BackendError::Unavailable(format!("writing {}: {e}", into.display()))
+    };
     let db = config.builder().create(into).map_err(|e| failed(&e))?;
     init_tables(&db, into)?;
     let txn = begin_write(&db)?;
