@@ -219,11 +219,8 @@ fn write_store(
     records: &BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
     version: u64,
 ) -> Result<(), BackendError> {
-    let failed = |e: &dyn std::fmt::Display| {
-        BackendError::Unavailable(format!("writing {}: {e}", into.display()))
-    };
     if let Some(dir) = into.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        std::fs::create_dir_all(dir).map_err(|e| writing(into, &e))?;
     }
     // Written aside and renamed when whole: a repair that fails leaves no
     // store that looks repaired.
@@ -232,23 +229,29 @@ fn write_store(
     let partial = PathBuf::from(partial);
     let _ = std::fs::remove_file(&partial);
     let written = write_file(config, &partial, records, version)
-        .and_then(|()| std::fs::rename(&partial, into).map_err(|e| failed(&e)));
+        .and_then(|()| std::fs::rename(&partial, into).map_err(|e| writing(into, &e)));
     if written.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
     written
 }
 
+/// The error of a failed write of the new store at `into`.
+fn writing(into: &Path, e: &dyn std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("writing {}: {e}", into.display()))
+}
+
+/// [`write_store`]'s file, at `into`.
 fn write_file(
     config: &FileConfig,
     into: &Path,
     records: &BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
     version: u64,
 ) -> Result<(), BackendError> {
-    let failed = |e: &dyn std::fmt::Display| {
-        BackendError::Unavailable(format!("writing {}: {e}", into.display()))
-    };
-    let db = config.builder().create(into).map_err(|e| failed(&e))?;
+    let db = config
+        .builder()
+        .create(into)
+        .map_err(|e| writing(into, &e))?;
     init_tables(&db, into)?;
     let txn = begin_write(&db)?;
     {
