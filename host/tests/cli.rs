@@ -16,22 +16,7 @@ fn kvstash(data: &Path, args: &[&str]) -> Output {
 }
 
 fn kvstash_with(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvstash"));
-    cmd.arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("KVSTASH_STORE")
-        .env_remove("KVSTASH_BUCKET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    kvstash_bytes(data, args, stdin.unwrap_or_default().as_bytes())
 }
 
 fn stdout(o: &Output) -> String {
@@ -210,12 +195,15 @@ fn odd_bytes_and_odd_keys_from_the_command_line() {
     assert_eq!(files, ["kvstash.redb", "kvstash.redb-wal"]);
 }
 
-/// `kvstash --data DATA ARGS` with `stdin` as its standard input.
+/// `kvstash --data DATA ARGS` with `stdin` as its standard input (and no
+/// store or bucket from the environment).
 fn kvstash_bytes(data: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvstash"))
         .arg("--data")
         .arg(data)
         .args(args)
+        .env_remove("KVSTASH_STORE")
+        .env_remove("KVSTASH_BUCKET")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
