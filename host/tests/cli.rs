@@ -2014,11 +2014,27 @@ fn repair_salvages_what_is_intact_into_a_new_store() {
 
 #[test]
 fn a_damaged_file_is_refused_by_every_command_and_named_by_check() {
+    damaged_file_is_refused(1000, 0);
+}
+
+/// The same past `verify_mb` (1 MiB by default): the close that wrote the
+/// file marked it, the damage after it changed it, and every open verifies
+/// it again.
+#[test]
+fn a_damaged_file_past_verify_mb_is_refused_too() {
+    damaged_file_is_refused(6000, 200);
+}
+
+/// `count` records (each with a note of `note` bytes) imported and the
+/// store closed, then a leaf page's header damaged in place, as a user
+/// would with a few flipped bytes.
+fn damaged_file_is_refused(count: usize, note: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let records: String = (0..1000)
+    let note = "n".repeat(note);
+    let records: String = (0..count)
         .map(|i| {
             format!(
-                "{{\"bucket\":\"devices\",\"key\":\"sensor_{i:03}\",\"value\":{{\"alias\":\"sensor {i}\",\"id\":[1,5,{i}]}}}}\n"
+                "{{\"bucket\":\"devices\",\"key\":\"sensor_{i:05}\",\"value\":{{\"alias\":\"sensor {i}\",\"id\":[1,5,{i}],\"note\":\"{note}\"}}}}\n"
             )
         })
         .collect();
@@ -2029,13 +2045,17 @@ fn a_damaged_file_is_refused_by_every_command_and_named_by_check() {
         dir.path(),
         &["--bucket", "devices", "list", "--keys"],
     ));
-    assert_eq!(stdout(&listed).lines().count(), 1000);
+    assert_eq!(stdout(&listed).lines().count(), count);
 
     let file = dir.path().join("kvstash.redb");
     let mut bytes = std::fs::read(&file).unwrap();
+    if count > 1000 {
+        assert!(bytes.len() > 1 << 20, "{} bytes", bytes.len());
+    }
+    let damaged = format!("sensor_{:05}", count * 417 / 1000);
     let at = bytes
-        .windows(10)
-        .position(|w| w == b"sensor_417")
+        .windows(damaged.len())
+        .position(|w| w == damaged.as_bytes())
         .expect("the record is in redb's file (the close checkpointed)");
     let page = at - at % 4096;
     for b in &mut bytes[page + 2..page + 6] {
@@ -2045,8 +2065,8 @@ fn a_damaged_file_is_refused_by_every_command_and_named_by_check() {
 
     for args in [
         &["--bucket", "devices", "list", "--keys"][..],
-        &["--bucket", "devices", "get", "sensor_001"],
-        &["--bucket", "devices", "set", "sensor_001", "1"],
+        &["--bucket", "devices", "get", "sensor_00001"],
+        &["--bucket", "devices", "set", "sensor_00001", "1"],
         &["export"],
     ] {
         let o = kvstash(dir.path(), args);

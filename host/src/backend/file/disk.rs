@@ -29,6 +29,11 @@ pub(super) trait Disk: Send + Sync + Debug {
         builder: &Builder,
         path: &Path,
     ) -> Result<redb::ReadOnlyDatabase, DatabaseError>;
+    /// What the verified mark records of the file at `path` (`mark.rs`);
+    /// `None` where marks are not kept (the crash tests' disk).
+    fn fingerprint(&self, _path: &Path) -> Option<super::mark::Fingerprint> {
+        None
+    }
     /// redb on the file at `path` after its integrity check, which writes
     /// nothing to the file (`verify.rs`); `None` where damage is not what
     /// is simulated (the crash tests' disk).
@@ -104,6 +109,10 @@ impl Disk for Real {
         path: &Path,
     ) -> Option<Result<Database, DatabaseError>> {
         Some(super::verify::open_verified(builder, path))
+    }
+
+    fn fingerprint(&self, path: &Path) -> Option<super::mark::Fingerprint> {
+        super::mark::Fingerprint::of(path)
     }
 }
 

@@ -32,7 +32,8 @@
 //!
 //! **Damage** is refused, never served: records and changes carry their own
 //! checksums, checked on every read; a small file is verified in full at
-//! open (`verify.rs`); a clean close seals the log (`wal.rs`); `kvstash
+//! open (`verify.rs`), and so is a larger one unless its mark says it is
+//! as it was when last known sound (`mark.rs`); a clean close seals the log (`wal.rs`); `kvstash
 //! check` verifies everything (`check.rs`).
 //!
 //! One process opens each file once: every handle on the same path in one
@@ -46,6 +47,7 @@ mod disk;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod line;
+mod mark;
 mod salvage;
 mod share;
 mod stored;
@@ -125,8 +127,9 @@ pub struct FileConfig {
     /// A redb file of at most this many MiB is verified in full (redb's
     /// checksum of every page) at every open, so damage anywhere in it is
     /// refused before anything is read (default 1; 0: never). A larger
-    /// file is verified by `kvstash check`; its records carry their own
-    /// checksums on every read.
+    /// file is verified at open unless it is exactly as a verification or
+    /// its writer's close left it (`mark.rs`). `kvstash check` verifies any
+    /// file; records carry their own checksums on every read.
     #[serde(default)]
     pub verify_mb: Option<u32>,
     /// Open the file for reading only (not from JSON: the CLI's read
@@ -254,6 +257,10 @@ pub struct FileBackend {
     closing: Arc<Closing>,
     /// The socket other processes use this store through (a writer's).
     server: Option<share::Server>,
+    /// A writer that found redb's file sound at open marks it sound as it
+    /// closes it (`mark.rs`), if it is then larger than this (`verify_mb`);
+    /// `None`: no mark (a reader, `verify_mb` 0, not a real disk).
+    mark_past: Option<u64>,
 }
 
 /// Whether a backend that is being dropped has let go of its file yet: an
@@ -677,6 +684,11 @@ impl Drop for FileBackend {
             state.table = None;
             state.db = Db::Closed(format!("{} is closed", self.path.display()));
         }
+        if let Some(past) = self.mark_past
+            && let Some(closed) = mark::Fingerprint::of(&self.path).filter(|f| f.len() > past)
+        {
+            mark::mark(&self.path, &closed);
+        }
         self.read_lock.take();
         self.closing.finish();
     }
@@ -829,7 +841,7 @@ impl FileBackend {
             Some((lock, records)) => (Some(lock), records),
             None => (None, Vec::new()),
         };
-        let verified = verify_small(&disk::Real, path, config)?;
+        let verified = verify_at_open(&disk::Real, path, config)?;
         let db = match config.builder().open_read_only(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::RepairAborted) => return Ok(None),
@@ -856,6 +868,7 @@ impl FileBackend {
             read_lock: lock,
             closing: Arc::default(),
             server: None,
+            mark_past: None,
         }))
     }
 
@@ -869,7 +882,7 @@ impl FileBackend {
     ) -> Result<Self, BackendError> {
         // The log first: it holds the store's lock.
         let (wal, records) = Wal::open(disk.clone(), path)?;
-        let (db, meta) = match open_db_guarded(&*disk, path, config) {
+        let (db, meta, sound) = match open_db_guarded(&*disk, path, config) {
             Ok(opened) => opened,
             Err(e) => {
                 wal.discard_if_new();
@@ -877,6 +890,8 @@ impl FileBackend {
             }
         };
         let state = State::new(db, meta, records, config, path)?;
+        let mark_past = (sound && config.verify_mb != Some(0) && disk.fingerprint(path).is_some())
+            .then(|| config.verify_bytes());
         let commits = Arc::new(tokio::sync::watch::Sender::new(state.version));
         let counters = Arc::new(Counters::default());
         let state = Arc::new(RwLock::new(state));
@@ -920,6 +935,7 @@ impl FileBackend {
             read_lock: None,
             closing: Arc::default(),
             server,
+            mark_past,
         })
     }
 
@@ -965,7 +981,7 @@ fn open_db_guarded(
     disk: &dyn Disk,
     path: &Path,
     config: &FileConfig,
-) -> Result<(Db, Meta), BackendError> {
+) -> Result<OpenedDb, BackendError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_db(disk, path, config)))
         .unwrap_or_else(|panic| Err(redb_panicked(path, &*panic)))
 }
@@ -973,11 +989,11 @@ fn open_db_guarded(
 /// redb at `path` for a writer: read-only when it is a kvstash file of the
 /// current format that was closed cleanly, else read-write (creating it,
 /// making its tables, or raising its format).
-fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<(Db, Meta), BackendError> {
+fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<OpenedDb, BackendError> {
     // An empty file was made by a crash before redb wrote anything: new.
     let existed = disk.file_len(path).is_some_and(|len| len > 0);
     if existed {
-        let verified = verify_small(disk, path, config)?;
+        let verified = verify_at_open(disk, path, config)?;
         match disk.open_db_read_only(&config.builder(), path) {
             Ok(db) => {
                 let meta = {
@@ -986,7 +1002,8 @@ fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<(Db, Met
                 };
                 verified.agrees(path, meta.as_ref())?;
                 if let Some(meta) = meta.filter(|m| m.format == FORMAT) {
-                    return Ok((Db::Reading(db), meta));
+                    verified.mark(path, config);
+                    return Ok((Db::Reading(db), meta, verified.sound()));
                 }
             }
             Err(redb::DatabaseError::RepairAborted) => {}
@@ -1001,7 +1018,7 @@ fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<(Db, Met
         };
         verified.agrees(path, meta.as_ref())?;
         let meta = init_tables(&db, path)?;
-        return Ok((Db::Writing(db), meta));
+        return Ok((Db::Writing(db), meta, verified.sound()));
     }
     // A new file is made whole under another name, then renamed: a crash
     // while redb writes its first pages leaves no half-made store behind
@@ -1033,25 +1050,37 @@ fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<(Db, Met
     // redb does not sync the directory: without this, a power cut could
     // lose the file's name after a checkpoint reset the log.
     wal::sync_parent(disk, path)?;
-    Ok((Db::Writing(db), meta))
+    Ok((Db::Writing(db), meta, true))
 }
 
-/// What [`verify_small`] found: the newest commit of the file as verified.
+/// What [`open_db`] opened, and whether the file was known sound then
+/// (verified, vouched for by its mark, or new).
+type OpenedDb = (Db, Meta, bool);
+
+/// What [`verify_at_open`] found.
 enum Verified {
-    /// Too large to verify at open (or not on a real disk).
+    /// Not verified: `verify_mb` is 0 (or the file is not on a real disk).
     No,
-    /// The `meta` version the verified file holds (`None`: a file without
-    /// kvstash's tables yet).
-    At(Option<u64>),
+    /// Not verified: the file is as it was last known sound ([`mark`]).
+    Vouched,
+    /// Verified: the `meta` version of the newest commit (`None`: a file
+    /// without kvstash's tables yet), and the file as it was verified.
+    At(Option<u64>, Option<mark::Fingerprint>),
 }
 
 impl Verified {
+    /// Whether the file was sound at open, so that the writer may mark it
+    /// sound when it closes it.
+    fn sound(&self) -> bool {
+        !matches!(self, Self::No)
+    }
+
     /// An error unless the open reads the commit that was verified: redb
     /// falls back to the commit before when the newest fails its checksums
     /// and was not committed in two phases (kvstash's commits are, from
     /// format 3 on, so this catches files an older build wrote last).
     fn agrees(&self, path: &Path, meta: Option<&Meta>) -> Result<(), BackendError> {
-        let Self::At(verified) = self else {
+        let Self::At(verified, _) = self else {
             return Ok(());
         };
         let read = meta.map(|m| m.version);
@@ -1065,28 +1094,45 @@ impl Verified {
             verified.map_or_else(|| "none".to_string(), |v| v.to_string()),
         )))
     }
+
+    /// Marks the file sound as it was verified, if the open left it as it
+    /// was (redb opened read-only) and it is too large to verify at every
+    /// open: the next open need not verify it again.
+    fn mark(&self, path: &Path, config: &FileConfig) {
+        if let Self::At(_, Some(verified)) = self
+            && verified.len() > config.verify_bytes()
+        {
+            mark::mark(path, verified);
+        }
+    }
 }
 
 /// redb's integrity check of the file at `path` (every page's checksum,
-/// without writing the file: `verify.rs`) when it is at most
-/// `verify_mb`; an error that says what is damaged if it fails.
-fn verify_small(
+/// without writing the file: `verify.rs`): always for a file of at most
+/// `verify_mb`, and for a larger one unless its mark vouches for it
+/// (`mark.rs`); an error that says what is damaged if it fails.
+fn verify_at_open(
     disk: &dyn Disk,
     path: &Path,
     config: &FileConfig,
 ) -> Result<Verified, BackendError> {
-    let small = disk
-        .file_len(path)
-        .is_some_and(|len| len > 0 && len <= config.verify_bytes());
-    if !small {
+    let len = disk.file_len(path).unwrap_or(0);
+    if len == 0 || config.verify_mb == Some(0) {
         return Ok(Verified::No);
+    }
+    let before = disk.fingerprint(path);
+    if len > config.verify_bytes() && before.as_ref().is_some_and(|f| mark::vouches(path, f)) {
+        return Ok(Verified::Vouched);
     }
     let Some(db) = disk.open_db_verified(config.builder(), path) else {
         return Ok(Verified::No);
     };
     let db = db.map_err(|e| damaged_db(path, e))?;
     let txn = db.begin_read().map_err(unavailable)?;
-    Ok(Verified::At(read_meta(&txn, path)?.map(|m| m.version)))
+    Ok(Verified::At(
+        read_meta(&txn, path)?.map(|m| m.version),
+        before,
+    ))
 }
 
 /// The error for a redb file that fails its integrity check.
@@ -3151,11 +3197,14 @@ mod tests {
         }
     }
 
-    /// A larger file is not verified at open (its records' own checksums
-    /// still are on every read); `verify_mb` raised, it is, and the
-    /// damage refuses the open. `check` finds it either way.
+    /// A file larger than `verify_mb` is verified at open unless its mark
+    /// vouches for it: the writer's close marks it, so the next open skips
+    /// the verification, and damage made through the file system after the
+    /// close refuses the open. Damage the mark cannot see (below the file
+    /// system: simulated by marking the damaged file) is found by `check`;
+    /// `verify_mb` 0 verifies nothing at open.
     #[tokio::test]
-    async fn files_past_verify_mb_are_verified_by_check() {
+    async fn files_past_verify_mb_are_verified_unless_marked_as_they_are() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let config = FileConfig {
@@ -3177,6 +3226,18 @@ mod tests {
         assert_eq!(report.records, 8000);
         let len = std::fs::metadata(&path).unwrap().len();
         assert!(len > 1 << 20, "past the default verify_mb: {len} bytes");
+        let closed = mark::Fingerprint::of(&path).unwrap();
+        assert!(mark::vouches(&path, &closed), "the close marked the file");
+        for read_only in [false, true] {
+            let backend = FileBackend::open_shared(&FileConfig {
+                read_only,
+                ..config.clone()
+            })
+            .unwrap();
+            assert_eq!(backend.scan(&all()).await.unwrap().len(), 8000);
+        }
+        assert!(mark::vouches(&path, &mark::Fingerprint::of(&path).unwrap()));
+
         // Damage a leaf page's header, which no record checksum covers.
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes
@@ -3188,22 +3249,80 @@ mod tests {
             *b ^= 0x5a;
         }
         std::fs::write(&path, &bytes).unwrap();
+        for read_only in [false, true] {
+            let e = FileBackend::open_shared(&FileConfig {
+                read_only,
+                ..config.clone()
+            })
+            .unwrap_err();
+            assert!(matches!(e, BackendError::Corrupt(_)), "{e:?}");
+            assert!(format!("{e}").contains("integrity check"), "{e}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was written");
         let report = check(&config).unwrap();
         assert!(!report.is_sound());
         assert!(report.problems[0].contains("integrity check"), "{report:?}");
-        let verified = FileConfig {
-            verify_mb: Some(64),
-            ..config.clone()
-        };
-        let e = FileBackend::open_shared(&verified).unwrap_err();
-        assert!(format!("{e}").contains("integrity check"), "{e}");
-        let e = FileBackend::open_shared(&FileConfig {
+
+        // What the mark cannot see: the damaged file as if it were the one
+        // marked (damage below the file system). The open trusts the mark;
+        // `check` does not.
+        mark::mark(&path, &mark::Fingerprint::of(&path).unwrap());
+        FileBackend::open_shared(&FileConfig {
             read_only: true,
-            ..verified
+            ..config.clone()
         })
-        .unwrap_err();
-        assert!(format!("{e}").contains("integrity check"), "{e}");
+        .unwrap();
+        assert!(!check(&config).unwrap().is_sound());
+        // With `verify_mb` 0 nothing is verified at open, marked or not.
+        std::fs::remove_file(mark::path_of(&path)).unwrap();
+        FileBackend::open_shared(&FileConfig {
+            read_only: true,
+            verify_mb: Some(0),
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(!mark::path_of(&path).exists());
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was written");
+    }
+
+    /// A writer that verified a large unmarked file at open marks it (the
+    /// next open skips the verification); one that did not (`verify_mb`
+    /// 0) marks nothing, even at close.
+    #[tokio::test]
+    async fn a_verified_open_marks_the_file_and_an_unverified_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let config = FileConfig {
+            checkpoint_kb: Some(64),
+            ..FileConfig::new(&path)
+        };
+        let value = "v".repeat(300);
+        {
+            let backend = FileBackend::open_shared(&FileConfig {
+                verify_mb: Some(0),
+                ..config.clone()
+            })
+            .unwrap();
+            for chunk in 0..20 {
+                let writes = (0..200)
+                    .map(|i| write(&format!("key{chunk:02}_{i:03}"), &value))
+                    .collect();
+                backend.commit(vec![], writes).await.unwrap();
+            }
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > 1 << 20);
+        assert!(!mark::path_of(&path).exists(), "verify_mb 0 marks nothing");
+        // A read-only open verifies it, and writes nothing.
+        FileBackend::open_shared(&FileConfig {
+            read_only: true,
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(!mark::path_of(&path).exists());
+        // A writer verifies it and marks it at once (not only at close).
+        let backend = FileBackend::open_shared(&config).unwrap();
+        assert!(mark::vouches(&path, &mark::Fingerprint::of(&path).unwrap()));
+        assert_eq!(backend.scan(&all()).await.unwrap().len(), 4000);
     }
 
     /// `check` of a sound store with commits in the log, and of one whose
