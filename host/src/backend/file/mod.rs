@@ -813,10 +813,7 @@ impl FileBackend {
         };
         let backend = match config.read_only {
             // A panic inside redb opening a damaged file is an error.
-            true => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Self::open_read_only(&path, config)
-            }))
-            .unwrap_or_else(|panic| Err(redb_panicked(&path, &*panic)))?,
+            true => guarded(&path, || Self::open_read_only(&path, config))?,
             false => None,
         };
         let backend = match backend {
@@ -957,22 +954,60 @@ impl FileBackend {
         read: impl FnOnce(&State) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let state = self.state();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&state)))
-            .unwrap_or_else(|panic| Err(redb_panicked(&self.path, &*panic)))
+        guarded(&self.path, || read(&state))
     }
 }
 
-/// The error for a panic inside redb, reading the file at `path`.
-fn redb_panicked(path: &Path, panic: &(dyn std::any::Any + Send)) -> BackendError {
-    let why = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    BackendError::Corrupt(format!(
-        "corrupt data in the file backend: redb failed reading {} ({why}), which a damaged page does; nothing was changed (`kvstash check` names the damage)",
-        path.display()
-    ))
+thread_local! {
+    /// Whether this thread is inside [`guarded`], and where the panic it
+    /// caught was raised.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static RAISED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `f`, with a panic inside it turned into the error for corrupt data at
+/// `path`: redb verifies no checksum when it reads, and a damaged page of a
+/// file it did not verify may make it panic. The process, and every other
+/// store in it, goes on. The panic is not printed (it is reported, with
+/// where it was raised, as the error): the panic hook installed here once
+/// stays silent for panics inside `guarded` and passes every other one to
+/// the hook that was installed before it.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.get() {
+                // A dependency's path from its crate on (`redb-4.6.0/src/…`).
+                let at = info.location().map(|l| {
+                    let file = l.file();
+                    let file = file
+                        .split_once("/registry/src/")
+                        .and_then(|(_, index)| index.split_once('/'))
+                        .map_or(file, |(_, from_crate)| from_crate);
+                    format!("{file}:{}", l.line())
+                });
+                RAISED.set(at);
+            } else {
+                before(info);
+            }
+        }));
+    });
+    let outer = GUARDED.replace(true);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.set(outer);
+    result.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = RAISED.take().map(|at| format!(" at {at}")).unwrap_or_default();
+        Err(BackendError::Corrupt(format!(
+            "corrupt data in the file backend: redb failed reading {} ({why}{at}), which a damaged page does; nothing was changed (`kvstash check` names the damage)",
+            path.display()
+        )))
+    })
 }
 
 /// [`open_db`] with a panic inside redb, opening a damaged file it did not
@@ -982,8 +1017,7 @@ fn open_db_guarded(
     path: &Path,
     config: &FileConfig,
 ) -> Result<OpenedDb, BackendError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_db(disk, path, config)))
-        .unwrap_or_else(|panic| Err(redb_panicked(path, &*panic)))
+    guarded(path, || open_db(disk, path, config))
 }
 
 /// redb at `path` for a writer: read-only when it is a kvstash file of the

@@ -19,8 +19,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use super::stored::{self, RECORDS};
 use super::{
-    FileConfig, META, begin_write, canonical, init_tables, read_meta, redb_panicked, unavailable,
-    wal,
+    FileConfig, META, begin_write, canonical, guarded, init_tables, read_meta, unavailable, wal,
 };
 use crate::backend::BackendError;
 
@@ -70,11 +69,9 @@ pub fn salvage(config: &FileConfig, into: &Path) -> Result<Salvaged, BackendErro
     let mut records: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
     let mut version = 0;
     // redb may panic opening a damaged file it does not verify.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        config.builder().open_read_only(&from)
-    }))
-    .map_err(|panic| redb_panicked(&from, &*panic).to_string())
-    .and_then(|opened| opened.map_err(|e| e.to_string()));
+    let opened = guarded(&from, || Ok(config.builder().open_read_only(&from)))
+        .map_err(|e| e.to_string())
+        .and_then(|opened| opened.map_err(|e| e.to_string()));
     match opened {
         Ok(db) => version = scan(&db, &from, &mut records, &mut report),
         Err(e) => report.lost.push(format!(
@@ -111,10 +108,7 @@ fn scan(
     out: &mut BTreeMap<Vec<u8>, (u64, Vec<u8>)>,
     report: &mut Salvaged,
 ) -> u64 {
-    let guarded = |read: &mut dyn FnMut() -> Result<(), BackendError>| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
-            .unwrap_or_else(|panic| Err(redb_panicked(path, &*panic)))
-    };
+    let guarded = |read: &mut dyn FnMut() -> Result<(), BackendError>| guarded(path, read);
     let mut txn = None;
     let began = guarded(&mut || {
         txn = Some(db.begin_read().map_err(unavailable)?);
