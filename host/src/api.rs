@@ -1019,6 +1019,24 @@ impl Transaction {
     pub async fn commit(self) -> Result<u64, Error> {
         let checks: Vec<wit::Check> = self.checks.into_iter().map(|c| c.0).collect();
         let mutations = self.mutations;
+        let value_len = |m: &wit::Mutation| match &m.op {
+            wit::Op::Set(wit::Value::Json(text)) => text.len(),
+            wit::Op::Set(wit::Value::Bytes(bytes)) => bytes.len(),
+            wit::Op::SetPath(op) | wit::Op::AppendPath(op) => op.value.len(),
+            wit::Op::Delete | wit::Op::Increment(_) | wit::Op::DeletePath(_) => 0,
+        };
+        let path_len = |m: &wit::Mutation| match &m.op {
+            wit::Op::SetPath(op) | wit::Op::AppendPath(op) => op.path.len(),
+            wit::Op::DeletePath(path) => path.len(),
+            wit::Op::Set(_) | wit::Op::Delete | wit::Op::Increment(_) => 0,
+        };
+        let len = mutations
+            .iter()
+            .map(|m| m.bucket.len() + m.key.len() + path_len(m) + value_len(m))
+            .sum();
+        self.store
+            .pool
+            .check_write(mutations.iter().map(value_len), len)?;
         call!(self.store, |inst| inst
             .kv
             .kvstash_store_store()
@@ -1148,14 +1166,18 @@ impl Bucket {
 
     /// Stores JSON text (validated by the store); returns the new version.
     pub async fn set_json_text(&self, key: &str, json: &str) -> Result<u64, Error> {
-        self.store.pool.check_value_len(json.len())?;
+        self.store
+            .pool
+            .check_write([json.len()], key.len() + json.len())?;
         bucket_call!(self, |api, store, handle| api
             .call_set(store, handle, key, json))
     }
 
     /// Stores raw bytes; returns the new version.
     pub async fn set_bytes(&self, key: &str, value: &[u8]) -> Result<u64, Error> {
-        self.store.pool.check_value_len(value.len())?;
+        self.store
+            .pool
+            .check_write([value.len()], key.len() + value.len())?;
         bucket_call!(self, |api, store, handle| api
             .call_set_bytes(store, handle, key, value))
     }
@@ -1169,10 +1191,13 @@ impl Bucket {
         options: &WriteOptions,
     ) -> Result<u64, Error> {
         let value = value.into_wit();
-        self.store.pool.check_value_len(match &value {
+        let value_len = match &value {
             wit::Value::Json(text) => text.len(),
             wit::Value::Bytes(bytes) => bytes.len(),
-        })?;
+        };
+        self.store
+            .pool
+            .check_write([value_len], key.len() + value_len)?;
         let options = wit::WriteOptions {
             if_version: options.if_version,
             if_absent: options.if_absent,
@@ -1241,6 +1266,9 @@ impl Bucket {
         value: &T,
     ) -> Result<u64, Error> {
         let value = json_text(value)?;
+        self.store
+            .pool
+            .check_write([value.len()], key.len() + path.len() + value.len())?;
         bucket_call!(self, |api, store, handle| api
             .call_set_path(store, handle, key, path, &value))
     }
@@ -1259,6 +1287,9 @@ impl Bucket {
         value: &T,
     ) -> Result<u64, Error> {
         let value = json_text(value)?;
+        self.store
+            .pool
+            .check_write([value.len()], key.len() + path.len() + value.len())?;
         bucket_call!(self, |api, store, handle| api
             .call_append_path(store, handle, key, path, &value))
     }
@@ -1337,6 +1368,10 @@ impl Bucket {
 
     /// Stores every (key, JSON text) pair atomically; returns the version.
     pub async fn set_many(&self, pairs: &[(String, String)]) -> Result<u64, Error> {
+        let len = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.store
+            .pool
+            .check_write(pairs.iter().map(|(_, v)| v.len()), len)?;
         bucket_call!(self, |api, store, handle| api
             .call_set_many(store, handle, pairs))
     }

@@ -1232,20 +1232,48 @@ impl Pool {
         })
     }
 
-    /// A value of `len` bytes is refused, as the guest would refuse it,
-    /// before it is copied into an instance: a value larger than an
-    /// instance's memory would otherwise trap instead of being refused.
     /// The configuration's `limits.value_bytes`.
     #[cfg(feature = "serve")]
     pub(crate) fn value_bytes(&self) -> usize {
         self.value_bytes
     }
 
-    pub(crate) fn check_value_len(&self, len: usize) -> Result<(), Error> {
+    /// A value of `len` bytes is refused, as the guest would refuse it,
+    /// before it is copied into an instance: a value larger than an
+    /// instance's memory would otherwise trap instead of being refused.
+    fn check_value_len(&self, len: usize) -> Result<(), Error> {
         if len > self.value_bytes {
             return Err(Error::InvalidValue(format!(
                 "value is {len} bytes, at most {} are allowed (limits.value_bytes)",
                 self.value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// A write carrying `values` (each checked as [`check_value_len`]
+    /// does) and `len` bytes in all, keys and values, is refused before it
+    /// is copied into an instance when that is more than half an
+    /// instance's memory: the instance could not hold it and work on it,
+    /// and would trap instead of refusing it.
+    ///
+    /// [`check_value_len`]: Self::check_value_len
+    pub(crate) fn check_write(
+        &self,
+        values: impl IntoIterator<Item = usize>,
+        len: usize,
+    ) -> Result<(), Error> {
+        for value in values {
+            self.check_value_len(value)?;
+        }
+        self.check_write_len(len)
+    }
+
+    fn check_write_len(&self, len: usize) -> Result<(), Error> {
+        let most = self.memory_limit / 2;
+        if len > most {
+            return Err(Error::InvalidArgument(format!(
+                "the write carries {len} bytes of keys and values, more than an instance takes at once (at most {most}: half of StoreOptions::memory_limit); split it"
             )));
         }
         Ok(())

@@ -153,22 +153,27 @@ async fn without_a_limit_the_same_call_is_not_stopped() {
     assert_eq!(bucket.get_json::<i64>("k").await.unwrap(), Some(1));
 }
 
+/// A write the host lets through (under half the instance's memory) that
+/// the guest's working copies take past it: a trap, the instance replaced,
+/// the old value kept.
 #[tokio::test]
-async fn a_value_larger_than_the_instance_memory_traps_and_the_old_value_stays() {
+async fn a_value_that_fills_the_instance_memory_traps_and_the_old_value_stays() {
     let options = StoreOptions {
-        memory_limit: 16 << 20,
+        memory_limit: 4 << 20,
         ..StoreOptions::default()
     };
-    // Allowed by the configuration, so it reaches the instance.
-    let config = r#"{"type":"memory","limits":{"value_bytes":67108864}}"#;
-    let store = Store::open_with(config, options).await.unwrap();
+    let store = Store::open_with(r#"{"type":"memory"}"#, options)
+        .await
+        .unwrap();
     let bucket = store.bucket("b");
     bucket
         .set_json("doc", &json!({"small": true}))
         .await
         .unwrap();
-    let huge = vec![b'x'; 32 << 20];
-    match bucket.set_bytes("doc", &huge).await {
+    // Just under the host's bound (2 MiB): the instance holds it, its
+    // record and its own few hundred KiB.
+    let value = vec![b'x'; (2 << 20) - 64];
+    match bucket.set_bytes("doc", &value).await {
         Err(Error::Trap(_)) => {}
         other => panic!("a value past the instance's memory should trap, got {other:?}"),
     }
@@ -176,6 +181,50 @@ async fn a_value_larger_than_the_instance_memory_traps_and_the_old_value_stays()
         bucket.get_json::<serde_json::Value>("doc").await.unwrap(),
         Some(json!({"small": true}))
     );
+}
+
+/// A write larger than half an instance's memory, a value or a batch or a
+/// transaction of values each allowed, is refused by the host before it
+/// is copied into an instance: `invalid-argument`, not a trap.
+#[tokio::test]
+async fn a_write_larger_than_half_the_instance_memory_is_refused_before_it_reaches_one() {
+    let options = StoreOptions {
+        memory_limit: 16 << 20,
+        ..StoreOptions::default()
+    };
+    // Values up to 12 MiB allowed by the configuration.
+    let config = r#"{"type":"memory","limits":{"value_bytes":12582912}}"#;
+    let store = Store::open_with(config, options).await.unwrap();
+    let bucket = store.bucket("b");
+    bucket.set_json("a", &1).await.unwrap();
+    let big = format!("\"{}\"", "x".repeat(3 << 20));
+    let refused = |what: &str, outcome: Result<u64, Error>| match outcome {
+        Err(Error::InvalidArgument(why)) => assert!(
+            why.contains("at most 8388608") && why.contains("memory_limit"),
+            "{what}: {why}"
+        ),
+        other => panic!("{what} should be refused, got {other:?}"),
+    };
+    refused(
+        "a 10 MiB value",
+        bucket.set_bytes("a", &vec![b'x'; 10 << 20]).await,
+    );
+    let pairs: Vec<(String, String)> = ["a", "b", "c"].map(|k| (k.to_string(), big.clone())).into();
+    refused(
+        "a batch of three 3 MiB values",
+        bucket.set_many(&pairs).await,
+    );
+    let mut txn = store.transaction();
+    for key in ["a", "b", "c"] {
+        txn = txn.set("b", key, kvstash::Value::Json(big.clone()));
+    }
+    refused("a transaction of three 3 MiB values", txn.commit().await);
+    assert_eq!(bucket.get_json::<i64>("a").await.unwrap(), Some(1));
+    // Two fit.
+    bucket.set_many(&pairs[..2]).await.unwrap();
+    let b = bucket.get("b").await.unwrap().unwrap();
+    assert_eq!(b.value.as_bytes().len(), big.len());
+    assert_eq!(bucket.get("c").await.unwrap(), None);
 }
 
 #[tokio::test]
