@@ -34,6 +34,10 @@ pub(super) trait Disk: Send + Sync + Debug {
     fn fingerprint(&self, _path: &Path) -> Option<super::mark::Fingerprint> {
         None
     }
+    /// Removes the verified mark of the file at `path`, durably (`mark.rs`).
+    fn unmark(&self, _path: &Path) -> io::Result<()> {
+        Ok(())
+    }
     /// redb on the file at `path` after its integrity check, which writes
     /// nothing to the file (`verify.rs`); `None` where damage is not what
     /// is simulated (the crash tests' disk).
@@ -113,6 +117,10 @@ impl Disk for Real {
 
     fn fingerprint(&self, path: &Path) -> Option<super::mark::Fingerprint> {
         super::mark::Fingerprint::of(path)
+    }
+
+    fn unmark(&self, path: &Path) -> io::Result<()> {
+        super::mark::unmark(path)
     }
 }
 

@@ -318,7 +318,9 @@ impl Committer {
     /// (a one-shot CLI call, say) has little to replay, the log sealed
     /// ([`wal::Wal::seal`]) and cut back to what it holds
     /// ([`wal::Wal::shrink`]); then redb's file compacted
-    /// if much of it is free ([`super::compact_if_sparse`]).
+    /// if much of it is free ([`super::compact_if_sparse`]), closed and
+    /// marked sound ([`Committer::close_redb`]), the store's lock (the
+    /// log's) held throughout.
     fn close(&mut self) {
         if self.wal.used() >= CLOSE_CHECKPOINT_BYTES.min(self.config.checkpoint_bytes()) {
             self.checkpoint();
@@ -328,6 +330,7 @@ impl Committer {
         if self.checkpoint_failed.is_none() {
             super::compact_if_sparse(&self.state, &*self.disk, &self.path, self.rewritten);
         }
+        self.close_redb();
     }
 }
 

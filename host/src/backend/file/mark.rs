@@ -4,21 +4,29 @@
 //! redb checks no page checksum when it reads, so an open verifies the file
 //! (`verify.rs`, about 1 ms per MiB): every time for a file of at most
 //! `verify_mb`, and a larger one whenever it is not exactly as it was when
-//! last known sound. It is known sound when an open verified it, and when
-//! the writer that opened it so closes it (its own checkpoints are the only
-//! writes in between). The mark records the file's identity and times at
-//! that moment: device, inode, length, modification and change time. A
-//! write to the file through the file system (another program's, a crash
-//! in the middle of a checkpoint) sets its change time, and a copy or a
+//! last known sound. It is known sound when a writer's open verified it,
+//! and when the writer that opened it so closes it, having met no damage
+//! (its own checkpoints are the only writes in between). The mark records
+//! the file's identity and times at that moment: device, inode, length,
+//! modification and change time. A write to the file through the file
+//! system (another program's) sets its change time, and a copy or a
 //! restore is another inode, so the next open verifies it in full.
 //!
+//! A writer removes the mark, durably, before it first writes to the file
+//! ([`unmark`]), and marks it again only as it closes it, with the store's
+//! lock still held and the file synced: so a crash or a power cut in the
+//! middle of a checkpoint (which may leave new pages under old times, as
+//! `fdatasync` does not make times durable) leaves no mark, and the next
+//! open verifies the file.
+//!
 //! What the mark cannot see: damage below the file system (a disk
-//! returning other bytes without an error) and writes made while the store
-//! is open. `kvstash check` finds those; inside a record, its checksum
-//! does on every read. On a file system whose timestamps are coarser than
-//! the kernel's clock tick (FAT's two seconds), a write right after a close
-//! may keep the times the mark holds: raise `verify_mb` there to cover the
-//! whole file.
+//! returning other bytes without an error), writes made while the store
+//! is open, and, on a network file system, another client's writes that
+//! its attribute cache hides. `kvstash check` finds those; inside a record,
+//! its checksum does on every read. A file system whose times are coarser
+//! than a millisecond (FAT, HFS+, ext4 with small inodes: a later write
+//! could keep the times the mark holds) gets no mark: there, every open of
+//! a file past `verify_mb` verifies it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +66,19 @@ impl Fingerprint {
 
     pub(super) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Whether the file system keeps the file's times finer than a
+    /// millisecond (one of the two has a part below it): on a coarser one,
+    /// a later write could keep the times a mark holds.
+    fn fine(&self) -> bool {
+        self.mtime_ns % 1_000_000 != 0 || self.ctime_ns % 1_000_000 != 0
+    }
+
+    /// Whether the file last changed longer ago than the clock's tick, so
+    /// that any later write gets other times.
+    pub(super) fn settled(&self) -> bool {
+        self.age() >= SETTLED
     }
 
     /// How long ago the file last changed (zero if its times are ahead of
@@ -115,17 +136,21 @@ pub(super) fn vouches(db: &Path, now: &Fingerprint) -> bool {
 }
 
 /// Marks the redb file at `db` sound as it is, if it is still `known`
-/// (what was verified, or what the writer left): after waiting, at most
-/// [`SETTLED`], until its times are older than the clock's tick. Best
-/// effort: without a mark, the next open verifies the file.
+/// (what was verified, or what the writer left) once synced, and its file
+/// system keeps fine times: after waiting, at most [`SETTLED`], until its
+/// times are older than the clock's tick. Only a writer marks, holding the
+/// store's lock. Best effort: without a mark, the next open verifies the
+/// file.
 pub(super) fn mark(db: &Path, known: &Fingerprint) {
-    if vouches(db, known) {
+    if !known.fine() || vouches(db, known) {
         return;
     }
     if let Some(wait) = SETTLED.checked_sub(known.age()) {
         std::thread::sleep(wait);
     }
-    if Fingerprint::of(db).as_ref() != Some(known) {
+    // The times durable before a mark names them (`fdatasync` leaves them).
+    let synced = std::fs::File::open(db).and_then(|file| file.sync_all());
+    if synced.is_err() || Fingerprint::of(db).as_ref() != Some(known) {
         return;
     }
     let line = known.line();
@@ -135,8 +160,23 @@ pub(super) fn mark(db: &Path, known: &Fingerprint) {
     aside.push(".tmp");
     // Written aside and renamed: a reader sees the old mark or the new one.
     // Not synced: a mark lost to a power cut only costs a verification.
-    if std::fs::write(&aside, text).is_ok() && std::fs::rename(&aside, &mark).is_err() {
+    let written = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, &mark));
+    if written.is_err() {
         let _ = std::fs::remove_file(&aside);
+    }
+}
+
+/// Removes the mark of the redb file at `db`, durably (its directory
+/// synced), before a writer first writes to the file. Nothing to do when
+/// there is none.
+pub(super) fn unmark(db: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path_of(db)) {
+        Ok(()) => {
+            let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
+            std::fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|dir| dir.sync_all())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -153,7 +193,10 @@ mod tests {
         assert!(!vouches(&db, &taken), "no mark yet");
         mark(&db, &taken);
         assert!(vouches(&db, &taken));
-        assert!(taken.age() >= SETTLED, "taken once the times settled");
+        unmark(&db).unwrap();
+        assert!(!vouches(&db, &taken));
+        unmark(&db).unwrap();
+        mark(&db, &taken);
 
         // Any write through the file system, even of the same bytes.
         std::fs::write(&db, b"pages").unwrap();
@@ -173,6 +216,24 @@ mod tests {
         mark(&db, &known);
         assert!(!vouches(&db, &known));
         assert!(!vouches(&db, &Fingerprint::of(&db).unwrap()));
+    }
+
+    /// Times in whole milliseconds (a coarse file system's) are not marked.
+    #[test]
+    fn coarse_times_are_not_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.redb");
+        std::fs::write(&db, b"pages").unwrap();
+        let fine = Fingerprint::of(&db).unwrap();
+        assert!(fine.fine(), "{fine:?}");
+        let coarse = Fingerprint {
+            mtime_ns: fine.mtime_ns - fine.mtime_ns % 1_000_000_000,
+            ctime_ns: fine.ctime_ns - fine.ctime_ns % 1_000_000,
+            ..fine
+        };
+        assert!(!coarse.fine());
+        mark(&db, &coarse);
+        assert!(!path_of(&db).exists());
     }
 
     #[test]

@@ -257,10 +257,6 @@ pub struct FileBackend {
     closing: Arc<Closing>,
     /// The socket other processes use this store through (a writer's).
     server: Option<share::Server>,
-    /// A writer that found redb's file sound at open marks it sound as it
-    /// closes it (`mark.rs`), if it is then larger than this (`verify_mb`);
-    /// `None`: no mark (a reader, `verify_mb` 0, not a real disk).
-    mark_past: Option<u64>,
 }
 
 /// Whether a backend that is being dropped has let go of its file yet: an
@@ -684,11 +680,6 @@ impl Drop for FileBackend {
             state.table = None;
             state.db = Db::Closed(format!("{} is closed", self.path.display()));
         }
-        if let Some(past) = self.mark_past
-            && let Some(closed) = mark::Fingerprint::of(&self.path).filter(|f| f.len() > past)
-        {
-            mark::mark(&self.path, &closed);
-        }
         self.read_lock.take();
         self.closing.finish();
     }
@@ -738,6 +729,9 @@ const CLOSE_CHECKPOINT_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// An operation met damage (a `corrupt` error): the close does not
+    /// mark the file sound, and removes its mark.
+    damaged: std::sync::atomic::AtomicBool,
     acknowledged: std::sync::atomic::AtomicU64,
     syncs: std::sync::atomic::AtomicU64,
     checkpoints: std::sync::atomic::AtomicU64,
@@ -814,11 +808,17 @@ impl FileBackend {
         let backend = match config.read_only {
             // A panic inside redb opening a damaged file is an error.
             true => guarded(&path, || Self::open_read_only(&path, config))?,
-            false => None,
+            false => Err(None),
         };
         let backend = match backend {
-            Some(backend) => Arc::new(backend),
-            None => Arc::new(Self::open(Arc::new(disk::Real), &path, config, true)?),
+            Ok(backend) => Arc::new(backend),
+            Err(verified) => Arc::new(Self::open_after(
+                Arc::new(disk::Real),
+                &path,
+                config,
+                true,
+                verified,
+            )?),
         };
         let opened = Opened {
             backend: Arc::downgrade(&backend),
@@ -828,20 +828,25 @@ impl FileBackend {
         Ok(backend)
     }
 
-    /// `None` when the file must be opened for writing first.
-    fn open_read_only(path: &Path, config: &FileConfig) -> Result<Option<Self>, BackendError> {
+    /// `Err` when the file must be opened for writing first, with what its
+    /// verification found, if it ran (the writer's open need not run it
+    /// again on the same file).
+    fn open_read_only(
+        path: &Path,
+        config: &FileConfig,
+    ) -> Result<Result<Self, Option<Verified>>, BackendError> {
         // Missing, or made by a crash before redb wrote anything.
         if std::fs::metadata(path).map_or(true, |m| !m.is_file() || m.len() == 0) {
-            return Ok(None);
+            return Ok(Err(None));
         }
         let (lock, records) = match wal::ReadLock::open(path)? {
             Some((lock, records)) => (Some(lock), records),
             None => (None, Vec::new()),
         };
-        let verified = verify_at_open(&disk::Real, path, config)?;
+        let verified = verify_at_open(&disk::Real, path, config, None)?;
         let db = match config.builder().open_read_only(path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+            Err(redb::DatabaseError::RepairAborted) => return Ok(Err(Some(verified))),
             Err(e) => return Err(open_error(path, e)),
         };
         // An older format is migrated, which writes.
@@ -849,12 +854,12 @@ impl FileBackend {
             let txn = db.begin_read().map_err(unavailable)?;
             match read_meta(&txn, path)? {
                 Some(meta) if meta.format == FORMAT => meta,
-                _ => return Ok(None),
+                _ => return Ok(Err(Some(verified))),
             }
         };
         verified.agrees(path, Some(&meta))?;
         let state = State::new(Db::Reading(db), meta, records, config, path)?;
-        Ok(Some(Self {
+        Ok(Ok(Self {
             commits: Arc::new(tokio::sync::watch::Sender::new(state.version)),
             state: Arc::new(RwLock::new(state)),
             read_only: true,
@@ -865,21 +870,33 @@ impl FileBackend {
             read_lock: lock,
             closing: Arc::default(),
             server: None,
-            mark_past: None,
         }))
     }
 
     /// The writer's open, its files on `disk`; `serve`: share the store
     /// with other processes through a socket beside the file.
+    #[cfg(test)]
     fn open(
         disk: Arc<dyn Disk>,
         path: &Path,
         config: &FileConfig,
         serve: bool,
     ) -> Result<Self, BackendError> {
+        Self::open_after(disk, path, config, serve, None)
+    }
+
+    /// [`open`](Self::open) after a reader's open found it must write
+    /// first, with what that open's verification found (`prior`).
+    fn open_after(
+        disk: Arc<dyn Disk>,
+        path: &Path,
+        config: &FileConfig,
+        serve: bool,
+        prior: Option<Verified>,
+    ) -> Result<Self, BackendError> {
         // The log first: it holds the store's lock.
         let (wal, records) = Wal::open(disk.clone(), path)?;
-        let (db, meta, sound) = match open_db_guarded(&*disk, path, config) {
+        let (db, meta, sound) = match open_db_guarded(&*disk, path, config, prior) {
             Ok(opened) => opened,
             Err(e) => {
                 wal.discard_if_new();
@@ -902,6 +919,7 @@ impl FileBackend {
             counters: counters.clone(),
             checkpoint_failed: None,
             rewritten: meta.migrated,
+            mark_past,
         };
         let line = Arc::new(line::Line::new(committer));
         let committer = std::thread::Builder::new()
@@ -932,7 +950,6 @@ impl FileBackend {
             read_lock: None,
             closing: Arc::default(),
             server,
-            mark_past,
         })
     }
 
@@ -954,7 +971,18 @@ impl FileBackend {
         read: impl FnOnce(&State) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let state = self.state();
-        guarded(&self.path, || read(&state))
+        let result = guarded(&self.path, || read(&state));
+        self.note(result)
+    }
+
+    /// `result`, noted if it is damage (see [`Counters::damaged`]).
+    fn note<T>(&self, result: Result<T, BackendError>) -> Result<T, BackendError> {
+        if matches!(result, Err(BackendError::Corrupt(_))) {
+            self.counters
+                .damaged
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 }
 
@@ -1016,18 +1044,24 @@ fn open_db_guarded(
     disk: &dyn Disk,
     path: &Path,
     config: &FileConfig,
+    prior: Option<Verified>,
 ) -> Result<OpenedDb, BackendError> {
-    guarded(path, || open_db(disk, path, config))
+    guarded(path, || open_db(disk, path, config, prior))
 }
 
 /// redb at `path` for a writer: read-only when it is a kvstash file of the
 /// current format that was closed cleanly, else read-write (creating it,
 /// making its tables, or raising its format).
-fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<OpenedDb, BackendError> {
+fn open_db(
+    disk: &dyn Disk,
+    path: &Path,
+    config: &FileConfig,
+    prior: Option<Verified>,
+) -> Result<OpenedDb, BackendError> {
     // An empty file was made by a crash before redb wrote anything: new.
     let existed = disk.file_len(path).is_some_and(|len| len > 0);
     if existed {
-        let verified = verify_at_open(disk, path, config)?;
+        let mut verified = verify_at_open(disk, path, config, prior)?;
         match disk.open_db_read_only(&config.builder(), path) {
             Ok(db) => {
                 let meta = {
@@ -1040,9 +1074,16 @@ fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<OpenedDb
                     return Ok((Db::Reading(db), meta, verified.sound()));
                 }
             }
-            Err(redb::DatabaseError::RepairAborted) => {}
+            // A file its mark vouches for was closed cleanly: one that
+            // needs redb's repair contradicts its mark, and is verified.
+            Err(redb::DatabaseError::RepairAborted) => {
+                if matches!(verified, Verified::Vouched) {
+                    verified = verify(disk, path, config, None)?;
+                }
+            }
             Err(e) => return Err(open_error(path, e)),
         }
+        unmark(disk, path)?;
         let db = disk
             .create_db(&config.builder(), path)
             .map_err(|e| open_error(path, e))?;
@@ -1080,6 +1121,7 @@ fn open_db(disk: &dyn Disk, path: &Path, config: &FileConfig) -> Result<OpenedDb
         .create_db(&config.builder(), &new)
         .map_err(|e| open_error(&new, e))?;
     let meta = init_tables(&db, path)?;
+    unmark(disk, path)?;
     disk.rename(&new, path).map_err(|e| io("rename", e))?;
     // redb does not sync the directory: without this, a power cut could
     // lose the file's name after a checkpoint reset the log.
@@ -1098,8 +1140,8 @@ enum Verified {
     /// Not verified: the file is as it was last known sound ([`mark`]).
     Vouched,
     /// Verified: the `meta` version of the newest commit (`None`: a file
-    /// without kvstash's tables yet), and the file as it was verified.
-    At(Option<u64>, Option<mark::Fingerprint>),
+    /// without kvstash's tables yet), and the file as it was just before.
+    At(Option<u64>, Option<Before>),
 }
 
 impl Verified {
@@ -1129,44 +1171,87 @@ impl Verified {
         )))
     }
 
-    /// Marks the file sound as it was verified, if the open left it as it
-    /// was (redb opened read-only) and it is too large to verify at every
-    /// open: the next open need not verify it again.
+    /// Marks the file sound as it was verified, if the writer's open left
+    /// it as it was (redb opened read-only) and it is too large to verify
+    /// at every open: the next open need not verify it again.
     fn mark(&self, path: &Path, config: &FileConfig) {
-        if let Self::At(_, Some(verified)) = self
-            && verified.len() > config.verify_bytes()
+        if let Self::At(_, Some(before)) = self
+            && before.settled
+            && before.file.len() > config.verify_bytes()
         {
-            mark::mark(path, verified);
+            mark::mark(path, &before.file);
         }
     }
+}
+
+/// The file as it was just before its verification.
+struct Before {
+    file: mark::Fingerprint,
+    /// Its times were older than the clock's tick then: it was not being
+    /// written, and may be marked as verified.
+    settled: bool,
 }
 
 /// redb's integrity check of the file at `path` (every page's checksum,
 /// without writing the file: `verify.rs`): always for a file of at most
 /// `verify_mb`, and for a larger one unless its mark vouches for it
-/// (`mark.rs`); an error that says what is damaged if it fails.
+/// (`mark.rs`); an error that says what is damaged if it fails. `prior`:
+/// what an earlier open's verification found, taken if the file has not
+/// changed since.
 fn verify_at_open(
     disk: &dyn Disk,
     path: &Path,
     config: &FileConfig,
+    prior: Option<Verified>,
 ) -> Result<Verified, BackendError> {
     let len = disk.file_len(path).unwrap_or(0);
     if len == 0 || config.verify_mb == Some(0) {
         return Ok(Verified::No);
     }
-    let before = disk.fingerprint(path);
-    if len > config.verify_bytes() && before.as_ref().is_some_and(|f| mark::vouches(path, f)) {
+    let now = disk.fingerprint(path);
+    if len > config.verify_bytes() && now.as_ref().is_some_and(|f| mark::vouches(path, f)) {
         return Ok(Verified::Vouched);
+    }
+    verify(disk, path, config, prior)
+}
+
+/// [`verify_at_open`] whatever the file's size and mark.
+fn verify(
+    disk: &dyn Disk,
+    path: &Path,
+    config: &FileConfig,
+    prior: Option<Verified>,
+) -> Result<Verified, BackendError> {
+    let before = disk.fingerprint(path);
+    if let Some(prior) = prior
+        && let Verified::At(_, Some(then)) = &prior
+        && before.as_ref() == Some(&then.file)
+    {
+        return Ok(prior);
     }
     let Some(db) = disk.open_db_verified(config.builder(), path) else {
         return Ok(Verified::No);
     };
     let db = db.map_err(|e| damaged_db(path, e))?;
     let txn = db.begin_read().map_err(unavailable)?;
-    Ok(Verified::At(
-        read_meta(&txn, path)?.map(|m| m.version),
-        before,
-    ))
+    let version = read_meta(&txn, path)?.map(|m| m.version);
+    let before = before.map(|file| Before {
+        settled: file.settled(),
+        file,
+    });
+    Ok(Verified::At(version, before))
+}
+
+/// Removes the mark of redb's file at `path` before a writer writes to it
+/// (`mark.rs`).
+fn unmark(disk: &dyn Disk, path: &Path) -> Result<(), BackendError> {
+    disk.unmark(path).map_err(|e| {
+        BackendError::Unavailable(format!(
+            "cannot remove {} before writing {}: {e}",
+            mark::path_of(path).display(),
+            path.display()
+        ))
+    })
 }
 
 /// The error for a redb file that fails its integrity check.
@@ -1363,6 +1448,11 @@ struct Committer {
     /// Stored keys this backend's checkpoints replaced or removed: what
     /// leaves redb's file sparse ([`compact_if_sparse`]).
     rewritten: u64,
+    /// The close marks redb's file sound (`mark.rs`) if it is then larger
+    /// than this (`verify_mb`) and nothing went wrong meanwhile; `None`:
+    /// no mark (the file was not known sound at open, `verify_mb` is 0, or
+    /// the disk is not real).
+    mark_past: Option<u64>,
 }
 
 impl Committer {
@@ -1493,6 +1583,33 @@ impl Committer {
         state.version = version;
         state.trimmed = version;
         Ok(())
+    }
+
+    /// Closes redb, then marks its file sound (`mark.rs`) if it was sound
+    /// at open and nothing went wrong since (no damage met, no checkpoint
+    /// failing), or else removes its mark. The writer's close runs this
+    /// while it still holds the store's lock, so no other writer is
+    /// writing the file meanwhile.
+    fn close_redb(&mut self) {
+        {
+            let mut state = write(&self.state);
+            state.table = None;
+            state.db = Db::Closed(format!("{} is closed", self.path.display()));
+        }
+        let Some(past) = self.mark_past else {
+            return;
+        };
+        let damaged = self
+            .counters
+            .damaged
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if damaged || self.checkpoint_failed.is_some() {
+            let _ = self.disk.unmark(&self.path);
+        } else if let Some(closed) = self.disk.fingerprint(&self.path)
+            && closed.len() > past
+        {
+            mark::mark(&self.path, &closed);
+        }
     }
 
     /// Moves the log into redb (one durable transaction), then starts the
@@ -1686,6 +1803,7 @@ fn reopen_for_writing(
     path: &Path,
     config: &FileConfig,
 ) -> Result<(), BackendError> {
+    unmark(disk, path)?;
     // Nothing else holds the read-only database: reads hold the state lock
     // while they use it, and its shared table goes first.
     state.table = None;
@@ -1950,7 +2068,7 @@ impl Backend for FileBackend {
             validate_commit(&checks, &writes)?;
             return Err(BackendError::ReadOnly);
         }
-        commit(self.line.as_ref(), checks, writes, true).await
+        self.note(commit(self.line.as_ref(), checks, writes, true).await)
     }
 
     async fn current_version(&self) -> Result<u64, BackendError> {
@@ -3231,10 +3349,39 @@ mod tests {
         }
     }
 
+    /// Verifications `open` ran on this thread (a current-thread test
+    /// runtime opens on the test's thread).
+    fn verifications<T>(open: impl FnOnce() -> T) -> (T, u64) {
+        let before = verify::RUNS.get();
+        let opened = open();
+        (opened, verify::RUNS.get() - before)
+    }
+
+    /// 8,000 records of 200 bytes (1.6 MiB, past the default `verify_mb`)
+    /// in a store at `path`, closed.
+    async fn large_store(config: &FileConfig) {
+        let backend = FileBackend::open_shared(config).unwrap();
+        let value = "v".repeat(200);
+        for chunk in 0..40 {
+            let writes = (0..200)
+                .map(|i| write(&format!("key{chunk:02}_{i:03}"), &value))
+                .collect();
+            backend.commit(vec![], writes).await.unwrap();
+        }
+        drop(backend);
+        let len = std::fs::metadata(&config.path).unwrap().len();
+        assert!(len > 1 << 20, "past the default verify_mb: {len} bytes");
+    }
+
+    fn vouched(path: &Path) -> bool {
+        mark::Fingerprint::of(path).is_some_and(|now| mark::vouches(path, &now))
+    }
+
     /// A file larger than `verify_mb` is verified at open unless its mark
-    /// vouches for it: the writer's close marks it, so the next open skips
-    /// the verification, and damage made through the file system after the
-    /// close refuses the open. Damage the mark cannot see (below the file
+    /// vouches for it: the writer's close marks it, so the next opens skip
+    /// the verification; a writer removes the mark before it writes the
+    /// file; and damage made through the file system after a close
+    /// refuses the open. Damage the mark cannot see (below the file
     /// system: simulated by marking the damaged file) is found by `check`;
     /// `verify_mb` 0 verifies nothing at open.
     #[tokio::test]
@@ -3245,50 +3392,46 @@ mod tests {
             checkpoint_kb: Some(64),
             ..FileConfig::new(&path)
         };
-        {
-            let backend = FileBackend::open_shared(&config).unwrap();
-            let value = "v".repeat(200);
-            for chunk in 0..40 {
-                let writes = (0..200)
-                    .map(|i| write(&format!("key{chunk:02}_{i:03}"), &value))
-                    .collect();
-                backend.commit(vec![], writes).await.unwrap();
-            }
-        }
+        let reader = FileConfig {
+            read_only: true,
+            ..config.clone()
+        };
+        large_store(&config).await;
+        assert!(vouched(&path), "the close marked the file");
         let report = check(&config).unwrap();
         assert!(report.is_sound(), "{report:?}");
         assert_eq!(report.records, 8000);
-        let len = std::fs::metadata(&path).unwrap().len();
-        assert!(len > 1 << 20, "past the default verify_mb: {len} bytes");
-        let closed = mark::Fingerprint::of(&path).unwrap();
-        assert!(mark::vouches(&path, &closed), "the close marked the file");
-        for read_only in [false, true] {
-            let backend = FileBackend::open_shared(&FileConfig {
-                read_only,
-                ..config.clone()
-            })
-            .unwrap();
+        for config in [&config, &reader] {
+            let (backend, runs) = verifications(|| FileBackend::open_shared(config).unwrap());
+            assert_eq!(runs, 0, "vouched for: not verified");
             assert_eq!(backend.scan(&all()).await.unwrap().len(), 8000);
         }
-        assert!(mark::vouches(&path, &mark::Fingerprint::of(&path).unwrap()));
+        // A writer's first write to the file removes the mark; its close
+        // marks the file again.
+        {
+            let backend = FileBackend::open_shared(&config).unwrap();
+            for round in 0..3 {
+                let writes = (0..200)
+                    .map(|i| write(&format!("key2{round}_{i:03}"), &"w".repeat(200)))
+                    .collect();
+                backend.commit(vec![], writes).await.unwrap();
+            }
+            assert!(backend.sync_stats().checkpoints > 0);
+            assert!(!mark::path_of(&path).exists(), "unmarked while written");
+        }
+        assert!(vouched(&path));
 
         // Damage a leaf page's header, which no record checksum covers.
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes
-            .windows(11)
-            .position(|w| w == b"key20_100vv")
-            .unwrap_or_else(|| bytes.windows(9).position(|w| w == b"key20_100").unwrap());
+        let at = bytes.windows(9).position(|w| w == b"key30_100").unwrap();
         let page = at - at % 4096;
         for b in &mut bytes[page + 2..page + 6] {
             *b ^= 0x5a;
         }
         std::fs::write(&path, &bytes).unwrap();
-        for read_only in [false, true] {
-            let e = FileBackend::open_shared(&FileConfig {
-                read_only,
-                ..config.clone()
-            })
-            .unwrap_err();
+        for config in [&config, &reader] {
+            let (e, runs) = verifications(|| FileBackend::open_shared(config).unwrap_err());
+            assert_eq!(runs, 1);
             assert!(matches!(e, BackendError::Corrupt(_)), "{e:?}");
             assert!(format!("{e}").contains("integrity check"), "{e}");
         }
@@ -3298,30 +3441,33 @@ mod tests {
         assert!(report.problems[0].contains("integrity check"), "{report:?}");
 
         // What the mark cannot see: the damaged file as if it were the one
-        // marked (damage below the file system). The open trusts the mark;
+        // marked (damage below the file system). The opens trust the mark;
         // `check` does not.
         mark::mark(&path, &mark::Fingerprint::of(&path).unwrap());
-        FileBackend::open_shared(&FileConfig {
-            read_only: true,
-            ..config.clone()
-        })
-        .unwrap();
+        for config in [&config, &reader] {
+            let (_, runs) = verifications(|| FileBackend::open_shared(config).unwrap());
+            assert_eq!(runs, 0);
+        }
         assert!(!check(&config).unwrap().is_sound());
         // With `verify_mb` 0 nothing is verified at open, marked or not.
         std::fs::remove_file(mark::path_of(&path)).unwrap();
-        FileBackend::open_shared(&FileConfig {
-            read_only: true,
-            verify_mb: Some(0),
-            ..config.clone()
-        })
-        .unwrap();
+        let (_, runs) = verifications(|| {
+            FileBackend::open_shared(&FileConfig {
+                verify_mb: Some(0),
+                ..reader.clone()
+            })
+            .unwrap()
+        });
+        assert_eq!(runs, 0);
         assert!(!mark::path_of(&path).exists());
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was written");
     }
 
-    /// A writer that verified a large unmarked file at open marks it (the
-    /// next open skips the verification); one that did not (`verify_mb`
-    /// 0) marks nothing, even at close.
+    /// A reader verifies a large unmarked file at every open and writes no
+    /// mark; a writer verifies it and marks it at once (not only at
+    /// close), and a reader's verification is not run again by the
+    /// writer's open it hands over to. One that did not verify
+    /// (`verify_mb` 0) marks nothing, even at close.
     #[tokio::test]
     async fn a_verified_open_marks_the_file_and_an_unverified_one_does_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -3330,33 +3476,91 @@ mod tests {
             checkpoint_kb: Some(64),
             ..FileConfig::new(&path)
         };
-        let value = "v".repeat(300);
-        {
-            let backend = FileBackend::open_shared(&FileConfig {
-                verify_mb: Some(0),
-                ..config.clone()
-            })
-            .unwrap();
-            for chunk in 0..20 {
-                let writes = (0..200)
-                    .map(|i| write(&format!("key{chunk:02}_{i:03}"), &value))
-                    .collect();
-                backend.commit(vec![], writes).await.unwrap();
-            }
-        }
-        assert!(std::fs::metadata(&path).unwrap().len() > 1 << 20);
-        assert!(!mark::path_of(&path).exists(), "verify_mb 0 marks nothing");
-        // A read-only open verifies it, and writes nothing.
-        FileBackend::open_shared(&FileConfig {
-            read_only: true,
+        large_store(&FileConfig {
+            verify_mb: Some(0),
             ..config.clone()
         })
-        .unwrap();
-        assert!(!mark::path_of(&path).exists());
-        // A writer verifies it and marks it at once (not only at close).
-        let backend = FileBackend::open_shared(&config).unwrap();
-        assert!(mark::vouches(&path, &mark::Fingerprint::of(&path).unwrap()));
-        assert_eq!(backend.scan(&all()).await.unwrap().len(), 4000);
+        .await;
+        assert!(!mark::path_of(&path).exists(), "verify_mb 0 marks nothing");
+        let reader = FileConfig {
+            read_only: true,
+            ..config.clone()
+        };
+        for _ in 0..2 {
+            let (_, runs) = verifications(|| FileBackend::open_shared(&reader).unwrap());
+            assert_eq!(runs, 1, "a reader verifies an unmarked file");
+            assert!(!mark::path_of(&path).exists(), "and writes nothing");
+        }
+        // (A file written in the last 20 ms is not marked at open: it may
+        // be being written. The close would mark it.)
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (backend, runs) = verifications(|| FileBackend::open_shared(&config).unwrap());
+        assert_eq!(runs, 1);
+        assert!(vouched(&path), "the writer's open marked it");
+        assert_eq!(backend.scan(&all()).await.unwrap().len(), 8000);
+        drop(backend);
+        let (_, runs) = verifications(|| FileBackend::open_shared(&reader).unwrap());
+        assert_eq!(runs, 0);
+
+        // A reader that must hand over to a writer verifies once for both:
+        // a copy of the file taken while redb had it open for writing, which
+        // redb must repair.
+        let unclean = dir.path().join("unclean.redb");
+        {
+            let db = redb::Database::create(&path).unwrap();
+            db.begin_write().unwrap().commit().unwrap();
+            std::fs::copy(&path, &unclean).unwrap();
+        }
+        let reader = FileConfig {
+            read_only: true,
+            ..FileConfig::new(&unclean)
+        };
+        let (backend, runs) = verifications(|| FileBackend::open_shared(&reader).unwrap());
+        assert!(!backend.is_read_only(), "redb's repair needed a writer");
+        assert_eq!(runs, 1, "verified once, by the reader's open");
+        assert_eq!(backend.scan(&all()).await.unwrap().len(), 8000);
+    }
+
+    /// A writer that meets damage while it has the file open (here a
+    /// record's checksum, of a file whose mark vouched for it) removes the
+    /// mark as it closes: the next open verifies the file.
+    #[tokio::test]
+    async fn damage_met_while_open_removes_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let config = FileConfig {
+            checkpoint_kb: Some(64),
+            ..FileConfig::new(&path)
+        };
+        large_store(&config).await;
+        // A value found nowhere else in the file (checkpointed by the
+        // close: past 64 KiB), one byte of every copy of it flipped.
+        let unique: String = (0..20_000).map(|i| format!("{i:05}")).collect();
+        FileBackend::open_shared(&config)
+            .unwrap()
+            .commit(vec![], vec![write("target", &unique)])
+            .await
+            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let copies: Vec<usize> = bytes
+            .windows(20)
+            .enumerate()
+            .filter(|(_, w)| *w == &unique.as_bytes()[..20])
+            .map(|(at, _)| at)
+            .collect();
+        assert!(!copies.is_empty());
+        for at in copies {
+            bytes[at + 50_000] ^= 0x01;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        mark::mark(&path, &mark::Fingerprint::of(&path).unwrap());
+        {
+            let backend = FileBackend::open_shared(&config).unwrap();
+            let e = backend.get(b"target").await.unwrap_err();
+            assert!(matches!(e, BackendError::Corrupt(_)), "{e:?}");
+            assert!(vouched(&path), "still marked while open");
+        }
+        assert!(!mark::path_of(&path).exists(), "the close removed the mark");
     }
 
     /// `check` of a sound store with commits in the log, and of one whose

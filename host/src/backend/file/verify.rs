@@ -174,9 +174,18 @@ impl StorageBackend for Overlay {
 /// verified. The file is not written. The database returned reads the
 /// verified state (and whatever its check wrote, in memory).
 pub(super) fn open_verified(mut builder: Builder, path: &Path) -> Result<Database, DatabaseError> {
+    #[cfg(test)]
+    RUNS.set(RUNS.get() + 1);
     let overlay = Overlay::open(path)?;
     builder.set_check_integrity_on_open(true);
     builder.create_with_backend(overlay)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Verifications this thread ran, for the tests of when an open
+    /// verifies (an open verifies on its caller's thread).
+    pub(super) static RUNS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
