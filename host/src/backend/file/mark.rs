@@ -6,7 +6,8 @@
 //! `verify_mb`, and a larger one whenever it is not exactly as it was when
 //! last known sound. It is known sound when a writer's open verified it,
 //! and when the writer that opened it so closes it, having met no damage
-//! (its own checkpoints are the only writes in between). The mark records
+//! and no failing checkpoint (its own checkpoints are the only writes in
+//! between; any other close removes the mark). The mark records
 //! the file's identity and times at that moment: device, inode, length,
 //! modification and change time. A write to the file through the file
 //! system (another program's) sets its change time, and a copy or a
@@ -71,7 +72,7 @@ impl Fingerprint {
     /// Whether the file system keeps the file's times finer than a
     /// millisecond (one of the two has a part below it): on a coarser one,
     /// a later write could keep the times a mark holds.
-    fn fine(&self) -> bool {
+    pub(super) fn fine(&self) -> bool {
         self.mtime_ns % 1_000_000 != 0 || self.ctime_ns % 1_000_000 != 0
     }
 
@@ -168,15 +169,22 @@ pub(super) fn mark(db: &Path, known: &Fingerprint) {
 
 /// Removes the mark of the redb file at `db`, durably (its directory
 /// synced), before a writer first writes to the file. Nothing to do when
-/// there is none.
+/// there is none. Where it cannot be removed (a directory the writer may
+/// not change), it is emptied in place and synced: an empty mark vouches
+/// for nothing.
 pub(super) fn unmark(db: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path_of(db)) {
+    let mark = path_of(db);
+    match std::fs::remove_file(&mark) {
         Ok(()) => {
             let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
             std::fs::File::open(dir.unwrap_or(Path::new("."))).and_then(|dir| dir.sync_all())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        Err(removing) => std::fs::OpenOptions::new()
+            .write(true)
+            .open(&mark)
+            .and_then(|file| file.set_len(0).and_then(|()| file.sync_all()))
+            .map_err(|_| removing),
     }
 }
 

@@ -125,6 +125,10 @@ pub(super) struct Holder {
     pub(super) state: Arc<RwLock<State>>,
     pub(super) line: Arc<super::line::Line>,
     pub(super) commits: tokio::sync::watch::Receiver<u64>,
+    /// Where damage met answering another process is noted.
+    pub(super) counters: Arc<super::Counters>,
+    /// redb's file, for the error of a panic inside redb.
+    pub(super) path: PathBuf,
 }
 
 /// The holder's socket server: a thread with its own runtime, so it runs
@@ -321,7 +325,25 @@ async fn notify(
     }
 }
 
+/// What another process asked, answered as this one's reads and commits
+/// are: a panic inside redb is the error for corrupt data, and damage is
+/// noted (the close does not mark the file sound).
 async fn answer(holder: &Holder, call: Call) -> Result<Answer, BackendError> {
+    let answered = match call {
+        Call::Commit(checks, writes) => super::commit(Some(&holder.line), checks, writes, false)
+            .await
+            .map(Answer::Version),
+        call @ (Call::Get(_)
+        | Call::GetMany(_)
+        | Call::Scan(_)
+        | Call::CurrentVersion
+        | Call::Changes(..)
+        | Call::Subscribe) => super::guarded(&holder.path, || read_answer(holder, call)),
+    };
+    holder.counters.note(answered)
+}
+
+fn read_answer(holder: &Holder, call: Call) -> Result<Answer, BackendError> {
     let state = || read(&holder.state);
     match call {
         Call::Get(key) => {
@@ -341,9 +363,9 @@ async fn answer(holder: &Holder, call: Call) -> Result<Answer, BackendError> {
             }
             state().scan(&scan).map(Answer::Scanned)
         }
-        Call::Commit(checks, writes) => super::commit(Some(&holder.line), checks, writes, false)
-            .await
-            .map(Answer::Version),
+        Call::Commit(..) => Err(BackendError::Invalid(
+            "a commit is answered by the line".into(),
+        )),
         Call::CurrentVersion => Ok(Answer::Version(state().version)),
         Call::Changes(since, limit) => state().changes(since, limit).map(Answer::Changes),
         Call::Subscribe => Err(BackendError::Invalid(
