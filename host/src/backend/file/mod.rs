@@ -730,11 +730,18 @@ const CLOSE_CHECKPOINT_BYTES: u64 = 64 << 10;
 impl Counters {
     /// `result`, noted if it is damage (see [`Counters::damaged`]).
     fn note<T>(&self, result: Result<T, BackendError>) -> Result<T, BackendError> {
-        if matches!(result, Err(BackendError::Corrupt(_))) {
+        if let Err(e) = &result {
+            self.note_error(e);
+        }
+        result
+    }
+
+    /// Notes `e` if it is damage.
+    fn note_error(&self, e: &BackendError) {
+        if matches!(e, BackendError::Corrupt(_)) {
             self.damaged
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        result
     }
 }
 
@@ -1480,16 +1487,12 @@ impl Committer {
             // before anything of it is logged.
             _ => guarded(&self.path, || plan(&read(&self.state), &batch)),
         };
-        let damaged = match &results {
-            Err(e) => matches!(e, BackendError::Corrupt(_)),
+        match &results {
+            Err(e) => self.counters.note_error(e),
             Ok(each) => each
                 .iter()
-                .any(|r| matches!(r, Err(BackendError::Corrupt(_)))),
-        };
-        if damaged {
-            self.counters
-                .damaged
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+                .filter_map(|r| r.as_ref().err())
+                .for_each(|e| self.counters.note_error(e)),
         }
         if let Ok(planned) = &mut results {
             let records: Vec<(u64, &[Write])> = batch
@@ -1648,11 +1651,7 @@ impl Committer {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
-                if matches!(e, BackendError::Corrupt(_)) {
-                    self.counters
-                        .damaged
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+                self.counters.note_error(&e);
                 self.checkpoint_failed = Some(e);
             }
         }
